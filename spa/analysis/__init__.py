@@ -1,0 +1,1 @@
+"""Channel-dependency analysis: slots, links and coupled groups."""

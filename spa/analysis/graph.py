@@ -1,0 +1,257 @@
+"""Build the graph of channel slots from the rules' relations.
+
+Every node's rule returns links, members, barriers and choices (see :mod:`spa.rules.base`). This module
+
+1. runs the rules over the graph (an op without a rule, a node with subgraphs, or a rule that fails
+   turns every axis it touches into a barrier — the run never crashes on an op it does not know);
+2. adds *coverage barriers*: any axis of a node's input or output that its rule did not map is
+   blocked, so a rule can only be incomplete in the safe direction;
+3. blocks every axis of graph inputs and outputs;
+4. resolves choices in topological order with a union-find over slots: a choice keeps the first
+   option whose slot is owned by a weight and not blocked (else its first option) and blocks the rest;
+5. returns a :class:`ChannelGraph` whose networkx graph has slots as nodes and links as edges.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from spa.graph.model import ModelGraph, shape_of
+from spa.rules.base import Barrier, Choice, Link, Member, NodeContext, Relation, Role, Slot, static
+from spa.rules.registry import RuleRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SlotInfo:
+    """What the analysis knows about one slot."""
+
+    slot: Slot
+    size: int | None
+    const: bool
+    order: tuple[int, int]
+    roles: set[tuple[str, Role]] = field(default_factory=set)
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def owned(self) -> bool:
+        """A weight slice that reads or writes the channel."""
+        return self.const and any(r in (Role.PRODUCER, Role.CONSUMER) for _, r in self.roles)
+
+
+@dataclass
+class ChannelGraph:
+    """Slots, the links between them (with the node that made each), and the networkx view."""
+
+    slots: dict[Slot, SlotInfo]
+    links: list[tuple[Link, str]]
+    nx_graph: nx.Graph
+    node_of_slot: dict[Slot, set[str]]
+
+
+def _subgraph_outer_names(node: gs.Node) -> set[str]:
+    names: set[str] = set()
+    for sub in node.subgraphs(recursive=True) if hasattr(node, "subgraphs") else []:
+        inner = {t.name for t in sub.inputs}
+        for n in sub.nodes:
+            for t in n.inputs:
+                if t.name and t.name not in inner:
+                    names.add(t.name)
+    return names
+
+
+def _relations_for(node: gs.Node, registry: RuleRegistry, opset: int) -> list[Relation]:
+    ctx = NodeContext(node, opset)
+    label = f"{node.op} '{node.name}'"
+    if node.attrs and any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+        rels = ctx.barrier_all(f"{label} has subgraphs (control flow)")
+        return rels + [Barrier(n, None, f"used inside the subgraph of {label}") for n in _subgraph_outer_names(node)]
+    domain = node.domain or ""
+    rule = registry.lookup(domain, node.op, opset)
+    if rule is None:
+        where = f" in domain '{domain}'" if domain else ""
+        return ctx.barrier_all(f"no channel rule for op {node.op}{where} ('{node.name}')")
+    try:
+        return rule.relate(ctx)
+    except Exception as exc:  # a buggy or surprised rule must not crash the run: block and say why
+        log.warning("rule %r failed on %s: %s", rule, label, exc)
+        return ctx.barrier_all(f"rule for {label} failed: {type(exc).__name__}: {exc}")
+
+
+def _mentioned_axes(rels: list[Relation]) -> set[Slot]:
+    seen: set[Slot] = set()
+    for r in rels:
+        if isinstance(r, Link):
+            seen |= {r.a, r.b}
+        elif isinstance(r, Choice):
+            for o in r.options:
+                seen |= {o.a, o.b}
+    return seen
+
+
+def build_channel_graph(mg: ModelGraph, registry: RuleRegistry) -> ChannelGraph:
+    """Run the rules and build the slot graph (choices resolved)."""
+    graph = mg.graph
+    tensors = graph.tensors()
+    order: dict[str, int] = {}
+    for t in graph.inputs:
+        order.setdefault(t.name, len(order))
+    for node in graph.nodes:
+        for t in list(node.inputs) + list(node.outputs):
+            if t.name:
+                order.setdefault(t.name, len(order))
+
+    slots: dict[Slot, SlotInfo] = {}
+    node_of_slot: dict[Slot, set[str]] = defaultdict(set)
+    tensor_reasons: dict[str, list[str]] = defaultdict(list)
+
+    def info(s: Slot) -> SlotInfo:
+        si = slots.get(s)
+        if si is None:
+            t = tensors.get(s.tensor)
+            shape = shape_of(t) if t is not None else None
+            size = static(shape[s.axis]) if shape is not None and s.axis < len(shape) else None
+            si = SlotInfo(s, size, isinstance(t, gs.Constant), (order.get(s.tensor, len(order)), s.axis))
+            slots[s] = si
+        return si
+
+    links: list[tuple[Link, str]] = []
+    choices: list[tuple[Choice, str]] = []
+    for node in graph.nodes:
+        rels = _relations_for(node, registry, mg.opset)
+        name = node.name or node.op
+        for r in rels:
+            if isinstance(r, Link):
+                links.append((r, name))
+                info(r.a), info(r.b)
+                node_of_slot[r.a].add(name)
+                node_of_slot[r.b].add(name)
+            elif isinstance(r, Member):
+                info(r.slot).roles.add((name, r.role))
+                node_of_slot[r.slot].add(name)
+            elif isinstance(r, Barrier):
+                if r.axis is None:
+                    tensor_reasons[r.tensor].append(r.reason)
+                else:
+                    info(Slot(r.tensor, r.axis)).reasons.append(r.reason)
+            elif isinstance(r, Choice):
+                choices.append((r, name))
+                for o in r.options:
+                    info(o.a), info(o.b)
+        mentioned = _mentioned_axes(rels)
+        for t in list(node.inputs) + list(node.outputs):
+            shape = shape_of(t) if t is not None and t.name else None
+            if shape is None:
+                if t is not None and t.name:
+                    tensor_reasons[t.name].append(f"shape of '{t.name}' unknown at {node.op} '{name}'")
+                continue
+            for a in range(len(shape)):
+                s = Slot(t.name, a)
+                if s not in mentioned:
+                    info(s).reasons.append(f"{node.op} '{name}' does not map axis {a} of '{t.name}'")
+    for t in graph.inputs:
+        tensor_reasons[t.name].append(f"graph input '{t.name}'")
+    for t in graph.outputs:
+        tensor_reasons[t.name].append(f"graph output '{t.name}'")
+    for s, si in slots.items():
+        if s.tensor in tensor_reasons:
+            si.reasons.extend(tensor_reasons[s.tensor])
+
+    chosen = _resolve_choices(slots, links, choices)
+    g = nx.Graph()
+    g.add_nodes_from(slots)
+    for link, _ in links + chosen:
+        g.add_edge(link.a, link.b)
+    return ChannelGraph(slots, links + chosen, g, dict(node_of_slot))
+
+
+def _resolve_choices(
+    slots: dict[Slot, SlotInfo], links: list[tuple[Link, str]], choices: list[tuple[Choice, str]]
+) -> list[tuple[Link, str]]:
+    uf = nx.utils.UnionFind(slots)
+    for link, _ in links:
+        uf.union(link.a, link.b)
+    owned: dict[Slot, bool] = defaultdict(bool)
+    blocked: dict[Slot, bool] = defaultdict(bool)
+    for s, si in slots.items():
+        owned[uf[s]] |= si.owned
+        blocked[uf[s]] |= bool(si.reasons)
+
+    def union(a: Slot, b: Slot) -> None:
+        ra, rb = uf[a], uf[b]
+        o, bl = owned[ra] or owned[rb], blocked[ra] or blocked[rb]
+        uf.union(a, b)
+        owned[uf[a]], blocked[uf[a]] = o, bl
+
+    chosen: list[tuple[Link, str]] = []
+    for choice, name in choices:
+        pick = next((o for o in choice.options if owned[uf[o.a]] and not blocked[uf[o.a]]), choice.options[0])
+        for o in choice.options:
+            if o is pick:
+                union(o.a, o.b)
+                chosen.append((o, name))
+            else:
+                slots[o.a].reasons.append(choice.reason)
+                blocked[uf[o.a]] = True
+    return chosen
+
+
+def element_classes(
+    members: list[SlotInfo], links: list[Link]
+) -> tuple[int, dict[Slot, np.ndarray]]:
+    """Partition the elements of a group's slots into channels (connected element classes).
+
+    Uses pointer-jumping union (Shiloach–Vishkin style) over numpy arrays, so groups with tens of
+    thousands of elements are labelled in a few vectorised rounds.
+
+    Args:
+        members: the group's slots, in the order whose first slot numbers the channels.
+        links: the links inside the group.
+
+    Returns:
+        (number of channels, channel index of every element of every slot).
+
+    >>> a = SlotInfo(Slot("a", 1), 4, False, (0, 1)); b = SlotInfo(Slot("b", 1), 2, False, (1, 1))
+    >>> n, cls = element_classes([a, b], [Link(a.slot, b.slot, np.array([0, 1, 2, 3]), np.array([0, 0, 1, 1]))])
+    >>> n, cls[a.slot].tolist(), cls[b.slot].tolist()
+    (2, [0, 0, 1, 1], [0, 1])
+    """
+    offsets: dict[Slot, int] = {}
+    total = 0
+    for m in members:
+        offsets[m.slot] = total
+        total += int(m.size or 0)
+    sizes = {m.slot: int(m.size or 0) for m in members}
+    src, dst = [], []
+    for link in links:
+        ia = np.arange(sizes[link.a]) if link.ia is None else np.asarray(link.ia, dtype=np.int64)
+        ib = np.arange(sizes[link.b]) if link.ib is None else np.asarray(link.ib, dtype=np.int64)
+        if len(ia) != len(ib) or (len(ia) and (ia.max() >= sizes[link.a] or ib.max() >= sizes[link.b])):
+            raise ValueError(f"index map between {link.a} and {link.b} does not fit their sizes")
+        src.append(offsets[link.a] + ia)
+        dst.append(offsets[link.b] + ib)
+    parent = np.arange(total, dtype=np.int64)
+    if src:
+        ga, gb = np.concatenate(src), np.concatenate(dst)
+        while True:
+            pa, pb = parent[ga], parent[gb]
+            diff = pa != pb
+            if not diff.any():
+                break
+            lo, hi = np.minimum(pa[diff], pb[diff]), np.maximum(pa[diff], pb[diff])
+            np.minimum.at(parent, hi, lo)
+            while True:
+                nxt = parent[parent]
+                if np.array_equal(nxt, parent):
+                    break
+                parent = nxt
+    _, labels = np.unique(parent, return_inverse=True)
+    n = int(labels.max()) + 1 if total else 0
+    return n, {m.slot: labels[offsets[m.slot]: offsets[m.slot] + sizes[m.slot]] for m in members}

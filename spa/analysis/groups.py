@@ -1,0 +1,161 @@
+"""Groups of coupled channels: connected components of the slot graph.
+
+A :class:`Group` is what the user sees (``spa analyze``) and what the plan prunes: a set of slots whose
+channels must be removed together, its channel count, and — if it cannot be pruned — every reason why.
+Only groups that own weights are reported; components made only of spatial axes or shape vectors are
+not channel groups.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from spa.analysis.graph import ChannelGraph, SlotInfo, build_channel_graph, element_classes
+from spa.graph.model import ModelGraph
+from spa.rules.base import Link, Role, Slot
+from spa.rules.defaults import default_registry
+from spa.rules.registry import RuleRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One slot of a group."""
+
+    tensor: str
+    axis: int
+    size: int | None
+    kind: str  # "weight" or "activation"
+    roles: tuple[str, ...]  # "node:role" for weights
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of coupled channels."""
+
+    id: int
+    channels: int
+    prunable: bool
+    reasons: tuple[str, ...]
+    members: tuple[GroupMember, ...]
+    nodes: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        """A short human name: the first weight that produces the channels, else the first slot."""
+        for m in self.members:
+            if any(r.endswith(":producer") for r in m.roles):
+                return f"{m.tensor}[{m.axis}]"
+        m = self.members[0]
+        return f"{m.tensor}[{m.axis}]"
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-serialisable dict."""
+        d = asdict(self)
+        d["label"] = self.label
+        return d
+
+
+@dataclass
+class Analysis:
+    """The result of :func:`analyze_graph`: groups plus what surgery needs (element → channel maps)."""
+
+    model: ModelGraph
+    groups: list[Group]
+    classes: dict[int, dict[Slot, np.ndarray]] = field(default_factory=dict)
+    roles: dict[Slot, set[Role]] = field(default_factory=dict)
+    channel_graph: ChannelGraph | None = None
+
+    @property
+    def prunable(self) -> list[Group]:
+        """Groups that may be pruned."""
+        return [g for g in self.groups if g.prunable]
+
+    def prunable_param_fraction(self) -> float:
+        """Fraction of all weight elements that sit in some prunable group's weights."""
+        graph = self.model.graph
+        consts = {n: t for n, t in graph.tensors().items() if hasattr(t, "values")}
+        total = sum(int(np.prod(t.shape)) for t in consts.values() if np.issubdtype(t.dtype, np.floating))
+        touched = {m.tensor for g in self.prunable for m in g.members if m.kind == "weight"}
+        part = sum(int(np.prod(consts[n].shape)) for n in touched if n in consts)
+        return part / total if total else 0.0
+
+    def to_json(self) -> dict[str, object]:
+        """Summary for reports."""
+        return {
+            "groups": [g.to_json() for g in self.groups],
+            "num_groups": len(self.groups),
+            "num_prunable": len(self.prunable),
+            "prunable_channels": sum(g.channels for g in self.prunable),
+            "prunable_param_fraction": round(self.prunable_param_fraction(), 6),
+        }
+
+
+def _dedupe(items: list[str], limit: int = 8) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for s in items:
+        seen.setdefault(s, None)
+    out = list(seen)
+    return tuple(out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else []))
+
+
+def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None) -> Analysis:
+    """Find every group of coupled channels in a normalised model.
+
+    Args:
+        mg: the normalised model (see :func:`spa.graph.normalize.normalize`).
+        registry: rules to use (default: :func:`spa.rules.defaults.default_registry`).
+
+    Returns:
+        The :class:`Analysis`.
+    """
+    cg = build_channel_graph(mg, registry or default_registry())
+    links_by_slot: dict[Slot, list[Link]] = {}
+    for link, _ in cg.links:
+        links_by_slot.setdefault(link.a, []).append(link)
+    components = [sorted(c, key=lambda s: cg.slots[s].order) for c in nx.connected_components(cg.nx_graph)]
+    components = [c for c in components if any(cg.slots[s].owned for s in c)]
+    components.sort(key=lambda c: min(cg.slots[s].order for s in c if not cg.slots[s].const)
+                    if any(not cg.slots[s].const for s in c) else cg.slots[c[0]].order)
+    groups: list[Group] = []
+    classes: dict[int, dict[Slot, np.ndarray]] = {}
+    roles: dict[Slot, set[Role]] = {}
+    for comp in components:
+        infos: list[SlotInfo] = [cg.slots[s] for s in comp]
+        # activation slots first so channel numbers follow the first activation's channel order
+        infos.sort(key=lambda si: (si.const, si.order))
+        reasons = [r for si in infos for r in si.reasons]
+        n_channels = 0
+        cls: dict[Slot, np.ndarray] = {}
+        if any(si.size is None for si in infos):
+            reasons.append("a coupled axis has a dynamic size")
+            n_channels = max((si.size or 0) for si in infos)
+        else:
+            comp_set = set(comp)
+            links = [lk for s in comp for lk in links_by_slot.get(s, []) if lk.b in comp_set]
+            try:
+                n_channels, cls = element_classes(infos, links)
+            except ValueError as exc:
+                reasons.append(f"inconsistent channel maps: {exc}")
+                n_channels = max((si.size or 0) for si in infos)
+        if not reasons and n_channels < 2:
+            reasons.append("fewer than two independent channels")
+        gid = len(groups)
+        members = tuple(
+            GroupMember(si.slot.tensor, si.slot.axis, si.size, "weight" if si.const else "activation",
+                        tuple(sorted(f"{n}:{r.value}" for n, r in si.roles)))
+            for si in infos
+        )
+        nodes = sorted({n for si in infos for n in cg.node_of_slot.get(si.slot, ())})
+        groups.append(Group(gid, n_channels, not reasons, _dedupe(reasons), members, tuple(nodes)))
+        if not reasons:
+            classes[gid] = cls
+        for si in infos:
+            roles[si.slot] = {r for _, r in si.roles}
+    log.debug("%d groups, %d prunable", len(groups), sum(g.prunable for g in groups))
+    return Analysis(mg, groups, classes, roles, cg)

@@ -1,0 +1,177 @@
+"""The Python API: :func:`load`, :func:`analyze`, :func:`prune`, :func:`verify`.
+
+>>> import spa
+>>> sorted(spa.__all__)[:3]
+['Analysis', 'PruneResult', 'SpaError']
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from spa.analysis.groups import Analysis, analyze_graph
+from spa.bench.metrics import count_macs, count_params
+from spa.criteria import score_groups
+from spa.errors import ValidationError
+from spa.graph.io import load_model, save_model
+from spa.graph.model import ModelGraph
+from spa.graph.normalize import normalize
+from spa.plan import Plan, make_plan
+from spa.surgery import kept_indices, masked_twin, prune_model
+from spa.validate.oracle import DEFAULT_ATOL, DEFAULT_RTOL, VerifyResult, compare_models
+from spa.validate.runtime import session
+from spa.version import __version__
+
+log = logging.getLogger(__name__)
+
+ModelInput = str | os.PathLike[str] | onnx.ModelProto | ModelGraph
+
+
+def load(model: ModelInput) -> ModelGraph:
+    """Load (if a path) and normalise a model."""
+    if isinstance(model, ModelGraph):
+        return model
+    if isinstance(model, onnx.ModelProto):
+        return normalize(model)
+    return normalize(load_model(model))
+
+
+def analyze(model: ModelInput) -> Analysis:
+    """Find the coupled channel groups of a model.
+
+    Args:
+        model: a path, a ModelProto or a normalised :class:`ModelGraph`.
+    """
+    return analyze_graph(load(model))
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` returns."""
+
+    model: onnx.ModelProto
+    plan: Plan
+    analysis: Analysis
+    report: dict[str, object]
+    masked: onnx.ModelProto | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike[str], *, external_data: bool | None = None,
+             force: bool = True) -> Path:
+        """Write the pruned model atomically."""
+        return save_model(self.model, path, external_data=external_data, force=force)
+
+
+def _group_report(analysis: Analysis, plan: Plan) -> list[dict[str, object]]:
+    kept = kept_indices(analysis, plan)
+    rows = []
+    for g in analysis.groups:
+        removed = plan.removed(g.id)
+        row: dict[str, object] = {
+            "id": g.id,
+            "label": g.label,
+            "channels_before": g.channels,
+            "channels_after": g.channels - len(removed),
+            "prunable": g.prunable,
+            "blocked_reason": None if g.prunable else "; ".join(g.reasons),
+            "kept": sorted(set(range(g.channels)) - set(removed)) if g.prunable else None,
+            "weights": sorted({f"{m.tensor}[{m.axis}]" for m in g.members if m.kind == "weight"}),
+        }
+        if removed:
+            row["kept_per_weight"] = {f"{s.tensor}[{s.axis}]": int(len(k)) for s, k in kept.items()
+                                      if analysis.classes[g.id].get(s) is not None}
+        rows.append(row)
+    return rows
+
+
+def prune(
+    model: ModelInput,
+    ratio: float = 0.5,
+    criterion: str = "l2",
+    *,
+    global_rank: bool = False,
+    max_ratio: float = 0.9,
+    round_to: int = 1,
+    min_channels: int = 1,
+    ignore: Sequence[str] = (),
+    seed: int = 0,
+    emit_masked: bool = False,
+    check: bool = True,
+) -> PruneResult:
+    """Prune a model.
+
+    Args:
+        model: path, ModelProto or ModelGraph (not modified).
+        ratio: fraction of channels to remove in [0, 1).
+        criterion: ``l1``, ``l2`` or ``random``.
+        global_rank: rank channels across groups.
+        max_ratio: with ``global_rank``, the most one group may lose.
+        round_to: keep channel counts multiples of this.
+        min_channels: keep at least this many channels per group.
+        ignore: glob patterns of node/tensor names to leave alone.
+        seed: seed for random criteria.
+        emit_masked: also build the masked twin (for the mask oracle).
+        check: run the ONNX checker and load the result in ONNX Runtime.
+
+    Returns:
+        A :class:`PruneResult` with the pruned ModelProto, the plan and a JSON report.
+    """
+    mg = load(model)
+    analysis = analyze_graph(mg)
+    scores = score_groups(analysis, criterion, seed)
+    plan = make_plan(analysis, scores, ratio, criterion=criterion, global_rank=global_rank,
+                     max_ratio=max_ratio, round_to=round_to, min_channels=min_channels, ignore=ignore)
+    pruned_mg = prune_model(analysis, plan)
+    pruned = pruned_mg.to_onnx()
+    if check:
+        try:
+            onnx.checker.check_model(pruned, full_check=True)
+        except Exception as exc:
+            raise ValidationError(f"pruned model fails the ONNX checker: {exc}") from exc
+        session(pruned)
+    masked = None
+    if emit_masked:
+        masked = masked_twin(analysis, plan).to_onnx()
+    report: dict[str, object] = {
+        "spa_version": __version__,
+        "criterion": criterion,
+        "ratio": ratio,
+        "seed": seed,
+        "global": global_rank,
+        "round_to": round_to,
+        "macs_before": count_macs(mg),
+        "macs_after": count_macs(pruned_mg),
+        "params_before": count_params(mg),
+        "params_after": count_params(pruned_mg),
+        "num_groups": len(analysis.groups),
+        "num_prunable": len(analysis.prunable),
+        "num_pruned": len(plan.groups),
+        "prunable_param_fraction": round(analysis.prunable_param_fraction(), 6),
+        "groups": _group_report(analysis, plan),
+    }
+    return PruneResult(pruned, plan, analysis, report, masked)
+
+
+def verify(
+    pruned: ModelInput,
+    reference: ModelInput,
+    *,
+    trials: int = 3,
+    seed: int = 0,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> VerifyResult:
+    """Compare a pruned model with its masked twin (the mask oracle) or any reference model."""
+
+    def as_model(m: ModelInput) -> onnx.ModelProto | str | os.PathLike[str]:
+        return m.to_onnx() if isinstance(m, ModelGraph) else m
+
+    return compare_models(as_model(pruned), as_model(reference), trials=trials, seed=seed,
+                          rtol=rtol, atol=atol, shapes=shapes)

@@ -1,0 +1,176 @@
+"""Load and save ONNX models safely.
+
+* :func:`load_model` reads a path (external data included), refuses external-data locations that
+  escape the model's folder, and turns every failure into an :class:`~spa.errors.InvalidModelError`
+  that names the file and says what to do.
+* :func:`save_model` writes atomically: a temporary file in the destination folder, then a rename, so a
+  crash never leaves a half-written model behind. Models above 2 GB are written with external data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper
+
+from spa.errors import InvalidModelError, UsageError
+
+log = logging.getLogger(__name__)
+
+#: Protobuf cannot serialise a single message above this size.
+PROTOBUF_LIMIT = 2**31 - 1
+#: The newest IR version the supported ONNX Runtime releases load.
+MAX_IR_VERSION = 10
+
+
+def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
+    """Refuse external-data locations outside the model's folder (path traversal)."""
+    base_real = base.resolve()
+    for tensor in external_data_helper._get_all_tensors(model):  # noqa: SLF001 - public helper in practice
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        loc = info.get("location", "")
+        if not loc or os.path.isabs(loc) or ".." in Path(loc).parts:
+            raise InvalidModelError(
+                f"tensor '{tensor.name}' points to external data '{loc}' outside the model folder; "
+                "refusing to read it (move the data file next to the model)"
+            )
+        target = (base / loc)
+        if target.is_symlink() or not target.resolve().is_relative_to(base_real):
+            raise InvalidModelError(
+                f"tensor '{tensor.name}' external data '{loc}' resolves outside the model folder; refusing"
+            )
+        if not target.exists():
+            raise InvalidModelError(
+                f"external data file '{target}' for tensor '{tensor.name}' is missing; "
+                "copy it next to the model"
+            )
+
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load an ONNX model with its external data.
+
+    Args:
+        path: the ``.onnx`` file.
+
+    Returns:
+        The model, with external tensors loaded into memory.
+
+    Raises:
+        InvalidModelError: the file is missing, not ONNX, truncated, or its external data is unsafe.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InvalidModelError(f"{p}: no such file")
+    if p.is_dir():
+        raise InvalidModelError(f"{p}: is a directory, expected an .onnx file")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ...
+        raise InvalidModelError(
+            f"{p}: not a readable ONNX model ({type(exc).__name__}); is the file truncated or another format?"
+        ) from exc
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
+        raise InvalidModelError(f"{p}: not an ONNX model (empty graph)")
+    _check_external_locations(model, p.parent)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(p.parent))
+    except Exception as exc:
+        raise InvalidModelError(f"{p}: could not read external data ({exc})") from exc
+    return model
+
+
+def model_size_bytes(model: onnx.ModelProto) -> int:
+    """Approximate serialised size of a model, weights included."""
+    total = 0
+    for init in model.graph.initializer:
+        total += len(init.raw_data) if init.HasField("raw_data") else init.ByteSize()
+    return total + 1_000_000
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike[str],
+    *,
+    external_data: bool | None = None,
+    force: bool = True,
+) -> Path:
+    """Write ``model`` to ``path`` atomically.
+
+    Args:
+        model: the model to write (not modified).
+        path: destination file.
+        external_data: True to store weights in ``<name>.data`` beside it; None chooses automatically
+            (external above 2 GB).
+        force: overwrite an existing file.
+
+    Returns:
+        The destination path.
+    """
+    dest = Path(path)
+    if dest.exists() and not force:
+        raise UsageError(f"{dest} exists; pass --force to overwrite it")
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.exists():
+        raise UsageError(f"{dest}: folder '{folder}' does not exist")
+    if external_data is None:
+        external_data = model_size_bytes(model) > PROTOBUF_LIMIT
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    data_name = dest.name + ".data"
+    tmp_data = folder / f".{data_name}.tmp"
+    try:
+        if external_data:
+            m = onnx.ModelProto()
+            m.CopyFrom(model)
+            external_data_helper.convert_model_to_external_data(
+                m, all_tensors_to_one_file=True, location=data_name, size_threshold=1024
+            )
+            # write tensors into a temporary data file, then point the proto at the final name
+            for t in external_data_helper._get_all_tensors(m):  # noqa: SLF001
+                if external_data_helper.uses_external_data(t):
+                    for e in t.external_data:
+                        if e.key == "location":
+                            e.value = tmp_data.name
+            if tmp_data.exists():
+                tmp_data.unlink()
+            external_data_helper.write_external_data_tensors(m, str(folder))
+            for t in external_data_helper._get_all_tensors(m):  # noqa: SLF001
+                if external_data_helper.uses_external_data(t):
+                    for e in t.external_data:
+                        if e.key == "location":
+                            e.value = data_name
+            with open(tmp_path, "wb") as fh:
+                fh.write(m.SerializeToString())
+            os.replace(tmp_data, folder / data_name)
+        else:
+            with open(tmp_path, "wb") as fh:
+                fh.write(model.SerializeToString())
+        os.replace(tmp_path, dest)
+    except OSError as exc:
+        raise UsageError(f"could not write {dest}: {exc.strerror or exc}") from exc
+    finally:
+        for leftover in (tmp_path, tmp_data):
+            if leftover.exists():
+                leftover.unlink()
+    log.debug("wrote %s", dest)
+    return dest
+
+
+def check_paths(inp: Path, out: Path, *, force: bool) -> None:
+    """Refuse an output path that would overwrite the input or an existing file."""
+    if out.exists() and inp.exists() and out.resolve() == inp.resolve():
+        raise UsageError(f"output {out} is the input file; choose another output path")
+    if out.exists() and not force:
+        raise UsageError(f"{out} exists; pass --force to overwrite it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{out}: folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{out}: folder '{parent}' is not writable")

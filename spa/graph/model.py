@@ -1,0 +1,174 @@
+"""`ModelGraph`: the working representation of a model inside spa.
+
+A thin wrapper around an onnx-graphsurgeon graph that also remembers what the graph alone does not
+carry (IR version, opset imports, metadata) so the exported model loads wherever the input did, and
+that answers the questions rules ask: a tensor's shape, rank, constant value, producer and consumers.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from spa.graph.io import MAX_IR_VERSION
+
+log = logging.getLogger(__name__)
+
+Dim = int | str | None
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Run ONNX shape inference without serialising the weights.
+
+    Large initializers are swapped for data-less stand-ins (shape inference needs only their dims), so
+    this works for models above the 2 GB protobuf limit and is fast. Inferred ``value_info`` is copied
+    back onto a copy of ``model``.
+    """
+    lite = onnx.ModelProto()
+    lite.CopyFrom(model)
+    del lite.graph.value_info[:]
+    for init in lite.graph.initializer:
+        if init.HasField("raw_data") and len(init.raw_data) > 4096:
+            init.ClearField("raw_data")
+            init.data_location = onnx.TensorProto.EXTERNAL
+            del init.external_data[:]
+            entry = init.external_data.add()
+            entry.key, entry.value = "location", "__spa_stripped__"
+    try:
+        inferred = onnx.shape_inference.infer_shapes(lite, data_prop=True)
+    except Exception as exc:  # inference failures must not stop analysis: rules see unknown shapes
+        log.warning("shape inference failed: %s", exc)
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(inferred.graph.value_info)
+    # inference may also refine graph outputs' shapes
+    by_name = {o.name: o for o in inferred.graph.output}
+    for o in out.graph.output:
+        if not o.type.tensor_type.HasField("shape") and o.name in by_name:
+            o.CopyFrom(by_name[o.name])
+    return out
+
+
+@dataclass
+class ModelGraph:
+    """A graphsurgeon graph plus the model-level fields needed to write it back.
+
+    Attributes:
+        graph: the graphsurgeon graph (nodes in topological order).
+        ir_version: IR version to write.
+        opset_imports: opset imports of the source model.
+        metadata: ``metadata_props`` of the source model.
+        producer_name: the source model's producer name.
+    """
+
+    graph: gs.Graph
+    ir_version: int
+    opset_imports: list[onnx.OperatorSetIdProto]
+    metadata: dict[str, str] = field(default_factory=dict)
+    producer_name: str = ""
+
+    # -- construction --------------------------------------------------------------------------------
+    @classmethod
+    def from_graph(cls, graph: gs.Graph, template: onnx.ModelProto) -> ModelGraph:
+        """Wrap ``graph`` with ``template``'s model fields and refresh all tensor shapes."""
+        mg = cls(
+            graph=graph,
+            ir_version=min(int(template.ir_version) or MAX_IR_VERSION, MAX_IR_VERSION),
+            opset_imports=[copy.deepcopy(o) for o in template.opset_import],
+            metadata={p.key: p.value for p in template.metadata_props},
+            producer_name=template.producer_name,
+        )
+        mg.refresh_shapes()
+        return mg
+
+    def refresh_shapes(self) -> None:
+        """Drop intermediate shapes and infer them again (after a rewrite)."""
+        io_ids = {id(t) for t in self.graph.inputs} | {id(t) for t in self.graph.outputs}
+        for t in self.graph.tensors().values():
+            if isinstance(t, gs.Variable) and id(t) not in io_ids:
+                t.shape = None
+        model = infer_shapes(self.to_onnx(check=False))
+        shapes: dict[str, tuple[Dim, ...]] = {}
+        for vi in list(model.graph.value_info) + list(model.graph.output):
+            tt = vi.type.tensor_type
+            if tt.HasField("shape"):
+                shapes[vi.name] = tuple(
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+                )
+            if tt.elem_type and vi.name:
+                pass
+        dtypes = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
+        for name, t in self.graph.tensors().items():
+            if isinstance(t, gs.Variable) and id(t) not in io_ids:
+                if name in shapes:
+                    t.shape = list(shapes[name])
+                if t.dtype is None and dtypes.get(name):
+                    t.dtype = onnx.helper.tensor_dtype_to_np_dtype(dtypes[name])
+
+    # -- export --------------------------------------------------------------------------------------
+    def to_onnx(self, *, check: bool = False) -> onnx.ModelProto:
+        """Export to a ModelProto with the source model's IR version, opsets and metadata."""
+        model = gs.export_onnx(self.graph, do_type_check=False)
+        model.ir_version = self.ir_version
+        del model.opset_import[:]
+        model.opset_import.extend(self.opset_imports)
+        domains = {o.domain for o in self.opset_imports}
+        for node in model.graph.node:
+            if node.domain not in domains and node.domain not in ("", "ai.onnx"):
+                model.opset_import.append(onnx.helper.make_opsetid(node.domain, 1))
+                domains.add(node.domain)
+        if self.producer_name:
+            model.producer_name = self.producer_name
+        for k, v in self.metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = k, v
+        if check:
+            onnx.checker.check_model(model, full_check=True)
+        return model
+
+    def copy(self) -> ModelGraph:
+        """Deep copy (graph and constants)."""
+        return ModelGraph(
+            graph=self.graph.copy(),
+            ir_version=self.ir_version,
+            opset_imports=[copy.deepcopy(o) for o in self.opset_imports],
+            metadata=dict(self.metadata),
+            producer_name=self.producer_name,
+        )
+
+    # -- queries used by rules -----------------------------------------------------------------------
+    @property
+    def opset(self) -> int:
+        """Default-domain opset version."""
+        for o in self.opset_imports:
+            if o.domain in ("", "ai.onnx"):
+                return int(o.version)
+        return 1
+
+    def tensors(self) -> dict[str, gs.Tensor]:
+        """All tensors by name."""
+        return self.graph.tensors()
+
+
+def shape_of(t: gs.Tensor) -> tuple[Dim, ...] | None:
+    """A tensor's shape as a tuple (ints for static dims, str/None for dynamic), or None if unknown."""
+    if t is None or t.shape is None:
+        return None
+    if isinstance(t, gs.Constant):
+        return tuple(int(d) for d in t.shape)
+    return tuple(d if isinstance(d, (int, np.integer)) and d >= 0 else (d if isinstance(d, str) else None)
+                 for d in t.shape)
+
+
+def const_value(t: gs.Tensor | None) -> np.ndarray | None:
+    """The value of a constant tensor, or None for variables and missing optional inputs."""
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    return None

@@ -1,0 +1,157 @@
+"""Normalisation passes that make exporter idioms uniform before the analysis.
+
+The pipeline (:func:`normalize`) is:
+
+1. drop initializers listed as graph inputs (old exporters) so weights are not taken for inputs;
+2. infer shapes (with data propagation, so computed Reshape targets get shapes);
+3. fold constant subgraphs with onnx-graphsurgeon (``Constant`` nodes become initializers, shape
+   subgraphs become constants) — quantisation nodes are never folded;
+4. bypass pass-through ``Identity`` and inference ``Dropout`` nodes;
+5. clean up, sort topologically, and infer shapes once more.
+
+Each step is a small function ``(graph) -> bool`` that says whether it changed the graph.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from spa.errors import InvalidModelError, UnsupportedModelError
+from spa.graph.model import ModelGraph, infer_shapes
+
+log = logging.getLogger(__name__)
+
+#: Oldest default-domain opset spa reads.
+MIN_OPSET = 11
+#: Ops that constant folding must leave alone (folding them would change the model's meaning).
+_NO_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal", "RandomUniform",
+            "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain (ai.onnx) opset version."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    raise InvalidModelError("model imports no default-domain opset")
+
+
+def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
+    names = {i.name for i in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in names]
+    if len(keep) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+
+
+def bypass_passthrough(graph: gs.Graph) -> bool:
+    """Remove Identity and inference-mode Dropout nodes by rewiring their consumers.
+
+    Returns:
+        Whether any node was removed.
+    """
+    outputs = set(id(t) for t in graph.outputs)
+    changed = False
+    for node in list(graph.nodes):
+        if node.op not in ("Identity", "Dropout") or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op == "Dropout":
+            if len(node.outputs) > 1 and node.outputs[1].outputs:
+                continue  # mask output used: keep the node
+            if len(node.inputs) > 2 and not isinstance(node.inputs[2], gs.Constant) and node.inputs[2].name:
+                continue  # training_mode is dynamic
+        src, dst = node.inputs[0], node.outputs[0]
+        if id(dst) in outputs:
+            continue
+        for consumer in list(dst.outputs):
+            for k, t in enumerate(consumer.inputs):
+                if t is dst:
+                    consumer.inputs[k] = src
+        node.outputs.clear()
+        changed = True
+    if changed:
+        graph.cleanup()
+    return changed
+
+
+def fold_constants(graph: gs.Graph) -> bool:
+    """Fold constant subgraphs (shape arithmetic, Constant nodes) into initializers."""
+    before = len(graph.nodes)
+    try:
+        graph.fold_constants(
+            error_ok=True,
+            should_exclude_node=lambda n: n.op in _NO_FOLD,
+        )
+    except Exception as exc:  # graphsurgeon raises plain exceptions on odd graphs: folding is optional
+        log.warning("constant folding skipped: %s", exc)
+        return False
+    graph.cleanup()
+    return len(graph.nodes) != before
+
+
+def constant_nodes_to_initializers(graph: gs.Graph) -> bool:
+    """Turn ``Constant`` nodes holding a tensor into initializers (paddle2onnx stores weights so)."""
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "Constant" or not node.outputs:
+            continue
+        value = node.attrs.get("value")
+        if not isinstance(value, gs.Constant):
+            continue
+        out = node.outputs[0]
+        const = gs.Constant(out.name, value.values)
+        for consumer in list(out.outputs):
+            for k, t in enumerate(consumer.inputs):
+                if t is out:
+                    consumer.inputs[k] = const
+        for k, t in enumerate(graph.outputs):
+            if t is out:
+                graph.outputs[k] = const
+        node.outputs.clear()
+        changed = True
+    if changed:
+        graph.cleanup()
+    return changed
+
+
+def normalize(model: onnx.ModelProto, *, fold: bool = True) -> ModelGraph:
+    """Normalise a model for analysis.
+
+    Args:
+        model: the loaded model (not modified).
+        fold: run constant folding.
+
+    Returns:
+        A :class:`~spa.graph.model.ModelGraph` with shapes inferred.
+
+    Raises:
+        UnsupportedModelError: the opset is older than :data:`MIN_OPSET`.
+    """
+    opset = default_opset(model)
+    if opset < MIN_OPSET:
+        raise UnsupportedModelError(
+            f"opset {opset} is older than the oldest spa reads ({MIN_OPSET}); convert it first with "
+            f"onnx.version_converter.convert_version(model, {MIN_OPSET + 2})"
+        )
+    newest = onnx.defs.onnx_opset_version()
+    if opset > newest:
+        raise UnsupportedModelError(
+            f"opset {opset} is newer than this onnx package knows ({newest}); upgrade onnx"
+        )
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    _drop_initializer_inputs(m)
+    m = infer_shapes(m)
+    try:
+        graph = gs.import_onnx(m)
+    except Exception as exc:
+        raise InvalidModelError(f"graph could not be imported: {exc}") from exc
+    constant_nodes_to_initializers(graph)
+    if fold:
+        fold_constants(graph)
+    bypass_passthrough(graph)
+    graph.cleanup().toposort()
+    return ModelGraph.from_graph(graph, template=model)

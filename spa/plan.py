@@ -1,0 +1,167 @@
+"""Turn scores and a budget into a :class:`Plan`: which channels of which group to remove.
+
+Budgets:
+
+* uniform (default): every prunable group removes ``round(ratio * C)`` of its ``C`` channels, the
+  lowest-scoring ones;
+* global (``global_rank=True``): scores are divided by their group's mean so groups are comparable,
+  and the lowest ``ratio`` of all prunable channels are removed, at most ``max_ratio`` of any group.
+
+Then, per group: kept counts are rounded to multiples of ``round_to``, never below ``min_channels``
+(nor below 1), and every slot keeps at least one element (a Concat input or Split output may not
+vanish).
+
+>>> _round_kept(37, 64, 8), _round_kept(3, 64, 8), _round_kept(5, 6, 8)
+(40, 8, 6)
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from spa.analysis.groups import Analysis, Group
+from spa.errors import UsageError
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """Channels removed from one group (channel indices, sorted)."""
+
+    group: int
+    channels: int
+    removed: tuple[int, ...]
+
+    @property
+    def kept(self) -> int:
+        """Channels left."""
+        return self.channels - len(self.removed)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to remove, and the options that produced it."""
+
+    groups: tuple[GroupPlan, ...]
+    ratio: float
+    criterion: str
+    global_rank: bool
+    round_to: int
+    ignored: tuple[int, ...]
+
+    def removed(self, gid: int) -> tuple[int, ...]:
+        """Removed channels of a group (empty when untouched)."""
+        for gp in self.groups:
+            if gp.group == gid:
+                return gp.removed
+        return ()
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-serialisable dict."""
+        return {
+            "ratio": self.ratio,
+            "criterion": self.criterion,
+            "global": self.global_rank,
+            "round_to": self.round_to,
+            "ignored_groups": list(self.ignored),
+            "groups": [asdict(g) | {"kept": g.kept} for g in self.groups],
+        }
+
+
+def _round_kept(kept: int, channels: int, round_to: int) -> int:
+    if round_to <= 1:
+        return kept
+    if channels <= round_to:
+        return channels
+    return min(channels, max(round_to, int(round(kept / round_to)) * round_to))
+
+
+def _matches(group: Group, patterns: Sequence[str]) -> bool:
+    names = [m.tensor for m in group.members] + list(group.nodes)
+    return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names)
+
+
+def _keep_every_slot(removed: set[int], classes: dict, scores: np.ndarray) -> set[int]:  # type: ignore[type-arg]
+    """Restore the best removed channel of any slot that would lose all its elements."""
+    changed = True
+    while changed:
+        changed = False
+        for labels in classes.values():
+            present = set(np.unique(labels).tolist())
+            if present and present <= removed:
+                best = max(present, key=lambda c: (scores[c], -c))
+                removed.discard(best)
+                changed = True
+    return removed
+
+
+def make_plan(
+    analysis: Analysis,
+    scores: dict[int, np.ndarray],
+    ratio: float,
+    *,
+    criterion: str = "l2",
+    global_rank: bool = False,
+    max_ratio: float = 0.9,
+    round_to: int = 1,
+    min_channels: int = 1,
+    ignore: Sequence[str] = (),
+) -> Plan:
+    """Decide the channels to remove.
+
+    Args:
+        analysis: the groups.
+        scores: channel scores per prunable group (higher is more important).
+        ratio: fraction of channels to remove, in [0, 1).
+        criterion: name recorded in the plan.
+        global_rank: rank across groups instead of per group.
+        max_ratio: with ``global_rank``, the most any one group may lose.
+        round_to: keep channel counts multiples of this.
+        min_channels: keep at least this many channels per group.
+        ignore: glob patterns of node or tensor names whose groups are left alone.
+
+    Raises:
+        UsageError: ratio out of range or invalid options.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise UsageError(f"--ratio must be in [0, 1), got {ratio}")
+    if round_to < 1 or min_channels < 1:
+        raise UsageError("--round-to and --min-channels must be >= 1")
+    if not 0.0 < max_ratio < 1.0:
+        raise UsageError(f"--max-ratio must be in (0, 1), got {max_ratio}")
+    ignored = tuple(g.id for g in analysis.prunable if ignore and _matches(g, ignore))
+    active = [g for g in analysis.prunable if g.id not in ignored and g.id in scores]
+    target_kept: dict[int, int] = {}
+    if global_rank:
+        entries = []
+        for g in active:
+            s = scores[g.id]
+            mean = float(np.mean(s)) or 1.0
+            entries += [(float(v) / mean, g.id, c) for c, v in enumerate(s)]
+        entries.sort()
+        budget = int(round(ratio * sum(g.channels for g in active)))
+        cap = {g.id: min(int(max_ratio * g.channels), g.channels - min_channels) for g in active}
+        taken = {g.id: 0 for g in active}
+        for _, gid, _c in entries:
+            if budget <= 0:
+                break
+            if taken[gid] < cap[gid]:
+                taken[gid] += 1
+                budget -= 1
+        target_kept = {g.id: g.channels - taken[g.id] for g in active}
+    else:
+        target_kept = {g.id: g.channels - int(round(ratio * g.channels)) for g in active}
+    plans = []
+    for g in active:
+        kept = _round_kept(target_kept[g.id], g.channels, round_to)
+        kept = min(g.channels, max(kept, min_channels, 1))
+        s = scores[g.id]
+        order = np.lexsort((np.arange(len(s)), s))  # ascending score, ties by index
+        removed = set(order[: g.channels - kept].tolist())
+        removed = _keep_every_slot(removed, analysis.classes[g.id], s)
+        if removed:
+            plans.append(GroupPlan(g.id, g.channels, tuple(sorted(removed))))
+    return Plan(tuple(plans), ratio, criterion, global_rank, round_to, ignored)

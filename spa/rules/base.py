@@ -1,0 +1,233 @@
+"""The vocabulary every channel rule speaks.
+
+A *slot* is one axis of one tensor (activation or initializer). A rule looks at one node and returns
+*relations* between the slots of its inputs and outputs:
+
+* :class:`Link` — element ``ia[k]`` of slot ``a`` is the same channel as element ``ib[k]`` of slot ``b``
+  (``None`` means ``arange(size)``). Identity, offsets (Concat/Split/Slice), strides (Flatten),
+  per-group positions (grouped Conv) are all links.
+* :class:`Member` — an initializer slot whose slices are removed with the channel, and its *role*: a
+  ``consumer`` slice reads the channel (zeroed in the masked twin), a ``producer`` slice writes it, a
+  ``param`` slice transforms it per channel (BN scale, bias, PReLU slope).
+* :class:`Barrier` — a slot (or every axis of a tensor) that must not be pruned, with the reason.
+* :class:`Choice` — several candidate links of which exactly one is kept (a Reshape that merges or
+  splits axes couples the merged axis with one of its factors); the analysis keeps the first whose
+  slot is owned by weights and blocks the others' slots.
+
+A rule may also *rewrite* its node after pruning (``group`` attribute, Reshape/Split/Slice constants).
+
+>>> Link(Slot("x", 1), Slot("y", 1)).a
+Slot(tensor='x', axis=1)
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from spa.graph.model import Dim, const_value, shape_of
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One axis of one tensor."""
+
+    tensor: str
+    axis: int
+
+
+class Role(str, enum.Enum):
+    """How an initializer slice relates to the channel it belongs to."""
+
+    PRODUCER = "producer"
+    CONSUMER = "consumer"
+    PARAM = "param"
+
+
+@dataclass(frozen=True, eq=False)
+class Link:
+    """Element ``ia[k]`` of ``a`` and element ``ib[k]`` of ``b`` are one channel (None = identity)."""
+
+    a: Slot
+    b: Slot
+    ia: np.ndarray | None = None
+    ib: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Member:
+    """An initializer slot sliced with its channels, and its role."""
+
+    slot: Slot
+    role: Role
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """A slot (``axis`` None: every axis of ``tensor``) that must keep all its channels."""
+
+    tensor: str
+    axis: int | None
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class Choice:
+    """Keep one of ``options`` (each ``option.a`` is the option's own slot); block the others."""
+
+    options: tuple[Link, ...]
+    reason: str
+
+
+Relation = Union[Link, Member, Barrier, Choice]
+
+
+class NodeContext:
+    """What a rule may ask about the graph around one node."""
+
+    def __init__(self, node: gs.Node, opset: int) -> None:
+        self.node = node
+        self.opset = opset
+
+    # tensors -----------------------------------------------------------------------------------------
+    def input(self, k: int) -> gs.Tensor | None:
+        """The k-th input, or None when absent/empty (optional input)."""
+        ins = self.node.inputs
+        if k < len(ins) and ins[k] is not None and ins[k].name != "":
+            return ins[k]
+        return None
+
+    def output(self, k: int) -> gs.Tensor | None:
+        """The k-th output, or None when absent."""
+        outs = self.node.outputs
+        if k < len(outs) and outs[k].name != "":
+            return outs[k]
+        return None
+
+    @staticmethod
+    def shape(t: gs.Tensor | None) -> tuple[Dim, ...] | None:
+        """Shape of ``t`` (None if unknown)."""
+        return shape_of(t) if t is not None else None
+
+    def rank(self, t: gs.Tensor | None) -> int | None:
+        """Rank of ``t`` (None if unknown)."""
+        s = self.shape(t)
+        return None if s is None else len(s)
+
+    @staticmethod
+    def const(t: gs.Tensor | None) -> np.ndarray | None:
+        """Value of a constant input, None for activations."""
+        return const_value(t)
+
+    @staticmethod
+    def is_const(t: gs.Tensor | None) -> bool:
+        """Whether ``t`` is an initializer/constant."""
+        return isinstance(t, gs.Constant)
+
+    def attr(self, name: str, default: object = None) -> object:
+        """A node attribute."""
+        return self.node.attrs.get(name, default)
+
+    def ints(self, attr: str, input_index: int | None) -> list[int] | None:
+        """Integer list given as attribute (older opsets) or constant input (newer ones).
+
+        Returns None when neither is present or the input is computed at run time.
+        """
+        if attr in self.node.attrs and self.node.attrs[attr] is not None:
+            v = self.node.attrs[attr]
+            return [int(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+        if input_index is not None:
+            t = self.input(input_index)
+            if t is not None:
+                v = self.const(t)
+                return None if v is None else [int(x) for x in np.asarray(v).reshape(-1)]
+        return None
+
+    # relation helpers --------------------------------------------------------------------------------
+    def barrier_all(self, reason: str) -> list[Relation]:
+        """Barriers on every axis of every input and output of the node."""
+        rels: list[Relation] = []
+        for t in list(self.node.inputs) + list(self.node.outputs):
+            if t is not None and t.name:
+                rels.append(Barrier(t.name, None, reason))
+        return rels
+
+
+def norm_axis(axis: int, rank: int) -> int:
+    """Normalise a possibly negative axis."""
+    return axis + rank if axis < 0 else axis
+
+
+def static(d: Dim) -> int | None:
+    """A dimension as an int, or None when symbolic/unknown."""
+    return int(d) if isinstance(d, (int, np.integer)) else None
+
+
+def same_dim(a: Dim, b: Dim) -> bool:
+    """Whether two dims are known to be equal (equal ints or the same symbol)."""
+    return a is not None and a == b
+
+
+def identity_links(x: str, y: str, axes: Iterable[tuple[int, int]]) -> list[Relation]:
+    """Identity links between axis pairs of two tensors."""
+    return [Link(Slot(x, ax), Slot(y, ay)) for ax, ay in axes]
+
+
+Kept = Callable[[Slot], "np.ndarray | None"]
+
+
+class RewriteContext:
+    """What a rule may use to rewrite its node after pruning."""
+
+    def __init__(self, kept: Kept, sizes: Callable[[Slot], int | None]) -> None:
+        self._kept = kept
+        self._sizes = sizes
+
+    def kept(self, tensor: gs.Tensor | None, axis: int) -> np.ndarray | None:
+        """Kept element indices of a pruned slot; None when the slot is not pruned."""
+        if tensor is None:
+            return None
+        return self._kept(Slot(tensor.name, axis))
+
+    def new_size(self, tensor: gs.Tensor, axis: int, old: int) -> int:
+        """Size of an axis after pruning (``old`` when it is not pruned)."""
+        k = self.kept(tensor, axis)
+        return old if k is None else int(len(k))
+
+    @staticmethod
+    def set_const_input(node: gs.Node, index: int, value: np.ndarray) -> None:
+        """Replace constant input ``index`` of ``node`` with a fresh constant (never mutates shared ones)."""
+        old = node.inputs[index]
+        name = f"{old.name}__spa_{node.name or id(node)}"
+        node.inputs[index] = gs.Constant(name, np.asarray(value, dtype=np.asarray(old.values).dtype))
+
+
+class ChannelRule(ABC):
+    """Channel behaviour of one op family.
+
+    Attributes:
+        op_types: the op types this rule handles.
+        domain: their domain ("" for ai.onnx).
+        min_opset, max_opset: opset range (inclusive) of the default domain this rule is valid for.
+    """
+
+    op_types: Sequence[str] = ()
+    domain: str = ""
+    min_opset: int = 1
+    max_opset: int = 10_000
+
+    @abstractmethod
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        """Relations between the node's slots."""
+
+    def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:  # noqa: B027 - optional hook
+        """Fix attributes/constants of the node after its slots were pruned (default: nothing)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(self.op_types)})"

@@ -1,0 +1,243 @@
+"""Concat, Split, Slice and Gather along a channel axis.
+
+* Concat: input ``k``'s channel ``i`` is output channel ``offset_k + i``; other axes identity.
+* Split: output ``k``'s channel ``i`` is input channel ``offset_k + i``; split sizes are rewritten.
+* Slice (step 1): output channel ``j`` is input channel ``start + j``; starts/ends are rewritten to the
+  compacted positions. Input channels outside the slice are free. Steps other than 1 are barriers.
+* Gather with constant 1-D indices: output ``j`` is input ``indices[j]``; indices are rewritten.
+
+>>> _clamp_range(2, 2**62, 10)
+(2, 10)
+>>> _clamp_range(-3, -1, 10)
+(7, 9)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spa.rules.base import (
+    Barrier,
+    ChannelRule,
+    Link,
+    Member,
+    NodeContext,
+    Relation,
+    RewriteContext,
+    Role,
+    Slot,
+    norm_axis,
+    static,
+)
+
+
+def _clamp_range(start: int, end: int, n: int) -> tuple[int, int]:
+    """Normalise Slice start/end (step 1) against a dimension of size ``n``."""
+    s = start + n if start < 0 else start
+    e = end + n if end < 0 else end
+    s, e = min(max(s, 0), n), min(max(e, 0), n)
+    return s, max(s, e)
+
+
+def _others(x: str, y: str, r: int, skip: int) -> list[Relation]:
+    return [Link(Slot(x, a), Slot(y, a)) for a in range(r) if a != skip]
+
+
+class ConcatRule(ChannelRule):
+    """Concat: offset maps on the concat axis."""
+
+    op_types = ("Concat",)
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        y = ctx.output(0)
+        r = ctx.rank(y)
+        if y is None or r is None:
+            return ctx.barrier_all(f"Concat '{ctx.node.name}': shape unknown")
+        ax = norm_axis(int(ctx.attr("axis", 0)), r)
+        rels: list[Relation] = []
+        off = 0
+        for k in range(len(ctx.node.inputs)):
+            t = ctx.input(k)
+            st = ctx.shape(t)
+            if t is None or st is None or static(st[ax]) is None:
+                return ctx.barrier_all(f"Concat '{ctx.node.name}': size of input {k} on axis {ax} unknown")
+            n = int(st[ax])  # type: ignore[arg-type]
+            if n:
+                rels.append(Link(Slot(t.name, ax), Slot(y.name, ax), np.arange(n), off + np.arange(n)))
+            rels += _others(t.name, y.name, r, ax)
+            if ctx.is_const(t):
+                rels += [Member(Slot(t.name, a), Role.PARAM) for a in range(r)]
+            off += n
+        return rels
+
+
+class SplitRule(ChannelRule):
+    """Split: offset maps; sizes rewritten (attribute before opset 13, input after)."""
+
+    op_types = ("Split",)
+
+    def _sizes(self, ctx: NodeContext, n: int) -> list[int] | None:
+        sizes = ctx.ints("split", 1 if ctx.opset >= 13 else None)
+        if sizes is None:
+            if ctx.input(1) is not None:
+                return None
+            k = len(ctx.node.outputs)
+            chunk = -(-n // k)
+            sizes = [min(chunk, n - i * chunk) for i in range(k)]
+        return sizes
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        x = ctx.input(0)
+        sx = ctx.shape(x)
+        if x is None or sx is None:
+            return ctx.barrier_all(f"Split '{ctx.node.name}': shape unknown")
+        r = len(sx)
+        ax = norm_axis(int(ctx.attr("axis", 0)), r)
+        n = static(sx[ax])
+        sizes = None if n is None else self._sizes(ctx, n)
+        if sizes is None or sum(sizes) != n:
+            return ctx.barrier_all(f"Split '{ctx.node.name}': split sizes unknown")
+        rels: list[Relation] = []
+        off = 0
+        for out, s in zip(ctx.node.outputs, sizes):
+            if out.name and s:
+                rels.append(Link(Slot(out.name, ax), Slot(x.name, ax), np.arange(s), off + np.arange(s)))
+                rels += _others(x.name, out.name, r, ax)
+            off += s
+        return rels
+
+    def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
+        x = ctx.input(0)
+        sx = ctx.shape(x)
+        assert x is not None and sx is not None
+        ax = norm_axis(int(ctx.attr("axis", 0)), len(sx))
+        if rw.kept(x, ax) is None:
+            return
+        old = self._sizes(ctx, int(sx[ax]))  # type: ignore[arg-type]
+        assert old is not None
+        new = [rw.new_size(o, ax, s) for o, s in zip(ctx.node.outputs, old)]
+        value = np.asarray(new, dtype=np.int64)
+        if ctx.opset < 13:
+            ctx.node.attrs["split"] = [int(v) for v in new]
+        elif ctx.input(1) is not None:
+            rw.set_const_input(ctx.node, 1, value)
+        else:
+            import onnx_graphsurgeon as gs
+
+            ctx.node.inputs.append(gs.Constant(f"{ctx.node.name}__spa_split", value))
+            ctx.node.attrs.pop("num_outputs", None)
+
+
+class SliceRule(ChannelRule):
+    """Slice with constant starts/ends/axes/steps."""
+
+    op_types = ("Slice",)
+
+    def _params(self, ctx: NodeContext, r: int) -> list[tuple[int, int, int, int]] | None:
+        """(axis, start, end, step) per sliced axis, or None when computed at run time."""
+        if ctx.opset < 10:
+            starts, ends = ctx.ints("starts", None), ctx.ints("ends", None)
+            axes, steps = ctx.ints("axes", None), None
+        else:
+            starts, ends = ctx.ints("", 1), ctx.ints("", 2)
+            axes = ctx.ints("", 3) if ctx.input(3) is not None else None
+            steps = ctx.ints("", 4) if ctx.input(4) is not None else None
+            if (ctx.input(3) is not None and axes is None) or (ctx.input(4) is not None and steps is None):
+                return None
+        if starts is None or ends is None:
+            return None
+        axes = axes if axes is not None else list(range(len(starts)))
+        steps = steps if steps is not None else [1] * len(starts)
+        return [(norm_axis(a, r), s, e, st) for a, s, e, st in zip(axes, starts, ends, steps)]
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        x, y = ctx.input(0), ctx.output(0)
+        sx = ctx.shape(x)
+        if x is None or y is None or sx is None:
+            return ctx.barrier_all(f"Slice '{ctx.node.name}': shape unknown")
+        r = len(sx)
+        params = self._params(ctx, r)
+        if params is None:
+            return ctx.barrier_all(f"Slice '{ctx.node.name}': starts/ends computed at run time")
+        sliced = {p[0]: p for p in params}
+        rels: list[Relation] = []
+        for a in range(r):
+            if a not in sliced:
+                rels.append(Link(Slot(x.name, a), Slot(y.name, a)))
+                continue
+            _, s, e, step = sliced[a]
+            n = static(sx[a])
+            if step != 1 or n is None:
+                reason = f"Slice '{ctx.node.name}' on axis {a} has step {step} or unknown size"
+                rels += [Barrier(x.name, a, reason), Barrier(y.name, a, reason)]
+                continue
+            s, e = _clamp_range(s, e, n)
+            if e > s:
+                rels.append(Link(Slot(y.name, a), Slot(x.name, a), np.arange(e - s), s + np.arange(e - s)))
+        return rels
+
+    def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
+        x = ctx.input(0)
+        sx = ctx.shape(x)
+        assert x is not None and sx is not None
+        params = self._params(ctx, len(sx))
+        assert params is not None
+        starts, ends = [], []
+        for a, s, e, _ in params:
+            kept = rw.kept(x, a)
+            if kept is None:
+                starts.append(s)
+                ends.append(e)
+                continue
+            cs, ce = _clamp_range(s, e, int(sx[a]))  # type: ignore[arg-type]
+            new_s = int(np.searchsorted(kept, cs))
+            new_e = int(np.searchsorted(kept, ce))
+            starts.append(new_s)
+            ends.append(new_e)
+        if ctx.opset < 10:
+            ctx.node.attrs["starts"], ctx.node.attrs["ends"] = starts, ends
+        else:
+            rw.set_const_input(ctx.node, 1, np.asarray(starts))
+            rw.set_const_input(ctx.node, 2, np.asarray(ends))
+
+
+class GatherRule(ChannelRule):
+    """Gather with constant 1-D indices selects channels; anything else blocks the gathered axis."""
+
+    op_types = ("Gather",)
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        x, idx, y = ctx.input(0), ctx.input(1), ctx.output(0)
+        sx, si = ctx.shape(x), ctx.shape(idx)
+        if x is None or y is None or sx is None or si is None:
+            return ctx.barrier_all(f"Gather '{ctx.node.name}': shape unknown")
+        r, q = len(sx), len(si)
+        ax = norm_axis(int(ctx.attr("axis", 0)), r)
+        rels: list[Relation] = [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(ax)]
+        rels += [Link(Slot(x.name, a), Slot(y.name, a + q - 1)) for a in range(ax + 1, r)]
+        values = ctx.const(idx)
+        n = static(sx[ax])
+        if values is None or q != 1 or n is None:
+            rels.append(Barrier(x.name, ax, f"Gather '{ctx.node.name}' selects along axis {ax} with "
+                                            "run-time or scalar indices"))
+            return rels
+        v = np.where(values < 0, values + n, values).astype(np.int64)
+        rels.append(Link(Slot(y.name, ax), Slot(x.name, ax), np.arange(len(v)), v))
+        return rels
+
+    def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
+        x, idx = ctx.input(0), ctx.input(1)
+        sx = ctx.shape(x)
+        assert x is not None and sx is not None
+        ax = norm_axis(int(ctx.attr("axis", 0)), len(sx))
+        kept_in = rw.kept(x, ax)
+        if kept_in is None:
+            return
+        values = ctx.const(idx)
+        assert values is not None
+        n = int(sx[ax])  # type: ignore[arg-type]
+        v = np.where(values < 0, values + n, values)
+        kept_out = rw.kept(ctx.output(0), ax)
+        if kept_out is not None:
+            v = v[kept_out]
+        rw.set_const_input(ctx.node, 1, np.searchsorted(kept_in, v))

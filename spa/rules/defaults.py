@@ -1,0 +1,44 @@
+"""The default rule set, listed explicitly in one place (no registration by import side effects)."""
+
+from __future__ import annotations
+
+from spa.rules.base import ChannelRule
+from spa.rules.concat_split import ConcatRule, GatherRule, SliceRule, SplitRule
+from spa.rules.conv import ConvRule, ConvTransposeRule
+from spa.rules.elementwise import BroadcastRule, UnaryRule
+from spa.rules.gemm_matmul import GemmRule, MatMulRule
+from spa.rules.norm import PerChannelNormRule, StatsOverAxisRule
+from spa.rules.pooling import AxisOpRule, PoolRule, ReduceRule
+from spa.rules.registry import RuleRegistry
+from spa.rules.reshape_transpose import ReshapeRule, ShapeOnlyRule, TransposeRule
+from spa.rules.resize_pad import ExpandTileRule, PadRule, ResizeRule, ShapeRule
+
+DEFAULT_RULES: tuple[ChannelRule, ...] = (
+    ConvRule(),
+    ConvTransposeRule(),
+    PerChannelNormRule(),
+    StatsOverAxisRule(),
+    UnaryRule(),
+    BroadcastRule(),
+    PoolRule(),
+    ReduceRule(),
+    AxisOpRule(),
+    ConcatRule(),
+    SplitRule(),
+    SliceRule(),
+    GatherRule(),
+    ReshapeRule(),
+    ShapeOnlyRule(),
+    TransposeRule(),
+    GemmRule(),
+    MatMulRule(),
+    ResizeRule(),
+    PadRule(),
+    ExpandTileRule(),
+    ShapeRule(),
+)
+
+
+def default_registry() -> RuleRegistry:
+    """A fresh registry holding :data:`DEFAULT_RULES`."""
+    return RuleRegistry(DEFAULT_RULES)

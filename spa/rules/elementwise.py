@@ -1,0 +1,93 @@
+"""Elementwise ops: unary activations and broadcasting n-ary arithmetic.
+
+Unary ops map every axis of the input to the same axis of the output. Broadcasting ops (Add, Mul, ...,
+PRelu, Where) align inputs from the right (numpy rules): an input axis whose size equals the output's is
+the same channel; an input axis of size 1 against a larger output axis is broadcast and couples nothing.
+Per-channel constants (bias vectors, BN decomposed into Mul/Add, PReLU slopes) are linked and sliced.
+"""
+
+from __future__ import annotations
+
+from spa.rules.base import (
+    Barrier,
+    ChannelRule,
+    Link,
+    Member,
+    NodeContext,
+    Relation,
+    Role,
+    Slot,
+    same_dim,
+    static,
+)
+
+UNARY_OPS = (
+    "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Mish",
+    "Softplus", "Softsign", "Elu", "Selu", "Celu", "ThresholdedRelu", "Shrink", "Swish",
+    "Exp", "Log", "Sqrt", "Neg", "Abs", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
+    "Sin", "Cos", "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh",
+    "Cast", "CastLike", "Not", "IsNaN", "IsInf", "Identity", "Dropout",
+)
+
+BROADCAST_OPS = (
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where", "Mod",
+    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "BitShift",
+)
+
+
+class UnaryRule(ChannelRule):
+    """Identity on every axis between input 0 and each output (Dropout's mask too)."""
+
+    op_types = UNARY_OPS
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        x = ctx.input(0)
+        r = ctx.rank(x)
+        if x is None or r is None:
+            return ctx.barrier_all(f"{ctx.node.op} '{ctx.node.name}': input shape unknown")
+        rels: list[Relation] = []
+        for out in ctx.node.outputs:
+            if out.name and ctx.rank(out) == r:
+                rels += [Link(Slot(x.name, a), Slot(out.name, a)) for a in range(r)]
+        return rels
+
+
+def broadcast_links(ctx: NodeContext, inputs: list, out) -> list[Relation]:  # type: ignore[no-untyped-def]
+    """Links between each input and ``out`` under numpy broadcasting; constants become PARAM members."""
+    so = ctx.shape(out)
+    if so is None:
+        return ctx.barrier_all(f"{ctx.node.op} '{ctx.node.name}': output shape unknown")
+    r = len(so)
+    rels: list[Relation] = []
+    for t in inputs:
+        if t is None:
+            continue
+        st = ctx.shape(t)
+        if st is None:
+            return ctx.barrier_all(f"{ctx.node.op} '{ctx.node.name}': shape of '{t.name}' unknown")
+        shift = r - len(st)
+        for ai, di in enumerate(st):
+            ao = ai + shift
+            do = so[ao]
+            if static(di) == 1 and static(do) != 1:
+                continue  # broadcast along this axis: no coupling
+            if same_dim(di, do):
+                rels.append(Link(Slot(t.name, ai), Slot(out.name, ao)))
+                if ctx.is_const(t):
+                    rels.append(Member(Slot(t.name, ai), Role.PARAM))
+            else:
+                reason = f"{ctx.node.op} '{ctx.node.name}': cannot tell broadcasting of '{t.name}' axis {ai}"
+                rels += [Barrier(t.name, ai, reason), Barrier(out.name, ao, reason)]
+    return rels
+
+
+class BroadcastRule(ChannelRule):
+    """Broadcasting n-ary ops: all non-broadcast input axes share the output's slot."""
+
+    op_types = BROADCAST_OPS
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        out = ctx.output(0)
+        if out is None:
+            return ctx.barrier_all(f"{ctx.node.op} '{ctx.node.name}' has no output")
+        return broadcast_links(ctx, [ctx.input(k) for k in range(len(ctx.node.inputs))], out)

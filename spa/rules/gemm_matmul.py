@@ -1,0 +1,94 @@
+"""Gemm and MatMul.
+
+A weight initializer decouples its two axes like a 1x1 Conv: the contraction axis is a *consumer*
+slice of the input channel, the other axis a *producer* slice of the output channel. A following bias
+Add is handled by the broadcasting rule. A MatMul of two activations (attention scores) couples batch
+and free axes; its contraction axis is a barrier here (head pruning is a dedicated rule).
+"""
+
+from __future__ import annotations
+
+from spa.rules.base import (
+    Barrier,
+    ChannelRule,
+    Link,
+    Member,
+    NodeContext,
+    Relation,
+    Role,
+    Slot,
+    same_dim,
+    static,
+)
+from spa.rules.elementwise import broadcast_links
+
+
+class GemmRule(ChannelRule):
+    """Gemm: Y[M,N] = A'[M,K] B'[K,N] + C."""
+
+    op_types = ("Gemm",)
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        a, b, c, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
+        if a is None or b is None or y is None or ctx.rank(a) != 2 or ctx.rank(b) != 2:
+            return ctx.barrier_all(f"Gemm '{ctx.node.name}': shapes unknown")
+        ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
+        a_m, a_k = (1, 0) if ta else (0, 1)
+        b_k, b_n = (1, 0) if tb else (0, 1)
+        rels: list[Relation] = [
+            Link(Slot(a.name, a_m), Slot(y.name, 0)),
+            Link(Slot(a.name, a_k), Slot(b.name, b_k)),
+            Link(Slot(b.name, b_n), Slot(y.name, 1)),
+        ]
+        if ctx.is_const(b):
+            rels += [Member(Slot(b.name, b_k), Role.CONSUMER), Member(Slot(b.name, b_n), Role.PRODUCER)]
+        if ctx.is_const(a):
+            rels += [Member(Slot(a.name, a_k), Role.CONSUMER), Member(Slot(a.name, a_m), Role.PRODUCER)]
+        if c is not None:
+            rels += [r for r in broadcast_links(ctx, [c], y) if not (isinstance(r, Link) and r.a.tensor == y.name)]
+        return rels
+
+
+class MatMulRule(ChannelRule):
+    """MatMul with numpy semantics (1-D operands and broadcast batch dims)."""
+
+    op_types = ("MatMul",)
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        a, b, y = ctx.input(0), ctx.input(1), ctx.output(0)
+        sa, sb, sy = ctx.shape(a), ctx.shape(b), ctx.shape(y)
+        if a is None or b is None or y is None or sa is None or sb is None or sy is None:
+            return ctx.barrier_all(f"MatMul '{ctx.node.name}': shapes unknown")
+        ra, rb, ry = len(sa), len(sb), len(sy)
+        rels: list[Relation] = []
+        ka, kb = ra - 1, (rb - 2 if rb >= 2 else 0)
+        if ra >= 2:
+            rels.append(Link(Slot(a.name, ra - 2), Slot(y.name, ry - (2 if rb >= 2 else 1))))
+        if rb >= 2:
+            rels.append(Link(Slot(b.name, rb - 1), Slot(y.name, ry - 1)))
+        # batch dims, aligned from the right, broadcast-aware
+        nb_y = ry - (1 if ra >= 2 else 0) - (1 if rb >= 2 else 0)
+        for t, s, nb in ((a, sa, ra - 2), (b, sb, rb - 2)):
+            for i in range(max(nb, 0)):
+                ay = nb_y - nb + i
+                if static(s[i]) == 1 and static(sy[ay]) != 1:
+                    continue
+                if same_dim(s[i], sy[ay]):
+                    rels.append(Link(Slot(t.name, i), Slot(y.name, ay)))
+                else:
+                    rels.append(Barrier(t.name, i, f"MatMul '{ctx.node.name}': batch broadcast unclear"))
+        const_a, const_b = ctx.is_const(a), ctx.is_const(b)
+        if const_a or const_b:
+            rels.append(Link(Slot(a.name, ka), Slot(b.name, kb)))
+            if const_b:
+                rels.append(Member(Slot(b.name, kb), Role.CONSUMER))
+                if rb >= 2:
+                    rels.append(Member(Slot(b.name, rb - 1), Role.PRODUCER))
+            if const_a:
+                rels.append(Member(Slot(a.name, ka), Role.CONSUMER))
+                if ra >= 2:
+                    rels.append(Member(Slot(a.name, ra - 2), Role.PRODUCER))
+        else:
+            reason = f"MatMul '{ctx.node.name}' contracts two activations"
+            rels += [Barrier(a.name, ka, reason), Barrier(b.name, kb, reason)]
+        return rels

@@ -1,0 +1,205 @@
+"""Reshape, Flatten, Squeeze, Unsqueeze and Transpose.
+
+Transpose permutes slots. The reshape family is decomposed into *blocks*: runs of consecutive input
+axes and output axes with equal products (size-1 axes dropped).
+
+* 1 → 1 block: identity.
+* k → 1 (merge, e.g. Flatten of C×H×W): output element ``f`` belongs to factor ``i`` at index
+  ``(f // inner_i) % size_i``. Exactly one factor can carry channels; the analysis picks the factor
+  that owns weights (NCHW: C is outermost, NHWC: C is innermost) and blocks the others.
+* 1 → k (split, e.g. C into groups×C/g for a channel shuffle): the same maps seen from the other side.
+* k → m: barrier.
+
+Reshape's target constant is rewritten with the new sizes (``-1`` entries are kept).
+
+>>> _blocks((1, 8, 4, 4), (1, 128))
+[((0,), (0,)), ((1, 2, 3), (1,))]
+>>> _blocks((1, 12), (1, 3, 4))
+[((0,), (0,)), ((1,), (1, 2))]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from spa.graph.model import Dim
+from spa.rules.base import (
+    Barrier,
+    ChannelRule,
+    Choice,
+    Link,
+    NodeContext,
+    Relation,
+    RewriteContext,
+    Slot,
+    norm_axis,
+    static,
+)
+
+Block = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+def _blocks(si: tuple[Dim, ...], so: tuple[Dim, ...]) -> list[Block] | None:
+    """Pair runs of input and output axes with equal products; None when they cannot be paired."""
+    blocks: list[Block] = []
+    i = j = 0
+    while i < len(si) or j < len(so):
+        if i < len(si) and static(si[i]) == 1:
+            i += 1
+            continue
+        if j < len(so) and static(so[j]) == 1:
+            j += 1
+            continue
+        if i >= len(si) or j >= len(so):
+            return None
+        if static(si[i]) is None or static(so[j]) is None:
+            if si[i] is not None and si[i] == so[j]:
+                blocks.append(((i,), (j,)))
+                i, j = i + 1, j + 1
+                continue
+            return None
+        ins, outs = [i], [j]
+        pi, po = int(si[i]), int(so[j])  # type: ignore[arg-type]
+        i, j = i + 1, j + 1
+        while pi != po:
+            if pi < po:
+                if i >= len(si) or static(si[i]) is None:
+                    return None
+                pi *= int(si[i])  # type: ignore[arg-type]
+                ins.append(i)
+                i += 1
+            else:
+                if j >= len(so) or static(so[j]) is None:
+                    return None
+                po *= int(so[j])  # type: ignore[arg-type]
+                outs.append(j)
+                j += 1
+        # trailing size-1 axes inside the block are dropped by the size filter below
+        blocks.append((tuple(a for a in ins if static(si[a]) != 1), tuple(b for b in outs if static(so[b]) != 1)))
+    return blocks
+
+
+def _factor_index(sizes: list[int], k: int) -> np.ndarray:
+    """For a flattened run of axes with ``sizes``, the index along axis ``k`` of each element."""
+    inner = int(np.prod(sizes[k + 1:], dtype=np.int64))
+    total = int(np.prod(sizes, dtype=np.int64))
+    return (np.arange(total) // inner) % sizes[k]
+
+
+def reshape_relations(ctx: NodeContext, x: gs.Tensor, y: gs.Tensor) -> list[Relation]:
+    """Relations of any shape-only op from ``x`` to ``y`` (shapes from inference)."""
+    si, so = ctx.shape(x), ctx.shape(y)
+    op = f"{ctx.node.op} '{ctx.node.name}'"
+    if si is None or so is None:
+        return ctx.barrier_all(f"{op}: shapes unknown")
+    blocks = _blocks(si, so)
+    if blocks is None:
+        return ctx.barrier_all(f"{op}: cannot pair input axes {si} with output axes {so}")
+    rels: list[Relation] = []
+    for ins, outs in blocks:
+        if len(ins) == 1 and len(outs) == 1:
+            rels.append(Link(Slot(x.name, ins[0]), Slot(y.name, outs[0])))
+        elif len(outs) == 1:
+            sizes = [int(si[a]) for a in ins]  # type: ignore[arg-type]
+            opts = tuple(Link(Slot(x.name, a), Slot(y.name, outs[0]), _factor_index(sizes, k), None)
+                         for k, a in enumerate(ins))
+            rels.append(Choice(opts, f"{op} merges axes {list(ins)}; only one of them can carry channels"))
+        elif len(ins) == 1:
+            sizes = [int(so[b]) for b in outs]  # type: ignore[arg-type]
+            opts = tuple(Link(Slot(y.name, b), Slot(x.name, ins[0]), _factor_index(sizes, k), None)
+                         for k, b in enumerate(outs))
+            rels.append(Choice(opts, f"{op} splits axis {ins[0]}; only one factor can carry channels"))
+        else:
+            reason = f"{op} regroups axes {list(ins)} into {list(outs)}"
+            rels += [Barrier(x.name, a, reason) for a in ins] + [Barrier(y.name, b, reason) for b in outs]
+    return rels
+
+
+def _shape_spec(ctx: NodeContext) -> tuple[list[int | None], gs.Node | None] | None:
+    """The Reshape target as a list (None = computed at run time) and the Concat that builds it, if any."""
+    t = ctx.input(1)
+    v = ctx.const(t)
+    if v is not None:
+        return [int(a) for a in v.reshape(-1)], None
+    if t is None or len(t.inputs) != 1 or t.inputs[0].op != "Concat" or len(t.outputs) != 1:
+        return None
+    concat = t.inputs[0]
+    spec: list[int | None] = []
+    for piece in concat.inputs:
+        pv = ctx.const(piece)
+        if pv is not None:
+            spec += [int(a) for a in pv.reshape(-1)]
+        else:
+            s = ctx.shape(piece)
+            if s is None or len(s) != 1 or static(s[0]) is None:
+                return None
+            spec += [None] * int(s[0])  # type: ignore[arg-type]
+    return spec, concat
+
+
+class ReshapeRule(ChannelRule):
+    """Reshape: block maps; the target constant is rewritten."""
+
+    op_types = ("Reshape",)
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        x, y = ctx.input(0), ctx.output(0)
+        if x is None or y is None:
+            return ctx.barrier_all("Reshape without data")
+        rels = reshape_relations(ctx, x, y)
+        spec = _shape_spec(ctx)
+        if spec is None:
+            return rels + [Barrier(y.name, None, f"Reshape '{ctx.node.name}' target computed at run time")]
+        for b, v in enumerate(spec[0]):
+            if v is None:
+                rels.append(Barrier(y.name, b, f"Reshape '{ctx.node.name}' target axis {b} computed at run time"))
+        return rels
+
+    def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
+        y = ctx.output(0)
+        spec = _shape_spec(ctx)
+        so = ctx.shape(y)
+        assert spec is not None and so is not None and y is not None
+        values, concat = spec
+        new = []
+        for b, v in enumerate(values):
+            if v is None or v == -1 or rw.kept(y, b) is None:
+                new.append(v)
+            else:
+                new.append(rw.new_size(y, b, int(so[b])))  # type: ignore[arg-type]
+        if concat is None:
+            rw.set_const_input(ctx.node, 1, np.asarray(new, dtype=np.int64))
+            return
+        pos = 0
+        for k, piece in enumerate(list(concat.inputs)):
+            n = int(np.prod(piece.shape)) if piece.shape is not None else 0
+            if isinstance(piece, gs.Constant):
+                rw.set_const_input(concat, k, np.asarray(new[pos:pos + n], dtype=np.int64))
+            pos += n
+
+
+class ShapeOnlyRule(ChannelRule):
+    """Flatten, Squeeze, Unsqueeze: block maps, nothing to rewrite (their attributes do not name sizes)."""
+
+    op_types = ("Flatten", "Squeeze", "Unsqueeze")
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        x, y = ctx.input(0), ctx.output(0)
+        if x is None or y is None:
+            return ctx.barrier_all(f"{ctx.node.op} without data")
+        return reshape_relations(ctx, x, y)
+
+
+class TransposeRule(ChannelRule):
+    """Transpose: output axis ``i`` is input axis ``perm[i]``."""
+
+    op_types = ("Transpose",)
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        x, y = ctx.input(0), ctx.output(0)
+        r = ctx.rank(x)
+        if x is None or y is None or r is None:
+            return ctx.barrier_all(f"Transpose '{ctx.node.name}': shape unknown")
+        perm = ctx.attr("perm") or list(reversed(range(r)))
+        return [Link(Slot(x.name, norm_axis(int(p), r)), Slot(y.name, i)) for i, p in enumerate(perm)]  # type: ignore[union-attr]

@@ -1,0 +1,87 @@
+"""Apply a :class:`~spa.plan.Plan` to a model.
+
+* :func:`prune_model` — every rule whose node touches a pruned slot rewrites its attributes and
+  size constants (``group``, Reshape/Split/Slice/Resize constants) first, with the original shapes
+  still known; then every initializer slot of a pruned group is sliced; then shapes are inferred anew.
+* :func:`masked_twin` — the same architecture with every removed channel's *consumer* weight slices
+  zeroed (the mask oracle's reference): on any input it must compute what the pruned model computes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from spa.analysis.groups import Analysis
+from spa.graph.model import ModelGraph
+from spa.plan import Plan
+from spa.rules.base import NodeContext, RewriteContext, Role, Slot
+from spa.rules.defaults import default_registry
+from spa.rules.registry import RuleRegistry
+
+log = logging.getLogger(__name__)
+
+
+def kept_indices(analysis: Analysis, plan: Plan) -> dict[Slot, np.ndarray]:
+    """Kept element indices of every slot of every group the plan prunes."""
+    kept: dict[Slot, np.ndarray] = {}
+    for gp in plan.groups:
+        removed = np.zeros(gp.channels, dtype=bool)
+        removed[list(gp.removed)] = True
+        for slot, labels in analysis.classes[gp.group].items():
+            kept[slot] = np.flatnonzero(~removed[labels])
+    return kept
+
+
+def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = None) -> ModelGraph:
+    """The pruned model (a new :class:`ModelGraph`; the analysed one is not modified)."""
+    registry = registry or default_registry()
+    mg = analysis.model.copy()
+    kept = kept_indices(analysis, plan)
+    touched = {s.tensor for s in kept}
+    sizes = {s: len(k) for s, k in kept.items()}
+    rw = RewriteContext(kept.get, sizes.get)
+    for node in mg.graph.nodes:
+        names = {t.name for t in list(node.inputs) + list(node.outputs) if t is not None}
+        if names & touched:
+            rule = registry.lookup(node.domain or "", node.op, mg.opset)
+            if rule is not None:
+                rule.rewrite(NodeContext(node, mg.opset), rw)
+    tensors = mg.graph.tensors()
+    for slot, k in kept.items():
+        t = tensors.get(slot.tensor)
+        if isinstance(t, gs.Constant) and len(k) != t.shape[slot.axis]:
+            t.values = np.take(np.asarray(t.values), k, axis=slot.axis)
+    mg.refresh_shapes()
+    return mg
+
+
+def masked_twin(analysis: Analysis, plan: Plan, updates: dict[str, np.ndarray] | None = None) -> ModelGraph:
+    """Same architecture, removed channels zeroed at their consumers.
+
+    Args:
+        analysis: the analysis the plan was made from.
+        plan: the plan.
+        updates: replacement weight values (from a compensating criterion) applied before masking.
+    """
+    mg = analysis.model.copy()
+    tensors = mg.graph.tensors()
+    for name, value in (updates or {}).items():
+        t = tensors[name]
+        assert isinstance(t, gs.Constant)
+        t.values = np.asarray(value, dtype=np.asarray(t.values).dtype)
+    for slot, k in kept_indices(analysis, plan).items():
+        t = tensors.get(slot.tensor)
+        if not isinstance(t, gs.Constant) or Role.CONSUMER not in analysis.roles.get(slot, set()):
+            continue
+        n = t.shape[slot.axis]
+        drop = np.setdiff1d(np.arange(n), k)
+        if len(drop):
+            values = np.array(t.values, copy=True)
+            index = [slice(None)] * values.ndim
+            index[slot.axis] = drop  # type: ignore[call-overload]
+            values[tuple(index)] = 0
+            t.values = values
+    return mg

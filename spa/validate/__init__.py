@@ -1,0 +1,1 @@
+"""Numerical validation: running models in ONNX Runtime and the mask oracle."""

@@ -1,0 +1,3 @@
+"""spa's version."""
+
+__version__ = "0.1.0"
