@@ -1,0 +1,83 @@
+"""Conv and ConvTranspose rules: plain, depthwise, grouped; 1D/2D/3D; with and without bias."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import spa
+from tests.oracle import GraphBuilder, assert_oracle
+
+OPSETS = [11, 17]
+
+
+def _chain(opset: int, group: int, cin: int = 8, mid: int = 8, bias: bool = True, dims: int = 2) -> GraphBuilder:
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, cin] + [6] * dims)
+    h = b.conv(x, cin, mid, bias=bias, dims=dims)
+    h = b.op("Relu", [h])
+    h = b.conv(h, mid, mid, group=group, bias=bias, dims=dims)  # type: ignore[arg-type]
+    h = b.op("Relu", [h])
+    y = b.conv(h, mid, 4, k=1, bias=bias, dims=dims)  # type: ignore[arg-type]
+    b.output(y)
+    return b
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_plain_conv_chain(opset: int, bias: bool, dims: int) -> None:
+    r = assert_oracle(_chain(opset, 1, bias=bias, dims=dims).build())
+    assert r.report["num_pruned"] == 2
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_depthwise_shrinks_group(opset: int) -> None:
+    r = assert_oracle(_chain(opset, group=8).build(), 0.5)
+    dw = [n for n in r.model.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(dw) == 1
+    assert next(a.i for a in dw[0].attribute if a.name == "group") == 4
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_depthwise_multiplier(opset: int) -> None:
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 6, 6])
+    h = b.op("Relu", [b.conv(x, 3, 6)])
+    h = b.conv(h, 6, 12, group=6)  # type: ignore[arg-type]
+    b.output(b.conv(b.op("Relu", [h]), 12, 2, k=1))  # type: ignore[arg-type]
+    r = assert_oracle(b.build(), 0.5)
+    groups = [a.i for n in r.model.graph.node for a in n.attribute if a.name == "group"]
+    assert 3 in groups
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_grouped_conv_keeps_groups_equal(opset: int) -> None:
+    r = assert_oracle(_chain(opset, group=4, mid=16).build(), 0.5)
+    for n in r.model.graph.node:
+        g = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if g > 1:
+            assert g == 4
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+@pytest.mark.parametrize("group", [1, 2, 4])
+def test_conv_transpose(opset: int, group: int) -> None:
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 5, 5])
+    h = b.op("Relu", [b.conv(x, 3, 8)])
+    w = b.weight(8, 8 // group, 2, 2)
+    h = b.op("ConvTranspose", [h, w, b.const(np.zeros(8, np.float32) + 0.1)], strides=[2, 2], group=group)
+    h = b.op("Relu", [h])
+    b.output(b.conv(h, 8, 2, k=1))  # type: ignore[arg-type]
+    assert_oracle(b.build(), 0.5)
+
+
+def test_conv_with_unknown_channel_count_is_blocked() -> None:
+    b = GraphBuilder(opset=13)
+    x = b.input("x", [1, "C", 6, 6])
+    w = b.input("w", [4, "C", 3, 3])
+    h = b.op("Conv", [x, w])
+    b.output(b.conv(b.op("Relu", [h]), 4, 2))  # type: ignore[arg-type]
+    a = spa.analyze(b.build())
+    assert not any(g.prunable for g in a.groups if any(m.tensor == "w" for m in g.members))
