@@ -2,7 +2,7 @@
 
 >>> import spa
 >>> sorted(spa.__all__)[:3]
-['Analysis', 'PruneResult', 'SpaError']
+['Analysis', 'Group', 'PruneResult']
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +22,67 @@ from rich.table import Table
 from spa import api
 from spa.bench.latency import resolve_provider, time_models
 from spa.bench.metrics import count_macs, count_params
-from spa.errors import SpaError, UsageError
-from spa.graph.io import check_paths, save_model
+from spa.errors import InvalidModelError, SpaError, UsageError
+from spa.graph.io import check_paths, load_model, save_model
 from spa.validate.oracle import DEFAULT_ATOL, DEFAULT_RTOL
 from spa.version import __version__
 
 console = Console(stderr=False)
-err_console = Console(stderr=True)
+#: click >= 8.2 raises this for a group called without a command.
+_NO_ARGS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _error(message: str) -> None:
+    """Print one unwrapped line to stderr (pipelines grep it; rich would wrap at 80 columns)."""
+    click.echo(" ".join(message.split()), err=True)
+
+
+def _check_json_dest(dest: str | None, *inputs: str | None) -> None:
+    """Refuse a JSON destination that is one of the inputs or lies in a missing folder (before any work)."""
+    if not dest or dest == "-":
+        return
+    d = Path(dest)
+    for inp in inputs:
+        if inp and d.exists() and Path(inp).exists() and d.resolve() == Path(inp).resolve():
+            raise UsageError(f"{dest} is an input file; choose another path for the JSON")
+    if d.is_dir():
+        raise UsageError(f"{dest}: is a directory; give a file path for the JSON")
+    parent = d.parent if str(d.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{dest}: folder '{parent}' does not exist")
 
 
 def _write_json(data: Any, dest: str | None) -> None:
+    """Write JSON to ``dest`` atomically (temporary file in the same folder, then rename); '-' is stdout."""
     if not dest:
         return
-    text = json.dumps(data, indent=2, default=str)
+    text = json.dumps(data, indent=2, default=str) + "\n"
     if dest == "-":
-        click.echo(text)
-    else:
-        tmp = Path(dest).with_suffix(Path(dest).suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(dest)
+        click.echo(text, nl=False)
+        return
+    d = Path(dest)
+    folder = d.parent if str(d.parent) else Path(".")
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{d.name}.", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, d)
+        tmp = None
+    except OSError as exc:
+        raise UsageError(f"could not write {dest}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _check_exists(*paths: str | None) -> None:
+    for p in paths:
+        if p and not Path(p).exists():
+            raise InvalidModelError(f"{p}: no such file")
 
 
 def _parse_shapes(values: tuple[str, ...]) -> dict[str, tuple[int, ...]] | None:
@@ -83,6 +127,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.pass_context
 def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool) -> int:
     """Show the groups of coupled channels of MODEL, prunable or blocked (with the reason)."""
+    _check_json_dest(json_out, model)
     analysis = api.analyze(model)
     data = {"model": model, "spa_version": __version__} | analysis.to_json()
     _write_json(data, json_out)
@@ -121,13 +166,18 @@ def prune(ctx: click.Context, model: str, output: str, ratio: float, criterion: 
           max_ratio: float, round_to: int, min_channels: int, ignore: tuple[str, ...], seed: int,
           report: str | None, emit_masked: str | None, external_data: bool, force: bool) -> int:
     """Prune MODEL and write the result to OUTPUT."""
-    check_paths(Path(model), Path(output), force=force)
-    if emit_masked:
-        check_paths(Path(model), Path(emit_masked), force=force)
-        if Path(emit_masked).resolve() == Path(output).resolve():
-            raise UsageError("--emit-masked must differ from --output")
     if not 0.0 <= ratio < 1.0:
         raise UsageError(f"--ratio must be in [0, 1), got {ratio}")
+    check_paths(Path(model), Path(output), force=force)
+    destinations = {"--output": Path(output).resolve()}
+    for opt, dest in (("--emit-masked", emit_masked), ("--report", report)):
+        if not dest or dest == "-":
+            continue
+        check_paths(Path(model), Path(dest), force=force)
+        for other, resolved in destinations.items():
+            if Path(dest).resolve() == resolved:
+                raise UsageError(f"{opt} must differ from {other}")
+        destinations[opt] = Path(dest).resolve()
     result = api.prune(model, ratio, criterion, global_rank=global_rank, max_ratio=max_ratio,
                        round_to=round_to, min_channels=min_channels, ignore=ignore, seed=seed,
                        emit_masked=bool(emit_masked))
@@ -149,7 +199,9 @@ def prune(ctx: click.Context, model: str, output: str, ratio: float, criterion: 
     console.print(f"groups: {r['num_groups']} found, {r['num_prunable']} prunable, {r['num_pruned']} pruned "
                   f"-> {output}")
     if not r["num_pruned"]:
-        console.print("[yellow]nothing was pruned: no prunable channel groups (see `spa analyze`)")
+        why = ("no prunable channel groups (see `spa analyze`)" if not r["num_prunable"]
+               else "the ratio and options removed no channel")
+        console.print(f"[yellow]nothing was pruned: {why}")
     return 0
 
 
@@ -170,12 +222,14 @@ def verify(ctx: click.Context, original: str, pruned: str, masked: str | None, t
 
     Without --masked, PRUNED is compared with ORIGINAL (agreement then means nothing was lost).
     """
-    for p in (original, pruned, masked):
-        if p and not Path(p).exists():
-            raise UsageError(f"{p}: no such file")
+    _check_exists(original, pruned, masked)
+    _check_json_dest(json_out, original, pruned, masked)
     shapes = _parse_shapes(shape_opts)
     reference = masked or original
-    res = api.verify(pruned, reference, trials=trials, seed=seed, rtol=rtol, atol=atol, shapes=shapes)
+    # load through spa (clear per-file errors, external-data safety) before ONNX Runtime sees the files
+    loaded = {p: load_model(p) for p in dict.fromkeys((pruned, reference))}
+    res = api.verify(loaded[pruned], loaded[reference], trials=trials, seed=seed, rtol=rtol, atol=atol,
+                     shapes=shapes)
     _write_json({"reference": reference, "pruned": pruned} | res.to_json(), json_out)
     if not ctx.obj["quiet"] and json_out != "-":
         table = Table(title=f"{pruned} vs {'masked twin' if masked else 'original'} ({trials} random inputs)")
@@ -186,7 +240,9 @@ def verify(ctx: click.Context, original: str, pruned: str, masked: str | None, t
                           "[green]yes" if d.ok else "[red]NO")
         console.print(table)
     if not res.ok:
-        err_console.print(f"spa: verification failed: outputs differ beyond rtol={rtol}, atol={atol}")
+        bad = ", ".join(d.name for d in res.diffs if not d.ok)
+        _error(f"spa: verification failed: {pruned} differs from {reference} beyond rtol={rtol}, atol={atol} "
+               f"(outputs: {bad})")
         return 4
     return 0
 
@@ -203,9 +259,8 @@ def verify(ctx: click.Context, original: str, pruned: str, masked: str | None, t
 def bench(ctx: click.Context, models: tuple[str, ...], provider: str, threads: int, warmup: int, iters: int,
           shape_opts: tuple[str, ...], json_out: str | None) -> int:
     """Latency (ONNX Runtime), MACs and parameters of MODELS, side by side with the first."""
-    for p in models:
-        if not Path(p).exists():
-            raise UsageError(f"{p}: no such file")
+    _check_exists(*models)
+    _check_json_dest(json_out, *models)
     providers = resolve_provider(provider)
     shapes = _parse_shapes(shape_opts)
     graphs = [api.load(m) for m in models]
@@ -239,13 +294,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = cli.main(args=argv, prog_name="spa", standalone_mode=False)
     except click.exceptions.Abort:
-        err_console.print("spa: aborted")
+        _error("spa: aborted")
         return 130
+    except _NO_ARGS_HELP as exc:  # `spa` alone: show the help
+        click.echo(exc.format_message(), err=True)
+        return 1
     except click.ClickException as exc:
-        err_console.print(f"spa: error: {exc.format_message()}", markup=False, highlight=False)
+        hint = ""
+        if isinstance(exc, click.UsageError) and exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        _error(f"spa: error: {exc.format_message()}{hint}")
         return 1
     except SpaError as exc:
-        err_console.print(f"spa: error: {exc}", markup=False, highlight=False)
+        _error(f"spa: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -28,8 +28,10 @@ Scores = dict[int, np.ndarray]
 
 def _per_element(w: np.ndarray, axis: int, kind: str) -> np.ndarray:
     """Per index along ``axis``: Σ|w| (l1) or Σw² (l2) over the other axes."""
-    w = np.moveaxis(np.asarray(w, dtype=np.float64), axis, 0).reshape(w.shape[axis], -1)
-    return np.abs(w).sum(axis=1) if kind == "l1" else np.square(w).sum(axis=1)
+    w = np.asarray(w)
+    others = tuple(a for a in range(w.ndim) if a != axis)
+    v = np.abs(w) if kind == "l1" else np.square(w)
+    return np.asarray(v.sum(axis=others, dtype=np.float64))
 
 
 def _magnitude(analysis: Analysis, kind: str) -> Scores:

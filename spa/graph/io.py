@@ -27,8 +27,14 @@ PROTOBUF_LIMIT = 2**31 - 1
 MAX_IR_VERSION = 10
 
 
-def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
-    """Refuse external-data locations outside the model's folder (path traversal)."""
+def _check_external_locations(model: onnx.ModelProto, base: Path, name: Path | str = "model") -> None:
+    """Refuse external-data locations outside the model's folder (path traversal).
+
+    Args:
+        model: the model, loaded without its external data.
+        base: the folder of the model file.
+        name: the model file, named in error messages.
+    """
     base_real = base.resolve()
     for tensor in external_data_helper._get_all_tensors(model):  # noqa: SLF001 - public helper in practice
         if not external_data_helper.uses_external_data(tensor):
@@ -37,17 +43,17 @@ def _check_external_locations(model: onnx.ModelProto, base: Path) -> None:
         loc = info.get("location", "")
         if not loc or os.path.isabs(loc) or ".." in Path(loc).parts:
             raise InvalidModelError(
-                f"tensor '{tensor.name}' points to external data '{loc}' outside the model folder; "
+                f"{name}: tensor '{tensor.name}' points to external data '{loc}' outside the model folder; "
                 "refusing to read it (move the data file next to the model)"
             )
         target = (base / loc)
         if target.is_symlink() or not target.resolve().is_relative_to(base_real):
             raise InvalidModelError(
-                f"tensor '{tensor.name}' external data '{loc}' resolves outside the model folder; refusing"
+                f"{name}: tensor '{tensor.name}' external data '{loc}' resolves outside the model folder; refusing"
             )
         if not target.exists():
             raise InvalidModelError(
-                f"external data file '{target}' for tensor '{tensor.name}' is missing; "
+                f"{name}: external data file '{target}' for tensor '{tensor.name}' is missing; "
                 "copy it next to the model"
             )
 
@@ -77,7 +83,7 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
         ) from exc
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise InvalidModelError(f"{p}: not an ONNX model (empty graph)")
-    _check_external_locations(model, p.parent)
+    _check_external_locations(model, p.parent, p)
     try:
         external_data_helper.load_external_data_for_model(model, str(p.parent))
     except Exception as exc:
@@ -91,6 +97,13 @@ def model_size_bytes(model: onnx.ModelProto) -> int:
     for init in model.graph.initializer:
         total += len(init.raw_data) if init.HasField("raw_data") else init.ByteSize()
     return total + 1_000_000
+
+
+def _new_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def save_model(
@@ -120,9 +133,13 @@ def save_model(
         raise UsageError(f"{dest}: folder '{folder}' does not exist")
     if external_data is None:
         external_data = model_size_bytes(model) > PROTOBUF_LIMIT
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise UsageError(f"could not write {dest}: {exc.strerror or exc}") from exc
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _new_file_mode())  # mkstemp makes 0600; a saved model gets the usual umask mode
     data_name = dest.name + ".data"
     tmp_data = folder / f".{data_name}.tmp"
     try:
@@ -141,6 +158,8 @@ def save_model(
             if tmp_data.exists():
                 tmp_data.unlink()
             external_data_helper.write_external_data_tensors(m, str(folder))
+            if tmp_data.exists():
+                os.chmod(tmp_data, _new_file_mode())
             for t in external_data_helper._get_all_tensors(m):  # noqa: SLF001
                 if external_data_helper.uses_external_data(t):
                     for e in t.external_data:
@@ -148,7 +167,8 @@ def save_model(
                             e.value = data_name
             with open(tmp_path, "wb") as fh:
                 fh.write(m.SerializeToString())
-            os.replace(tmp_data, folder / data_name)
+            if tmp_data.exists():  # absent when every tensor is below the size threshold
+                os.replace(tmp_data, folder / data_name)
         else:
             with open(tmp_path, "wb") as fh:
                 fh.write(model.SerializeToString())

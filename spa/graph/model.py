@@ -22,38 +22,66 @@ log = logging.getLogger(__name__)
 Dim = int | str | None
 
 
+def _lite_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers carry dims but no data (cheap to copy and infer)."""
+    lite = onnx.ModelProto()
+    graph = model.graph
+    inits = list(graph.initializer)
+    graph_copy = onnx.GraphProto()
+    # copy everything but the initializers, then add data-less stand-ins
+    for field_desc, value in graph.ListFields():
+        if field_desc.name == "initializer":
+            continue
+        if hasattr(value, "extend"):
+            getattr(graph_copy, field_desc.name).extend(value)
+        elif hasattr(value, "CopyFrom"):
+            getattr(graph_copy, field_desc.name).CopyFrom(value)
+        else:
+            setattr(graph_copy, field_desc.name, value)
+    for init in inits:
+        if init.HasField("raw_data") and len(init.raw_data) > 4096:
+            stub = graph_copy.initializer.add()
+            stub.name, stub.data_type = init.name, init.data_type
+            stub.dims.extend(init.dims)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            entry = stub.external_data.add()
+            entry.key, entry.value = "location", "__spa_stripped__"
+        else:
+            graph_copy.initializer.add().CopyFrom(init)
+    for field_desc, value in model.ListFields():
+        if field_desc.name == "graph":
+            continue
+        if hasattr(value, "extend"):
+            getattr(lite, field_desc.name).extend(value)
+        elif hasattr(value, "CopyFrom"):
+            getattr(lite, field_desc.name).CopyFrom(value)
+        else:
+            setattr(lite, field_desc.name, value)
+    lite.graph.CopyFrom(graph_copy)
+    del lite.graph.value_info[:]
+    return lite
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Run ONNX shape inference without serialising the weights.
+    """Run ONNX shape inference without serialising the weights; updates ``model`` in place.
 
     Large initializers are swapped for data-less stand-ins (shape inference needs only their dims), so
-    this works for models above the 2 GB protobuf limit and is fast. Inferred ``value_info`` is copied
-    back onto a copy of ``model``.
+    this works for models above the 2 GB protobuf limit and is fast. The inferred ``value_info`` is
+    written onto ``model``, which is returned.
     """
-    lite = onnx.ModelProto()
-    lite.CopyFrom(model)
-    del lite.graph.value_info[:]
-    for init in lite.graph.initializer:
-        if init.HasField("raw_data") and len(init.raw_data) > 4096:
-            init.ClearField("raw_data")
-            init.data_location = onnx.TensorProto.EXTERNAL
-            del init.external_data[:]
-            entry = init.external_data.add()
-            entry.key, entry.value = "location", "__spa_stripped__"
+    lite = _lite_copy(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(lite, data_prop=True)
     except Exception as exc:  # inference failures must not stop analysis: rules see unknown shapes
         log.warning("shape inference failed: %s", exc)
         return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.value_info[:]
-    out.graph.value_info.extend(inferred.graph.value_info)
-    # inference may also refine graph outputs' shapes
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
     by_name = {o.name: o for o in inferred.graph.output}
-    for o in out.graph.output:
+    for o in model.graph.output:
         if not o.type.tensor_type.HasField("shape") and o.name in by_name:
             o.CopyFrom(by_name[o.name])
-    return out
+    return model
 
 
 @dataclass

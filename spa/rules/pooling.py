@@ -1,8 +1,10 @@
 """Pooling, reductions and normalising activations over an axis.
 
 * Max/Average/Lp pooling and their Global forms: batch and channel axes are identity; spatial axes
-  change size (not linked, hence barriers). MaxPool's ``Indices`` output encodes channel positions:
-  if it is used, the node is a barrier.
+  change size (not linked, hence barriers). MaxPool's ``Indices`` output encodes channel positions
+  (flat ``((n*C + c)*H + h)*W + w``): if it is present, the node is a barrier. "Present" means named,
+  not "has consumers": a rule cannot see whether a tensor is a graph output, and an Indices output that
+  is only a graph output was otherwise missed (its values would silently change after pruning).
 * Reduce*: axes not reduced are identity (shifted when ``keepdims=0``); reduced axes are barriers
   (a reduction over channels mixes them) — reducing spatial axes (SE blocks) is therefore fine.
 * Softmax/LogSoftmax/Hardmax, ArgMax/ArgMin, CumSum, TopK: the op's axis is a barrier.
@@ -22,7 +24,7 @@ class PoolRule(ChannelRule):
     def relate(self, ctx: NodeContext) -> list[Relation]:
         if ctx.node.op == "MaxRoiPool":
             return ctx.barrier_all("MaxRoiPool 'rois' mixes batch entries")
-        if len(ctx.node.outputs) > 1 and ctx.node.outputs[1].name and ctx.node.outputs[1].outputs:
+        if ctx.output(1) is not None:  # consumed or a graph output: either way its values encode C
             return ctx.barrier_all(f"MaxPool '{ctx.node.name}' Indices output encodes channel positions")
         x, y = ctx.input(0), ctx.output(0)
         if x is None or y is None or ctx.rank(x) is None:

@@ -12,9 +12,9 @@ axes and output axes with equal products (size-1 axes dropped).
 
 Reshape's target constant is rewritten with the new sizes (``-1`` entries are kept).
 
->>> _blocks((1, 8, 4, 4), (1, 128))
-[((0,), (0,)), ((1, 2, 3), (1,))]
->>> _blocks((1, 12), (1, 3, 4))
+>>> _blocks((1, 8, 4, 4), (1, 128))   # size-1 axes carry no channels and are skipped
+[((1, 2, 3), (1,))]
+>>> _blocks((2, 12), (2, 3, 4))
 [((0,), (0,)), ((1,), (1, 2))]
 """
 

@@ -1,0 +1,102 @@
+"""Property-based tests over random CNN-like graphs (see :mod:`tests.graph_strategies`).
+
+1. Pruning any generated graph at any ratio/criterion either passes the mask oracle or — when nothing
+   is prunable — leaves the model's size unchanged; it never raises anything but a :class:`spa.SpaError`,
+   and a SpaError is only accepted when it names an unsupported construct.
+2. ``spa.analyze`` groups are disjoint in their (tensor, axis) members, and the output-channel axis of
+   every Conv/ConvTranspose weight belongs to exactly one group.
+
+Both run deterministically (``derandomize=True``) so CI sees the same examples every time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import spa
+from spa.graph.model import ModelGraph
+from spa.validate.runtime import random_inputs, session
+from tests.graph_strategies import GeneratedModel, cnn_models
+from tests.oracle import assert_oracle
+
+SETTINGS = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+
+#: SpaError messages that explain a construct spa does not support (acceptable outcomes).
+UNSUPPORTED_HINTS = ("not supported", "unsupported", "cannot handle")
+
+
+def _runs_in_ort(model: onnx.ModelProto) -> None:
+    sess = session(model)
+    sess.run(None, random_inputs(sess, seed=0))
+
+
+@SETTINGS
+@given(gm=cnn_models(), ratio=st.sampled_from([0.25, 0.5, 0.75]), criterion=st.sampled_from(["l1", "l2", "random"]))
+def test_prune_passes_mask_oracle(gm: GeneratedModel, ratio: float, criterion: str) -> None:
+    model = gm.model
+    onnx.checker.check_model(model, full_check=True)
+    _runs_in_ort(model)  # a failure here is a generator bug, not a spa bug
+    try:
+        result = assert_oracle(model, ratio, criterion, expect_pruned=False)
+    except spa.SpaError as exc:
+        msg = str(exc).lower()
+        if not any(h in msg for h in UNSUPPORTED_HINTS):
+            pytest.fail(f"spa raised {type(exc).__name__} on a valid generated graph: {exc}")
+        event("outcome: SpaError (unsupported construct)")
+        return
+    before, after = result.report["params_before"], result.report["params_after"]
+    pruned = sum(1 for gp in result.plan.groups if gp.removed)
+    event(f"outcome: {'pruned' if pruned else 'nothing pruned'}")
+    if pruned:
+        assert after < before, "a plan that removes channels must remove parameters"  # type: ignore[operator]
+    else:
+        assert after == before, "nothing pruned, yet the parameter count changed"
+        assert result.report["macs_after"] == result.report["macs_before"]
+
+
+def _conv_output_axes(mg: ModelGraph) -> list[tuple[str, int]]:
+    """(weight, output-channel axis) of every Conv/ConvTranspose with an initializer weight."""
+    out = []
+    for node in mg.graph.nodes:
+        if node.op not in ("Conv", "ConvTranspose") or len(node.inputs) < 2:
+            continue
+        w = node.inputs[1]
+        if isinstance(w, gs.Constant):
+            group = int(node.attrs.get("group", 1))
+            if node.op == "Conv":
+                out.append((w.name, 0))
+            elif group == 1:
+                out.append((w.name, 1))
+    return out
+
+
+@SETTINGS
+@given(gm=cnn_models())
+def test_analysis_groups_partition_slots(gm: GeneratedModel) -> None:
+    mg = spa.load(gm.model)
+    analysis = spa.analyze(mg)
+    seen = Counter((m.tensor, m.axis) for g in analysis.groups for m in g.members)
+    dup = [k for k, n in seen.items() if n > 1]
+    assert not dup, f"slots in more than one group: {dup}"
+    for g in analysis.groups:
+        if g.prunable:
+            assert g.channels >= 2
+            assert g.id in analysis.classes
+            for slot, labels in analysis.classes[g.id].items():
+                assert len(labels) and int(np.max(labels)) < g.channels, f"bad channel labels on {slot}"
+    for key in _conv_output_axes(mg):
+        assert seen[key] == 1, f"Conv weight axis {key} is in {seen[key]} groups (expected exactly 1)"
