@@ -46,8 +46,8 @@ class GraphBuilder:
         self.inputs.append(helper.make_tensor_value_info(name, elem, list(shape)))
         return name
 
-    def output(self, name: str) -> None:
-        self.outputs.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    def output(self, name: str, shape: Sequence[int | str] | None = None) -> None:
+        self.outputs.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
 
     def const(self, value: np.ndarray, prefix: str = "c") -> str:
         n = self.name(prefix)
@@ -79,7 +79,7 @@ class GraphBuilder:
         g = helper.make_graph(self.nodes, "test", self.inputs, self.outputs, self.inits)
         m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
         m.ir_version = IR_VERSION
-        inferred = onnx.shape_inference.infer_shapes(m)
+        inferred = onnx.shape_inference.infer_shapes(m, data_prop=True)
         known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
         for o in m.graph.output:
             if o.name in known and known[o.name].type.tensor_type.HasField("shape"):

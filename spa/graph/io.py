@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 
 #: Protobuf cannot serialise a single message above this size.
 PROTOBUF_LIMIT = 2**31 - 1
-#: The newest IR version the supported ONNX Runtime releases load.
-MAX_IR_VERSION = 10
+#: The newest IR version ONNX Runtime 1.31 loads (onnx.helper.make_model writes 14).
+MAX_IR_VERSION = 13
 
 
 def _check_external_locations(model: onnx.ModelProto, base: Path, name: Path | str = "model") -> None:

@@ -56,7 +56,7 @@ def bypass_passthrough(graph: gs.Graph) -> bool:
     outputs = set(id(t) for t in graph.outputs)
     changed = False
     for node in list(graph.nodes):
-        if node.op not in ("Identity", "Dropout") or node.domain not in ("", "ai.onnx"):
+        if node.op not in ("Identity", "Dropout") or (node.domain or "") not in ("", "ai.onnx"):
             continue
         if node.op == "Dropout":
             if len(node.outputs) > 1 and node.outputs[1].outputs:

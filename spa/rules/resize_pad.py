@@ -101,7 +101,10 @@ class ExpandTileRule(ChannelRule):
 
 
 class ShapeRule(ChannelRule):
-    """Shape: the axes whose sizes are read become barriers (only those actually used, when known)."""
+    """Shape: the axes whose sizes are read become barriers (only those actually used, when known).
+
+    The other axes are self-linked: mapped, but coupled to nothing.
+    """
 
     op_types = ("Shape", "Size")
 
@@ -119,7 +122,12 @@ class ShapeRule(ChannelRule):
             axes = list(range(max(start, 0), min(end, r)))
             read = self._read_axes(y, axes)
         reason = f"{ctx.node.op} '{ctx.node.name}' reads the size of axis"
-        return [Barrier(x.name, a, f"{reason} {a}") for a in sorted(read)] + [Barrier(y.name, None, "shape value")]
+        # Axes whose size is not read must still count as mapped, or the analysis's coverage check
+        # blocks them ("does not map axis"), which made every ``x.view(x.size(0), -1)`` block the
+        # channels it flattens. A self-link mentions the axis without coupling it to anything.
+        free: list[Relation] = [Link(Slot(x.name, a), Slot(x.name, a)) for a in range(r) if a not in read]
+        return [Barrier(x.name, a, f"{reason} {a}") for a in sorted(read)] + free + [
+            Barrier(y.name, None, "shape value")]
 
     @staticmethod
     def _read_axes(y, axes: list[int]) -> set[int]:  # type: ignore[no-untyped-def]

@@ -1,0 +1,122 @@
+"""Budgets: ratio, global ranking, round_to, min_channels, ignore, slot minimums, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import spa
+from spa.errors import UsageError
+from tests.oracle import GraphBuilder, assert_oracle
+
+
+def _net(widths: tuple[int, ...] = (16, 32, 8)) -> GraphBuilder:
+    b = GraphBuilder(opset=13)
+    x = b.input("x", [1, 3, 6, 6])
+    c = 3
+    for w in widths:
+        x = b.op("Relu", [b.conv(x, c, w)])  # type: ignore[assignment]
+        c = w
+    b.output(b.conv(x, c, 2, k=1))
+    return b
+
+
+def _kept(result: spa.PruneResult) -> dict[str, int]:
+    return {g["label"]: g["channels_after"] for g in result.report["groups"] if g["prunable"]}  # type: ignore[union-attr,index]
+
+
+def test_uniform_ratio_removes_round_r_c() -> None:
+    r = assert_oracle(_net().build(), 0.25)
+    assert sorted(_kept(r).values()) == [6, 12, 24]
+
+
+@pytest.mark.parametrize("n", [4, 8])
+def test_round_to(n: int) -> None:
+    r = assert_oracle(_net((16, 30, 12)).build(), 0.4, round_to=n)
+    for kept in _kept(r).values():
+        assert kept % n == 0
+
+
+def test_min_channels() -> None:
+    r = assert_oracle(_net().build(), 0.9, min_channels=4)
+    assert min(_kept(r).values()) >= 4
+
+
+def test_never_prunes_a_group_to_zero() -> None:
+    r = assert_oracle(_net((2, 2, 2)).build(), 0.99)
+    assert min(_kept(r).values()) >= 1
+
+
+def test_global_removes_the_requested_total() -> None:
+    r = assert_oracle(_net().build(), 0.5, global_rank=True)
+    before = sum(g["channels_before"] for g in r.report["groups"] if g["prunable"])  # type: ignore[union-attr,index]
+    after = sum(_kept(r).values())
+    assert before - after == round(0.5 * before)
+
+
+def test_global_respects_max_ratio() -> None:
+    r = assert_oracle(_net().build(), 0.8, global_rank=True, max_ratio=0.5)
+    for g in r.report["groups"]:  # type: ignore[union-attr]
+        if g["prunable"]:
+            assert g["channels_after"] >= g["channels_before"] - int(0.5 * g["channels_before"])
+
+
+def test_ignore_leaves_matching_group_alone() -> None:
+    m = _net().build()
+    a = spa.analyze(m)
+    target = a.prunable[0]
+    weight = next(mb.tensor for mb in target.members if mb.kind == "weight")
+    r = assert_oracle(m, 0.5, ignore=[weight])
+    row = next(g for g in r.report["groups"] if g["id"] == target.id)  # type: ignore[union-attr]
+    assert row["channels_after"] == row["channels_before"]
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
+def test_ratio_out_of_range(ratio: float) -> None:
+    with pytest.raises(UsageError):
+        spa.prune(_net().build(), ratio)
+
+
+def test_l2_removes_the_weakest_channels() -> None:
+    b = _net((8,))
+    m = b.build()
+    # make output channel 3 of the first conv tiny everywhere (producer row and consumer column)
+    inits = {i.name: i for i in m.graph.initializer}
+    from onnx import numpy_helper
+
+    w1 = numpy_helper.to_array(inits["w1"]).copy()
+    w1[3] *= 1e-3
+    inits["w1"].CopyFrom(numpy_helper.from_array(w1, "w1"))
+    r = spa.prune(m, 0.125)
+    row = next(g for g in r.report["groups"] if g["prunable"])  # type: ignore[union-attr]
+    assert 3 not in row["kept"]  # type: ignore[operator]
+
+
+def test_random_criterion_depends_on_seed() -> None:
+    m = _net().build()
+    plans = {tuple(spa.prune(m, 0.5, "random", seed=s).plan.groups[0].removed) for s in range(4)}
+    assert len(plans) > 1
+
+
+def test_zero_ratio_is_identity() -> None:
+    m = _net().build()
+    r = spa.prune(m, 0.0)
+    assert not r.plan.groups
+    res = spa.verify(r.model, m)
+    assert res.ok
+
+
+def test_slot_minimum_keeps_every_concat_input() -> None:
+    """A Concat of a 1-channel and a 7-channel branch: the 1-channel branch may never vanish."""
+    b = GraphBuilder(opset=13)
+    x = b.input("x", [1, 3, 6, 6])
+    a1 = b.conv(x, 3, 1)
+    a2 = b.conv(x, 3, 7)
+    w = b.rng.standard_normal((1, 3, 3, 3)).astype(np.float32) * 1e-6  # branch 1 is the weakest
+    b.inits[[i.name for i in b.inits].index(b.nodes[0].input[1])].CopyFrom(
+        __import__("onnx").numpy_helper.from_array(w, b.nodes[0].input[1]))
+    cat = b.op("Concat", [a1, a2], axis=1)
+    b.output(b.conv(b.op("Relu", [cat]), 8, 2))  # type: ignore[arg-type]
+    r = assert_oracle(b.build(), 0.75)
+    for init in r.model.graph.initializer:
+        assert all(d > 0 for d in init.dims)
