@@ -17,7 +17,7 @@ import onnx
 
 from spa.analysis.groups import Analysis, analyze_graph
 from spa.bench.metrics import count_macs, count_params
-from spa.criteria import score_groups
+from spa.criteria import CriterionContext, get_criterion
 from spa.errors import ValidationError
 from spa.graph.io import load_model, save_model
 from spa.graph.model import ModelGraph
@@ -103,6 +103,7 @@ def prune(
     seed: int = 0,
     emit_masked: bool = False,
     check: bool = True,
+    calibration: object | None = None,
 ) -> PruneResult:
     """Prune a model.
 
@@ -118,16 +119,20 @@ def prune(
         seed: seed for random criteria.
         emit_masked: also build the masked twin (for the mask oracle).
         check: run the ONNX checker and load the result in ONNX Runtime.
+        calibration: calibration data for data-driven criteria.
 
     Returns:
         A :class:`PruneResult` with the pruned ModelProto, the plan and a JSON report.
     """
+    crit = get_criterion(criterion)
     mg = load(model)
     analysis = analyze_graph(mg)
-    scores = score_groups(analysis, criterion, seed)
+    cctx = CriterionContext(seed=seed, calibration=calibration)
+    scores = crit.score(analysis, cctx)
     plan = make_plan(analysis, scores, ratio, criterion=criterion, global_rank=global_rank,
                      max_ratio=max_ratio, round_to=round_to, min_channels=min_channels, ignore=ignore)
-    pruned_mg = prune_model(analysis, plan)
+    updates = crit.compensate(analysis, plan, cctx)
+    pruned_mg = prune_model(analysis, plan, updates=updates)
     pruned = pruned_mg.to_onnx()
     if check:
         try:
@@ -137,7 +142,7 @@ def prune(
         session(pruned)
     masked = None
     if emit_masked:
-        masked = masked_twin(analysis, plan).to_onnx()
+        masked = masked_twin(analysis, plan, updates).to_onnx()
     report: dict[str, object] = {
         "spa_version": __version__,
         "criterion": criterion,
@@ -153,6 +158,8 @@ def prune(
         "num_prunable": len(analysis.prunable),
         "num_pruned": len(plan.groups),
         "prunable_param_fraction": round(analysis.prunable_param_fraction(), 6),
+        "criterion_notes": list(cctx.notes),
+        "compensated_weights": sorted(updates),
         "groups": _group_report(analysis, plan),
     }
     return PruneResult(pruned, plan, analysis, report, masked)

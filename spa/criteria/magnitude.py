@@ -15,15 +15,14 @@ left out: their scale says nothing about importance):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from spa.analysis.groups import Analysis
-from spa.errors import UsageError
+from spa.criteria.base import CriterionContext, Scores, Updates
+from spa.plan import Plan
 from spa.rules.base import Role
-
-Scores = dict[int, np.ndarray]
 
 
 def _per_element(w: np.ndarray, axis: int, kind: str) -> np.ndarray:
@@ -34,51 +33,51 @@ def _per_element(w: np.ndarray, axis: int, kind: str) -> np.ndarray:
     return np.asarray(v.sum(axis=others, dtype=np.float64))
 
 
-def _magnitude(analysis: Analysis, kind: str) -> Scores:
+def weight_slices(analysis: Analysis, gid: int, roles: set[Role] | None = None):  # type: ignore[no-untyped-def]
+    """Yield (slot, channel labels, weight array) for the weights of a group with one of ``roles``."""
     tensors = analysis.model.graph.tensors()
+    wanted = roles or {Role.PRODUCER, Role.CONSUMER}
+    for slot, labels in analysis.classes[gid].items():
+        if not (wanted & analysis.roles.get(slot, set())):
+            continue
+        values = getattr(tensors[slot.tensor], "values", None)
+        if values is not None:
+            yield slot, labels, np.asarray(values)
+
+
+def magnitude_scores(analysis: Analysis, kind: str) -> Scores:
+    """Σ|w| (``l1``) or the L2 norm (``l2``) over every producer/consumer slice of each channel."""
     out: Scores = {}
-    for gid, cls in analysis.classes.items():
-        n = analysis.groups[gid].channels
-        acc = np.zeros(n, dtype=np.float64)
-        for slot, labels in cls.items():
-            roles = analysis.roles.get(slot, set())
-            if not ({Role.PRODUCER, Role.CONSUMER} & roles):
-                continue
-            values = getattr(tensors[slot.tensor], "values", None)
-            if values is None:
-                continue
-            np.add.at(acc, labels, _per_element(np.asarray(values), slot.axis, kind))
+    for gid in analysis.classes:
+        acc = np.zeros(analysis.groups[gid].channels, dtype=np.float64)
+        for slot, labels, w in weight_slices(analysis, gid):
+            np.add.at(acc, labels, _per_element(w, slot.axis, kind))
         out[gid] = acc if kind == "l1" else np.sqrt(acc)
     return out
 
 
-def l1(analysis: Analysis, seed: int = 0) -> Scores:
-    """Σ|w| over every weight slice of each channel."""
-    return _magnitude(analysis, "l1")
+@dataclass(frozen=True)
+class Magnitude:
+    """``l1`` or ``l2`` magnitude."""
+
+    name: str
+
+    def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:
+        return magnitude_scores(analysis, self.name)
+
+    def compensate(self, analysis: Analysis, plan: Plan, ctx: CriterionContext) -> Updates:
+        return {}
 
 
-def l2(analysis: Analysis, seed: int = 0) -> Scores:
-    """L2 norm over every weight slice of each channel."""
-    return _magnitude(analysis, "l2")
+@dataclass(frozen=True)
+class RandomScores:
+    """Seeded uniform scores (a baseline)."""
 
+    name: str = "random"
 
-def random(analysis: Analysis, seed: int = 0) -> Scores:
-    """Seeded uniform scores."""
-    rng = np.random.default_rng(seed)
-    return {gid: rng.random(analysis.groups[gid].channels) for gid in sorted(analysis.classes)}
+    def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:
+        rng = np.random.default_rng(ctx.seed)
+        return {gid: rng.random(analysis.groups[gid].channels) for gid in sorted(analysis.classes)}
 
-
-CRITERIA: dict[str, Callable[[Analysis, int], Scores]] = {"l1": l1, "l2": l2, "random": random}
-
-
-def score_groups(analysis: Analysis, criterion: str = "l2", seed: int = 0) -> Scores:
-    """Scores for every prunable group.
-
-    Raises:
-        UsageError: unknown criterion.
-    """
-    try:
-        fn = CRITERIA[criterion]
-    except KeyError:
-        raise UsageError(f"unknown criterion '{criterion}'; choose one of {', '.join(CRITERIA)}") from None
-    return fn(analysis, seed)
+    def compensate(self, analysis: Analysis, plan: Plan, ctx: CriterionContext) -> Updates:
+        return {}

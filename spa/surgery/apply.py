@@ -35,10 +35,28 @@ def kept_indices(analysis: Analysis, plan: Plan) -> dict[Slot, np.ndarray]:
     return kept
 
 
-def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = None) -> ModelGraph:
-    """The pruned model (a new :class:`ModelGraph`; the analysed one is not modified)."""
+def _apply_updates(mg: ModelGraph, updates: dict[str, np.ndarray] | None) -> None:
+    tensors = mg.graph.tensors()
+    for name, value in (updates or {}).items():
+        t = tensors[name]
+        assert isinstance(t, gs.Constant), f"update for non-constant '{name}'"
+        t.values = np.asarray(value, dtype=np.asarray(t.values).dtype).reshape(t.shape)
+
+
+def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = None,
+                updates: dict[str, np.ndarray] | None = None) -> ModelGraph:
+    """The pruned model (a new :class:`ModelGraph`; the analysed one is not modified).
+
+    Args:
+        analysis: the analysis the plan was made from.
+        plan: the plan.
+        registry: rules for the rewrite hooks (default rules when None).
+        updates: full-size replacement values of weights (from a compensating criterion), applied
+            before slicing.
+    """
     registry = registry or default_registry()
     mg = analysis.model.copy()
+    _apply_updates(mg, updates)
     kept = kept_indices(analysis, plan)
     touched = {s.tensor for s in kept}
     sizes = {s: len(k) for s, k in kept.items()}
@@ -67,11 +85,8 @@ def masked_twin(analysis: Analysis, plan: Plan, updates: dict[str, np.ndarray] |
         updates: replacement weight values (from a compensating criterion) applied before masking.
     """
     mg = analysis.model.copy()
+    _apply_updates(mg, updates)
     tensors = mg.graph.tensors()
-    for name, value in (updates or {}).items():
-        t = tensors[name]
-        assert isinstance(t, gs.Constant)
-        t.values = np.asarray(value, dtype=np.asarray(t.values).dtype)
     for slot, k in kept_indices(analysis, plan).items():
         t = tensors.get(slot.tensor)
         if not isinstance(t, gs.Constant) or Role.CONSUMER not in analysis.roles.get(slot, set()):

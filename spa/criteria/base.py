@@ -1,0 +1,51 @@
+"""The criterion interface.
+
+A criterion scores every channel of every prunable group (higher = more important) and may, once the
+plan is known, *compensate*: return updated values of surviving weights (e.g. the OBS update of a
+consumer's remaining columns, or a bias correction). Updates are full-size arrays keyed by initializer
+name; surgery applies them before slicing, and the masked twin carries them too, so the mask oracle
+still holds for compensating criteria.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from spa.analysis.groups import Analysis
+    from spa.plan import Plan
+
+Scores = dict[int, np.ndarray]
+Updates = dict[str, np.ndarray]
+
+
+@dataclass
+class CriterionContext:
+    """Inputs a criterion may use besides the analysis.
+
+    Attributes:
+        seed: seed for anything random.
+        calibration: calibration data (criterion-specific object), or None when data-free.
+        options: free-form criterion options (e.g. reduction, damping).
+        notes: messages the criterion wants in the report (e.g. fallbacks it took).
+    """
+
+    seed: int = 0
+    calibration: object | None = None
+    options: dict[str, object] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class Criterion(Protocol):
+    """What every criterion provides."""
+
+    name: str
+
+    def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:
+        """A score per channel of every prunable group."""
+
+    def compensate(self, analysis: Analysis, plan: Plan, ctx: CriterionContext) -> Updates:
+        """Updated weights after removal (empty for non-compensating criteria)."""
