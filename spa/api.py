@@ -17,6 +17,7 @@ import onnx
 
 from spa.analysis.groups import Analysis, analyze_graph
 from spa.bench.metrics import count_macs, count_params
+from spa.budget import solve_ratio
 from spa.criteria import CriterionContext, get_criterion
 from spa.errors import ValidationError
 from spa.graph.io import load_model, save_model
@@ -104,6 +105,9 @@ def prune(
     emit_masked: bool = False,
     check: bool = True,
     calibration: object | None = None,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    overrides: Sequence[tuple[str, float]] = (),
 ) -> PruneResult:
     """Prune a model.
 
@@ -120,6 +124,10 @@ def prune(
         emit_masked: also build the masked twin (for the mask oracle).
         check: run the ONNX checker and load the result in ONNX Runtime.
         calibration: calibration data for data-driven criteria.
+        target_macs: instead of ``ratio``, remove channels until MACs fall to this fraction of the
+            original (<= 1) or this absolute count (> 1).
+        target_params: the same for parameters.
+        overrides: (glob, ratio) pairs: groups touching matching names use that ratio.
 
     Returns:
         A :class:`PruneResult` with the pruned ModelProto, the plan and a JSON report.
@@ -129,8 +137,16 @@ def prune(
     analysis = analyze_graph(mg)
     cctx = CriterionContext(seed=seed, calibration=calibration)
     scores = crit.score(analysis, cctx)
-    plan = make_plan(analysis, scores, ratio, criterion=criterion, global_rank=global_rank,
-                     max_ratio=max_ratio, round_to=round_to, min_channels=min_channels, ignore=ignore)
+
+    def plan_for(r: float) -> Plan:
+        return make_plan(analysis, scores, r, criterion=criterion, global_rank=global_rank,
+                         max_ratio=max_ratio, round_to=round_to, min_channels=min_channels, ignore=ignore,
+                         overrides=overrides)
+
+    if target_macs is not None or target_params is not None:
+        plan = solve_ratio(analysis, plan_for, target_macs=target_macs, target_params=target_params)
+    else:
+        plan = plan_for(ratio)
     updates = crit.compensate(analysis, plan, cctx)
     pruned_mg = prune_model(analysis, plan, updates=updates)
     pruned = pruned_mg.to_onnx()
@@ -146,7 +162,9 @@ def prune(
     report: dict[str, object] = {
         "spa_version": __version__,
         "criterion": criterion,
-        "ratio": ratio,
+        "ratio": plan.ratio,
+        "target_macs": target_macs,
+        "target_params": target_params,
         "seed": seed,
         "global": global_rank,
         "round_to": round_to,

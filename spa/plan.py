@@ -109,6 +109,7 @@ def make_plan(
     round_to: int = 1,
     min_channels: int = 1,
     ignore: Sequence[str] = (),
+    overrides: Sequence[tuple[str, float]] = (),
 ) -> Plan:
     """Decide the channels to remove.
 
@@ -122,6 +123,8 @@ def make_plan(
         round_to: keep channel counts multiples of this.
         min_channels: keep at least this many channels per group.
         ignore: glob patterns of node or tensor names whose groups are left alone.
+        overrides: (glob, ratio) pairs: matching groups use that ratio (uniformly, outside any
+            global ranking); the first matching pattern wins.
 
     Raises:
         UsageError: ratio out of range or invalid options.
@@ -133,8 +136,17 @@ def make_plan(
     if not 0.0 < max_ratio < 1.0:
         raise UsageError(f"--max-ratio must be in (0, 1), got {max_ratio}")
     ignored = tuple(g.id for g in analysis.prunable if ignore and _matches(g, ignore))
-    active = [g for g in analysis.prunable if g.id not in ignored and g.id in scores]
-    target_kept: dict[int, int] = {}
+    candidates = [g for g in analysis.prunable if g.id not in ignored and g.id in scores]
+    override_ratio: dict[int, float] = {}
+    for pattern, r in overrides:
+        if not 0.0 <= r < 1.0:
+            raise UsageError(f"override '{pattern}': ratio must be in [0, 1), got {r}")
+        for g in candidates:
+            if g.id not in override_ratio and _matches(g, [pattern]):
+                override_ratio[g.id] = r
+    active = [g for g in candidates if g.id not in override_ratio]
+    target_kept: dict[int, int] = {g.id: g.channels - int(round(r * g.channels))
+                                   for g in candidates for gid, r in override_ratio.items() if gid == g.id}
     if global_rank:
         entries = []
         for g in active:
@@ -151,11 +163,11 @@ def make_plan(
             if taken[gid] < cap[gid]:
                 taken[gid] += 1
                 budget -= 1
-        target_kept = {g.id: g.channels - taken[g.id] for g in active}
+        target_kept |= {g.id: g.channels - taken[g.id] for g in active}
     else:
-        target_kept = {g.id: g.channels - int(round(ratio * g.channels)) for g in active}
+        target_kept |= {g.id: g.channels - int(round(ratio * g.channels)) for g in active}
     plans = []
-    for g in active:
+    for g in candidates:
         kept = _round_kept(target_kept[g.id], g.channels, round_to)
         kept = min(g.channels, max(kept, min_channels, 1))
         s = scores[g.id]

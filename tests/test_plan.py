@@ -120,3 +120,46 @@ def test_slot_minimum_keeps_every_concat_input() -> None:
     r = assert_oracle(b.build(), 0.75)
     for init in r.model.graph.initializer:
         assert all(d > 0 for d in init.dims)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.3])
+def test_target_macs_fraction_is_met_and_estimate_is_exact(target: float) -> None:
+    m = _net().build()
+    r = assert_oracle(m, 0.0, target_macs=target)
+    assert r.report["macs_after"] <= target * r.report["macs_before"]  # type: ignore[operator]
+    # the smallest ratio that meets it: a slightly smaller ratio would not
+    assert r.plan.ratio > 0
+
+
+def test_target_params_absolute() -> None:
+    m = _net().build()
+    before = spa.prune(m, 0.0).report["params_before"]
+    r = assert_oracle(m, 0.0, target_params=int(before) // 3)  # type: ignore[call-overload]
+    assert r.report["params_after"] <= int(before) // 3  # type: ignore[call-overload,operator]
+
+
+def test_estimate_matches_surgery() -> None:
+    from spa.budget import estimate
+
+    m = _net().build()
+    r = spa.prune(m, 0.4)
+    e = estimate(r.analysis, r.plan)
+    assert e.params == r.report["params_after"]
+    assert e.macs == r.report["macs_after"]
+
+
+def test_impossible_target_is_a_clear_error() -> None:
+    from spa.errors import PlanError
+
+    with pytest.raises(PlanError, match="cannot be met"):
+        spa.prune(_net().build(), 0.0, target_params=10)
+
+
+def test_override_ratio_per_pattern() -> None:
+    m = _net().build()
+    a = spa.analyze(m)
+    first = next(mb.tensor for mb in a.prunable[0].members if mb.kind == "weight")
+    r = assert_oracle(m, 0.5, overrides=[(first, 0.0)])
+    row = next(g for g in r.report["groups"] if g["id"] == a.prunable[0].id)  # type: ignore[union-attr]
+    assert row["channels_after"] == row["channels_before"]
+    assert r.report["num_pruned"] == len(a.prunable) - 1
