@@ -127,7 +127,9 @@ def _optimize_keep_bn(ir_model: Any) -> None:
     from onnxscript import optimizer, rewriter
 
     rules = tuple(
-        r for r in rewriter._DEFAULT_REWRITE_RULES if not str(getattr(r, "name", "")).startswith("FuseBatchNorm")
+        r
+        for r in rewriter._DEFAULT_REWRITE_RULES
+        if not str(getattr(r, "name", "")).startswith("FuseBatchNorm")
     )
     with mock.patch.object(rewriter, "_DEFAULT_REWRITE_RULES", rules):
         optimizer.optimize_ir(ir_model)
@@ -231,7 +233,9 @@ def export_onnx(
     return path
 
 
-def _compare(model: nn.Module, path: str | Path, input_shape: Sequence[int], seed: int) -> tuple[float, float]:
+def _compare(
+    model: nn.Module, path: str | Path, input_shape: Sequence[int], seed: int
+) -> tuple[float, float]:
     """Return ``(max abs diff, max abs torch output)`` between ORT(``path``) and ``model``."""
     import onnxruntime as ort
 
@@ -240,6 +244,8 @@ def _compare(model: nn.Module, path: str | Path, input_shape: Sequence[int], see
     expected = [t.detach().numpy() for t in _outputs(model.eval(), x)]
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1  # tiny graphs: avoid spinning thread pools
+    opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     scale = max((float(np.max(np.abs(e))) for e in expected if e.size), default=0.0)

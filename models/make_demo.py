@@ -50,7 +50,15 @@ class _Builder:
         return name
 
     def conv(
-        self, x: str, name: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1, bias: bool = False
+        self,
+        x: str,
+        name: str,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int = 1,
+        group: int = 1,
+        bias: bool = False,
     ) -> str:
         fan_in = cin // group * k * k
         w = self.rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(cout, cin // group, k, k))
@@ -78,15 +86,28 @@ class _Builder:
         shift = self.rng.normal(0.0, 0.1, size=ch)
         mean = self.rng.normal(0.0, 0.1, size=ch)
         var = self.rng.uniform(0.5, 1.5, size=ch)
-        inputs = [x] + [self._init(f"{name}.{s}", a) for s, a in (("scale", scale), ("bias", shift), ("mean", mean), ("var", var))]
-        self.nodes.append(helper.make_node("BatchNormalization", inputs, [name], name=name, epsilon=1e-5, momentum=0.9))
+        params = (("scale", scale), ("bias", shift), ("mean", mean), ("var", var))
+        inputs = [x] + [self._init(f"{name}.{suffix}", arr) for suffix, arr in params]
+        self.nodes.append(
+            helper.make_node("BatchNormalization", inputs, [name], name=name, epsilon=1e-5, momentum=0.9)
+        )
         return name
 
     def op(self, op_type: str, inputs: list[str], name: str, **attrs: object) -> str:
         self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attrs))
         return name
 
-    def cbr(self, x: str, name: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1, relu: bool = True) -> str:
+    def cbr(
+        self,
+        x: str,
+        name: str,
+        cin: int,
+        cout: int,
+        k: int,
+        stride: int = 1,
+        group: int = 1,
+        relu: bool = True,
+    ) -> str:
         """Conv (no bias) -> BatchNormalization -> optional Relu."""
         y = self.bn(self.conv(x, f"{name}.conv", cin, cout, k, stride, group), f"{name}.bn", cout)
         return self.op("Relu", [y], f"{name}.relu") if relu else y

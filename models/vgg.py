@@ -19,7 +19,9 @@ VGG11_CFG: list[int | str] = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 5
 class VGG(nn.Module):
     """VGG feature stack + two-layer MLP classifier (no adaptive pooling: input size is fixed)."""
 
-    def __init__(self, cfg: list[int | str], spatial: int, hidden: int = 4096, num_classes: int = 1000) -> None:
+    def __init__(
+        self, cfg: list[int | str], spatial: int, hidden: int = 4096, num_classes: int = 1000
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         ch = 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import onnx
@@ -17,6 +18,15 @@ from models.registry import TINY_MODELS
 ATOL = 1e-4
 EXPORTERS = ("legacy", "dynamo")
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_torch_thread() -> Iterator[None]:
+    """Tiny models: torch's intra-op thread pool only adds spin time (~40% CPU) here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _op_counts(path: Path) -> Counter[str]:
@@ -45,7 +55,9 @@ def test_tiny_model_is_small_and_deterministic(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
 def test_export_matches_torch(name: str, exporter: str, tmp_path: Path) -> None:
     model, shape = TINY_MODELS[name]()
-    path = export_onnx(model, shape, tmp_path / f"{name}.onnx", exporter=exporter, verify=False)  # type: ignore[arg-type]
+    path = export_onnx(
+        model, shape, tmp_path / f"{name}.onnx", exporter=exporter, verify=False  # type: ignore[arg-type]
+    )
     assert [p.name for p in tmp_path.iterdir()] == [f"{name}.onnx"], "no external-data sidecar files"
     proto = onnx.load(str(path))
     assert proto.ir_version <= 10
@@ -78,16 +90,23 @@ def test_legacy_fold_bn(name: str, tmp_path: Path) -> None:
 
 
 def test_dynamo_fold_bn(tmp_path: Path) -> None:
-    model, shape = TINY_MODELS["resnet_bottleneck"]()
+    model, shape = TINY_MODELS["resnet_basic"]()
     path = export_onnx(model, shape, tmp_path / "m.onnx", exporter="dynamo", keep_bn=False)
     assert _op_counts(path)["BatchNormalization"] == 0
     assert check_export(model, path, shape) <= ATOL
 
 
-@pytest.mark.parametrize("exporter", EXPORTERS)
-def test_dynamic_batch(exporter: str, tmp_path: Path) -> None:
-    model, shape = TINY_MODELS["shufflenetv2"]()
-    path = export_onnx(model, shape, tmp_path / "m.onnx", exporter=exporter, dynamic_batch=True)  # type: ignore[arg-type]
+@pytest.mark.parametrize(
+    ("name", "exporter"),
+    # dynamo + shufflenetv2 works too but costs ~4 s of torch.export tracing.
+    [("shufflenetv2", "legacy"), ("vgg", "legacy"), ("vgg", "dynamo")],
+)
+def test_dynamic_batch(name: str, exporter: str, tmp_path: Path) -> None:
+    """Batch dim exported as ``"batch"``; legacy shufflenet Reshapes become Shape-computed."""
+    model, shape = TINY_MODELS[name]()
+    path = export_onnx(
+        model, shape, tmp_path / "m.onnx", exporter=exporter, dynamic_batch=True  # type: ignore[arg-type]
+    )
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch"
     assert check_export(model, path, (3, *shape[1:])) <= ATOL
@@ -115,7 +134,8 @@ def test_demo_model_is_current_and_valid() -> None:
     onnx.checker.check_model(proto, full_check=True)
     assert proto.ir_version == 8 and proto.opset_import[0].version == 17
     ops = _op_counts(path)
-    for op in ("Conv", "BatchNormalization", "Relu", "Add", "Concat", "GlobalAveragePool", "Sigmoid", "Mul", "Gemm"):
+    required = ("Conv", "BatchNormalization", "Relu", "Add", "Concat", "GlobalAveragePool", "Sigmoid", "Mul")
+    for op in (*required, "Gemm"):
         assert ops[op] > 0, op
     assert any(
         a.name == "group" and a.i > 1 for n in proto.graph.node if n.op_type == "Conv" for a in n.attribute
