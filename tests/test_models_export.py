@@ -53,12 +53,10 @@ def test_tiny_model_is_small_and_deterministic(name: str) -> None:
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
-def test_export_matches_torch(name: str, exporter: str, tmp_path: Path) -> None:
+def test_export_matches_torch(name: str, exporter: str, zoo_export) -> None:  # type: ignore[no-untyped-def]
     model, shape = TINY_MODELS[name]()
-    path = export_onnx(
-        model, shape, tmp_path / f"{name}.onnx", exporter=exporter, verify=False  # type: ignore[arg-type]
-    )
-    assert [p.name for p in tmp_path.iterdir()] == [f"{name}.onnx"], "no external-data sidecar files"
+    path = zoo_export(name, exporter)
+    assert not list(path.parent.glob("*.data")), "no external-data sidecar files"
     proto = onnx.load(str(path))
     assert proto.ir_version <= 10
     onnx.checker.check_model(str(path), full_check=True)
@@ -70,14 +68,14 @@ def test_export_matches_torch(name: str, exporter: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(TINY_MODELS))
-def test_legacy_fold_bn(name: str, tmp_path: Path) -> None:
+def test_legacy_fold_bn(name: str, zoo_export) -> None:  # type: ignore[no-untyped-def]
     """keep_bn=False folds every BN that is the sole consumer of a Conv output.
 
     BNs that survive (DenseNet pre-activation) read a Concat/AveragePool, or a
     Conv output that also feeds a Concat (the stem conv of the tiny DenseNet).
     """
     model, shape = TINY_MODELS[name]()
-    path = export_onnx(model, shape, tmp_path / "m.onnx", exporter="legacy", keep_bn=False)
+    path = zoo_export(name, "legacy", keep_bn=False)
     graph = onnx.load(str(path)).graph
     producer = {o: n.op_type for n in graph.node for o in n.output}
     consumers = Counter(i for n in graph.node for i in n.input)
