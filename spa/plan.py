@@ -174,6 +174,10 @@ def make_plan(
         order = np.lexsort((np.arange(len(s)), s))  # ascending score, ties by index
         removed = set(order[: g.channels - kept].tolist())
         removed = _keep_every_slot(removed, analysis.classes[g.id], s)
+        if round_to > 1:  # restoring a slot's channel may break the multiple: restore up to the next one
+            by_score = sorted(removed, key=lambda c: (-s[c], c))
+            while by_score and (g.channels - len(removed)) % round_to:
+                removed.discard(by_score.pop(0))
         if removed:
             plans.append(GroupPlan(g.id, g.channels, tuple(sorted(removed))))
     return Plan(tuple(plans), ratio, criterion, global_rank, round_to, ignored)

@@ -43,7 +43,8 @@ def resolve_provider(name: str) -> list[str]:
         raise UsageError(f"unknown provider '{name}'; choose auto, cpu, cuda or tensorrt")
     if name != "cpu" and not cuda_device_present():
         raise UsageError(f"provider '{name}' needs a CUDA GPU and none is present; use --provider cpu")
-    return [PROVIDERS[name]] + (["CUDAExecutionProvider"] if name == "tensorrt" else []) + ["CPUExecutionProvider"]
+    chosen = [PROVIDERS[name]] + (["CUDAExecutionProvider"] if name == "tensorrt" else [])
+    return chosen if name == "cpu" else chosen + ["CPUExecutionProvider"]
 
 
 @dataclass(frozen=True)

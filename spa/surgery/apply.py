@@ -70,9 +70,14 @@ def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = 
     tensors = mg.graph.tensors()
     for slot, k in kept.items():
         t = tensors.get(slot.tensor)
-        if isinstance(t, gs.Constant) and len(k) != t.shape[slot.axis]:
-            t.values = np.take(np.asarray(t.values), k, axis=slot.axis)
-    mg.refresh_shapes()
+        if isinstance(t, gs.Constant):
+            if len(k) != t.shape[slot.axis]:
+                t.values = np.take(np.asarray(t.values), k, axis=slot.axis)
+        elif t is not None and t.shape is not None and slot.axis < len(t.shape):
+            # activation shapes follow from the plan; the checker re-infers and compares them
+            shape = list(t.shape)
+            shape[slot.axis] = int(len(k))
+            t.shape = shape
     return mg
 
 
