@@ -7,8 +7,9 @@ Every node's rule returns links, members, barriers and choices (see :mod:`spa.ru
 2. adds *coverage barriers*: any axis of a node's input or output that its rule did not map is
    blocked, so a rule can only be incomplete in the safe direction;
 3. blocks every axis of graph inputs and outputs;
-4. resolves choices in topological order with a union-find over slots: a choice keeps the first
-   option whose slot is owned by a weight and not blocked (else its first option) and blocks the rest;
+4. resolves choices in topological order with a union-find over slots: a choice keeps the option
+   whose slot is owned by a weight and not blocked, else an unblocked one with the most channels
+   (a channel shuffle's split then keeps the fine C/g factor), else its first, and blocks the rest;
 5. returns a :class:`ChannelGraph` whose networkx graph has slots as nodes and links as edges.
 """
 
@@ -190,9 +191,15 @@ def _resolve_choices(
         uf.union(a, b)
         owned[uf[a]], blocked[uf[a]] = o, bl
 
+    def preference(o: Link) -> tuple[int, int, int]:
+        """Owned and unblocked first, then unblocked with the most channels, then rule order."""
+        root = uf[o.a]
+        size = slots[o.a].size or 0
+        return (0 if owned[root] and not blocked[root] else 1, 0 if not blocked[root] else 1, -size)
+
     chosen: list[tuple[Link, str]] = []
     for choice, name in choices:
-        pick = next((o for o in choice.options if owned[uf[o.a]] and not blocked[uf[o.a]]), choice.options[0])
+        pick = min(choice.options, key=preference)  # min is stable: ties keep the rule's order
         for o in choice.options:
             if o is pick:
                 union(o.a, o.b)

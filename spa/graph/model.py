@@ -16,6 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from spa.graph.io import MAX_IR_VERSION
+from spa.graph.shapes import complete_shapes
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ def _lite_copy(model: onnx.ModelProto) -> onnx.ModelProto:
         else:
             setattr(lite, field_desc.name, value)
     lite.graph.CopyFrom(graph_copy)
-    del lite.graph.value_info[:]
     return lite
 
 
@@ -66,15 +66,20 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run ONNX shape inference without serialising the weights; updates ``model`` in place.
 
     Large initializers are swapped for data-less stand-ins (shape inference needs only their dims), so
-    this works for models above the 2 GB protobuf limit and is fast. The inferred ``value_info`` is
-    written onto ``model``, which is returned.
+    this works for models above the 2 GB protobuf limit and is fast. Declared ``value_info`` is kept as
+    a starting point (custom ops' outputs), and shapes inference leaves unknown are completed by
+    :func:`spa.graph.shapes.complete_shapes`. The result is written onto ``model``, which is returned.
     """
     lite = _lite_copy(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(lite, data_prop=True)
-    except Exception as exc:  # inference failures must not stop analysis: rules see unknown shapes
-        log.warning("shape inference failed: %s", exc)
-        return model
+    inferred = lite
+    for _ in range(4):  # inference, then complete what it could not solve, and let that flow on
+        try:
+            inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
+        except Exception as exc:  # inference failures must not stop analysis: rules see unknown shapes
+            log.warning("shape inference failed: %s", exc)
+            break
+        if not complete_shapes(inferred):
+            break
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     by_name = {o.name: o for o in inferred.graph.output}
@@ -117,21 +122,18 @@ class ModelGraph:
         return mg
 
     def refresh_shapes(self) -> None:
-        """Drop intermediate shapes and infer them again (after a rewrite)."""
+        """Infer intermediate shapes again; shapes already known (declared value_info) are kept as hints."""
         io_ids = {id(t) for t in self.graph.inputs} | {id(t) for t in self.graph.outputs}
-        for t in self.graph.tensors().values():
-            if isinstance(t, gs.Variable) and id(t) not in io_ids:
-                t.shape = None
         model = infer_shapes(self.to_onnx(check=False))
         shapes: dict[str, tuple[Dim, ...]] = {}
         for vi in list(model.graph.value_info) + list(model.graph.output):
             tt = vi.type.tensor_type
             if tt.HasField("shape"):
                 shapes[vi.name] = tuple(
-                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+                    d.dim_value if d.HasField("dim_value") else
+                    (d.dim_param if d.dim_param and not d.dim_param.startswith("unk__") else None)
+                    for d in tt.shape.dim
                 )
-            if tt.elem_type and vi.name:
-                pass
         dtypes = {vi.name: vi.type.tensor_type.elem_type for vi in model.graph.value_info}
         for name, t in self.graph.tensors().items():
             if isinstance(t, gs.Variable) and id(t) not in io_ids:

@@ -3,6 +3,12 @@
 An axis whose size the op leaves unchanged (scale 1, no padding, no expansion, repeat 1) is identity;
 the others are not linked (and become barriers). Size-valued constants (Resize ``sizes``, Expand
 ``shape``) are rewritten for pruned axes.
+
+An Expand/Tile output axis broadcast from a size-1 input axis (a one-channel map expanded over every
+channel) holds copies of one value: it is *free* — self-linked so the coverage check does not block
+it, coupled only through its consumers — and its size (Expand ``shape`` / Tile ``repeats``) is
+rewritten. Resize ``sizes`` given for a subset of axes (``axes`` attribute, opset >= 18) are
+rewritten through that list, not by right-alignment.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from spa.rules.base import (
     Relation,
     RewriteContext,
     Slot,
+    norm_axis,
     same_dim,
     static,
 )
@@ -30,16 +37,23 @@ def _same_size_links(ctx: NodeContext) -> list[Relation]:
     return [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(len(sx)) if same_dim(sx[a], sy[a])]
 
 
-def _rewrite_size_input(ctx: NodeContext, rw: RewriteContext, index: int) -> None:
+def _rewrite_size_input(ctx: NodeContext, rw: RewriteContext, index: int, axes: list[int] | None = None) -> None:
+    """Write the new sizes of pruned output axes into constant input ``index``.
+
+    Entry ``a`` describes output axis ``axes[a]`` when ``axes`` is given, else the axes are aligned
+    from the right (Expand's shape may be shorter than the output rank). Entries 1 and -1 are kept
+    (an Expand entry 1 means "the input's size").
+    """
     t = ctx.input(index)
     v = ctx.const(t)
     y = ctx.output(0)
     if v is None or y is None or v.size == 0:
         return
     new = v.reshape(-1).copy()
-    shift = len(y.shape) - len(new)  # Expand's shape may be shorter than the output rank
+    rank = len(y.shape)
+    shift = rank - len(new)
     for a in range(len(new)):
-        kept = rw.kept(y, a + shift)
+        kept = rw.kept(y, norm_axis(axes[a], rank) if axes is not None else a + shift)
         if kept is not None and new[a] not in (1, -1):
             new[a] = len(kept)
     rw.set_const_input(ctx.node, index, new)
@@ -62,7 +76,8 @@ class ResizeRule(ChannelRule):
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
         if ctx.node.op == "Resize" and ctx.input(3) is not None:
-            _rewrite_size_input(ctx, rw, 3)
+            axes = ctx.attr("axes")
+            _rewrite_size_input(ctx, rw, 3, [int(a) for a in axes] if axes else None)  # type: ignore[union-attr]
 
 
 class PadRule(ChannelRule):
@@ -90,14 +105,35 @@ class ExpandTileRule(ChannelRule):
             reps = ctx.const(ctx.input(1))
             if reps is None:
                 return ctx.barrier_all(f"Tile '{ctx.node.name}' repeats computed at run time")
-            return [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(len(sx)) if int(reps[a]) == 1]
+            rels: list[Relation] = []
+            for a in range(len(sx)):
+                if int(reps[a]) == 1:
+                    rels.append(Link(Slot(x.name, a), Slot(y.name, a)))
+                elif static(sx[a]) == 1:  # copies of one value: free, sized by `repeats`
+                    rels.append(Link(Slot(y.name, a), Slot(y.name, a)))
+            return rels
         shift = len(sy) - len(sx)
-        return [Link(Slot(x.name, a), Slot(y.name, a + shift)) for a in range(len(sx))
-                if same_dim(sx[a], sy[a + shift]) and not (static(sx[a]) == 1 and static(sy[a + shift]) != 1)]
+        rels = [Link(Slot(y.name, b), Slot(y.name, b)) for b in range(shift)]  # new leading axes: free
+        for a in range(len(sx)):
+            if static(sx[a]) == 1 and static(sy[a + shift]) != 1:
+                rels.append(Link(Slot(y.name, a + shift), Slot(y.name, a + shift)))  # broadcast: free
+            elif same_dim(sx[a], sy[a + shift]):
+                rels.append(Link(Slot(x.name, a), Slot(y.name, a + shift)))
+        return rels
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
         if ctx.node.op == "Expand":
             _rewrite_size_input(ctx, rw, 1)
+        else:  # Tile: the repeats of a size-1 input axis are that axis's new size
+            sx, reps, y = ctx.shape(ctx.input(0)), ctx.const(ctx.input(1)), ctx.output(0)
+            if sx is None or reps is None or y is None:
+                return
+            new = reps.reshape(-1).copy()
+            for a in range(len(sx)):
+                kept = rw.kept(y, a)
+                if kept is not None and static(sx[a]) == 1:
+                    new[a] = len(kept)
+            rw.set_const_input(ctx.node, 1, new)
 
 
 class ShapeRule(ChannelRule):

@@ -62,16 +62,16 @@ def random_inputs(
             concrete = [d if isinstance(d, int) and d >= 0 else (batch if k == 0 else dim)
                         for k, d in enumerate(shape)]
         if "float16" in typ:
-            feeds[name] = rng.standard_normal(concrete).astype(np.float16)
+            feeds[name] = np.asarray(rng.standard_normal(concrete), dtype=np.float16)
         elif "double" in typ:
-            feeds[name] = rng.standard_normal(concrete)
+            feeds[name] = np.asarray(rng.standard_normal(concrete), dtype=np.float64)
         elif "float" in typ:
-            feeds[name] = rng.standard_normal(concrete).astype(np.float32)
+            feeds[name] = np.asarray(rng.standard_normal(concrete), dtype=np.float32)
         elif "bool" in typ:
-            feeds[name] = rng.random(concrete) < 0.5
+            feeds[name] = np.asarray(rng.random(concrete) < 0.5, dtype=bool)
         elif "int" in typ:
             dt = np.int64 if "int64" in typ else np.int32
-            feeds[name] = rng.integers(0, 4, size=concrete).astype(dt)
+            feeds[name] = np.asarray(rng.integers(0, 4, size=concrete), dtype=dt)
         else:
             raise ValidationError(f"input '{name}' has type {typ}; spa cannot make random data for it")
     return feeds

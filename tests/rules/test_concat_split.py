@@ -166,7 +166,8 @@ def _split(b: GraphBuilder, x: str, sizes: list[int] | None, n: int, form: str) 
     if form == "attr":
         return b.op("Split", [x], n_out=n, axis=1, split=sizes)  # type: ignore[return-value]
     if form == "input":
-        return b.op("Split", [x, b.const(np.array(sizes, np.int64), "split")], n_out=n, axis=1)  # type: ignore[return-value]
+        sizes_in = b.const(np.array(sizes, np.int64), "split")
+        return b.op("Split", [x, sizes_in], n_out=n, axis=1)  # type: ignore[return-value]
     if form == "num_outputs":
         return b.op("Split", [x], n_out=n, axis=1, num_outputs=n)  # type: ignore[return-value]
     return b.op("Split", [x], n_out=n, axis=1)  # type: ignore[return-value]
@@ -319,3 +320,49 @@ def test_gather_scalar_index_on_channels_is_blocked(opset: int) -> None:
     grp = _group(spa.analyze(b.build()), w, 0)
     assert not grp.prunable
     assert any("Gather" in reason for reason in grp.reasons), grp.reasons
+
+
+@pytest.mark.parametrize(("opset", "form"), [(11, "equal"), (13, "equal"), (18, "num_outputs")])
+def test_implicit_equal_split_becomes_explicit(opset: int, form: str) -> None:
+    """The first half of the channels is tiny, so pruning leaves the halves unequal: sizes must be written."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 6, 6])
+    h, w = _conv(b, x, 3, 8, bias=False)
+    init = next(i for i in b.inits if i.name == w)
+    value = numpy_helper.to_array(init).copy()
+    value[:4] *= 1e-3
+    init.CopyFrom(numpy_helper.from_array(value, w))
+    parts = _split(b, h, None, 2, form)
+    ya, wa = _conv(b, parts[0], 4, 2, k=1)
+    yb, wb = _conv(b, parts[1], 4, 2, k=1)
+    b.output(b.op("Add", [ya, yb]))  # type: ignore[arg-type]
+    r = assert_oracle(b.build())
+    dims = _dims(r)
+    assert (dims[wa][1], dims[wb][1]) == (1, 4)  # one channel of the tiny half is kept alive
+    split = _node(r, "Split")
+    if opset < 13:
+        assert [a.ints for a in split.attribute if a.name == "split"] == [[1, 4]]
+    else:
+        sizes = {i.name: i for i in r.model.graph.initializer}[split.input[1]]
+        assert numpy_helper.to_array(sizes).tolist() == [1, 4]
+        assert all(a.name != "num_outputs" for a in split.attribute)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_slice_channel_and_spatial_in_one_node(opset: int) -> None:
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 6, 6])
+    h, w = _conv(b, x, 3, 8)
+    ins = [b.op("Relu", [h]), b.const(np.array([1, -5], np.int64), "st"),
+           b.const(np.array([7, INT64_MAX], np.int64), "en"), b.const(np.array([-3, 2], np.int64), "ax")]
+    s = b.op("Slice", ins)  # channels 1..6, rows 1..5
+    y, ws = _conv(b, s, 6, 2, k=1)  # type: ignore[arg-type]
+    b.output(y)
+    r = assert_oracle(b.build())
+    kept = _dims(r)[w][0]
+    assert _row(r, w)["channels_after"] == kept
+    slice_node = _node(r, "Slice")
+    inits = {i.name: numpy_helper.to_array(i) for i in r.model.graph.initializer}
+    starts, ends = inits[slice_node.input[1]].tolist(), inits[slice_node.input[2]].tolist()
+    assert starts[1] == -5 and ends[1] == INT64_MAX  # the spatial slice is untouched
+    assert ends[0] - starts[0] == _dims(r)[ws][1]

@@ -118,11 +118,6 @@ def _stats_over_channels(op: str, opset: int) -> tuple[onnx.ModelProto, list[str
 NORM_CASES = [("LayerNormalization-NHWC", 17), ("LayerNormalization-NHWC", 18), ("LayerNormalization", 17),
               ("GroupNormalization", 21), ("GroupNormalization", 22)]
 
-GN_SHAPES = pytest.mark.xfail(
-    strict=True,
-    reason="onnx infers no output shape for GroupNormalization, so spa's analysis blocks (and does not even "
-           "report) every conv after it; repro: /tmp/spa_repro_groupnorm_shapes.py",
-)
 
 
 @pytest.mark.parametrize(("op", "opset"), NORM_CASES)
@@ -130,7 +125,7 @@ def test_norm_over_channels_is_blocked(op: str, opset: int) -> None:
     model, (w0, w1, _), norm = _stats_over_channels(op, opset)
     g = _group(spa.analyze(model), w1, 0)
     assert not g.prunable
-    assert any(norm in reason and op.split("-")[0] in reason for reason in g.reasons), g.reasons
+    assert any(f"{op.split('-')[0]} '{norm}' normalises over axis" in reason for reason in g.reasons), g.reasons
     assert f"{w1}[0]" in g.label
     # what comes before the norm still prunes, exactly, and the blocked group keeps every channel
     r = assert_oracle(model)
@@ -140,10 +135,39 @@ def test_norm_over_channels_is_blocked(op: str, opset: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("op", "opset"), [pytest.param(o, v, marks=GN_SHAPES if o.startswith("Group") else ()) for o, v in NORM_CASES]
+    ("op", "opset"), [pytest.param(o, v, marks=()) for o, v in NORM_CASES]
 )
 def test_layers_after_norm_over_channels_still_prune(op: str, opset: int) -> None:
     model, (w0, w1, w2), _ = _stats_over_channels(op, opset)
     r = assert_oracle(model)
     assert _row(r, w2)["channels_before"] == 8 and _row(r, w2)["channels_after"] == 4
     assert r.report["num_pruned"] == 2
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_lrn_is_blocked(opset: int) -> None:
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 6, 6])
+    h, w0 = _conv(b, x, 3, 8)
+    h, w1 = _conv(b, b.op("Relu", [h]), 8, 8)  # type: ignore[arg-type]
+    h = b.op("LRN", [h], size=3)  # type: ignore[assignment]
+    y, _ = _conv(b, h, 8, 2, k=1)
+    b.output(y)
+    model = b.build()
+    g = _group(spa.analyze(model), w1, 0)
+    assert not g.prunable and any("LRN" in reason for reason in g.reasons)
+    r = assert_oracle(model)
+    assert _row(r, w0)["channels_after"] == 4 and _row(r, w1)["channels_after"] == 8
+
+
+@pytest.mark.parametrize("opset", [11, 12])  # MVN-13 fails onnx's own full check (function body inference)
+def test_mean_variance_normalization_over_spatial_axes(opset: int) -> None:
+    """MVN's default axes (0, 2, 3) leave the channels independent: prunable."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 6, 6])
+    h, w = _conv(b, x, 3, 8)
+    h = b.op("MeanVarianceNormalization", [h])  # type: ignore[assignment]
+    y, _ = _conv(b, h, 8, 2, k=1)
+    b.output(y)
+    r = assert_oracle(b.build())
+    assert _row(r, w)["channels_after"] == 4

@@ -153,3 +153,21 @@ def test_softmax_over_spatial_axis_keeps_channels_free(opset: int) -> None:
     b.output(y)
     r = assert_oracle(b.build())
     assert _row(r, w)["channels_after"] == 4
+
+
+@pytest.mark.parametrize("opset", REDUCE_OPSETS)
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_channels_last_global_pool(opset: int, keepdims: int) -> None:
+    """tf2onnx-style global pool: NHWC ReduceMean over (H, W); the channel moves to axis 1 or stays at 3."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 6, 6])
+    h, w = _conv(b, x, 3, 8)
+    t = b.op("Transpose", [b.op("Relu", [h])], perm=[0, 2, 3, 1])
+    p = _reduce(b, "ReduceMean", t, [1, 2], keepdims)  # type: ignore[arg-type]
+    if keepdims:  # [1, 1, 1, 8]
+        p = b.op("Flatten", [p], axis=1)  # type: ignore[assignment]
+    w2 = b.weight(8, 4)
+    b.output(b.op("MatMul", [p, w2]))  # type: ignore[arg-type]
+    r = assert_oracle(b.build())
+    row = _row(r, w)
+    assert f"{w2}[0]" in row["weights"] and row["channels_after"] == 4
