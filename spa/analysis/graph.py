@@ -197,8 +197,19 @@ def _resolve_choices(
         size = slots[o.a].size or 0
         return (0 if owned[root] and not blocked[root] else 1, 0 if not blocked[root] else 1, -size)
 
+    def decided(choice: Choice) -> bool:
+        """Evidence decides: an option is owned and unblocked, or only one option is unblocked."""
+        if any(owned[uf[o.a]] and not blocked[uf[o.a]] for o in choice.options):
+            return True
+        return sum(not blocked[uf[o.a]] for o in choice.options) == 1
+
     chosen: list[tuple[Link, str]] = []
-    for choice, name in choices:
+    pending = list(choices)
+    while pending:
+        # resolve every choice the evidence decides (each resolution adds evidence), and only then
+        # fall back to the size heuristic on the first undecided one, in topological order
+        k = next((i for i, (c, _) in enumerate(pending) if decided(c)), 0)
+        choice, name = pending.pop(k)
         pick = min(choice.options, key=preference)  # min is stable: ties keep the rule's order
         for o in choice.options:
             if o is pick:
