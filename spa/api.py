@@ -19,8 +19,9 @@ from spa.analysis.groups import Analysis, analyze_graph
 from spa.bench.metrics import count_macs, count_params
 from spa.budget import solve_ratio
 from spa.criteria import CriterionContext, get_criterion
-from spa.errors import ValidationError
-from spa.graph.io import load_model, save_model
+from spa.errors import UsageError, ValidationError
+from spa.graph.io import PROTOBUF_LIMIT, load_model
+from spa.graph.save import graph_bytes, save_graph
 from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
 from spa.plan import Plan, make_plan
@@ -35,12 +36,17 @@ ModelInput = str | os.PathLike[str] | onnx.ModelProto | ModelGraph
 
 
 def load(model: ModelInput) -> ModelGraph:
-    """Load (if a path) and normalise a model."""
+    """Load (if a path) and normalise a model.
+
+    From a path, external-data weights stay on disk and are memory-mapped, so large models are not
+    read into memory as a whole.
+    """
     if isinstance(model, ModelGraph):
         return model
     if isinstance(model, onnx.ModelProto):
         return normalize(model)
-    return normalize(load_model(model))
+    proto = load_model(model, external=False)
+    return normalize(proto, base_dir=Path(model).parent)
 
 
 def analyze(model: ModelInput) -> Analysis:
@@ -54,19 +60,51 @@ def analyze(model: ModelInput) -> Analysis:
 
 @dataclass
 class PruneResult:
-    """What :func:`prune` returns."""
+    """What :func:`prune` returns.
 
-    model: onnx.ModelProto
+    Attributes:
+        graph: the pruned model (``model`` exports it to a ModelProto on first use).
+        plan: what was removed.
+        analysis: the groups of the original model.
+        report: the JSON report.
+        masked_graph: the masked twin, when asked for (``masked`` exports it).
+    """
+
+    graph: ModelGraph
     plan: Plan
     analysis: Analysis
     report: dict[str, object]
-    masked: onnx.ModelProto | None = None
+    masked_graph: ModelGraph | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    _protos: dict[str, onnx.ModelProto] = field(default_factory=dict, repr=False)
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        """The pruned model as a self-contained ModelProto (weights copied in; < 2 GB)."""
+        if "model" not in self._protos:
+            self._protos["model"] = self.graph.to_onnx()
+        return self._protos["model"]
+
+    @property
+    def masked(self) -> onnx.ModelProto | None:
+        """The masked twin as a ModelProto, or None."""
+        if self.masked_graph is None:
+            return None
+        if "masked" not in self._protos:
+            self._protos["masked"] = self.masked_graph.to_onnx()
+        return self._protos["masked"]
 
     def save(self, path: str | os.PathLike[str], *, external_data: bool | None = None,
              force: bool = True) -> Path:
-        """Write the pruned model atomically."""
-        return save_model(self.model, path, external_data=external_data, force=force)
+        """Write the pruned model atomically (weights streamed to ``<name>.data`` when external)."""
+        return save_graph(self.graph, path, external_data=external_data, force=force)
+
+    def save_masked(self, path: str | os.PathLike[str], *, external_data: bool | None = None,
+                    force: bool = True) -> Path:
+        """Write the masked twin atomically."""
+        if self.masked_graph is None:
+            raise UsageError("the masked twin was not built: prune with emit_masked=True")
+        return save_graph(self.masked_graph, path, external_data=external_data, force=force)
 
 
 def _group_report(analysis: Analysis, plan: Plan) -> list[dict[str, object]]:
@@ -149,16 +187,16 @@ def prune(
         plan = plan_for(ratio)
     updates = crit.compensate(analysis, plan, cctx)
     pruned_mg = prune_model(analysis, plan, updates=updates)
-    pruned = pruned_mg.to_onnx()
-    if check:
+    result_protos: dict[str, onnx.ModelProto] = {}
+    if check and graph_bytes(pruned_mg) < PROTOBUF_LIMIT // 2:
+        pruned = pruned_mg.to_onnx()
         try:
             onnx.checker.check_model(pruned, full_check=True)
         except Exception as exc:
             raise ValidationError(f"pruned model fails the ONNX checker: {exc}") from exc
         session(pruned)
-    masked = None
-    if emit_masked:
-        masked = masked_twin(analysis, plan, updates).to_onnx()
+        result_protos["model"] = pruned
+    masked = masked_twin(analysis, plan, updates) if emit_masked else None
     report: dict[str, object] = {
         "spa_version": __version__,
         "criterion": criterion,
@@ -180,7 +218,7 @@ def prune(
         "compensated_weights": sorted(updates),
         "groups": _group_report(analysis, plan),
     }
-    return PruneResult(pruned, plan, analysis, report, masked)
+    return PruneResult(pruned_mg, plan, analysis, report, masked, _protos=result_protos)
 
 
 def verify(

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import networkx as nx
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from spa.analysis.graph import ChannelGraph, SlotInfo, build_channel_graph, element_classes
 from spa.graph.model import ModelGraph
@@ -79,7 +80,7 @@ class Analysis:
     def prunable_param_fraction(self) -> float:
         """Fraction of all weight elements that sit in some prunable group's weights."""
         graph = self.model.graph
-        consts = {n: t for n, t in graph.tensors().items() if hasattr(t, "values")}
+        consts = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant)}
         total = sum(int(np.prod(t.shape)) for t in consts.values() if np.issubdtype(t.dtype, np.floating))
         touched = {m.tensor for g in self.prunable for m in g.members if m.kind == "weight"}
         part = sum(int(np.prod(consts[n].shape)) for n in touched if n in consts)

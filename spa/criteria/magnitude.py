@@ -21,6 +21,7 @@ import numpy as np
 
 from spa.analysis.groups import Analysis
 from spa.criteria.base import CriterionContext, Scores, Updates
+from spa.graph.weights import release
 from spa.plan import Plan
 from spa.rules.base import Role
 
@@ -52,6 +53,7 @@ def magnitude_scores(analysis: Analysis, kind: str) -> Scores:
         acc = np.zeros(analysis.groups[gid].channels, dtype=np.float64)
         for slot, labels, w in weight_slices(analysis, gid):
             np.add.at(acc, labels, _per_element(w, slot.axis, kind))
+            release(w)
         out[gid] = acc if kind == "l1" else np.sqrt(acc)
     return out
 

@@ -56,16 +56,27 @@ def _check_external_locations(model: onnx.ModelProto, base: Path, name: Path | s
                 f"{name}: external data file '{target}' for tensor '{tensor.name}' is missing; "
                 "copy it next to the model"
             )
+        try:
+            offset, length = int(info.get("offset") or 0), int(info.get("length") or 0)
+        except ValueError:
+            raise InvalidModelError(f"{name}: tensor '{tensor.name}' has a malformed external-data offset/length") from None
+        if offset < 0 or length < 0 or offset + length > target.stat().st_size:
+            raise InvalidModelError(
+                f"{name}: external data of tensor '{tensor.name}' lies outside '{loc}' "
+                f"(offset {offset} + length {length} > {target.stat().st_size} bytes); the data file is truncated"
+            )
 
 
-def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Load an ONNX model with its external data.
+def load_model(path: str | os.PathLike[str], *, external: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model, with its external data unless ``external`` is False.
 
     Args:
         path: the ``.onnx`` file.
+        external: read external tensors into memory (False: leave them in their files; they are
+            validated either way and can be memory-mapped later, see :mod:`spa.graph.weights`).
 
     Returns:
-        The model, with external tensors loaded into memory.
+        The model.
 
     Raises:
         InvalidModelError: the file is missing, not ONNX, truncated, or its external data is unsafe.
@@ -84,6 +95,8 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
     if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise InvalidModelError(f"{p}: not an ONNX model (empty graph)")
     _check_external_locations(model, p.parent, p)
+    if not external:
+        return model
     try:
         external_data_helper.load_external_data_for_model(model, str(p.parent))
     except Exception as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,6 +18,7 @@ import onnx_graphsurgeon as gs
 
 from spa.graph.io import MAX_IR_VERSION
 from spa.graph.shapes import complete_shapes
+from spa.graph.weights import mapped_as_arrays, stubbed
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +108,14 @@ class ModelGraph:
     opset_imports: list[onnx.OperatorSetIdProto]
     metadata: dict[str, str] = field(default_factory=dict)
     producer_name: str = ""
+    base_dir: Path | None = None
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
-    def from_graph(cls, graph: gs.Graph, template: onnx.ModelProto) -> ModelGraph:
+    def from_graph(cls, graph: gs.Graph, template: onnx.ModelProto, base_dir: Path | None = None) -> ModelGraph:
         """Wrap ``graph`` with ``template``'s model fields and refresh all tensor shapes."""
         mg = cls(
+            base_dir=base_dir,
             graph=graph,
             ir_version=min(int(template.ir_version) or MAX_IR_VERSION, MAX_IR_VERSION),
             opset_imports=[copy.deepcopy(o) for o in template.opset_import],
@@ -124,7 +128,8 @@ class ModelGraph:
     def refresh_shapes(self) -> None:
         """Infer intermediate shapes again; shapes already known (declared value_info) are kept as hints."""
         io_ids = {id(t) for t in self.graph.inputs} | {id(t) for t in self.graph.outputs}
-        model = infer_shapes(self.to_onnx(check=False))
+        with stubbed(self.graph):
+            model = infer_shapes(self._export())
         shapes: dict[str, tuple[Dim, ...]] = {}
         for vi in list(model.graph.value_info) + list(model.graph.output):
             tt = vi.type.tensor_type
@@ -144,7 +149,18 @@ class ModelGraph:
 
     # -- export --------------------------------------------------------------------------------------
     def to_onnx(self, *, check: bool = False) -> onnx.ModelProto:
-        """Export to a ModelProto with the source model's IR version, opsets and metadata."""
+        """Export to a self-contained ModelProto with the source model's IR version, opsets and metadata.
+
+        Memory-mapped weights are copied into the proto; for models near or above 2 GB write them with
+        :func:`spa.graph.io.save_graph` instead, which streams weights to an external-data file.
+        """
+        with mapped_as_arrays(self.graph):
+            model = self._export()
+        if check:
+            onnx.checker.check_model(model, full_check=True)
+        return model
+
+    def _export(self) -> onnx.ModelProto:
         model = gs.export_onnx(self.graph, do_type_check=False)
         model.ir_version = self.ir_version
         del model.opset_import[:]
@@ -159,8 +175,6 @@ class ModelGraph:
         for k, v in self.metadata.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = k, v
-        if check:
-            onnx.checker.check_model(model, full_check=True)
         return model
 
     def copy(self) -> ModelGraph:
@@ -171,6 +185,7 @@ class ModelGraph:
             opset_imports=[copy.deepcopy(o) for o in self.opset_imports],
             metadata=dict(self.metadata),
             producer_name=self.producer_name,
+            base_dir=self.base_dir,
         )
 
     # -- queries used by rules -----------------------------------------------------------------------

@@ -15,12 +15,14 @@ Each step is a small function ``(graph) -> bool`` that says whether it changed t
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from spa.errors import InvalidModelError, UnsupportedModelError
 from spa.graph.model import ModelGraph, infer_shapes
+from spa.graph.weights import attach_external
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +119,14 @@ def constant_nodes_to_initializers(graph: gs.Graph) -> bool:
     return changed
 
 
-def normalize(model: onnx.ModelProto, *, fold: bool = True) -> ModelGraph:
+def normalize(model: onnx.ModelProto, *, fold: bool = True, base_dir: Path | None = None) -> ModelGraph:
     """Normalise a model for analysis.
 
     Args:
         model: the loaded model (not modified).
         fold: run constant folding.
+        base_dir: folder of the model file when its external data was left on disk: the tensors are
+            then memory-mapped (see :mod:`spa.graph.weights`).
 
     Returns:
         A :class:`~spa.graph.model.ModelGraph` with shapes inferred.
@@ -149,9 +153,11 @@ def normalize(model: onnx.ModelProto, *, fold: bool = True) -> ModelGraph:
         graph = gs.import_onnx(m)
     except Exception as exc:
         raise InvalidModelError(f"graph could not be imported: {exc}") from exc
+    if base_dir is not None:
+        attach_external(graph, base_dir)
     constant_nodes_to_initializers(graph)
     if fold:
         fold_constants(graph)
     bypass_passthrough(graph)
     graph.cleanup().toposort()
-    return ModelGraph.from_graph(graph, template=model)
+    return ModelGraph.from_graph(graph, template=model, base_dir=base_dir)

@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from spa.analysis.groups import Analysis
 from spa.graph.model import ModelGraph
+from spa.graph.weights import release
 from spa.plan import Plan
 from spa.rules.base import NodeContext, RewriteContext, Role, Slot
 from spa.rules.defaults import default_registry
@@ -72,7 +73,9 @@ def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = 
         t = tensors.get(slot.tensor)
         if isinstance(t, gs.Constant):
             if len(k) != t.shape[slot.axis]:
-                t.values = np.take(np.asarray(t.values), k, axis=slot.axis)
+                source = np.asarray(t.values)
+                t.values = np.take(source, k, axis=slot.axis)
+                release(source)
         elif t is not None and t.shape is not None and slot.axis < len(t.shape):
             # activation shapes follow from the plan; the checker re-infers and compares them
             shape = list(t.shape)

@@ -1,0 +1,114 @@
+"""Write a :class:`~spa.graph.model.ModelGraph` to disk, streaming weights when they are large.
+
+Small models are exported to one self-contained file. With external data (asked for, or needed
+because the weights exceed the 2 GB protobuf limit) every large constant is written straight from its
+(possibly memory-mapped) array into ``<name>.data``, one tensor at a time, and the graph is exported with
+data-less references — so saving never holds a second copy of the weights. Both files are written to
+temporary names and renamed into place, so a failure never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from spa.errors import UsageError
+from spa.graph.io import PROTOBUF_LIMIT, save_model
+from spa.graph.model import ModelGraph
+from spa.graph.weights import nbytes, release
+
+log = logging.getLogger(__name__)
+
+#: tensors at most this large stay inside the .onnx file
+INLINE_BYTES = 1024
+_ALIGN = 64
+
+
+def graph_bytes(mg: ModelGraph) -> int:
+    """Bytes of all constants (without loading them)."""
+    return sum(nbytes(t) for t in mg.graph.tensors().values() if isinstance(t, gs.Constant))
+
+
+def _ref(t: gs.Constant, location: str, offset: int, length: int) -> onnx.TensorProto:
+    proto = onnx.TensorProto()
+    proto.name = t.name
+    proto.data_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+    proto.dims.extend(int(d) for d in t.shape)
+    proto.data_location = onnx.TensorProto.EXTERNAL
+    for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        e = proto.external_data.add()
+        e.key, e.value = k, v
+    return proto
+
+
+def save_graph(mg: ModelGraph, path: str | os.PathLike[str], *, external_data: bool | None = None,
+               force: bool = True) -> Path:
+    """Write ``mg`` to ``path`` atomically (external data streamed to ``<name>.data`` when used).
+
+    Args:
+        mg: the model.
+        path: destination ``.onnx`` file.
+        external_data: True to write weights to ``<name>.data``; None decides by size (> 2 GB).
+        force: overwrite an existing file.
+    """
+    dest = Path(path)
+    if dest.exists() and not force:
+        raise UsageError(f"{dest} exists; pass --force to overwrite it")
+    if external_data is None:
+        external_data = graph_bytes(mg) > PROTOBUF_LIMIT - 64 * 2**20
+    if not external_data:
+        return save_model(mg.to_onnx(), dest, external_data=False, force=force)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{dest}: folder '{folder}' does not exist")
+    data_name = dest.name + ".data"
+    fd, tmp_model = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    saved: list[tuple[gs.Constant, object]] = []
+    try:
+        offset = 0
+        with open(tmp_data, "wb") as fh:
+            for t in mg.graph.tensors().values():
+                if not isinstance(t, gs.Constant) or nbytes(t) <= INLINE_BYTES:
+                    continue
+                pad = (-offset) % _ALIGN
+                fh.write(b"\0" * pad)
+                offset += pad
+                arr = np.ascontiguousarray(t.values)
+                fh.write(memoryview(arr).cast("B"))
+                saved.append((t, t._values))
+                t._values = LazyValues(_ref(t, data_name, offset, arr.nbytes))
+                offset += arr.nbytes
+                release(arr)
+        model = mg._export()  # noqa: SLF001 - references only, no weight bytes
+        with open(tmp_model, "wb") as fh:
+            fh.write(model.SerializeToString())
+        os.chmod(tmp_model, 0o666 & ~_umask())
+        os.chmod(tmp_data, 0o666 & ~_umask())
+        os.replace(tmp_data, folder / data_name)
+        os.replace(tmp_model, dest)
+    except OSError as exc:
+        raise UsageError(f"could not write {dest}: {exc.strerror or exc}") from exc
+    finally:
+        for t, v in saved:
+            t._values = v
+        for leftover in (tmp_model, tmp_data):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    log.debug("wrote %s with external data %s", dest, data_name)
+    return dest
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

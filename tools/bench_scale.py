@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Scale benchmark: spa on LLaMA-style decoders of 125 M, 350 M and 1 B parameters.
+
+For each size, ``tools/make_llm.py`` writes the model (external data; cached in ``--workdir``), then a
+fresh ``spa prune --ratio 0.25`` process removes 25 % of every prunable group — the MLP channels and
+the (grouped-query) attention heads — and writes the result with external data. Reported per model:
+parameters, file size, wall time of the prune process, its peak RSS (``ru_maxrss`` of the child) and
+the ratio peak RSS / model size. A second table times the analysis alone on decoders of growing depth
+(same width), to show how the cost grows with the node count.
+
+    python tools/bench_scale.py                      # 125m, 350m, 1b (writes ~6 GB under /tmp/spa_scale)
+    python tools/bench_scale.py --sizes 125m --depths 2,4,8
+
+Writes ``tools/results/bench_scale.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def _make(preset: str, out: Path, extra: list[str] | None = None) -> None:
+    if not out.exists():
+        subprocess.run([PY, str(ROOT / "tools" / "make_llm.py"), "--preset", preset, "-o", str(out), *(extra or [])],
+                       check=True, stderr=subprocess.DEVNULL)
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size + (path.with_name(path.name + ".data").stat().st_size
+                                  if path.with_name(path.name + ".data").exists() else 0)
+
+
+def _child(code: str) -> tuple[float, float, str]:
+    """Run ``code`` in a fresh interpreter; wall seconds, peak RSS in bytes, stdout."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss of children is the max over all children so far: run the sizes in increasing order
+    return wall, max(peak, before) * 1024.0, proc.stdout
+
+
+PRUNE = """
+import json, time, spa
+t0 = time.perf_counter()
+r = spa.prune({src!r}, 0.25, check=False)
+t1 = time.perf_counter()
+r.save({dst!r}, external_data=True)
+t2 = time.perf_counter()
+print(json.dumps({{"prune_s": t1 - t0, "save_s": t2 - t1, "params_before": r.report["params_before"],
+                  "params_after": r.report["params_after"], "groups_pruned": r.report["num_pruned"],
+                  "groups_prunable": r.report["num_prunable"]}}))
+"""
+
+ANALYZE = """
+import json, time, spa
+t0 = time.perf_counter(); mg = spa.load({src!r}); t1 = time.perf_counter()
+a = spa.analyze(mg); t2 = time.perf_counter()
+print(json.dumps({{"nodes": len(mg.graph.nodes), "load_s": t1 - t0, "analyze_s": t2 - t1, "groups": len(a.groups)}}))
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="125m,350m,1b")
+    ap.add_argument("--depths", default="2,4,8,16,32", help="layers for the node-count scaling table")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/spa_scale"))
+    ap.add_argument("--json", type=Path, default=ROOT / "tools" / "results" / "bench_scale.json")
+    args = ap.parse_args(argv)
+    console = Console()
+    rows = []
+    for preset in args.sizes.split(","):
+        src = args.workdir / preset / "model.onnx"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        _make(preset, src)
+        dst = args.workdir / preset / "pruned.onnx"
+        wall, peak, out = _child(PRUNE.format(src=str(src), dst=str(dst)))
+        info = json.loads(out.strip().splitlines()[-1])
+        size = _size(src)
+        rows.append({"model": preset, "size_bytes": size, "wall_s": wall, "peak_rss_bytes": peak,
+                     "rss_over_size": peak / size, "pruned_size_bytes": _size(dst)} | info)
+        for f in dst.parent.glob("pruned.onnx*"):
+            f.unlink()
+    t = Table(title="spa prune --ratio 0.25 (MLP channels + attention heads) on LLaMA-style decoders, external data")
+    for col in ("model", "params", "size GiB", "prune s", "save s", "wall s", "peak RSS GiB", "RSS/size", "params after"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(r["model"], f"{r['params_before'] / 1e6:.0f}M", f"{r['size_bytes'] / 2**30:.2f}", f"{r['prune_s']:.1f}",
+                  f"{r['save_s']:.1f}", f"{r['wall_s']:.1f}", f"{r['peak_rss_bytes'] / 2**30:.2f}",
+                  f"{r['rss_over_size']:.2f}", f"{r['params_after'] / 1e6:.0f}M")
+    console.print(t)
+    depth_rows = []
+    for depth in [int(d) for d in args.depths.split(",") if d]:
+        src = args.workdir / f"depth{depth}" / "model.onnx"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        _make("tiny", src, ["--layers", str(depth), "--hidden", "256", "--heads", "8", "--kv-heads", "2", "--ffn", "512"])
+        _, _, out = _child(ANALYZE.format(src=str(src)))
+        depth_rows.append({"layers": depth} | json.loads(out.strip().splitlines()[-1]))
+    t2 = Table(title="analysis cost vs node count (decoder width 256, growing depth)")
+    for col in ("layers", "nodes", "load+normalize s", "analyze s", "analyze ms / node"):
+        t2.add_column(col, justify="right")
+    for r in depth_rows:
+        t2.add_row(str(r["layers"]), str(r["nodes"]), f"{r['load_s']:.2f}", f"{r['analyze_s']:.2f}",
+                   f"{1e3 * r['analyze_s'] / r['nodes']:.2f}")
+    console.print(t2)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "prune": rows, "scaling": depth_rows},
+                                    indent=2))
+    console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
