@@ -76,9 +76,11 @@ def attach_external(graph: gs.Graph, base_dir: Path) -> int:
 
 def release(array: np.ndarray) -> None:
     """Drop the resident pages of a memory-mapped array (no-op for ordinary arrays)."""
-    base = array
+    base: object = array
     while isinstance(base, np.ndarray) and base.base is not None:
         base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
     if isinstance(base, mmap.mmap) and hasattr(base, "madvise") and array.nbytes:
         start = array.__array_interface__["data"][0]
         buf_start = np.frombuffer(base, dtype=np.uint8, count=1).__array_interface__["data"][0]
