@@ -28,12 +28,42 @@ from spa.errors import UsageError
 
 
 @dataclass(frozen=True)
+class ConsumerKeep:
+    """Unconstrained pruning: the channels one consumer weight reads, and how its input is narrowed.
+
+    Attributes:
+        tensor, axis: the consumer's weight slot (e.g. a Conv weight's axis 1).
+        node: the consumer node.
+        kept: channels (group channel indices) this consumer reads — a subset of the group's kept ones.
+        mode: ``slice`` (its channels are contiguous in the exported layout), ``gather`` (a copy of the
+            selected channels) or ``zero`` (it reads every kept channel; weights of the others are zero).
+    """
+
+    tensor: str
+    axis: int
+    node: str
+    kept: tuple[int, ...]
+    mode: str = "gather"
+
+
+@dataclass(frozen=True)
 class GroupPlan:
-    """Channels removed from one group (channel indices, sorted)."""
+    """Channels removed from one group (channel indices, sorted).
+
+    Attributes:
+        group: the group id.
+        channels: its channel count.
+        removed: channels removed from every slot (constrained) or from the shared tensors
+            (unconstrained: those no consumer reads).
+        consumers: unconstrained only: what each consumer reads.
+        order: exported channel order of the kept channels (UPSCALE reordering); empty = index order.
+    """
 
     group: int
     channels: int
     removed: tuple[int, ...]
+    consumers: tuple[ConsumerKeep, ...] = ()
+    order: tuple[int, ...] = ()
 
     @property
     def kept(self) -> int:
@@ -68,6 +98,7 @@ class Plan:
             "round_to": self.round_to,
             "ignored_groups": list(self.ignored),
             "groups": [asdict(g) | {"kept": g.kept} for g in self.groups],
+            "unconstrained": any(g.consumers for g in self.groups),
         }
 
 

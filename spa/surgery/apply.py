@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from spa.analysis.groups import Analysis
 from spa.graph.model import ModelGraph
 from spa.graph.weights import release
-from spa.plan import Plan
+from spa.plan import GroupPlan, Plan
 from spa.rules.base import NodeContext, RewriteContext, Role, Slot
 from spa.rules.defaults import default_registry
 from spa.rules.registry import RuleRegistry
@@ -25,15 +25,88 @@ from spa.rules.registry import RuleRegistry
 log = logging.getLogger(__name__)
 
 
+def _rank(gp: GroupPlan) -> np.ndarray:
+    """Position of every channel in the exported layout (index order unless the plan reorders)."""
+    rank = np.arange(gp.channels)
+    if gp.order:
+        rank = np.full(gp.channels, gp.channels)
+        rank[list(gp.order)] = np.arange(len(gp.order))
+    return rank
+
+
 def kept_indices(analysis: Analysis, plan: Plan) -> dict[Slot, np.ndarray]:
-    """Kept element indices of every slot of every group the plan prunes."""
+    """Kept element indices of every slot of every group the plan prunes, in exported order.
+
+    Shared slots keep every channel not removed; an unconstrained consumer's weight slot keeps only the
+    channels it reads (``slice``/``gather`` modes). Elements are ordered by the plan's channel layout.
+    """
     kept: dict[Slot, np.ndarray] = {}
     for gp in plan.groups:
         removed = np.zeros(gp.channels, dtype=bool)
         removed[list(gp.removed)] = True
+        rank = _rank(gp)
+        own = {Slot(c.tensor, c.axis): c for c in gp.consumers if c.mode != "zero"}
         for slot, labels in analysis.classes[gp.group].items():
-            kept[slot] = np.flatnonzero(~removed[labels])
+            if slot in own:
+                allowed = np.zeros(gp.channels, dtype=bool)
+                allowed[list(own[slot].kept)] = True
+            else:
+                allowed = ~removed
+            idx = np.flatnonzero(allowed[labels])
+            kept[slot] = idx[np.lexsort((idx, rank[labels[idx]]))]
     return kept
+
+
+def _zeroed(analysis: Analysis, plan: Plan, kept: dict[Slot, np.ndarray]) -> dict[Slot, np.ndarray]:
+    """Per consumer weight slot in ``zero`` mode: positions (in kept order) whose weights are zeroed."""
+    out: dict[Slot, np.ndarray] = {}
+    for gp in plan.groups:
+        for c in gp.consumers:
+            if c.mode != "zero":
+                continue
+            slot = Slot(c.tensor, c.axis)
+            labels = analysis.classes[gp.group][slot][kept[slot]]
+            out[slot] = np.flatnonzero(~np.isin(labels, list(c.kept)))
+    return out
+
+
+def _narrow_inputs(mg: ModelGraph, analysis: Analysis, plan: Plan, kept: dict[Slot, np.ndarray]) -> None:
+    """Insert a Slice or Gather in front of each unconstrained consumer that reads a subset."""
+    from spa.reorder.unconstrained import consumer_sites
+
+    nodes = {n.name: n for n in mg.graph.nodes}
+    tensors = mg.graph.tensors()
+    for gp in plan.groups:
+        sites = {(s.weight.tensor, s.weight.axis): s for s in consumer_sites(analysis, gp.group)}
+        for c in gp.consumers:
+            if c.mode == "zero":
+                continue
+            site = sites[(c.tensor, c.axis)]
+            src = site.source
+            labels = analysis.classes[gp.group][src][kept[src]]
+            pos = np.flatnonzero(np.isin(labels, list(c.kept)))
+            x = tensors[src.tensor]
+            node = nodes[c.node]
+            shape = list(x.shape) if x.shape is not None else None
+            if shape is not None:
+                shape[src.axis] = int(len(pos))
+            out = gs.Variable(f"{x.name}__spa_{c.mode}_{node.name}", dtype=x.dtype, shape=shape)
+            axis = gs.Constant(f"{out.name}_axes", np.asarray([src.axis], dtype=np.int64))
+            if c.mode == "slice":
+                assert pos[-1] - pos[0] + 1 == len(pos), f"{c.node}: channels are not contiguous"
+                starts = gs.Constant(f"{out.name}_starts", np.asarray([pos[0]], dtype=np.int64))
+                ends = gs.Constant(f"{out.name}_ends", np.asarray([pos[-1] + 1], dtype=np.int64))
+                sel = gs.Node("Slice", name=f"{out.name}_node", inputs=[x, starts, ends, axis], outputs=[out])
+            else:
+                idx = gs.Constant(f"{out.name}_indices", pos.astype(np.int64))
+                sel = gs.Node("Gather", name=f"{out.name}_node", attrs={"axis": src.axis}, inputs=[x, idx],
+                              outputs=[out])
+            mg.graph.nodes.append(sel)
+            for k, t in enumerate(node.inputs):
+                if t is x:
+                    node.inputs[k] = out
+    if any(c.mode != "zero" for gp in plan.groups for c in gp.consumers):
+        mg.graph.toposort()
 
 
 def _apply_updates(mg: ModelGraph, updates: dict[str, np.ndarray] | None) -> None:
@@ -69,19 +142,31 @@ def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = 
             if rule is not None:
                 rule.rewrite(NodeContext(node, mg.opset), rw)
     tensors = mg.graph.tensors()
+    zeroed = _zeroed(analysis, plan, kept)
     for slot, k in kept.items():
         t = tensors.get(slot.tensor)
         if isinstance(t, gs.Constant):
-            if len(k) != t.shape[slot.axis]:
+            if len(k) != t.shape[slot.axis] or np.any(k[1:] < k[:-1]):
                 source = np.asarray(t.values)
                 t.values = np.take(source, k, axis=slot.axis)
                 release(source)
+            if slot in zeroed and len(zeroed[slot]):
+                _zero(t, slot.axis, zeroed[slot])
         elif t is not None and t.shape is not None and slot.axis < len(t.shape):
             # activation shapes follow from the plan; the checker re-infers and compares them
             shape = list(t.shape)
             shape[slot.axis] = int(len(k))
             t.shape = shape
+    _narrow_inputs(mg, analysis, plan, kept)
     return mg
+
+
+def _zero(t: gs.Constant, axis: int, drop: np.ndarray) -> None:
+    values = np.array(t.values, copy=True)
+    index: list[object] = [slice(None)] * values.ndim
+    index[axis] = drop
+    values[tuple(index)] = 0
+    t.values = values
 
 
 def masked_twin(analysis: Analysis, plan: Plan, updates: dict[str, np.ndarray] | None = None) -> ModelGraph:
@@ -95,16 +180,18 @@ def masked_twin(analysis: Analysis, plan: Plan, updates: dict[str, np.ndarray] |
     mg = analysis.model.copy()
     _apply_updates(mg, updates)
     tensors = mg.graph.tensors()
-    for slot, k in kept_indices(analysis, plan).items():
+    kept = kept_indices(analysis, plan)
+    for gp in plan.groups:  # zero-mode consumers read everything kept but use only their own channels
+        for c in gp.consumers:
+            if c.mode == "zero":
+                slot = Slot(c.tensor, c.axis)
+                labels = analysis.classes[gp.group][slot]
+                kept[slot] = np.flatnonzero(np.isin(labels, list(c.kept)))
+    for slot, k in kept.items():
         t = tensors.get(slot.tensor)
         if not isinstance(t, gs.Constant) or Role.CONSUMER not in analysis.roles.get(slot, set()):
             continue
-        n = t.shape[slot.axis]
-        drop = np.setdiff1d(np.arange(n), k)
+        drop = np.setdiff1d(np.arange(t.shape[slot.axis]), k)
         if len(drop):
-            values = np.array(t.values, copy=True)
-            index = [slice(None)] * values.ndim
-            index[slot.axis] = drop  # type: ignore[call-overload]
-            values[tuple(index)] = 0
-            t.values = values
+            _zero(t, slot.axis, drop)
     return mg

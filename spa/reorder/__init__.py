@@ -1,0 +1,1 @@
+"""UPSCALE-style unconstrained pruning and channel reordering (see :mod:`spa.reorder.unconstrained`)."""

@@ -1,0 +1,143 @@
+"""Choose how each unconstrained consumer reads its channels, by measured cost.
+
+A consumer that reads a subset of a shared tensor either copies it (Slice or Gather, then a smaller
+Conv/Gemm/MatMul) or reads the whole tensor with zero weights for the channels it dropped (no copy,
+more MACs). Which is cheaper depends on the provider and the shapes, so ``auto`` measures both on tiny
+single-op ONNX models in ONNX Runtime (CPU, one thread) and caches the timings on disk keyed by the
+provider, the op and the shapes (``$SPA_CACHE_DIR`` or ``~/.cache/spa/consumer_costs.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import TensorProto, helper
+
+from spa.analysis.groups import Analysis
+from spa.errors import UsageError
+from spa.plan import ConsumerKeep, Plan
+from spa.validate.runtime import session
+
+log = logging.getLogger(__name__)
+
+MODES = ("layout", "gather", "zero", "auto")
+
+
+def _cache_path() -> Path:
+    base = Path(os.environ.get("SPA_CACHE_DIR", Path.home() / ".cache" / "spa"))
+    return base / "consumer_costs.json"
+
+
+def _time(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int = 15) -> float:
+    sess = session(model, threads=1)
+    for _ in range(3):
+        sess.run(None, feeds)
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        samples.append(time.perf_counter() - t0)
+    return float(np.median(samples))
+
+
+def _consumer_model(node: gs.Node, in_shape: list[int], channels: int, select: np.ndarray | None,
+                    axis: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]] | None:
+    """A one-consumer model reading ``in_shape`` (optionally narrowed by ``select`` on ``axis``)."""
+    w = node.inputs[1]
+    if not isinstance(w, gs.Constant) or node.op not in ("Conv", "Gemm", "MatMul"):
+        return None
+    wshape = list(w.shape)
+    waxis = 1 if node.op in ("Conv",) else (0 if node.op == "MatMul" or not int(node.attrs.get("transB", 0)) else 1)
+    n_in = len(select) if select is not None else channels
+    wshape[waxis] = n_in
+    nodes, inits = [], [helper.make_tensor("w", TensorProto.FLOAT, wshape, np.zeros(int(np.prod(wshape)), np.float32))]
+    x = "x"
+    if select is not None:
+        contiguous = len(select) and select[-1] - select[0] + 1 == len(select)
+        if contiguous:
+            inits += [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in
+                      (("s", int(select[0])), ("e", int(select[-1]) + 1), ("a", axis))]
+            nodes.append(helper.make_node("Slice", ["x", "s", "e", "a"], ["xs"]))
+        else:
+            inits.append(helper.make_tensor("i", TensorProto.INT64, [len(select)], select.tolist()))
+            nodes.append(helper.make_node("Gather", ["x", "i"], ["xs"], axis=axis))
+        x = "xs"
+    attrs = {k: v for k, v in node.attrs.items() if k in ("strides", "pads", "dilations", "kernel_shape", "transB",
+                                                           "auto_pad")}
+    nodes.append(helper.make_node(node.op, [x, "w"], ["y"], **attrs))
+    g = helper.make_graph(nodes, "cost", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m, {"x": np.random.default_rng(0).standard_normal(in_shape).astype(np.float32)}
+
+
+def choose_modes(analysis: Analysis, plan: Plan, mode: str) -> Plan:
+    """Set every consumer's read mode (``layout`` keeps what the layout gives: Slice or Gather)."""
+    if mode not in MODES:
+        raise UsageError(f"unknown consumer mode '{mode}'; choose one of {', '.join(MODES)}")
+    if mode == "layout" or not any(gp.consumers for gp in plan.groups):
+        return plan
+    if mode in ("gather", "zero"):
+        return replace(plan, groups=tuple(
+            replace(gp, consumers=tuple(replace(c, mode=mode if mode == "zero" or c.mode != "slice" else "slice")
+                                        for c in gp.consumers)) for gp in plan.groups))
+    return _auto(analysis, plan)
+
+
+def _auto(analysis: Analysis, plan: Plan) -> Plan:
+    from spa.reorder.unconstrained import consumer_sites
+    from spa.surgery.apply import kept_indices
+
+    cache_file = _cache_path()
+    try:
+        cache: dict[str, float] = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    except (OSError, ValueError):
+        cache = {}
+    nodes = {n.name: n for n in analysis.model.graph.nodes}
+    tensors = analysis.model.graph.tensors()
+    kept = kept_indices(analysis, plan)
+    groups = []
+    for gp in plan.groups:
+        sites = {(s.weight.tensor, s.weight.axis): s for s in consumer_sites(analysis, gp.group)}
+        cons: list[ConsumerKeep] = []
+        for c in gp.consumers:
+            site = sites[(c.tensor, c.axis)]
+            src = site.source
+            shape = [int(d) if isinstance(d, (int, np.integer)) else 1 for d in tensors[src.tensor].shape]
+            n_union = len(kept[src])
+            labels = analysis.classes[gp.group][src][kept[src]]
+            select = np.flatnonzero(np.isin(labels, list(c.kept)))
+            shape[src.axis] = n_union
+            costs = {}
+            for m in ("zero", c.mode):
+                key = json.dumps(["cpu", nodes[c.node].op, shape, src.axis, m,
+                                  len(select) if m != "zero" else n_union,
+                                  {k: str(v) for k, v in sorted(nodes[c.node].attrs.items())},
+                                  list(tensors[c.tensor].shape)])
+                if key not in cache:
+                    built = _consumer_model(nodes[c.node], shape, n_union, None if m == "zero" else select, src.axis)
+                    if built is None:
+                        break
+                    cache[key] = _time(*built)
+                costs[m] = cache[key]
+            best = min(costs, key=costs.get) if len(costs) == 2 else c.mode  # type: ignore[arg-type]
+            log.debug("%s: %s", c.node, costs)
+            cons.append(replace(c, mode=best))
+        groups.append(replace(gp, consumers=tuple(cons)))
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache))
+        tmp.replace(cache_file)
+    except OSError as exc:
+        log.warning("could not write the consumer cost cache: %s", exc)
+    return replace(plan, groups=tuple(groups))
