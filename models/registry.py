@@ -20,6 +20,7 @@ from models.mobilenet import mobilenetv2_full, mobilenetv2_tiny, mobilenetv3_tin
 from models.resnet import resnet50_like, resnet_basic_tiny, resnet_bottleneck_tiny
 from models.resnext import resnext_tiny
 from models.shufflenet import shufflenetv2_tiny
+from models.transformers import TOKEN_FEATURES, bert_fused_tiny, bert_tiny, convnext_tiny, swin_tiny, vit_tiny
 from models.unet import unet_tiny
 from models.vgg import vgg_tiny
 
@@ -52,6 +53,13 @@ TINY_MODELS: dict[str, ModelFactory] = {
     "unet": _entry(unet_tiny, SHAPE_32),
     "fpn": _entry(fpn_tiny, SHAPE_64),
     "vgg": _entry(vgg_tiny, SHAPE_32),
+    # transformers (issue #3): no BatchNorm; the LLaMA-style decoders take int64 token ids, which
+    # export_onnx cannot feed, so they live in models.transformers.TOKEN_MODELS instead
+    "bert": _entry(bert_tiny, TOKEN_FEATURES),
+    "bert_fused_qkv": _entry(bert_fused_tiny, TOKEN_FEATURES),
+    "vit": _entry(vit_tiny, SHAPE_32),
+    "swin": _entry(swin_tiny, SHAPE_32),
+    "convnext": _entry(convnext_tiny, SHAPE_32),
 }
 
 LARGE_MODELS: dict[str, ModelFactory] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,13 +18,17 @@ import onnx
 from spa.analysis.groups import Analysis, analyze_graph
 from spa.bench.metrics import count_macs, count_params
 from spa.budget import solve_ratio
+from spa.calibration import load_calibration
 from spa.criteria import CriterionContext, get_criterion
+from spa.criteria.reduce import options as reduce_options
 from spa.errors import UsageError, ValidationError
 from spa.graph.io import PROTOBUF_LIMIT, load_model
 from spa.graph.save import graph_bytes, save_graph
 from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
 from spa.plan import Plan, make_plan
+from spa.reorder.cost import choose_modes
+from spa.reorder.unconstrained import copies, unconstrain
 from spa.surgery import kept_indices, masked_twin, prune_model
 from spa.validate.oracle import DEFAULT_ATOL, DEFAULT_RTOL, VerifyResult, compare_models
 from spa.validate.runtime import session
@@ -146,13 +150,25 @@ def prune(
     target_macs: float | None = None,
     target_params: float | None = None,
     overrides: Sequence[tuple[str, float]] = (),
+    calib_samples: int | None = None,
+    calib_batch: int | None = None,
+    calib_preprocess: str | None = None,
+    reduction: str | None = None,
+    normalize: str | None = None,
+    criterion_options: Mapping[str, object] | None = None,
+    unconstrained: bool = False,
+    reorder: bool = True,
+    consumer_mode: str = "layout",
+    prune_heads: bool = True,
+    head_ratio: float | None = None,
 ) -> PruneResult:
     """Prune a model.
 
     Args:
         model: path, ModelProto or ModelGraph (not modified).
         ratio: fraction of channels to remove in [0, 1).
-        criterion: ``l1``, ``l2`` or ``random``.
+        criterion: a name from :data:`spa.criteria.CRITERIA`: ``l1``, ``l2``, ``random``, ``bn``, ``lamp``,
+            ``obspa`` (data-free), ``obs``, ``wanda``, ``flap`` (these three need ``calibration``).
         global_rank: rank channels across groups.
         max_ratio: with ``global_rank``, the most one group may lose.
         round_to: keep channel counts multiples of this.
@@ -161,11 +177,27 @@ def prune(
         seed: seed for random criteria.
         emit_masked: also build the masked twin (for the mask oracle).
         check: run the ONNX checker and load the result in ONNX Runtime.
-        calibration: calibration data for data-driven criteria.
+        calibration: calibration data for data-driven criteria: a path (``.npz`` with one array per
+            input, ``.npy``, or a folder of PNG/JPEG images), ``"random"``, arrays, or a source from
+            :mod:`spa.calibration`.
         target_macs: instead of ``ratio``, remove channels until MACs fall to this fraction of the
             original (<= 1) or this absolute count (> 1).
         target_params: the same for parameters.
         overrides: (glob, ratio) pairs: groups touching matching names use that ratio.
+        prune_heads: prune attention-head groups (``False``: leave every head).
+        head_ratio: ratio for attention-head groups (default: ``ratio``).
+        unconstrained: UPSCALE-style: consumers of a shared tensor keep their own channel subsets.
+        reorder: with ``unconstrained``, lay channels out so consumer subsets are contiguous.
+        consumer_mode: with ``unconstrained``, how a consumer reads its subset: ``layout`` (Slice when
+            contiguous, else Gather), ``gather``, ``zero`` (full input, zeroed weights) or ``auto``
+            (the cheaper of copy and extra MACs, measured in ONNX Runtime).
+        calib_samples: use at most this many calibration samples.
+        calib_batch: calibration samples per ONNX Runtime run.
+        calib_preprocess: image preprocessing, e.g. ``"size=224x224,mean=0.485/0.456/0.406,std=..."``
+            (see :meth:`spa.calibration.Preprocess.parse`).
+        reduction: how a criterion combines a group's members: ``sum`` (default), ``mean``, ``max``.
+        normalize: how scores are normalised per group: ``mean`` (default), ``lamp``, ``zscore``, ``none``.
+        criterion_options: further criterion options (e.g. ``damp``, ``obspa_h``; see each criterion).
 
     Returns:
         A :class:`PruneResult` with the pruned ModelProto, the plan and a JSON report.
@@ -173,18 +205,32 @@ def prune(
     crit = get_criterion(criterion)
     mg = load(model)
     analysis = analyze_graph(mg)
-    cctx = CriterionContext(seed=seed, calibration=calibration)
+    options = dict(criterion_options or {}) | {k: v for k, v in (("reduction", reduction), ("normalize", normalize))
+                                                if v is not None}
+    source = load_calibration(calibration, samples=calib_samples, batch_size=calib_batch,
+                              preprocess=calib_preprocess, seed=seed)
+    cctx = CriterionContext(seed=seed, calibration=source, options=options)
+    reduce_options(cctx)  # reject unknown names before any work
     scores = crit.score(analysis, cctx)
+
+    kinds: dict[str, float | None] = {}
+    if not prune_heads:
+        kinds["head"] = None
+    elif head_ratio is not None:
+        kinds["head"] = head_ratio
 
     def plan_for(r: float) -> Plan:
         return make_plan(analysis, scores, r, criterion=criterion, global_rank=global_rank,
                          max_ratio=max_ratio, round_to=round_to, min_channels=min_channels, ignore=ignore,
-                         overrides=overrides)
+                         overrides=overrides, kind_ratio=kinds)
 
     if target_macs is not None or target_params is not None:
         plan = solve_ratio(analysis, plan_for, target_macs=target_macs, target_params=target_params)
     else:
         plan = plan_for(ratio)
+    if unconstrained:
+        plan = unconstrain(analysis, plan, reorder=reorder)
+        plan = choose_modes(analysis, plan, consumer_mode)
     updates = crit.compensate(analysis, plan, cctx)
     pruned_mg = prune_model(analysis, plan, updates=updates)
     result_protos: dict[str, onnx.ModelProto] = {}
@@ -213,7 +259,11 @@ def prune(
         "num_groups": len(analysis.groups),
         "num_prunable": len(analysis.prunable),
         "num_pruned": len(plan.groups),
+        "unconstrained": unconstrained,
+        "consumer_reads": copies(plan),
         "prunable_param_fraction": round(analysis.prunable_param_fraction(), 6),
+        "criterion_options": options,
+        "calibration": source.describe() if source is not None else None,
         "criterion_notes": list(cctx.notes),
         "compensated_weights": sorted(updates),
         "groups": _group_report(analysis, plan),

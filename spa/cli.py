@@ -1,4 +1,4 @@
-"""The ``spa`` command line: analyze | prune | verify | bench.
+"""The ``spa`` command line: analyze | prune | verify | bench | sweep.
 
 Thin: parses options, calls :mod:`spa.api`, prints rich tables or JSON. Library errors
 (:class:`~spa.errors.SpaError`) become one-line messages and exit codes:
@@ -17,11 +17,10 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from spa import api
-from spa.bench.latency import resolve_provider, time_models
-from spa.bench.metrics import count_macs, count_params
 from spa.errors import InvalidModelError, SpaError, UsageError
 from spa.graph.io import check_paths, load_model, save_model
 from spa.validate.oracle import DEFAULT_ATOL, DEFAULT_RTOL
@@ -150,7 +149,8 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model path.")
 @click.option("--ratio", type=float, default=0.5, show_default=True, help="Fraction of channels to remove, in [0, 1).")
-@click.option("--criterion", default="l2", show_default=True, help="Importance criterion: l1, l2, random.")
+@click.option("--criterion", default="l2", show_default=True,
+              help="Importance criterion: l1, l2, random, bn, lamp, obspa (data-free); obs, wanda, flap (need --calib).")
 @click.option("--global", "global_rank", is_flag=True, help="Rank channels across groups (normalised scores).")
 @click.option("--max-ratio", type=float, default=0.9, show_default=True, help="With --global: most a group may lose.")
 @click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
@@ -161,10 +161,22 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.option("--emit-masked", type=click.Path(dir_okay=False), help="Also write the masked twin (for `spa verify`).")
 @click.option("--external-data", is_flag=True, help="Store the output's weights in a .data file beside it.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--calib", metavar="PATH|random", help="Calibration data: .npz (one array per input, samples first), "
+              ".npy (single input), a folder of PNG/JPEG images, or 'random'.")
+@click.option("--calib-samples", type=int, metavar="N", help="Use at most N calibration samples.")
+@click.option("--calib-batch", type=int, metavar="B", help="Calibration samples per ONNX Runtime run (default 16).")
+@click.option("--calib-preprocess", metavar="SPEC", help="Image preprocessing, e.g. "
+              "'size=224x224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=nchw,order=rgb,scale=0.0039'.")
+@click.option("--eval", "eval_data", metavar="PATH|random", help="Data for the fidelity report (default: --calib).")
+@click.option("--reduction", type=click.Choice(["sum", "mean", "max"]), help="Combine a group's members (default sum).")
+@click.option("--normalize", type=click.Choice(["mean", "lamp", "zscore", "none"]),
+              help="Normalise scores per group (default mean; lamp for --criterion lamp).")
 @click.pass_context
 def prune(ctx: click.Context, model: str, output: str, ratio: float, criterion: str, global_rank: bool,
           max_ratio: float, round_to: int, min_channels: int, ignore: tuple[str, ...], seed: int,
-          report: str | None, emit_masked: str | None, external_data: bool, force: bool) -> int:
+          report: str | None, emit_masked: str | None, external_data: bool, force: bool, calib: str | None,
+          calib_samples: int | None, calib_batch: int | None, calib_preprocess: str | None,
+          eval_data: str | None, reduction: str | None, normalize: str | None) -> int:
     """Prune MODEL and write the result to OUTPUT."""
     if not 0.0 <= ratio < 1.0:
         raise UsageError(f"--ratio must be in [0, 1), got {ratio}")
@@ -180,11 +192,20 @@ def prune(ctx: click.Context, model: str, output: str, ratio: float, criterion: 
         destinations[opt] = Path(dest).resolve()
     result = api.prune(model, ratio, criterion, global_rank=global_rank, max_ratio=max_ratio,
                        round_to=round_to, min_channels=min_channels, ignore=ignore, seed=seed,
-                       emit_masked=bool(emit_masked))
-    save_model(result.model, output, external_data=external_data or None)
-    if emit_masked and result.masked is not None:
-        save_model(result.masked, emit_masked, external_data=external_data or None)
+                       emit_masked=bool(emit_masked), calibration=calib, calib_samples=calib_samples,
+                       calib_batch=calib_batch, calib_preprocess=calib_preprocess, reduction=reduction,
+                       normalize=normalize)
+    result.save(output, external_data=external_data or None)
+    if emit_masked:
+        result.save_masked(emit_masked, external_data=external_data or None)
     rep = {"input": model, "output": output, "masked": emit_masked} | result.report
+    fid_data = eval_data or calib
+    if fid_data:
+        from spa.validate.fidelity import fidelity  # imports ONNX Runtime helpers only when asked
+
+        images = Path(fid_data).is_dir()
+        rep["fidelity"] = fidelity(load_model(model), result.model, fid_data, samples=calib_samples,
+                                   batch_size=calib_batch, preprocess=calib_preprocess if images else None)
     _write_json(rep, report)
     if ctx.obj["quiet"] or report == "-":
         return 0
@@ -202,6 +223,23 @@ def prune(ctx: click.Context, model: str, output: str, ratio: float, criterion: 
         why = ("no prunable channel groups (see `spa analyze`)" if not r["num_prunable"]
                else "the ratio and options removed no channel")
         console.print(f"[yellow]nothing was pruned: {why}")
+    notes = list(r.get("criterion_notes") or [])  # type: ignore[call-overload]
+    for note in notes[:5]:
+        console.print(f"note: {note}", style="dim", markup=False, highlight=False)
+    if len(notes) > 5:
+        console.print(f"... and {len(notes) - 5} more notes (see --report)", style="dim", markup=False)
+    if "fidelity" in rep:
+        fid = rep["fidelity"]
+        ftable = Table(title=escape(f"fidelity vs the original on {fid['data']} ({fid['samples']} samples)"))
+        for col in ("output", "cosine", "rel L2", "top-1 agreement"):
+            ftable.add_column(col, justify="right")
+        for name, o in fid["outputs"].items():
+            if "error" in o:
+                ftable.add_row(escape(name), escape(o["error"]), "", "")
+                continue
+            top1 = "-" if o["top1_agreement"] is None else f"{o['top1_agreement']:.4f}"
+            ftable.add_row(escape(name), f"{o['cosine']:.6f}", f"{o['rel_l2']:.4g}", top1)
+        console.print(ftable)
     return 0
 
 
@@ -247,45 +285,122 @@ def verify(ctx: click.Context, original: str, pruned: str, masked: str | None, t
     return 0
 
 
+def _parse_batches(value: str | None) -> list[int] | None:
+    """``--batch 1,8,32`` → [1, 8, 32]."""
+    if not value:
+        return None
+    try:
+        batches = [int(b) for b in value.split(",") if b.strip()]
+    except ValueError:
+        raise UsageError(f"--batch '{value}': expected sizes separated by commas, e.g. 1,8,32") from None
+    if not batches or min(batches) < 1:
+        raise UsageError(f"--batch '{value}': batch sizes must be integers >= 1")
+    return list(dict.fromkeys(batches))
+
+
+_PROVIDER_CHOICE = click.Choice(["auto", "cpu", "cuda", "tensorrt"], case_sensitive=False)
+
+
 @cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--provider", default="auto", show_default=True, help="auto, cpu, cuda or tensorrt.")
-@click.option("--threads", type=int, default=1, show_default=True, help="CPU intra-op threads.")
-@click.option("--warmup", type=int, default=10, show_default=True)
-@click.option("--iters", type=int, default=50, show_default=True)
+@click.option("--provider", type=_PROVIDER_CHOICE, default="auto", show_default=True,
+              help="Execution provider; auto takes TensorRT > CUDA > CPU by what really works here.")
+@click.option("--batch", "batch_opt", metavar="N[,N...]", help="Batch sizes (sets the first dim of every input).")
 @click.option("--shape", "shape_opts", multiple=True, metavar="NAME=1x3x224x224", help="Concrete input shape.")
-@click.option("--json", "json_out", metavar="PATH|-", help="Write the measurements as JSON.")
+@click.option("--warmup", type=int, default=20, show_default=True, help="Untimed runs per model first.")
+@click.option("--iters", type=int, default=200, show_default=True, help="Timed runs per model (alternating).")
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU intra-op threads (0: ORT default).")
+@click.option("--fp16", is_flag=True, help="Time float16 copies (float32 inputs/outputs kept).")
+@click.option("--profile", is_flag=True, help="Also profile each model: top nodes and op types by time.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--json", "json_out", metavar="PATH|-", help="Write the measurements as JSON (docs/bench.md).")
 @click.pass_context
-def bench(ctx: click.Context, models: tuple[str, ...], provider: str, threads: int, warmup: int, iters: int,
-          shape_opts: tuple[str, ...], json_out: str | None) -> int:
-    """Latency (ONNX Runtime), MACs and parameters of MODELS, side by side with the first."""
+def bench(ctx: click.Context, models: tuple[str, ...], provider: str, batch_opt: str | None,
+          shape_opts: tuple[str, ...], warmup: int, iters: int, threads: int, fp16: bool, profile: bool,
+          seed: int, json_out: str | None) -> int:
+    """Latency (ONNX Runtime), MACs, parameters and size of MODELS, each against the first.
+
+    Models run in one process, alternating run by run after the warm-up. The speedup is set next to the
+    ideal speedup (the MACs ratio); their ratio, the latency efficiency, says how much of the theoretical
+    gain the graph really delivers.
+    """
+    from spa.bench.report import BenchOptions, bench_models
+    from spa.bench.tables import bench_table, profile_tables, wide_console
+
     _check_exists(*models)
     _check_json_dest(json_out, *models)
-    providers = resolve_provider(provider)
-    shapes = _parse_shapes(shape_opts)
-    graphs = [api.load(m) for m in models]
-    timings = time_models(list(models), providers=providers, threads=threads, warmup=warmup, iters=iters,
-                          shapes=shapes)
-    rows = []
-    for m, g, t in zip(models, graphs, timings):
-        rows.append({"model": m, "macs": count_macs(g), "params": count_params(g),
-                     "size_bytes": Path(m).stat().st_size} | t.to_json())
-    base = rows[0]
-    for r in rows:
-        r["speedup"] = base["median_ms"] / r["median_ms"] if r["median_ms"] else None
-        r["ideal_speedup"] = base["macs"] / r["macs"] if r["macs"] else None
-        r["latency_efficiency"] = (r["speedup"] / r["ideal_speedup"]) if r["speedup"] and r["ideal_speedup"] else None
-    data = {"provider": providers[0], "threads": threads, "warmup": warmup, "iters": iters, "models": rows}
-    _write_json(data, json_out)
+    opts = BenchOptions(provider=provider.lower(), batches=_parse_batches(batch_opt),
+                        shapes=_parse_shapes(shape_opts), warmup=warmup, iters=iters, threads=threads, fp16=fp16,
+                        profile=profile, seed=seed)
+    opts.check()
+    report = bench_models(list(models), opts)
+    _write_json(report, json_out)
     if not ctx.obj["quiet"] and json_out != "-":
-        table = Table(title=f"ONNX Runtime {providers[0]}, {threads} thread(s), {iters} runs after {warmup} warm-up")
-        for col in ("model", "params", "MACs", "median ms", "p90 ms", "speedup", "ideal (MACs)", "efficiency"):
-            table.add_column(col, justify="right")
-        for r in rows:
-            table.add_row(str(r["model"]), _human(r["params"]), _human(r["macs"]), f"{r['median_ms']:.3f}",
-                          f"{r['p90_ms']:.3f}", f"{r['speedup']:.2f}x", f"{r['ideal_speedup']:.2f}x",
-                          f"{r['latency_efficiency']:.2f}" if r["latency_efficiency"] else "-")
-        console.print(table)
+        out = wide_console(console)
+        note = f"; {report['provider_note']}" if report["provider_note"] else ""
+        out.print(f"provider: {report['provider']} (--provider {report['provider_requested']}{note})",
+                  highlight=False)
+        out.print(bench_table(report))
+        for t in profile_tables(report):
+            out.print(t)
+    fallen = sorted({r["model"] for r in report["models"] if r["session_providers"][:1] != [report["provider"]]})
+    if fallen:
+        _error(f"spa: warning: ONNX Runtime did not run {', '.join(fallen)} on {report['provider']}")
+    return 0
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the pruned models, sweep.csv, sweep.json and pareto.png.")
+@click.option("--ratios", default="0.1:0.7:0.1", show_default=True, metavar="START:STOP:STEP|R,R,...",
+              help="Pruning ratios (STOP included).")
+@click.option("--criterion", default="l2", show_default=True, help="Importance criterion (as for `spa prune`).")
+@click.option("--global", "global_rank", is_flag=True, help="Rank channels across groups.")
+@click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
+@click.option("--provider", type=_PROVIDER_CHOICE, default="auto", show_default=True, help="As for `spa bench`.")
+@click.option("--batch", "batch_opt", type=int, help="Batch size (sets the first dim of every input).")
+@click.option("--shape", "shape_opts", multiple=True, metavar="NAME=1x3x224x224", help="Concrete input shape.")
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--iters", type=int, default=100, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="CPU intra-op threads (0: ORT default).")
+@click.option("--calib", type=click.Path(), help="Calibration data (.npz/.npy/image folder) for pruning and fidelity.")
+@click.option("--eval", "eval_data", type=click.Path(), help="Evaluation data for the fidelity (else --calib).")
+@click.option("--samples", type=int, help="Samples for the fidelity (default: all of the data, 8 random).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite the results of an earlier sweep in the folder.")
+@click.pass_context
+def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: str, global_rank: bool,
+          round_to: int, provider: str, batch_opt: int | None, shape_opts: tuple[str, ...], warmup: int,
+          iters: int, threads: int, calib: str | None, eval_data: str | None, samples: int | None, seed: int,
+          force: bool) -> int:
+    """Prune MODEL at several ratios and benchmark every result against it in one alternating run.
+
+    Writes the pruned models, sweep.csv, sweep.json and (with matplotlib: pip install 'spa[plot]')
+    pareto.png: latency against MACs, coloured by fidelity. Fidelity is measured on --eval/--calib data
+    when given, else as output cosine similarity on seeded random inputs (labelled so).
+    """
+    from spa.bench.report import BenchOptions
+    from spa.bench.sweep import SweepOptions, parse_ratios, run_sweep
+    from spa.bench.tables import sweep_table, wide_console
+
+    _check_exists(model, calib, eval_data)
+    if samples is not None and samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {samples}")
+    bench_opts = BenchOptions(provider=provider.lower(), batches=[batch_opt] if batch_opt else None,
+                              shapes=_parse_shapes(shape_opts), warmup=warmup, iters=iters, threads=threads,
+                              seed=seed)
+    bench_opts.check()
+    opts = SweepOptions(ratios=parse_ratios(ratios), criterion=criterion, bench=bench_opts, calib=calib,
+                        eval_data=eval_data, samples=samples, seed=seed, force=force,
+                        prune_kwargs={"global_rank": global_rank, "round_to": round_to})
+    result = run_sweep(model, out_dir, opts)
+    if not ctx.obj["quiet"]:
+        b, out = result["bench"], wide_console(console)
+        out.print(sweep_table(result["rows"], f"spa sweep {model} --criterion {criterion}: {b['provider']}, "
+                                                  f"{b['threads'] or 'default'} thread(s), {b['iters']} runs"))
+        out.print(f"fidelity: {result['fidelity_source']}; results: "
+                      + ", ".join(v for v in result["files"].values() if v), highlight=False)
     return 0
 
 

@@ -18,7 +18,7 @@ vanish).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -141,6 +141,7 @@ def make_plan(
     min_channels: int = 1,
     ignore: Sequence[str] = (),
     overrides: Sequence[tuple[str, float]] = (),
+    kind_ratio: Mapping[str, float | None] | None = None,
 ) -> Plan:
     """Decide the channels to remove.
 
@@ -156,6 +157,8 @@ def make_plan(
         ignore: glob patterns of node or tensor names whose groups are left alone.
         overrides: (glob, ratio) pairs: matching groups use that ratio (uniformly, outside any
             global ranking); the first matching pattern wins.
+        kind_ratio: per group kind (``"head"``, ...): the ratio for groups of that kind, or None to
+            leave them alone (``--no-prune-heads``). Pattern overrides take precedence.
 
     Raises:
         UsageError: ratio out of range or invalid options.
@@ -166,7 +169,9 @@ def make_plan(
         raise UsageError("--round-to and --min-channels must be >= 1")
     if not 0.0 < max_ratio < 1.0:
         raise UsageError(f"--max-ratio must be in (0, 1), got {max_ratio}")
-    ignored = tuple(g.id for g in analysis.prunable if ignore and _matches(g, ignore))
+    kind_ratio = dict(kind_ratio or {})
+    ignored = tuple(g.id for g in analysis.prunable
+                    if (ignore and _matches(g, ignore)) or (g.kind in kind_ratio and kind_ratio[g.kind] is None))
     candidates = [g for g in analysis.prunable if g.id not in ignored and g.id in scores]
     override_ratio: dict[int, float] = {}
     for pattern, r in overrides:
@@ -175,6 +180,12 @@ def make_plan(
         for g in candidates:
             if g.id not in override_ratio and _matches(g, [pattern]):
                 override_ratio[g.id] = r
+    for g in candidates:
+        r_kind = kind_ratio.get(g.kind)
+        if r_kind is not None and g.id not in override_ratio:
+            if not 0.0 <= r_kind < 1.0:
+                raise UsageError(f"ratio for {g.kind} groups must be in [0, 1), got {r_kind}")
+            override_ratio[g.id] = r_kind
     active = [g for g in candidates if g.id not in override_ratio]
     target_kept: dict[int, int] = {g.id: g.channels - int(round(r * g.channels))
                                    for g in candidates for gid, r in override_ratio.items() if gid == g.id}

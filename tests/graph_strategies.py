@@ -7,17 +7,18 @@ classifier head or a raw feature map). Blocks:
 * ``unary``: Relu, Sigmoid, HardSwish (opset >= 14), LeakyRelu, Clip, Tanh
 * ``prelu``: PRelu with a per-channel slope [C, 1, 1]
 * ``bn``: BatchNormalization
-* ``conv``: k 1/3, plain / depthwise (multiplier 1 or 2) / grouped (divisor group count), bias or not
+* ``conv``: k 1/3, group 1, bias or not
+* ``gconv``: depthwise (multiplier 1 or 2) or grouped (a divisor group count) conv, k 3/1, bias or not
 * ``convt``: ConvTranspose k2 stride 2, group 1 (doubles H, W)
 * ``binary``: Add/Mul of two tensors of one shape (residual / gating; the same tensor twice too)
 * ``affine``: Mul/Add by a per-channel constant ([C,1,1] or [1,C,1,1])
 * ``concat``: Concat on channels of 2–3 same-sized tensors (repeats allowed)
 * ``split``: Split on channels into 2 outputs of random sizes (attribute < opset 13, input after)
-* ``slice``: Slice on channels, step 1 (ends sometimes "to the end" as INT64_MAX or negative)
-* ``pool``: MaxPool/AveragePool k3, pads 1, stride 1
+* ``slice``: Slice on channels, step 1 (negative starts/ends, INT64_MAX ends, axes given or implied)
+* ``pool``: MaxPool/AveragePool k3, stride 1, same padding (explicit pads or ``SAME_UPPER``)
 * ``se``: GAP → Conv1x1 → Relu → Conv1x1 → Sigmoid → Mul (squeeze-and-excitation)
 * ``shuffle``: Reshape [1,g,C/g,H,W] → Transpose → Reshape (channel shuffle)
-* ``resize``: Resize nearest ×2, optionally followed by a stride-2 conv or pool back to the size
+* ``resize``: Resize nearest ×2 (by scales, or by sizes from opset 13), optionally followed by a stride-2 conv or pool back to the size
 * ``down``: stride-2 conv or k2/s2 pool (on maps of size >= 8)
 
 Heads: GAP → Flatten → Gemm, or Flatten of a feature map → MatMul (+ bias Add), or the raw map.
@@ -47,10 +48,10 @@ MAX_CHANNELS = 32  # Concat may grow past the 16 a conv draws; keep graphs small
 # (none currently; add e.g. ``KNOWN_BUG_SHUFFLE = True  # /tmp/spa_bug_1.py`` and test it below)
 
 UNARY_OPS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSwish")
-BLOCKS = ("unary", "conv", "bn", "binary", "affine", "prelu", "concat", "split", "slice", "pool",
+BLOCKS = ("unary", "conv", "gconv", "bn", "binary", "affine", "prelu", "concat", "split", "slice", "pool",
           "se", "shuffle", "convt", "resize", "down")
 #: how often each block is drawn relative to the others (convs make the prunable groups)
-WEIGHTS = {"conv": 4, "unary": 2, "bn": 2, "binary": 2, "concat": 2}
+WEIGHTS = {"conv": 3, "gconv": 2, "unary": 2, "bn": 2, "binary": 2, "concat": 2}
 INPUT = "x"
 HEADS = ("gemm", "matmul", "gemm", "matmul", "raw")
 
@@ -132,11 +133,17 @@ class _Gen:
         h = (x.h + 2 * (k // 2) - k) // stride + 1
         return self.add(str(y), cout, h)
 
+    def axis(self) -> int:
+        """The channel axis, as 1 or (sometimes) -3."""
+        return self.draw(st.sampled_from([1, -3]))
+
     # blocks ------------------------------------------------------------------------------------------
     def applicable(self) -> list[str]:
         out = []
         for kind in BLOCKS:
             if kind in ("split", "shuffle") and not any(t.c >= 2 for t in self.pool):
+                continue
+            if kind == "concat" and not any(2 * t.c <= MAX_CHANNELS for t in self.pool):
                 continue
             if kind == "shuffle" and not any(_divisors(t.c) for t in self.pool):
                 continue
@@ -180,19 +187,25 @@ class _Gen:
         x = self.pick(self.pool)
         k = self.draw(st.sampled_from([1, 3]))
         bias = self.draw(st.booleans())
-        variants = ["plain", "depthwise"] + (["grouped"] if _divisors(x.c) else [])
-        v = self.draw(st.sampled_from(variants))
-        if v == "plain":
-            g, cout = 1, self.draw(st.integers(2, 16))
-        elif v == "depthwise":
+        cout = self.draw(st.integers(2, 16))
+        t = self.conv(x, cout, k, 1, bias)
+        self.log(f"{t.name} = Conv{k}x{k}({x.name}: {x.c}->{cout}, bias={bias})")
+
+    def _gconv(self) -> None:
+        """Depthwise (multiplier 1 or 2) or grouped (a divisor group count, 1 < g < C_in) conv."""
+        grouped = [t for t in self.pool if _divisors(t.c)]
+        v = self.draw(st.sampled_from(["grouped", "depthwise"] if grouped else ["depthwise"]))
+        x = self.pick(grouped if v == "grouped" else self.pool)
+        k = self.draw(st.sampled_from([3, 1]))
+        bias = self.draw(st.booleans())
+        if v == "depthwise":
             g = x.c
-            mult = self.draw(st.sampled_from([m for m in (1, 2) if x.c * m <= MAX_CHANNELS]))
-            cout = x.c * mult
+            cout = x.c * self.draw(st.sampled_from([m for m in (1, 2) if x.c * m <= MAX_CHANNELS]))
         else:
             g = self.draw(st.sampled_from(_divisors(x.c)))
             cout = g * self.draw(st.integers(1, max(1, 16 // g)))
         t = self.conv(x, cout, k, g, bias)
-        self.log(f"{t.name} = Conv{k}x{k}({x.name}: {x.c}->{cout}, group={g}, bias={bias})")
+        self.log(f"{t.name} = {v.capitalize()}Conv{k}x{k}({x.name}: {x.c}->{cout}, group={g}, bias={bias})")
 
     def _convt(self) -> None:
         x = self.pick([t for t in self.pool if t.h <= 8])
@@ -221,7 +234,7 @@ class _Gen:
         self.log(f"{t.name} = {op}({x.name}, const{list(shape)})")
 
     def _concat(self) -> None:
-        first = self.pick(self.pool)
+        first = self.pick([t for t in self.pool if 2 * t.c <= MAX_CHANNELS])
         n = self.draw(st.integers(2, 3))
         parts = [first]
         for _ in range(n - 1):
@@ -231,17 +244,21 @@ class _Gen:
             parts.append(self.pick(cands, avoid=parts[-1]))
         if len(parts) < 2:
             parts.append(first)  # the same tensor twice
-        t = self.add(str(self.b.op("Concat", [p.name for p in parts], axis=1)), sum(p.c for p in parts), first.h)
+        axis = self.axis()
+        t = self.add(str(self.b.op("Concat", [p.name for p in parts], axis=axis)), sum(p.c for p in parts), first.h)
         self.log(f"{t.name} = Concat({', '.join(p.name for p in parts)})")
 
     def _split(self) -> None:
         x = self.pick([t for t in self.pool if t.c >= 2])
         a = self.draw(st.integers(1, x.c - 1))
         sizes = [a, x.c - a]
-        if self.opset >= 13:
-            outs = self.b.op("Split", [x.name, self.i64(sizes)], n_out=2, axis=1)
+        axis = self.axis()
+        if a * 2 == x.c and self.draw(st.booleans()):
+            outs = self.b.op("Split", [x.name], n_out=2, axis=axis)  # equal halves, sizes implicit
+        elif self.opset >= 13:
+            outs = self.b.op("Split", [x.name, self.i64(sizes)], n_out=2, axis=axis)
         else:
-            outs = self.b.op("Split", [x.name], n_out=2, axis=1, split=sizes)
+            outs = self.b.op("Split", [x.name], n_out=2, axis=axis, split=sizes)
         t0, t1 = self.add(outs[0], a, x.h), self.add(outs[1], x.c - a, x.h)
         self.log(f"{t0.name}, {t1.name} = Split({x.name}, {sizes})")
 
@@ -249,22 +266,31 @@ class _Gen:
         x = self.pick(self.pool)
         s = self.draw(st.integers(0, x.c - 1))
         e = self.draw(st.integers(s + 1, x.c))
+        start = s - x.c if self.draw(st.integers(0, 3)) == 3 else s  # sometimes a negative start
         end_form = self.draw(st.sampled_from(["pos", "max", "neg"]))
         end = e
         if e == x.c and end_form == "max":
             end = 2**63 - 1
         elif e < x.c and end_form == "neg":
             end = e - x.c
-        ins = [x.name, self.i64([s]), self.i64([end]), self.i64([1])]
-        if self.draw(st.booleans()):
-            ins.append(self.i64([1]))
+        form = self.draw(st.sampled_from(["axes", "axes+steps", "no axes"]))
+        if form == "no axes":  # starts/ends for axes 0 and 1, axes implied
+            ins = [x.name, self.i64([0, start]), self.i64([1, end])]
+        else:
+            ins = [x.name, self.i64([start]), self.i64([end]), self.i64([self.axis()])]
+            if form == "axes+steps":
+                ins.append(self.i64([1]))
         t = self.add(str(self.b.op("Slice", ins)), e - s, x.h)
-        self.log(f"{t.name} = Slice({x.name}, axis 1, {s}:{end})")
+        self.log(f"{t.name} = Slice({x.name}, channels {start}:{end}, {form})")
 
     def _pool(self) -> None:
         x = self.pick(self.pool)
         op = self.draw(st.sampled_from(["MaxPool", "AveragePool"]))
-        t = self.add(str(self.b.op(op, [x.name], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1])), x.c, x.h)
+        if self.draw(st.booleans()):
+            y = self.b.op(op, [x.name], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1])
+        else:
+            y = self.b.op(op, [x.name], kernel_shape=[3, 3], auto_pad="SAME_UPPER")
+        t = self.add(str(y), x.c, x.h)
         self.log(f"{t.name} = {op}3x3/s1({x.name})")
 
     def _se(self) -> None:
@@ -290,9 +316,13 @@ class _Gen:
 
     def _resize(self) -> None:
         x = self.pick([t for t in self.pool if t.h <= 8])
-        scales = self.b.const(np.array([1, 1, 2, 2], np.float32), "scales")
-        roi = self.b.const(np.zeros(0, np.float32), "roi") if self.opset < 13 else ""
-        up = Tensor(str(self.b.op("Resize", [x.name, roi, scales], mode="nearest")), x.c, x.h * 2)
+        if self.opset >= 13 and self.draw(st.booleans()):  # target sizes (they name the channel count)
+            sizes = self.i64([1, x.c, 2 * x.h, 2 * x.h])
+            ins = [x.name, "", "", sizes]
+        else:
+            scales = self.b.const(np.array([1, 1, 2, 2], np.float32), "scales")
+            ins = [x.name, self.b.const(np.zeros(0, np.float32), "roi") if self.opset < 13 else "", scales]
+        up = Tensor(str(self.b.op("Resize", ins, mode="nearest")), x.c, x.h * 2)
         back = self.draw(st.sampled_from(["none", "conv", "MaxPool", "AveragePool"]))
         if back == "none":
             self.add(up.name, up.c, up.h)
@@ -355,7 +385,7 @@ def cnn_models(draw: st.DrawFn, max_blocks: int = 10) -> GeneratedModel:
     first = g.pool[-1]
     outs = [g.head(first, _head_kind(draw, first))]
     if draw(st.booleans()):
-        used = {i.name for n in g.b.nodes for i in n.input}
+        used = {i for n in g.b.nodes for i in n.input}
         produced = [t for t in g.pool if t.name != INPUT and t != first]
         dangling = [t for t in produced if t.name not in used]
         cands = dangling if dangling and draw(st.integers(0, 3)) != 3 else produced

@@ -35,6 +35,9 @@ SETTINGS = settings(
     print_blob=True,
 )
 
+RATIOS = (0.25, 0.5, 0.75)
+CRITERIA = ("l1", "l2", "random")
+
 #: SpaError messages that explain a construct spa does not support (acceptable outcomes).
 UNSUPPORTED_HINTS = ("not supported", "unsupported", "cannot handle")
 
@@ -44,9 +47,8 @@ def _runs_in_ort(model: onnx.ModelProto) -> None:
     sess.run(None, random_inputs(sess, seed=0))
 
 
-@SETTINGS
-@given(gm=cnn_models(), ratio=st.sampled_from([0.25, 0.5, 0.75]), criterion=st.sampled_from(["l1", "l2", "random"]))
-def test_prune_passes_mask_oracle(gm: GeneratedModel, ratio: float, criterion: str) -> None:
+def check_prune(gm: GeneratedModel, ratio: float, criterion: str) -> None:
+    """The pruning property for one drawn model (also used by exploratory runs with more examples)."""
     model = gm.model
     onnx.checker.check_model(model, full_check=True)
     _runs_in_ort(model)  # a failure here is a generator bug, not a spa bug
@@ -84,9 +86,8 @@ def _conv_output_axes(mg: ModelGraph) -> list[tuple[str, int]]:
     return out
 
 
-@SETTINGS
-@given(gm=cnn_models())
-def test_analysis_groups_partition_slots(gm: GeneratedModel) -> None:
+def check_analysis(gm: GeneratedModel) -> None:
+    """The structural property for one drawn model."""
     mg = spa.load(gm.model)
     analysis = spa.analyze(mg)
     seen = Counter((m.tensor, m.axis) for g in analysis.groups for m in g.members)
@@ -100,3 +101,15 @@ def test_analysis_groups_partition_slots(gm: GeneratedModel) -> None:
                 assert len(labels) and int(np.max(labels)) < g.channels, f"bad channel labels on {slot}"
     for key in _conv_output_axes(mg):
         assert seen[key] == 1, f"Conv weight axis {key} is in {seen[key]} groups (expected exactly 1)"
+
+
+@SETTINGS
+@given(gm=cnn_models(), ratio=st.sampled_from(RATIOS), criterion=st.sampled_from(CRITERIA))
+def test_prune_passes_mask_oracle(gm: GeneratedModel, ratio: float, criterion: str) -> None:
+    check_prune(gm, ratio, criterion)
+
+
+@SETTINGS
+@given(gm=cnn_models())
+def test_analysis_groups_partition_slots(gm: GeneratedModel) -> None:
+    check_analysis(gm)

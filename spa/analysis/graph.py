@@ -24,7 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.graph.model import ModelGraph, shape_of
-from spa.rules.base import Barrier, Choice, Link, Member, NodeContext, Relation, Role, Slot, static
+from spa.rules.base import Barrier, Choice, Link, Member, NodeContext, Relation, Role, Slot, Tag, static
 from spa.rules.registry import RuleRegistry
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class SlotInfo:
     order: tuple[int, int]
     roles: set[tuple[str, Role]] = field(default_factory=set)
     reasons: list[str] = field(default_factory=list)
+    kinds: set[str] = field(default_factory=set)
 
     @property
     def owned(self) -> bool:
@@ -146,6 +147,8 @@ def build_channel_graph(mg: ModelGraph, registry: RuleRegistry) -> ChannelGraph:
                 choices.append((r, name))
                 for o in r.options:
                     info(o.a), info(o.b)
+            elif isinstance(r, Tag):
+                info(r.slot).kinds.add(r.kind)
         mentioned = _mentioned_axes(rels)
         for t in list(node.inputs) + list(node.outputs):
             shape = shape_of(t) if t is not None and t.name else None

@@ -24,6 +24,10 @@ from spa.rules.registry import RuleRegistry
 log = logging.getLogger(__name__)
 
 
+#: group kinds from rule tags, most specific first (a group with any head slot is a head group)
+KIND_PRIORITY = ("head", "hidden")
+
+
 @dataclass(frozen=True)
 class GroupMember:
     """One slot of a group."""
@@ -45,6 +49,7 @@ class Group:
     reasons: tuple[str, ...]
     members: tuple[GroupMember, ...]
     nodes: tuple[str, ...]
+    kind: str = "channel"
 
     @property
     def label(self) -> str:
@@ -153,7 +158,9 @@ def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None) -> Analy
             for si in infos
         )
         nodes = sorted({n for si in infos for n in cg.node_of_slot.get(si.slot, ())})
-        groups.append(Group(gid, n_channels, not reasons, _dedupe(reasons), members, tuple(nodes)))
+        kinds = {k for si in infos for k in si.kinds}
+        kind = next((k for k in KIND_PRIORITY if k in kinds), "channel")
+        groups.append(Group(gid, n_channels, not reasons, _dedupe(reasons), members, tuple(nodes), kind))
         if not reasons:
             classes[gid] = cls
         for si in infos:

@@ -1,50 +1,88 @@
 """Latency of ONNX models in ONNX Runtime.
 
-Models are timed in the same process, alternating run by run after a warm-up, so that machine noise
-hits all of them alike. CPU uses the CPU execution provider with a stated thread count; CUDA and
-TensorRT are used only when a device is really present (the GPU wheel lists them even without one).
+Models are timed in the same process, alternating run by run after a warm-up (the order rotates every
+round), so machine noise hits all of them alike. Every run goes through io-binding: inputs are bound
+once as OrtValues on the provider's device (``cuda`` for CUDA/TensorRT) and outputs stay there, so
+host↔device copies are not timed.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from spa.errors import UsageError
-from spa.validate.runtime import random_inputs, session
+from spa.bench.providers import cuda_device_present, resolve_provider
+from spa.errors import ValidationError
+from spa.graph.io import PROTOBUF_LIMIT, model_size_bytes, save_model
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "tensorrt": "TensorrtExecutionProvider"}
+__all__ = ["Runner", "Timing", "cuda_device_present", "open_session", "resolve_provider", "time_models",
+           "time_runners"]
 
-
-def cuda_device_present() -> bool:
-    """Whether a CUDA device is usable (not merely the CUDA provider compiled in)."""
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
-    return any(os.path.exists(p) for p in ("/dev/nvidia0", "/dev/nvidiactl")) or bool(
-        os.environ.get("SPA_ASSUME_CUDA"))
+ModelLike = onnx.ModelProto | str | os.PathLike[str]
 
 
-def resolve_provider(name: str) -> list[str]:
-    """Provider list for a name (auto: TensorRT > CUDA > CPU by what is present)."""
-    if name == "auto":
-        if cuda_device_present():
-            chosen = ["CUDAExecutionProvider"]
-            if "TensorrtExecutionProvider" in ort.get_available_providers():
-                chosen = ["TensorrtExecutionProvider"] + chosen
-            return chosen + ["CPUExecutionProvider"]
-        return ["CPUExecutionProvider"]
-    if name not in PROVIDERS:
-        raise UsageError(f"unknown provider '{name}'; choose auto, cpu, cuda or tensorrt")
-    if name != "cpu" and not cuda_device_present():
-        raise UsageError(f"provider '{name}' needs a CUDA GPU and none is present; use --provider cpu")
-    chosen = [PROVIDERS[name]] + (["CUDAExecutionProvider"] if name == "tensorrt" else [])
-    return chosen if name == "cpu" else chosen + ["CPUExecutionProvider"]
+def open_session(model: ModelLike, providers: Sequence[str], *, threads: int = 1,
+                 profile_prefix: str | None = None) -> ort.InferenceSession:
+    """A session on ``providers`` (``threads`` intra-op threads, 0 = ONNX Runtime's default).
+
+    Raises:
+        ValidationError: ONNX Runtime cannot load the model.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    try:
+        if isinstance(model, onnx.ModelProto):
+            if model_size_bytes(model) > PROTOBUF_LIMIT:
+                path = os.path.join(tempfile.mkdtemp(prefix="spa_bench_"), "model.onnx")
+                save_model(model, path, external_data=True)
+                return ort.InferenceSession(path, opts, providers=list(providers))
+            return ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
+        return ort.InferenceSession(str(model), opts, providers=list(providers))
+    except Exception as exc:
+        raise ValidationError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from exc
+
+
+class Runner:
+    """One session with its inputs bound on ``device`` (``cpu`` or ``cuda``); calling it runs once.
+
+    Construction runs the model once, so a model that cannot run on these inputs fails here with a
+    :class:`~spa.errors.ValidationError` naming it, not in the middle of the timing loop.
+    """
+
+    def __init__(self, sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray], device: str = "cpu",
+                 name: str = "model") -> None:
+        self.sess = sess
+        self.binding = sess.io_binding()
+        # keep the arrays and OrtValues alive: a CPU OrtValue shares the numpy buffer
+        self._arrays = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+        self._values = {k: ort.OrtValue.ortvalue_from_numpy(v, device, 0) for k, v in self._arrays.items()}
+        for key, value in self._values.items():
+            self.binding.bind_ortvalue_input(key, value)
+        for out in sess.get_outputs():
+            self.binding.bind_output(out.name, device)
+        try:
+            self()
+        except Exception as exc:  # ORT raises its own exception types
+            shapes = ", ".join(f"{k}={'x'.join(map(str, v.shape))}" for k, v in self._arrays.items())
+            raise ValidationError(f"{name}: ONNX Runtime cannot run it on inputs {shapes}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+    def __call__(self) -> None:
+        # Run() synchronises the provider's stream before returning, so the time covers the GPU work
+        self.sess.run_with_iobinding(self.binding)
 
 
 @dataclass(frozen=True)
@@ -56,38 +94,58 @@ class Timing:
     std_ms: float
     p90_ms: float
     p99_ms: float
+    min_ms: float
     runs: int
 
+    @classmethod
+    def of(cls, samples_ms: Sequence[float]) -> Timing:
+        """Statistics of a list of run times."""
+        a = np.asarray(samples_ms, dtype=np.float64)
+        return cls(float(np.median(a)), float(a.mean()), float(a.std()), float(np.percentile(a, 90)),
+                   float(np.percentile(a, 99)), float(a.min()), len(a))
+
     def to_json(self) -> dict[str, float]:
-        """JSON-serialisable dict."""
-        return {k: round(float(v), 5) for k, v in self.__dict__.items()}
+        """JSON-serialisable dict (times rounded to 0.1 µs)."""
+        return {k: (int(v) if k == "runs" else round(float(v), 4)) for k, v in self.__dict__.items()}
+
+
+def time_runners(runners: Sequence[Runner], *, warmup: int = 20, iters: int = 200) -> list[Timing]:
+    """Warm each runner up, then time ``iters`` rounds; every round runs each once, rotating the order."""
+    for r in runners:
+        for _ in range(warmup):
+            r()
+    samples: list[list[float]] = [[] for _ in runners]
+    n = len(runners)
+    clock = time.perf_counter
+    for i in range(iters):
+        for j in range(n):
+            k = (i + j) % n
+            t0 = clock()
+            runners[k]()
+            samples[k].append((clock() - t0) * 1e3)
+    return [Timing.of(xs) for xs in samples]
 
 
 def time_models(
-    models: list[onnx.ModelProto | str],
+    models: Sequence[ModelLike],
     *,
-    providers: list[str] | None = None,
+    providers: Sequence[str] | None = None,
     threads: int = 1,
-    warmup: int = 10,
-    iters: int = 50,
+    warmup: int = 20,
+    iters: int = 200,
     seed: int = 0,
     shapes: dict[str, tuple[int, ...]] | None = None,
+    batch: int | None = None,
 ) -> list[Timing]:
-    """Time several models alternately on the same random inputs."""
-    sessions = [session(m, threads=threads, providers=providers) for m in models]
-    feeds = random_inputs(sessions[0], seed=seed, shapes=shapes, batch=1)
-    for s in sessions:
-        for _ in range(warmup):
-            s.run(None, feeds)
-    samples: list[list[float]] = [[] for _ in sessions]
-    for _ in range(iters):
-        for k, s in enumerate(sessions):
-            t0 = time.perf_counter()
-            s.run(None, feeds)
-            samples[k].append((time.perf_counter() - t0) * 1e3)
-    out = []
-    for xs in samples:
-        a = np.asarray(xs)
-        out.append(Timing(float(np.median(a)), float(a.mean()), float(a.std()), float(np.percentile(a, 90)),
-                          float(np.percentile(a, 99)), len(a)))
-    return out
+    """Time several models alternately on the same seeded random inputs (see :mod:`spa.bench.feeds`)."""
+    from spa.bench.feeds import input_shapes, make_feeds
+
+    providers = list(providers or ["CPUExecutionProvider"])
+    device = "cpu" if providers[0] == "CPUExecutionProvider" else "cuda"
+    runners = []
+    for m in models:
+        sess = open_session(m, providers, threads=threads)
+        name = m if isinstance(m, (str, os.PathLike)) else "model"
+        feeds = make_feeds(sess, input_shapes(sess, str(name), batch=batch, shapes=shapes), seed)
+        runners.append(Runner(sess, feeds, device, str(name)))
+    return time_runners(runners, warmup=warmup, iters=iters)

@@ -1,20 +1,41 @@
 """Importance criteria: a score per channel of every prunable group (higher = more important).
 
 The registry below lists every criterion explicitly; :func:`get_criterion` looks one up by name.
+
+* ``l1``, ``l2``, ``random`` — weight magnitude over every slice of the channel, or a seeded baseline;
+* ``bn`` — BatchNormalization |γ|; ``lamp`` — LAMP-normalised squared magnitude;
+* ``obs`` (calibrated) — Optimal Brain Surgeon error with the OBS weight update as compensation;
+* ``obspa`` (data-free) — OBS under input moments estimated from BN statistics, bias compensation;
+* ``wanda`` (calibrated) — |W|·‖x‖; ``flap`` (calibrated) — fluctuation with bias compensation.
 """
 
 from __future__ import annotations
 
 from spa.analysis.groups import Analysis
 from spa.criteria.base import Criterion, CriterionContext, Scores, Updates
+from spa.criteria.bn import BNScale
+from spa.criteria.flap import FLAP
+from spa.criteria.lamp import LAMP
 from spa.criteria.magnitude import Magnitude, RandomScores
+from spa.criteria.obs import OBS
+from spa.criteria.obspa import ObsPA
+from spa.criteria.wanda import Wanda
 from spa.errors import UsageError
 
 CRITERIA: dict[str, Criterion] = {
     "l1": Magnitude("l1"),
     "l2": Magnitude("l2"),
     "random": RandomScores(),
+    "bn": BNScale(),
+    "lamp": LAMP(),
+    "obs": OBS(),
+    "obspa": ObsPA(),
+    "wanda": Wanda(),
+    "flap": FLAP(),
 }
+
+#: criteria that read calibration data (``obspa`` only as a fallback)
+CALIBRATED = ("obs", "wanda", "flap")
 
 
 def get_criterion(name: str) -> Criterion:
@@ -35,4 +56,5 @@ def score_groups(analysis: Analysis, criterion: str = "l2", seed: int = 0,
     return get_criterion(criterion).score(analysis, CriterionContext(seed=seed, calibration=calibration))
 
 
-__all__ = ["score_groups", "CRITERIA", "Criterion", "CriterionContext", "Scores", "Updates", "get_criterion"]
+__all__ = ["score_groups", "CALIBRATED", "CRITERIA", "Criterion", "CriterionContext", "Scores", "Updates",
+           "get_criterion"]

@@ -31,12 +31,20 @@ class CriterionContext:
         calibration: calibration data (criterion-specific object), or None when data-free.
         options: free-form criterion options (e.g. reduction, damping).
         notes: messages the criterion wants in the report (e.g. fallbacks it took).
+        cache: private memo a criterion shares between :meth:`Criterion.score` and
+            :meth:`Criterion.compensate` (e.g. calibration statistics), so data is read once.
     """
 
     seed: int = 0
     calibration: object | None = None
     options: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    cache: dict[str, object] = field(default_factory=dict, repr=False)
+
+    def note(self, message: str) -> None:
+        """Add ``message`` to :attr:`notes` once."""
+        if message not in self.notes:
+            self.notes.append(message)
 
 
 class Criterion(Protocol):

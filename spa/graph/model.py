@@ -73,15 +73,27 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     :func:`spa.graph.shapes.complete_shapes`. The result is written onto ``model``, which is returned.
     """
     lite = _lite_copy(model)
+    declared = {vi.name: vi for vi in lite.graph.value_info}
+    del lite.graph.value_info[:]  # exporters' annotations can be stale: infer from scratch first
     inferred = lite
-    for _ in range(4):  # inference, then complete what it could not solve, and let that flow on
+    fallback_used = False
+    for _ in range(6):  # inference, then complete what it could not solve, and let that flow on
         try:
             inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
         except Exception as exc:  # inference failures must not stop analysis: rules see unknown shapes
             log.warning("shape inference failed: %s", exc)
             break
-        if not complete_shapes(inferred):
+        if complete_shapes(inferred):
+            continue
+        if fallback_used:
             break
+        # declared shapes only for what inference could not find (custom ops' outputs)
+        known = {vi.name for vi in inferred.graph.value_info if vi.type.tensor_type.HasField("shape")}
+        missing = [vi for name, vi in declared.items() if name not in known]
+        fallback_used = True
+        if not missing:
+            break
+        inferred.graph.value_info.extend(missing)
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     by_name = {o.name: o for o in inferred.graph.output}

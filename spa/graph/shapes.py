@@ -99,6 +99,13 @@ class _Model:
             start, end = attrs.get("start", 0), attrs.get("end", r)
             start, end = (start + r if start < 0 else start), (end + r if end < 0 else end)
             return list(s[max(start, 0): min(end, r)])  # type: ignore[arg-type]
+        if op == "Slice" and len(node.input) > 2 and node.input[1] in self.consts and node.input[2] in self.consts:
+            src = self.trace_dims(node.input[0])
+            steps = self.consts.get(node.input[4]) if len(node.input) > 4 else None
+            if src is None or (steps is not None and int(steps.reshape(-1)[0]) != 1):
+                return None
+            s0, e0 = int(self.consts[node.input[1]].reshape(-1)[0]), int(self.consts[node.input[2]].reshape(-1)[0])
+            return src[slice(s0, e0)]
         if op == "Gather" and len(node.input) > 1 and node.input[1] in self.consts:
             src = self.trace_dims(node.input[0])
             if src is None:

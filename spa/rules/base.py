@@ -13,6 +13,8 @@ A *slot* is one axis of one tensor (activation or initializer). A rule looks at 
 * :class:`Choice` — several candidate links of which exactly one is kept (a Reshape that merges or
   splits axes couples the merged axis with one of its factors); the analysis keeps the first whose
   slot is owned by weights and blocks the others' slots.
+* :class:`Tag` — a hint naming what kind of channels a slot carries (``"head"``); it links nothing
+  and the analysis may ignore it.
 
 A rule may also *rewrite* its node after pruning (``group`` attribute, Reshape/Split/Slice constants).
 
@@ -85,7 +87,19 @@ class Choice:
     reason: str
 
 
-Relation = Union[Link, Member, Barrier, Choice]
+@dataclass(frozen=True)
+class Tag:
+    """A hint for reports: ``slot`` carries channels of ``kind`` (e.g. ``"head"``). Couples nothing.
+
+    >>> Tag(Slot("scores", 1), "head").kind
+    'head'
+    """
+
+    slot: Slot
+    kind: str
+
+
+Relation = Union[Link, Member, Barrier, Choice, Tag]
 
 
 class NodeContext:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from spa.rules.base import ChannelRule
 from spa.rules.concat_split import ConcatRule, GatherRule, SliceRule, SplitRule
+from spa.rules.contrib import ContribElementwiseRule, ContribFusedAttentionRule, ContribSkipNormRule
 from spa.rules.conv import ConvRule, ConvTransposeRule
-from spa.rules.elementwise import BroadcastRule, UnaryRule
+from spa.rules.elementwise import BroadcastRule, TriluRule, UnaryRule
 from spa.rules.gemm_matmul import GemmRule, MatMulRule
 from spa.rules.norm import PerChannelNormRule, StatsOverAxisRule
 from spa.rules.pooling import AxisOpRule, PoolRule, ReduceRule
+from spa.rules.quant import (
+    DynamicQuantizeRule,
+    MsQOperatorRule,
+    MsQuantizeDequantizeRule,
+    QOperatorRule,
+    QuantizeDequantizeRule,
+)
 from spa.rules.registry import RuleRegistry
 from spa.rules.reshape_transpose import ReshapeRule, ShapeOnlyRule, TransposeRule
 from spa.rules.resize_pad import ExpandTileRule, PadRule, ResizeRule, ShapeRule
@@ -36,6 +44,15 @@ DEFAULT_RULES: tuple[ChannelRule, ...] = (
     PadRule(),
     ExpandTileRule(),
     ShapeRule(),
+    TriluRule(),
+    ContribElementwiseRule(),
+    ContribFusedAttentionRule(),
+    ContribSkipNormRule(),
+    QuantizeDequantizeRule(),
+    MsQuantizeDequantizeRule(),
+    DynamicQuantizeRule(),
+    QOperatorRule(),
+    MsQOperatorRule(),
 )
 
 

@@ -4,6 +4,8 @@ Unary ops map every axis of the input to the same axis of the output. Broadcasti
 PRelu, Where) align inputs from the right (numpy rules): an input axis whose size equals the output's is
 the same channel; an input axis of size 1 against a larger output axis is broadcast and couples nothing.
 Per-channel constants (bias vectors, BN decomposed into Mul/Add, PReLU slopes) are linked and sliced.
+Trilu (causal masks) keeps the leading axes and blocks its two matrix axes (which elements survive
+depends on their positions).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from spa.rules.base import (
     Relation,
     Role,
     Slot,
+    norm_axis,
     same_dim,
     static,
 )
@@ -91,3 +94,23 @@ class BroadcastRule(ChannelRule):
         if out is None:
             return ctx.barrier_all(f"{ctx.node.op} '{ctx.node.name}' has no output")
         return broadcast_links(ctx, [ctx.input(k) for k in range(len(ctx.node.inputs))], out)
+
+
+class TriluRule(ChannelRule):
+    """Trilu: leading (batch) axes are identity; the last two axes are position-dependent barriers."""
+
+    op_types = ("Trilu",)
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        x, y = ctx.input(0), ctx.output(0)
+        r = ctx.rank(x)
+        if x is None or y is None or r is None or r < 2:
+            return ctx.barrier_all(f"Trilu '{ctx.node.name}': shape unknown")
+        reason = f"Trilu '{ctx.node.name}' keeps a triangle: its last two axes are positional"
+        rels: list[Relation] = [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(r - 2)]
+        for a in (norm_axis(-2, r), norm_axis(-1, r)):
+            rels += [Barrier(x.name, a, reason), Barrier(y.name, a, reason)]
+        k = ctx.input(1)
+        if k is not None:
+            rels.append(Barrier(k.name, None, reason))
+        return rels

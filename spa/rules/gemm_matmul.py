@@ -2,8 +2,10 @@
 
 A weight initializer decouples its two axes like a 1x1 Conv: the contraction axis is a *consumer*
 slice of the input channel, the other axis a *producer* slice of the output channel. A following bias
-Add is handled by the broadcasting rule. A MatMul of two activations (attention scores) couples batch
-and free axes; its contraction axis is a barrier here (head pruning is a dedicated rule).
+Add is handled by the broadcasting rule. A MatMul of two activations (attention scores ``q @ kᵀ``, the
+context ``p @ v``) couples batch and free axes — that is how the heads of Q, K, V and O become one
+group — and its contraction axis is a barrier. When such a MatMul has rank >= 4, its batch axes after
+the first are attention heads: they are tagged ``"head"`` (:class:`~spa.rules.base.Tag`) for reports.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from spa.rules.base import (
     Relation,
     Role,
     Slot,
+    Tag,
     same_dim,
     static,
 )
@@ -68,6 +71,10 @@ class MatMulRule(ChannelRule):
             rels.append(Link(Slot(b.name, rb - 1), Slot(y.name, ry - 1)))
         # batch dims, aligned from the right, broadcast-aware
         nb_y = ry - (1 if ra >= 2 else 0) - (1 if rb >= 2 else 0)
+        const_a, const_b = ctx.is_const(a), ctx.is_const(b)
+        heads = not (const_a or const_b) and ry >= 4
+        if heads:
+            rels += [Tag(Slot(y.name, ay), "head") for ay in range(1, nb_y)]
         for t, s, nb in ((a, sa, ra - 2), (b, sb, rb - 2)):
             for i in range(max(nb, 0)):
                 ay = nb_y - nb + i
@@ -75,9 +82,10 @@ class MatMulRule(ChannelRule):
                     continue
                 if same_dim(s[i], sy[ay]):
                     rels.append(Link(Slot(t.name, i), Slot(y.name, ay)))
+                    if heads and ay >= 1:
+                        rels.append(Tag(Slot(t.name, i), "head"))
                 else:
                     rels.append(Barrier(t.name, i, f"MatMul '{ctx.node.name}': batch broadcast unclear"))
-        const_a, const_b = ctx.is_const(a), ctx.is_const(b)
         if const_a or const_b:
             rels.append(Link(Slot(a.name, ka), Slot(b.name, kb)))
             if const_b:

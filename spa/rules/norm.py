@@ -17,6 +17,7 @@ from spa.rules.base import (
     Relation,
     Role,
     Slot,
+    Tag,
     norm_axis,
 )
 
@@ -78,6 +79,9 @@ class StatsOverAxisRule(ChannelRule):
             blocked = {1}
         reason = f"{op} '{ctx.node.name}' normalises over axis {sorted(blocked)}: channels there are not independent"
         rels = _identity_except(ctx, blocked, reason)
+        x = ctx.input(0)
+        if op == "LayerNormalization" and x is not None:
+            rels += [Tag(Slot(x.name, a), "hidden") for a in blocked]
         for k in range(1, len(ctx.node.inputs)):
             p = ctx.input(k)
             if p is not None:

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from spa.rules.base import Barrier, ChannelRule, Link, NodeContext, Relation, Slot, norm_axis
+from spa.rules.base import Barrier, ChannelRule, Link, NodeContext, Relation, Slot, Tag, norm_axis
 
 
 class PoolRule(ChannelRule):
@@ -66,6 +66,8 @@ class ReduceRule(ChannelRule):
         reduced = {norm_axis(a, r) for a in axes}
         reason = f"{op} '{ctx.node.name}' reduces over axis"
         rels: list[Relation] = []
+        if reduced == {r - 1} and r >= 3 and keep and op in ("ReduceMean", "ReduceSumSquare", "ReduceL2"):
+            rels.append(Tag(Slot(x.name, r - 1), "hidden"))  # decomposed LayerNorm/RMSNorm statistics
         out_axis = 0
         for a in range(r):
             if a in reduced:

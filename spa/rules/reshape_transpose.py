@@ -40,8 +40,11 @@ from spa.rules.base import (
 Block = tuple[tuple[int, ...], tuple[int, ...]]
 
 
-def _blocks(si: tuple[Dim, ...], so: tuple[Dim, ...]) -> list[Block] | None:
-    """Pair runs of input and output axes with equal products; None when they cannot be paired."""
+def _pair_prefix(si: tuple[Dim, ...], so: tuple[Dim, ...]) -> tuple[list[Block], int, int]:
+    """Pair blocks from the left until the end or the first axis that cannot be paired.
+
+    Returns the blocks and the input/output positions where pairing stopped.
+    """
     blocks: list[Block] = []
     i = j = 0
     while i < len(si) or j < len(so):
@@ -52,32 +55,75 @@ def _blocks(si: tuple[Dim, ...], so: tuple[Dim, ...]) -> list[Block] | None:
             j += 1
             continue
         if i >= len(si) or j >= len(so):
-            return None
+            break
         if static(si[i]) is None or static(so[j]) is None:
             if si[i] is not None and si[i] == so[j]:
                 blocks.append(((i,), (j,)))
                 i, j = i + 1, j + 1
                 continue
-            return None
+            break
         ins, outs = [i], [j]
         pi, po = int(si[i]), int(so[j])  # type: ignore[arg-type]
-        i, j = i + 1, j + 1
+        k, m = i + 1, j + 1
+        ok = True
         while pi != po:
             if pi < po:
-                if i >= len(si) or static(si[i]) is None:
-                    return None
-                pi *= int(si[i])  # type: ignore[arg-type]
-                ins.append(i)
-                i += 1
+                if k >= len(si) or static(si[k]) is None:
+                    ok = False
+                    break
+                pi *= int(si[k])  # type: ignore[arg-type]
+                ins.append(k)
+                k += 1
             else:
-                if j >= len(so) or static(so[j]) is None:
-                    return None
-                po *= int(so[j])  # type: ignore[arg-type]
-                outs.append(j)
-                j += 1
+                if m >= len(so) or static(so[m]) is None:
+                    ok = False
+                    break
+                po *= int(so[m])  # type: ignore[arg-type]
+                outs.append(m)
+                m += 1
+        if not ok:
+            break
+        i, j = k, m
         # trailing size-1 axes inside the block are dropped by the size filter below
         blocks.append((tuple(a for a in ins if static(si[a]) != 1), tuple(b for b in outs if static(so[b]) != 1)))
-    return blocks
+    return blocks, i, j
+
+
+def _blocks(si: tuple[Dim, ...], so: tuple[Dim, ...]) -> list[Block] | None:
+    """Pair runs of input and output axes with equal products; None when they cannot be paired."""
+    blocks, i, j = _pair_prefix(si, so)
+    return blocks if i >= len(si) and j >= len(so) else None
+
+
+def _pair(si: tuple[Dim, ...], so: tuple[Dim, ...]) -> tuple[list[Block], Block | None] | None:
+    """Blocks paired from both ends, and the unpaired middle (a barrier), or None when nothing pairs.
+
+    ``(batch, 2, 2, 16, 32) → (4*batch, 16, 32)`` (a dynamic window partition): the trailing
+    ``16, 32`` pair exactly (equal suffix products mean equal prefix products: the flat index splits the
+    same way on both sides), the symbolic ``batch, 2, 2 → 4*batch`` in the middle does not.
+
+    >>> _pair(("B", 2, 2, 16, 32), ("4*B", 16, 32))
+    ([((3,), (1,)), ((4,), (2,))], ((0, 1, 2), (0,)))
+    """
+    full = _blocks(si, so)
+    if full is not None:
+        return full, None
+    left, i, j = _pair_prefix(si, so)
+    rev, ri, rj = _pair_prefix(tuple(reversed(si)), tuple(reversed(so)))
+    right: list[Block] = []
+    for ins, outs in rev:
+        mi = tuple(sorted(len(si) - 1 - a for a in ins))
+        mo = tuple(sorted(len(so) - 1 - b for b in outs))
+        if (mi and mi[0] < i) or (mo and mo[0] < j):
+            break
+        right.append((mi, mo))
+    end_i = min([b[0][0] for b in right if b[0]], default=len(si))
+    end_j = min([b[1][0] for b in right if b[1]], default=len(so))
+    mid_in = tuple(a for a in range(i, end_i) if static(si[a]) != 1)
+    mid_out = tuple(b for b in range(j, end_j) if static(so[b]) != 1)
+    if not mid_in or not mid_out or not (left or right):
+        return None
+    return left + list(reversed(right)), (mid_in, mid_out)
 
 
 def _factor_index(sizes: list[int], k: int) -> np.ndarray:
@@ -93,10 +139,14 @@ def reshape_relations(ctx: NodeContext, x: gs.Tensor, y: gs.Tensor) -> list[Rela
     op = f"{ctx.node.op} '{ctx.node.name}'"
     if si is None or so is None:
         return ctx.barrier_all(f"{op}: shapes unknown")
-    blocks = _blocks(si, so)
-    if blocks is None:
+    paired = _pair(si, so)
+    if paired is None:
         return ctx.barrier_all(f"{op}: cannot pair input axes {si} with output axes {so}")
+    blocks, middle = paired
     rels: list[Relation] = []
+    if middle is not None:
+        reason = f"{op}: cannot pair input axes {list(middle[0])} with output axes {list(middle[1])} ({si} → {so})"
+        rels += [Barrier(x.name, a, reason) for a in middle[0]] + [Barrier(y.name, b, reason) for b in middle[1]]
     for ins, outs in blocks:
         if len(ins) == 1 and len(outs) == 1:
             rels.append(Link(Slot(x.name, ins[0]), Slot(y.name, outs[0])))
@@ -122,6 +172,8 @@ def _shape_spec(ctx: NodeContext) -> tuple[list[int | None], gs.Node | None] | N
     v = ctx.const(t)
     if v is not None:
         return [int(a) for a in v.reshape(-1)], None
+    while t is not None and len(t.inputs) == 1 and t.inputs[0].op == "Cast" and len(t.outputs) == 1:
+        t = t.inputs[0].inputs[0]  # tf2onnx casts the target built in int32
     if t is None or len(t.inputs) != 1 or t.inputs[0].op != "Concat" or len(t.outputs) != 1:
         return None
     concat = t.inputs[0]
@@ -138,8 +190,45 @@ def _shape_spec(ctx: NodeContext) -> tuple[list[int | None], gs.Node | None] | N
     return spec, concat
 
 
+def static_target(ctx: NodeContext, x: gs.Tensor, y: gs.Tensor) -> list[int] | None:
+    """A constant Reshape target equivalent to a computed one, from the inferred shapes; None if none.
+
+    Output axis ``b`` gets its static size, ``0`` ("copy input axis b", with ``allowzero=0``) when it
+    has the same symbolic size as input axis ``b``, or ``-1`` (at most once). Dynamo exports share one
+    computed ``Concat(Shape(x)[0], Shape(x)[1], 4, 8)`` between the Reshapes of every layer (with
+    ``allowzero=1``); replacing it by ``[0, 0, 4, 8]`` with ``allowzero=0`` lets each Reshape be rewritten
+    on its own. (A copied axis of size 0 is still 0, so dropping ``allowzero`` changes nothing.)
+
+    >>> from types import SimpleNamespace as NS
+    >>> ctx = NS(shape=lambda t: t.shape, attr=lambda n, d=None: d)
+    >>> static_target(ctx, NS(shape=("B", "S", 32)), NS(shape=("B", "S", 4, 8)))
+    [0, 0, 4, 8]
+    """
+    si, so = ctx.shape(x), ctx.shape(y)
+    if si is None or so is None:
+        return None
+    target: list[int] = []
+    for b, d in enumerate(so):
+        if static(d) == 0:
+            return None  # a literal 0 would read as "copy" without allowzero
+        if static(d) is not None:
+            target.append(int(d))  # type: ignore[arg-type]
+        elif isinstance(d, str) and b < len(si) and si[b] == d:
+            target.append(0)
+        elif -1 not in target:
+            target.append(-1)
+        else:
+            return None
+    return target
+
+
 class ReshapeRule(ChannelRule):
-    """Reshape: block maps; the target constant is rewritten."""
+    """Reshape: block maps; the target constant is rewritten.
+
+    A target computed at run time is traced through its ``Concat`` (constant pieces are rewritten,
+    axes sized by run-time pieces are blocked); a computed target that is shared or not a ``Concat``
+    is replaced by an equivalent constant (:func:`static_target`) when the shapes allow it.
+    """
 
     op_types = ("Reshape",)
 
@@ -150,6 +239,8 @@ class ReshapeRule(ChannelRule):
         rels = reshape_relations(ctx, x, y)
         spec = _shape_spec(ctx)
         if spec is None:
+            if static_target(ctx, x, y) is not None:
+                return rels
             return rels + [Barrier(y.name, None, f"Reshape '{ctx.node.name}' target computed at run time")]
         for b, v in enumerate(spec[0]):
             if v is None:
@@ -157,10 +248,22 @@ class ReshapeRule(ChannelRule):
         return rels
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
-        y = ctx.output(0)
+        x, y = ctx.input(0), ctx.output(0)
         spec = _shape_spec(ctx)
         so = ctx.shape(y)
-        assert spec is not None and so is not None and y is not None
+        assert x is not None and y is not None and so is not None
+        if spec is None:
+            target = static_target(ctx, x, y)
+            assert target is not None
+            if all(rw.kept(y, b) is None for b in range(len(so))):
+                return
+            new_target = [v if v in (0, -1) or rw.kept(y, b) is None else rw.new_size(y, b, v)
+                          for b, v in enumerate(target)]
+            ctx.node.inputs[1] = gs.Constant(f"{ctx.node.name or id(ctx.node)}__spa_shape",
+                                             np.asarray(new_target, dtype=np.int64))
+            if "allowzero" in ctx.node.attrs:
+                ctx.node.attrs["allowzero"] = 0
+            return
         values, concat = spec
         new = []
         for b, v in enumerate(values):

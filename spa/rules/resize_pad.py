@@ -14,6 +14,7 @@ rewritten through that list, not by right-alignment.
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from spa.rules.base import (
     Barrier,
@@ -37,15 +38,16 @@ def _same_size_links(ctx: NodeContext) -> list[Relation]:
     return [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(len(sx)) if same_dim(sx[a], sy[a])]
 
 
-def _rewrite_size_input(ctx: NodeContext, rw: RewriteContext, index: int, axes: list[int] | None = None) -> None:
+def _rewrite_size_input(ctx: NodeContext, rw: RewriteContext, index: int, axes: list[int] | None = None,
+                        value: np.ndarray | None = None) -> None:
     """Write the new sizes of pruned output axes into constant input ``index``.
 
     Entry ``a`` describes output axis ``axes[a]`` when ``axes`` is given, else the axes are aligned
     from the right (Expand's shape may be shorter than the output rank). Entries 1 and -1 are kept
-    (an Expand entry 1 means "the input's size").
+    (an Expand entry 1 means "the input's size"). ``value`` replaces a computed input by a constant.
     """
     t = ctx.input(index)
-    v = ctx.const(t)
+    v = ctx.const(t) if value is None else value
     y = ctx.output(0)
     if v is None or y is None or v.size == 0:
         return
@@ -56,7 +58,34 @@ def _rewrite_size_input(ctx: NodeContext, rw: RewriteContext, index: int, axes: 
         kept = rw.kept(y, norm_axis(axes[a], rank) if axes is not None else a + shift)
         if kept is not None and new[a] not in (1, -1):
             new[a] = len(kept)
+    if value is not None:
+        ctx.node.inputs[index] = gs.Constant(f"{ctx.node.name or id(ctx.node)}__spa_shape", new.astype(np.int64))
+        return
     rw.set_const_input(ctx.node, index, new)
+
+
+def static_expand_shape(ctx: NodeContext) -> np.ndarray | None:
+    """A constant Expand shape equivalent to a computed one, from the inferred shapes; None if none.
+
+    Output axis ``b`` gets its static size, or ``1`` ("the input's size") when the aligned input axis
+    has the same symbolic size (dynamic batch/sequence). Dynamo exports with dynamic axes compute the
+    shape of GQA's ``repeat_kv`` expand as ``Concat(Shape(x)[0], [2], [2], Shape(x)[1], [8])``.
+    """
+    x, y = ctx.input(0), ctx.output(0)
+    sx, sy = ctx.shape(x), ctx.shape(y)
+    if sx is None or sy is None or len(sy) < len(sx):
+        return None
+    shift = len(sy) - len(sx)
+    out: list[int] = []
+    for b, d in enumerate(sy):
+        a = b - shift
+        if static(d) is not None:
+            out.append(int(d))  # type: ignore[arg-type]
+        elif a >= 0 and same_dim(sx[a], d):
+            out.append(1)
+        else:
+            return None
+    return np.asarray(out, dtype=np.int64)
 
 
 class ResizeRule(ChannelRule):
@@ -89,8 +118,58 @@ class PadRule(ChannelRule):
         return _same_size_links(ctx)
 
 
+def size_spec(ctx: NodeContext, index: int) -> tuple[list[int | None], gs.Node | None, bool] | None:
+    """Entries of a size-vector input (Expand ``shape``, Tile ``repeats``), None for computed ones.
+
+    A constant gives its values; a ``Concat`` of pieces gives the constant pieces' values and None for
+    the computed ones. Also returned: the Concat (None for a constant) and whether a rewrite may edit
+    its constant pieces (the Concat feeds only this node). None when the input is neither.
+    """
+    t = ctx.input(index)
+    v = ctx.const(t)
+    if v is not None:
+        return [int(a) for a in v.reshape(-1)], None, True
+    if t is None or len(t.inputs) != 1 or t.inputs[0].op != "Concat":
+        return None
+    concat = t.inputs[0]
+    spec: list[int | None] = []
+    for piece in concat.inputs:
+        pv = ctx.const(piece)
+        if pv is not None:
+            spec += [int(a) for a in pv.reshape(-1)]
+            continue
+        ps = ctx.shape(piece)
+        if ps is None or len(ps) != 1 or static(ps[0]) is None:
+            return None
+        spec += [None] * int(ps[0])  # type: ignore[arg-type]
+    return spec, concat, len(t.outputs) == 1
+
+
+def _write_spec(ctx: NodeContext, rw: RewriteContext, index: int, new: list[int | None]) -> None:
+    """Write ``new`` back: into the constant input, or into the constant pieces of its Concat."""
+    spec = size_spec(ctx, index)
+    assert spec is not None
+    _, concat, _ = spec
+    if concat is None:
+        rw.set_const_input(ctx.node, index, np.asarray(new, dtype=np.int64))
+        return
+    pos = 0
+    for k, piece in enumerate(list(concat.inputs)):
+        n = int(np.prod(piece.shape)) if piece.shape is not None else 0
+        if isinstance(piece, gs.Constant):
+            rw.set_const_input(concat, k, np.asarray(new[pos:pos + n], dtype=np.int64))
+        pos += n
+
+
 class ExpandTileRule(ChannelRule):
-    """Expand / Tile: axes left unchanged are identity; Expand's shape constant is rewritten."""
+    """Expand / Tile: axes left unchanged are identity; Expand's shape / Tile's repeats are rewritten.
+
+    A computed Expand shape is replaced, when a pruned axis needs it, by the constant
+    :func:`static_expand_shape`. Otherwise a shape or repeats built by a ``Concat`` is read entry by
+    entry (:func:`size_spec`): an axis whose entry is computed at run time is a barrier, constant
+    entries are rewritten in the Concat (an axis whose entry needs rewriting in a Concat shared with
+    other nodes is a barrier too). Anything else computed at run time blocks the node.
+    """
 
     op_types = ("Expand", "Tile")
 
@@ -99,41 +178,90 @@ class ExpandTileRule(ChannelRule):
         sx, sy = ctx.shape(x), ctx.shape(y)
         if x is None or y is None or sx is None or sy is None:
             return ctx.barrier_all(f"{ctx.node.op} '{ctx.node.name}': shapes unknown")
-        if ctx.node.op == "Expand" and not ctx.is_const(ctx.input(1)):
-            return ctx.barrier_all(f"Expand '{ctx.node.name}' shape computed at run time")
         if ctx.node.op == "Tile":
-            reps = ctx.const(ctx.input(1))
-            if reps is None:
-                return ctx.barrier_all(f"Tile '{ctx.node.name}' repeats computed at run time")
-            rels: list[Relation] = []
-            for a in range(len(sx)):
-                if int(reps[a]) == 1:
-                    rels.append(Link(Slot(x.name, a), Slot(y.name, a)))
-                elif static(sx[a]) == 1:  # copies of one value: free, sized by `repeats`
-                    rels.append(Link(Slot(y.name, a), Slot(y.name, a)))
-            return rels
+            return self._tile(ctx, x, y, sx)
+        spec = None
+        if not ctx.is_const(ctx.input(1)) and static_expand_shape(ctx) is None:
+            spec = size_spec(ctx, 1)
+            if spec is None or len(spec[0]) > len(sy):
+                return ctx.barrier_all(f"Expand '{ctx.node.name}' shape computed at run time")
         shift = len(sy) - len(sx)
-        rels = [Link(Slot(y.name, b), Slot(y.name, b)) for b in range(shift)]  # new leading axes: free
+        rels: list[Relation] = [Link(Slot(y.name, b), Slot(y.name, b)) for b in range(shift)]  # new leading: free
         for a in range(len(sx)):
             if static(sx[a]) == 1 and static(sy[a + shift]) != 1:
                 rels.append(Link(Slot(y.name, a + shift), Slot(y.name, a + shift)))  # broadcast: free
             elif same_dim(sx[a], sy[a + shift]):
                 rels.append(Link(Slot(x.name, a), Slot(y.name, a + shift)))
+        if spec is not None:
+            values, _, editable = spec
+            off = len(sy) - len(values)
+            for e, v in enumerate(values):
+                b = e + off
+                if v is None:
+                    rels.append(Barrier(y.name, b, f"Expand '{ctx.node.name}' shape entry {e} computed at run time"))
+                elif v not in (1, -1) and not editable:
+                    rels.append(Barrier(y.name, b, f"Expand '{ctx.node.name}' shape entry {e} sits in a "
+                                                   "computed shape shared with other nodes"))
+        return rels
+
+    @staticmethod
+    def _tile(ctx: NodeContext, x, y, sx) -> list[Relation]:  # type: ignore[no-untyped-def]
+        spec = size_spec(ctx, 1)
+        if spec is None or len(spec[0]) != len(sx):
+            return ctx.barrier_all(f"Tile '{ctx.node.name}' repeats computed at run time")
+        reps, concat, editable = spec
+        rels: list[Relation] = []
+        for a in range(len(sx)):
+            r = reps[a]
+            if r is None:
+                reason = f"Tile '{ctx.node.name}' repeats of axis {a} computed at run time"
+                rels += [Barrier(x.name, a, reason), Barrier(y.name, a, reason)]
+            elif r == 1:
+                rels.append(Link(Slot(x.name, a), Slot(y.name, a)))
+            elif static(sx[a]) == 1:  # copies of one value: free, sized by `repeats`
+                rels.append(Link(Slot(y.name, a), Slot(y.name, a)))
+                if not editable:
+                    rels.append(Barrier(y.name, a, f"Tile '{ctx.node.name}' repeats of axis {a} sit in a "
+                                                   "computed vector shared with other nodes"))
         return rels
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
+        y = ctx.output(0)
+        if y is None or y.shape is None:
+            return
         if ctx.node.op == "Expand":
-            _rewrite_size_input(ctx, rw, 1)
-        else:  # Tile: the repeats of a size-1 input axis are that axis's new size
-            sx, reps, y = ctx.shape(ctx.input(0)), ctx.const(ctx.input(1)), ctx.output(0)
-            if sx is None or reps is None or y is None:
+            if ctx.is_const(ctx.input(1)):
+                _rewrite_size_input(ctx, rw, 1)
                 return
-            new = reps.reshape(-1).copy()
-            for a in range(len(sx)):
-                kept = rw.kept(y, a)
-                if kept is not None and static(sx[a]) == 1:
-                    new[a] = len(kept)
-            rw.set_const_input(ctx.node, 1, new)
+            if all(rw.kept(y, b) is None for b in range(len(y.shape))):
+                return
+            value = static_expand_shape(ctx)
+            if value is not None:
+                _rewrite_size_input(ctx, rw, 1, value=value)
+                return
+            spec = size_spec(ctx, 1)
+            assert spec is not None
+            values = list(spec[0])
+            off = len(y.shape) - len(values)
+            for e, v in enumerate(values):
+                kept = rw.kept(y, e + off)
+                if kept is not None and v is not None and v not in (1, -1):
+                    values[e] = len(kept)
+            _write_spec(ctx, rw, 1, values)
+            return
+        # Tile: the repeats of a size-1 input axis are that axis's new size
+        sx, spec = ctx.shape(ctx.input(0)), size_spec(ctx, 1)
+        if sx is None or spec is None:
+            return
+        reps = list(spec[0])
+        changed = False
+        for a in range(len(sx)):
+            kept = rw.kept(y, a)
+            if kept is not None and static(sx[a]) == 1 and reps[a] is not None and reps[a] != len(kept):
+                reps[a] = len(kept)
+                changed = True
+        if changed or spec[1] is None:
+            _write_spec(ctx, rw, 1, reps)
 
 
 class ShapeRule(ChannelRule):
@@ -167,9 +295,24 @@ class ShapeRule(ChannelRule):
 
     @staticmethod
     def _read_axes(y, axes: list[int]) -> set[int]:  # type: ignore[no-untyped-def]
-        """Axes of the shape vector that consumers actually read (Gather with constant indices)."""
+        """Axes of the shape vector that consumers actually read.
+
+        Understood readers: Gather with constant indices and Slice with constant starts/ends (axis 0),
+        also behind a Cast (tf2onnx casts shape vectors). Anything else reads every axis.
+        """
         read: set[int] = set()
         for consumer in y.outputs:
+            if consumer.op == "Cast" and consumer.outputs:
+                read |= ShapeRule._read_axes(consumer.outputs[0], axes)
+                continue
+            if consumer.inputs and consumer.inputs[0] is y and len(consumer.inputs) > 2 and consumer.op == "Slice":
+                starts = getattr(consumer.inputs[1], "values", None)
+                ends = getattr(consumer.inputs[2], "values", None)
+                steps = getattr(consumer.inputs[4], "values", None) if len(consumer.inputs) > 4 else None
+                if starts is not None and ends is not None and (steps is None or int(np.asarray(steps).reshape(-1)[0]) == 1):
+                    s0, e0 = int(np.asarray(starts).reshape(-1)[0]), int(np.asarray(ends).reshape(-1)[0])
+                    read |= set(axes[slice(s0, e0)])
+                    continue
             if consumer.op == "Gather" and consumer.inputs[0] is y and len(consumer.inputs) > 1:
                 idx = consumer.inputs[1]
                 values = getattr(idx, "values", None)
@@ -178,3 +321,21 @@ class ShapeRule(ChannelRule):
                     continue
             return set(axes)
         return read
+
+
+def _sliced_positions(node, n: int) -> list[int] | None:  # type: ignore[no-untyped-def]
+    """Positions of a length-``n`` vector that a Slice with constant parameters keeps, else None."""
+    def ints(k: int, attr: str) -> list[int] | None:
+        if attr in node.attrs:
+            return [int(v) for v in node.attrs[attr]]
+        if k < len(node.inputs) and node.inputs[k].name:
+            values = getattr(node.inputs[k], "values", None)
+            return None if values is None else [int(v) for v in np.asarray(values).reshape(-1)]
+        return [] if k >= 3 else None
+
+    starts, ends, axes, steps = ints(1, "starts"), ints(2, "ends"), ints(3, "axes"), ints(4, "steps")
+    if starts is None or ends is None or axes is None or steps is None or len(starts) != 1:
+        return None
+    if axes not in ([], [0], [-1]) or steps not in ([], [1]):
+        return None
+    return list(range(n))[slice(starts[0], ends[0])]

@@ -53,7 +53,8 @@ def kept_indices(analysis: Analysis, plan: Plan) -> dict[Slot, np.ndarray]:
             else:
                 allowed = ~removed
             idx = np.flatnonzero(allowed[labels])
-            kept[slot] = idx[np.lexsort((idx, rank[labels[idx]]))]
+            # index order unless the plan lays channels out anew (only for one-element-per-channel groups)
+            kept[slot] = idx[np.lexsort((idx, rank[labels[idx]]))] if gp.order else idx
     return kept
 
 

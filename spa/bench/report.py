@@ -1,0 +1,187 @@
+"""``spa bench``: time several models side by side and assemble the report (schema: ``docs/bench.md``).
+
+For every requested batch size, all models are timed in one alternating run on the same seeded random
+inputs (:mod:`spa.bench.latency`), after their MACs at exactly those input shapes are counted
+(:mod:`spa.bench.metrics`). Each entry then gets its speedup against the first model at the same
+batch, the *ideal* speedup (MACs ratio) and their ratio, the *latency efficiency*: 1 means the graph
+delivers all of the theoretical gain, less means copies, layouts or tiny layers eat it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from spa.bench.feeds import batch_of, input_shapes, make_feeds
+from spa.bench.fp16 import to_fp16
+from spa.bench.latency import ModelLike, Runner, open_session, time_runners
+from spa.bench.metrics import count_macs, count_params, set_input_shapes
+from spa.bench.profile import profile_runs
+from spa.bench.providers import Provider, choose_provider
+from spa.errors import InvalidModelError, SpaError, UsageError
+from spa.graph.io import load_model
+from spa.graph.model import ModelGraph
+from spa.version import __version__
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BenchOptions:
+    """How to benchmark (the ``spa bench`` options)."""
+
+    provider: str = "auto"
+    batches: list[int] | None = None
+    shapes: dict[str, tuple[int, ...]] | None = None
+    warmup: int = 20
+    iters: int = 200
+    threads: int = 1
+    fp16: bool = False
+    profile: bool = False
+    profile_runs: int = 20
+    profile_top: int = 10
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise :class:`~spa.errors.UsageError` for out-of-range values."""
+        if self.iters < 1:
+            raise UsageError(f"--iters must be at least 1, got {self.iters}")
+        if self.warmup < 0:
+            raise UsageError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.threads < 0:
+            raise UsageError(f"--threads must be >= 0 (0 = ONNX Runtime's default), got {self.threads}")
+        for b in self.batches or []:
+            if b < 1:
+                raise UsageError(f"--batch sizes must be >= 1, got {b}")
+
+
+def file_size(path: str | os.PathLike[str]) -> int:
+    """Bytes on disk of a model: the ``.onnx`` file plus every external data file it names."""
+    p = Path(path)
+    total = p.stat().st_size
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception:
+        return total
+    seen: set[str] = set()
+    for t in proto.graph.initializer:
+        for entry in t.external_data:
+            if entry.key == "location" and entry.value not in seen:
+                seen.add(entry.value)
+                f = p.parent / entry.value
+                if f.is_file():
+                    total += f.stat().st_size
+    return total
+
+
+@dataclass
+class _Model:
+    path: str
+    source: ModelLike  # what sessions load: the path, or the float16 copy
+    graph: ModelGraph | None  # for MACs (None when spa cannot read it)
+    params: int | None
+    size_bytes: int
+    session: ort.InferenceSession
+
+
+def _prepare(path: str, provider: Provider, opts: BenchOptions) -> _Model:
+    proto = load_model(path)  # clear per-file errors before ONNX Runtime sees the file
+    graph: ModelGraph | None
+    try:
+        from spa.api import load
+
+        graph = load(proto)
+    except InvalidModelError:
+        raise
+    except SpaError as exc:  # still timeable; MACs/params unknown
+        log.warning("%s: MACs and parameters not counted: %s", path, exc)
+        graph = None
+    source: ModelLike = to_fp16(proto) if opts.fp16 else path
+    del proto
+    sess = open_session(source, provider.providers, threads=opts.threads)
+    return _Model(path, source, graph, count_params(graph) if graph else None, file_size(path), sess)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 4) if a and b else None
+
+
+def bench_models(models: Sequence[str], options: BenchOptions | None = None) -> dict[str, Any]:
+    """Benchmark ``models`` (paths; the first is the baseline) and return the JSON-ready report.
+
+    Raises:
+        UsageError: bad options, an unusable provider, a static batch that differs from a requested one.
+        InvalidModelError: a file is not a readable model.
+        ValidationError: ONNX Runtime cannot load a model.
+    """
+    opts = options or BenchOptions()
+    opts.check()
+    if not models:
+        raise UsageError("no models to benchmark")
+    provider = choose_provider(opts.provider)
+    prepared = [_prepare(str(m), provider, opts) for m in models]
+    batches: list[int | None] = list(opts.batches) if opts.batches else [None]
+    # every shape first: a static batch that cannot run fails before any timing
+    plan = {(b, m.path): input_shapes(m.session, m.path, batch=b, shapes=opts.shapes)
+            for b in batches for m in prepared}
+    entries: list[dict[str, Any]] = []
+    for batch in batches:
+        runners: list[Runner] = []
+        rows: list[dict[str, Any]] = []
+        feeds_of: list[dict[str, np.ndarray]] = []
+        for m in prepared:
+            shapes = plan[(batch, m.path)]
+            feeds = make_feeds(m.session, shapes, opts.seed)
+            runners.append(Runner(m.session, feeds, provider.device, m.path))
+            macs = count_macs(set_input_shapes(m.graph, shapes)) if m.graph is not None else None
+            b = batch if batch is not None else batch_of(shapes)
+            rows.append({"model": m.path, "batch": b, "input_shapes": {k: list(v) for k, v in shapes.items()},
+                         "macs": macs, "macs_per_sample": round(macs / b, 2) if macs is not None else None,
+                         "params": m.params, "size_bytes": m.size_bytes,
+                         "session_providers": list(m.session.get_providers())})
+            feeds_of.append(feeds)
+        log.info("timing %d model(s) at batch %s", len(rows), batch)
+        timings = time_runners(runners, warmup=opts.warmup, iters=opts.iters)
+        base: dict[str, Any] | None = None
+        for m, row, t, feeds in zip(prepared, rows, timings, feeds_of):
+            row.update(t.to_json())
+            row["throughput_sps"] = round(row["batch"] * 1e3 / t.median_ms, 3) if t.median_ms > 0 else None
+            base = base or row
+            row["speedup"] = _ratio(base["median_ms"], row["median_ms"])
+            row["ideal_speedup"] = _ratio(base["macs"], row["macs"])
+            row["latency_efficiency"] = _ratio(row["speedup"], row["ideal_speedup"])
+            if opts.profile:
+                row["profile"] = profile_runs(m.source, provider.providers, feeds, device=provider.device,
+                                              threads=opts.threads, warmup=min(max(opts.warmup, 1), 5),
+                                              runs=opts.profile_runs, top=opts.profile_top)
+            entries.append(row)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "spa_version": __version__,
+        "onnxruntime_version": ort.__version__,
+        "provider": provider.name,
+        "provider_requested": provider.requested,
+        "providers": provider.providers,
+        "provider_note": provider.note,
+        "device": provider.device,
+        "io_binding": True,
+        "threads": opts.threads,
+        "warmup": opts.warmup,
+        "iters": opts.iters,
+        "seed": opts.seed,
+        "fp16": opts.fp16,
+        "batches": opts.batches,
+        "shapes": {k: list(v) for k, v in (opts.shapes or {}).items()} or None,
+        "host": {"machine": platform.machine(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "models": entries,
+    }

@@ -1,0 +1,30 @@
+"""Calibration data and the statistics collected from it.
+
+* :mod:`~spa.calibration.data` — sources: ``.npz`` / ``.npy`` files (streamed), arrays, seeded random
+  inputs, and :func:`load_calibration` that resolves what the user gave;
+* :mod:`~spa.calibration.images` — folders of PNG/JPEG images with preprocessing;
+* :mod:`~spa.calibration.runner` — ONNX Runtime runs with intermediate tensors exposed as outputs;
+* :mod:`~spa.calibration.stats` — streaming float64 accumulators (per-feature moments, ``XᵀX``
+  with im2col unfolding for convolutions).
+"""
+
+from spa.calibration.data import (
+    ArraySource,
+    CalibrationError,
+    CalibrationSource,
+    InputSpec,
+    NpySource,
+    NpzSource,
+    RandomSource,
+    input_specs,
+    load_calibration,
+)
+from spa.calibration.images import ImageFolderSource, Preprocess
+from spa.calibration.runner import BatchRun, run_batches
+from spa.calibration.stats import ConvUnfold, FeatureMoments, SecondMoment, collect, dense_rows
+
+__all__ = [
+    "ArraySource", "BatchRun", "CalibrationError", "CalibrationSource", "ConvUnfold", "FeatureMoments",
+    "ImageFolderSource", "InputSpec", "NpySource", "NpzSource", "Preprocess", "RandomSource", "SecondMoment",
+    "collect", "dense_rows", "input_specs", "load_calibration", "run_batches",
+]

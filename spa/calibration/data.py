@@ -1,0 +1,399 @@
+"""Calibration data sources: ``.npz``, ``.npy``, arrays in memory, seeded random inputs.
+
+A source yields *feeds* — ``{input name: array}`` with the samples on the first axis — in batches of
+``batch_size``, at most ``samples`` samples in all. Files are streamed: a ``.npy`` is memory-mapped
+and a ``.npz`` member is read batch by batch from the zip stream, so memory is bounded by one batch,
+not by the data set. Image folders live in :mod:`spa.calibration.images`.
+
+Every problem with the data (missing file, unknown format, an array that does not fit the model's
+input) raises :class:`CalibrationError`, a :class:`~spa.errors.UsageError` naming the file, the input
+and what to do.
+
+>>> src = RandomSource(samples=5, batch_size=2, seed=0)
+>>> [b["x"].shape for b in src.batches([InputSpec("x", (1, 3, 4, 4), np.dtype("float32"))])]
+[(2, 3, 4, 4), (2, 3, 4, 4), (1, 3, 4, 4)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+import numpy as np
+import onnx
+
+from spa.errors import UsageError
+
+DEFAULT_SAMPLES = 128
+DEFAULT_BATCH = 16
+#: size given to dynamic non-batch dimensions of random inputs when no shape is known
+RANDOM_DIM = 8
+
+
+class CalibrationError(UsageError):
+    """Calibration data that cannot be used with the model (says which file/input and why)."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: name, shape (ints, or str/None for dynamic dims) and numpy dtype."""
+
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: np.dtype
+
+    @property
+    def sample_shape(self) -> tuple[int | str | None, ...]:
+        """The shape of one sample (the shape without its first, batch axis)."""
+        return self.shape[1:]
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The real inputs of ``model`` (initializers listed as inputs are left out)."""
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims: tuple[int | str | None, ...] = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+        )
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else np.dtype("float32")
+        specs.append(InputSpec(vi.name, dims, dtype))
+    return specs
+
+
+class CalibrationSource(Protocol):
+    """What the statistics collector and the fidelity report read data from."""
+
+    samples: int | None
+    batch_size: int
+
+    def describe(self) -> str:
+        """A short human description (for notes and reports)."""
+
+    def count(self, inputs: Sequence[InputSpec]) -> int | None:
+        """How many samples :meth:`batches` will yield (None when unknown)."""
+
+    def batches(self, inputs: Sequence[InputSpec]) -> Iterator[dict[str, np.ndarray]]:
+        """Feeds for ``inputs``, samples on the first axis, ``batch_size`` at a time."""
+
+
+def _check_counts(samples: int | None, batch_size: int) -> None:
+    if samples is not None and samples < 1:
+        raise CalibrationError(f"calibration samples must be >= 1, got {samples}")
+    if batch_size < 1:
+        raise CalibrationError(f"calibration batch size must be >= 1, got {batch_size}")
+
+
+def _check_array(where: str, spec: InputSpec, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Raise unless an array of ``shape``/``dtype`` (samples first) can feed ``spec``."""
+    if dtype.kind not in "biuf":
+        raise CalibrationError(f"{where}: array for input '{spec.name}' has dtype {dtype}; expected numbers")
+    want = spec.sample_shape
+    got = shape[1:]
+    if len(shape) < 1 or len(got) != len(want) or any(
+        isinstance(w, int) and w > 0 and w != g for w, g in zip(want, got)
+    ):
+        pretty = "x".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in want)
+        raise CalibrationError(
+            f"{where}: array for input '{spec.name}' has shape {list(shape)}; expected [samples, {pretty}]"
+            " (the first axis holds the samples)"
+        )
+    if shape[0] < 1:
+        raise CalibrationError(f"{where}: array for input '{spec.name}' holds no samples")
+
+
+def _match_names(where: str, names: Sequence[str], inputs: Sequence[InputSpec]) -> dict[str, str]:
+    """Map each model input to an array name: same name, or the only array for a single-input model."""
+    wanted = [s.name for s in inputs]
+    if all(n in names for n in wanted):
+        return {n: n for n in wanted}
+    if len(inputs) == 1 and len(names) == 1:
+        return {wanted[0]: names[0]}
+    missing = [n for n in wanted if n not in names]
+    raise CalibrationError(
+        f"{where}: no array named {', '.join(repr(m) for m in missing)}; arrays must be named after the "
+        f"model inputs ({', '.join(wanted)}), found {', '.join(names) or 'none'}"
+    )
+
+
+def _sample_count(where: str, counts: Mapping[str, int]) -> int:
+    if len(set(counts.values())) > 1:
+        raise CalibrationError(f"{where}: arrays hold different sample counts {dict(counts)}")
+    return next(iter(counts.values()))
+
+
+@dataclass
+class ArraySource:
+    """Arrays already in memory (or memory-mapped), one per model input, samples first.
+
+    Attributes:
+        arrays: ``{input name: array}``; a single array is accepted for a single-input model.
+        samples: use at most this many samples (None: all).
+        batch_size: samples per batch.
+        name: what :meth:`describe` calls the data.
+    """
+
+    arrays: Mapping[str, np.ndarray]
+    samples: int | None = None
+    batch_size: int = DEFAULT_BATCH
+    name: str = "arrays"
+
+    def __post_init__(self) -> None:
+        _check_counts(self.samples, self.batch_size)
+
+    def describe(self) -> str:
+        return self.name
+
+    def _mapping(self, inputs: Sequence[InputSpec]) -> dict[str, str]:
+        mapping = _match_names(self.name, list(self.arrays), inputs)
+        for spec in inputs:
+            a = self.arrays[mapping[spec.name]]
+            _check_array(self.name, spec, tuple(np.shape(a)), np.asarray(a[:0]).dtype)
+        return mapping
+
+    def count(self, inputs: Sequence[InputSpec]) -> int | None:
+        mapping = self._mapping(inputs)
+        n = _sample_count(self.name, {k: len(self.arrays[v]) for k, v in mapping.items()})
+        return min(n, self.samples) if self.samples else n
+
+    def batches(self, inputs: Sequence[InputSpec]) -> Iterator[dict[str, np.ndarray]]:
+        mapping = self._mapping(inputs)
+        total = self.count(inputs) or 0
+        for start in range(0, total, self.batch_size):
+            stop = min(total, start + self.batch_size)
+            yield {s.name: np.asarray(self.arrays[mapping[s.name]][start:stop], dtype=s.dtype) for s in inputs}
+
+
+def _npy_header(fh: IO[bytes], where: str) -> tuple[tuple[int, ...], np.dtype, bool]:
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    except ValueError as exc:
+        raise CalibrationError(f"{where}: not a valid .npy array ({exc})") from None
+    return tuple(shape), np.dtype(dtype), bool(fortran)
+
+
+@dataclass
+class NpzSource:
+    """A ``.npz`` file with one array per model input (named after it), samples first; streamed.
+
+    Each member is read batch by batch from its (possibly compressed) zip stream, so only one batch of
+    every input is in memory at a time.
+    """
+
+    path: Path
+    samples: int | None = None
+    batch_size: int = DEFAULT_BATCH
+
+    def __post_init__(self) -> None:
+        _check_counts(self.samples, self.batch_size)
+        self.path = Path(self.path)
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                members = [n for n in zf.namelist() if n.endswith(".npy")]
+                self._headers = {}
+                for m in members:
+                    with zf.open(m) as fh:
+                        self._headers[m[:-4]] = _npy_header(fh, f"{self.path}:{m}")
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CalibrationError(f"{self.path}: not a readable .npz file ({exc})") from None
+        if not self._headers:
+            raise CalibrationError(f"{self.path}: the .npz file holds no arrays")
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def _mapping(self, inputs: Sequence[InputSpec]) -> dict[str, str]:
+        where = str(self.path)
+        mapping = _match_names(where, list(self._headers), inputs)
+        for spec in inputs:
+            shape, dtype, _ = self._headers[mapping[spec.name]]
+            _check_array(where, spec, shape, dtype)
+        return mapping
+
+    def count(self, inputs: Sequence[InputSpec]) -> int | None:
+        mapping = self._mapping(inputs)
+        n = _sample_count(str(self.path), {k: self._headers[v][0][0] for k, v in mapping.items()})
+        return min(n, self.samples) if self.samples else n
+
+    def batches(self, inputs: Sequence[InputSpec]) -> Iterator[dict[str, np.ndarray]]:
+        mapping = self._mapping(inputs)
+        total = self.count(inputs) or 0
+        with zipfile.ZipFile(self.path) as zf:
+            streams = {}
+            try:
+                for spec in inputs:
+                    member = mapping[spec.name]
+                    shape, dtype, fortran = self._headers[member]
+                    fh = zf.open(member + ".npy")
+                    _npy_header(fh, str(self.path))
+                    if fortran:  # column-major: rows are not contiguous, read the array once
+                        data = np.lib.format.read_array(zf.open(member + ".npy"), allow_pickle=False)
+                        fh.close()
+                        streams[spec.name] = (None, data, shape, dtype)
+                    else:
+                        streams[spec.name] = (fh, None, shape, dtype)
+                for start in range(0, total, self.batch_size):
+                    n = min(total, start + self.batch_size) - start
+                    feed = {}
+                    for spec in inputs:
+                        fh, data, shape, dtype = streams[spec.name]
+                        if data is not None:
+                            chunk = data[start:start + n]
+                        else:
+                            row = int(np.prod(shape[1:], dtype=np.int64))
+                            raw = fh.read(n * row * dtype.itemsize)
+                            chunk = np.frombuffer(raw, dtype=dtype).reshape((n, *shape[1:]))
+                        feed[spec.name] = np.asarray(chunk, dtype=spec.dtype)
+                    yield feed
+            finally:
+                for fh, *_ in streams.values():
+                    if fh is not None:
+                        fh.close()
+
+
+@dataclass
+class NpySource:
+    """A ``.npy`` array (samples first) for a single-input model; memory-mapped."""
+
+    path: Path
+    samples: int | None = None
+    batch_size: int = DEFAULT_BATCH
+
+    def __post_init__(self) -> None:
+        _check_counts(self.samples, self.batch_size)
+        self.path = Path(self.path)
+        try:
+            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise CalibrationError(f"{self.path}: not a readable .npy array ({exc})") from None
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def _source(self, inputs: Sequence[InputSpec]) -> ArraySource:
+        if len(inputs) != 1:
+            raise CalibrationError(
+                f"{self.path}: a .npy file feeds single-input models only; this model has inputs "
+                f"{', '.join(s.name for s in inputs)} — use a .npz with one array per input"
+            )
+        return ArraySource({inputs[0].name: self._array}, self.samples, self.batch_size, str(self.path))
+
+    def count(self, inputs: Sequence[InputSpec]) -> int | None:
+        return self._source(inputs).count(inputs)
+
+    def batches(self, inputs: Sequence[InputSpec]) -> Iterator[dict[str, np.ndarray]]:
+        return self._source(inputs).batches(inputs)
+
+
+@dataclass
+class RandomSource:
+    """Seeded random inputs: standard normal floats, small non-negative integers, fair booleans.
+
+    Dynamic non-batch dimensions take their size from ``shapes`` (``{input: sample shape}``), else
+    :data:`RANDOM_DIM`. Meant for tests and for data-free criteria that need a fallback.
+    """
+
+    samples: int | None = 32
+    batch_size: int = 8
+    seed: int = 0
+    shapes: Mapping[str, tuple[int, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        _check_counts(self.samples, self.batch_size)
+
+    def describe(self) -> str:
+        return f"random normal inputs (seed {self.seed})"
+
+    def count(self, inputs: Sequence[InputSpec]) -> int | None:
+        return self.samples or 32
+
+    def batches(self, inputs: Sequence[InputSpec]) -> Iterator[dict[str, np.ndarray]]:
+        rng = np.random.default_rng(self.seed)
+        total = self.count(inputs) or 0
+        for start in range(0, total, self.batch_size):
+            n = min(total, start + self.batch_size) - start
+            feed = {}
+            for spec in inputs:
+                sample = (tuple(self.shapes[spec.name]) if self.shapes and spec.name in self.shapes else
+                          tuple(d if isinstance(d, int) and d > 0 else RANDOM_DIM for d in spec.sample_shape))
+                shape = (n, *sample)
+                if spec.dtype.kind == "f":
+                    feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+                elif spec.dtype.kind == "b":
+                    feed[spec.name] = rng.random(shape) < 0.5
+                else:
+                    feed[spec.name] = rng.integers(0, 4, size=shape).astype(spec.dtype)
+            yield feed
+
+
+def load_calibration(
+    data: object,
+    *,
+    samples: int | None = None,
+    batch_size: int | None = None,
+    preprocess: object | None = None,
+    seed: int = 0,
+) -> CalibrationSource | None:
+    """Turn what the user gave into a calibration source.
+
+    Args:
+        data: None; a source (returned with ``samples``/``batch_size`` applied when given); the string
+            ``"random"``; a path to a ``.npz``, a ``.npy`` or a folder of PNG/JPEG images; a numpy array
+            (single-input models) or a mapping ``{input name: array}``.
+        samples: use at most this many samples (default: all of a file, 32 random ones).
+        batch_size: samples per ONNX Runtime run (default 16).
+        preprocess: image preprocessing (a :class:`~spa.calibration.images.Preprocess` or its string
+            form, see :meth:`~spa.calibration.images.Preprocess.parse`); images only.
+        seed: seed of random data.
+
+    Raises:
+        CalibrationError: unknown format, missing path, bad counts.
+    """
+    from spa.calibration.images import ImageFolderSource, Preprocess
+
+    if data is None:
+        return None
+    batch = batch_size or DEFAULT_BATCH
+    if isinstance(data, (str, os.PathLike)) and str(data) == "random":
+        return RandomSource(samples=32 if samples is None else samples,
+                            batch_size=8 if batch_size is None else batch_size, seed=seed)
+    if isinstance(data, np.ndarray):
+        return ArraySource({"": data}, samples, batch, "array")
+    if isinstance(data, Mapping):
+        return ArraySource({str(k): v for k, v in data.items()}, samples, batch, "arrays")
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.exists():
+            raise CalibrationError(f"{path}: no such calibration file or folder")
+        if preprocess is not None and not path.is_dir():
+            raise CalibrationError(f"{path}: preprocessing options apply to image folders only")
+        if path.is_dir():
+            pre = Preprocess.parse(preprocess) if isinstance(preprocess, str) else preprocess
+            return ImageFolderSource(path, pre or Preprocess(), samples, batch)
+        suffix = path.suffix.lower()
+        if suffix == ".npz":
+            return NpzSource(path, samples, batch)
+        if suffix == ".npy":
+            return NpySource(path, samples, batch)
+        raise CalibrationError(
+            f"{path}: unknown calibration format '{suffix or path.name}'; use a .npz (one array per input), "
+            "a .npy (single-input models) or a folder of PNG/JPEG images"
+        )
+    if hasattr(data, "batches") and hasattr(data, "count"):
+        changes = {k: v for k, v in (("samples", samples), ("batch_size", batch_size)) if v is not None}
+        if changes and dataclasses.is_dataclass(data) and not isinstance(data, type):
+            return dataclasses.replace(data, **changes)  # type: ignore[return-value]
+        return data  # type: ignore[return-value]
+    raise CalibrationError(f"cannot use a {type(data).__name__} as calibration data")

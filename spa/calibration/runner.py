@@ -1,0 +1,182 @@
+"""Run a model in ONNX Runtime over a calibration source, exposing intermediate tensors.
+
+:func:`run_batches` adds the requested *taps* (intermediate tensors) as extra graph outputs, feeds the
+source batch by batch and yields each batch's feeds and tap values; nothing is kept between batches.
+
+Exported models often fix the batch dimension to 1. Then the runner tries a copy whose inputs have a
+symbolic batch dimension and checks it once on the first two samples against sample-by-sample runs of
+the original; if that fails (e.g. a Reshape constant bakes in the batch) it falls back to running one
+sample at a time. A progress bar (rich, on stderr) shows while a terminal is attached.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from spa.calibration.data import CalibrationError, CalibrationSource, InputSpec, input_specs
+from spa.validate.runtime import session
+
+log = logging.getLogger(__name__)
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    types: dict[str, int] = {}
+    for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
+        if vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for init in model.graph.initializer:
+        types[init.name] = init.data_type
+    return types
+
+
+def tapped_model(model: onnx.ModelProto, taps: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose outputs also include ``taps`` (graph inputs and outputs are skipped)."""
+    out = copy.deepcopy(model)
+    present = {o.name for o in out.graph.output} | {i.name for i in out.graph.input}
+    types = _elem_types(model)
+    produced = {o for n in model.graph.node for o in n.output}
+    for t in dict.fromkeys(taps):
+        if t in present:
+            continue
+        if t not in produced:
+            raise CalibrationError(f"tensor '{t}' is not produced by any node; cannot collect statistics on it")
+        out.graph.output.append(helper.make_tensor_value_info(t, types.get(t, onnx.TensorProto.FLOAT), None))
+    return out
+
+
+def _with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    out = copy.deepcopy(model)
+    del out.graph.value_info[:]
+    inits = {i.name for i in out.graph.initializer}
+    for vi in list(out.graph.input) + list(out.graph.output):
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = "spa_batch"
+    return out
+
+
+def _static_batch(specs: Sequence[InputSpec]) -> int | None:
+    """The fixed batch size of the inputs (None when dynamic)."""
+    sizes = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    return min(sizes) if sizes else None
+
+
+@dataclass
+class BatchRun:
+    """One batch: the number of samples, the feeds and the tapped tensors (and outputs)."""
+
+    samples: int
+    feeds: dict[str, np.ndarray]
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _progress(show: bool):  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=console, transient=True,
+                    disable=not (show and sys.stderr.isatty() and console.is_terminal))
+
+
+def run_batches(
+    model: onnx.ModelProto,
+    source: CalibrationSource,
+    taps: Sequence[str] = (),
+    *,
+    outputs: bool = False,
+    desc: str = "calibration",
+    threads: int = 1,
+    progress: bool = True,
+    check_batching: bool = True,
+) -> Iterator[BatchRun]:
+    """Run ``model`` over ``source``, yielding every batch's feeds and the values of ``taps``.
+
+    Args:
+        model: the model (not modified).
+        source: the calibration data.
+        taps: tensor names to expose; graph inputs are taken from the feeds.
+        outputs: also return the model's own outputs in :attr:`BatchRun.values`.
+        desc: progress bar label.
+        threads: ONNX Runtime intra-op threads.
+        progress: show a progress bar (only ever on a terminal; one bar may be live at a time).
+        check_batching: compare a batched run of a fixed-batch model with per-sample runs before
+            trusting it; turn off for models whose samples interact (batch-statistics BatchNorm).
+
+    Raises:
+        CalibrationError: the data does not fit the model or ONNX Runtime rejects it.
+    """
+    specs = input_specs(model)
+    input_names = {s.name for s in specs}
+    own = [o.name for o in model.graph.output] if outputs else []
+    wanted = list(dict.fromkeys(list(taps) + own))
+    fetch = [t for t in wanted if t not in input_names]
+    tapped = tapped_model(model, fetch)
+    static = _static_batch(specs)
+    total = source.count(specs)
+
+    fixed = session(tapped, threads=threads)
+    dynamic = None
+    if static == 1 and source.batch_size > 1:
+        try:
+            dynamic = session(_with_dynamic_batch(tapped), threads=threads)
+        except Exception as exc:  # noqa: BLE001 - any failure means: run sample by sample
+            log.debug("dynamic-batch copy does not load (%s); running one sample at a time", exc)
+    checked = False
+
+    def run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+        try:
+            return sess.run(fetch, feeds)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise CalibrationError(f"ONNX Runtime failed on the calibration data ({source.describe()}): "
+                                   f"{str(exc).splitlines()[0]}") from exc
+
+    def per_sample(feeds: dict[str, np.ndarray], n: int, step: int) -> list[np.ndarray]:
+        parts = [run(fixed, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n - n % step, step)]
+        if not parts:
+            raise CalibrationError(f"the model's batch size is fixed to {step}; a batch of {n} samples is too small")
+        return [np.concatenate([p[j] for p in parts]) if np.ndim(parts[0][j]) else parts[0][j]
+                for j in range(len(fetch))]
+
+    with _progress(progress) as bar:
+        task = bar.add_task(desc, total=total)
+        for feeds in source.batches(specs):
+            n = len(next(iter(feeds.values()))) if feeds else 0
+            if dynamic is not None and not checked and check_batching:
+                checked = True
+                try:
+                    probe = {k: v[:2] for k, v in feeds.items()}
+                    got = dynamic.run(fetch, probe)
+                    want = per_sample(probe, min(n, 2), 1)
+                    ok = all(np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=1e-4, atol=1e-5)
+                             for a, b in zip(got, want))
+                except Exception as exc:  # noqa: BLE001
+                    log.debug("dynamic batch check raised %s", exc)
+                    ok = False
+                if not ok:
+                    log.info("the model does not run batched; calibrating one sample at a time")
+                    dynamic = None
+            if dynamic is not None:
+                values = run(dynamic, feeds)
+            elif static is not None and static != n:
+                values = per_sample(feeds, n, static)
+                n = n - n % static
+                feeds = {k: v[:n] for k, v in feeds.items()}
+            else:
+                values = run(fixed, feeds)
+            got_values = dict(zip(fetch, values))
+            got_values.update({t: feeds[t] for t in wanted if t in input_names})
+            yield BatchRun(n, feeds, got_values)
+            bar.advance(task, n)

@@ -1,0 +1,212 @@
+"""Streaming statistics of intermediate tensors, accumulated in float64.
+
+* :class:`FeatureMoments` — per element of one axis: count, Σx, Σx² (mean, variance, RMS), reduced
+  over every other axis (batch and spatial positions).
+* :class:`SecondMoment` — ``H = XᵀX / n`` of the rows of a 2-D view of the tensor: the features of a
+  dense layer's input, or the im2col unfolding of a convolution's input (:class:`ConvUnfold`, one row
+  per output position, columns ordered channel-major then kernel taps, matching a Conv weight
+  ``[M, C, k...]`` reshaped to ``[M, C·Πk]``).
+
+:func:`collect` runs the model once over the calibration data and feeds every tap's value to its
+accumulators, batch by batch: memory is bounded by the statistics, not by the data set.
+
+>>> u = ConvUnfold(kernel=(2,), strides=(1,), dilations=(1,), pads=(0, 0))
+>>> u.rows(np.arange(6.0).reshape(1, 2, 3)).tolist()   # 1 sample, 2 channels, length 3
+[[0.0, 1.0, 3.0, 4.0], [1.0, 2.0, 4.0, 5.0]]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import onnx
+
+from spa.calibration.data import CalibrationSource
+from spa.calibration.runner import run_batches
+
+#: rows·features of one float64 chunk when accumulating XᵀX (about 32 MB)
+CHUNK_ELEMENTS = 4_000_000
+
+
+@dataclass(frozen=True)
+class ConvUnfold:
+    """im2col for an N-d convolution: kernel, strides, dilations, pads ``(begin..., end...)``."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pads: tuple[int, ...]
+    auto_pad: str = "NOTSET"
+
+    @property
+    def taps(self) -> int:
+        """Kernel positions per channel."""
+        return int(np.prod(self.kernel))
+
+    def _pads(self, spatial: Sequence[int]) -> list[tuple[int, int]]:
+        d = len(self.kernel)
+        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            out = []
+            for s, k, st, dl in zip(spatial, self.kernel, self.strides, self.dilations):
+                total = max((math.ceil(s / st) - 1) * st + (k - 1) * dl + 1 - s, 0)
+                small, big = total // 2, total - total // 2
+                out.append((small, big) if self.auto_pad == "SAME_UPPER" else (big, small))
+            return out
+        if self.auto_pad == "VALID":
+            return [(0, 0)] * d
+        return [(self.pads[i], self.pads[i + d]) for i in range(d)]
+
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """``x`` [N, C, *spatial] → [N·Π(out spatial), C·Π(kernel)]."""
+        d = len(self.kernel)
+        n, c = x.shape[:2]
+        pads = self._pads(x.shape[2:])
+        xp = np.pad(x, [(0, 0), (0, 0), *pads])
+        eff = tuple((k - 1) * dl + 1 for k, dl in zip(self.kernel, self.dilations))
+        win = np.lib.stride_tricks.sliding_window_view(xp, eff, axis=tuple(range(2, 2 + d)))
+        index = ((slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.strides)
+                 + tuple(slice(None, None, dl) for dl in self.dilations))
+        win = win[index]  # [N, C, *out, *kernel]
+        order = (0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d))
+        return win.transpose(order).reshape(-1, c * self.taps)
+
+
+class Accumulator(Protocol):
+    """Consumes one tapped tensor per batch."""
+
+    def update(self, x: np.ndarray) -> None:
+        """Add one batch."""
+
+
+class FeatureMoments:
+    """Count, Σx and Σx² per element of ``axis`` over every other axis."""
+
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+        self.count = 0
+        self.sum: np.ndarray | None = None
+        self.sumsq: np.ndarray | None = None
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.moveaxis(np.asarray(x), self.axis, -1)
+        x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+        s, q = x.sum(axis=0), np.einsum("ij,ij->j", x, x)
+        self.sum = s if self.sum is None else self.sum + s
+        self.sumsq = q if self.sumsq is None else self.sumsq + q
+        self.count += x.shape[0]
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Per-element mean."""
+        assert self.sum is not None, "no data"
+        return self.sum / max(self.count, 1)
+
+    @property
+    def var(self) -> np.ndarray:
+        """Per-element (population) variance."""
+        assert self.sumsq is not None, "no data"
+        return np.maximum(self.sumsq / max(self.count, 1) - self.mean**2, 0.0)
+
+    @property
+    def rms(self) -> np.ndarray:
+        """Per-element root mean square (the Wanda ‖x‖ up to the constant √n)."""
+        assert self.sumsq is not None, "no data"
+        return np.sqrt(self.sumsq / max(self.count, 1))
+
+
+class SecondMoment:
+    """``XᵀX / n`` (and the column means) of the rows ``to_rows(x)`` of every batch.
+
+    With ``groups > 1`` the features split into that many equal contiguous blocks (the groups of a
+    grouped conv) and only the diagonal blocks of ``XᵀX`` are accumulated.
+    """
+
+    def __init__(self, to_rows: Callable[[np.ndarray], np.ndarray], features: int, groups: int = 1) -> None:
+        if features % groups:
+            raise ValueError(f"{features} features do not split into {groups} groups")
+        self.to_rows = to_rows
+        self.features = features
+        self.groups = groups
+        size = features // groups
+        self.xtx = np.zeros((groups, size, size), dtype=np.float64)
+        self.colsum = np.zeros(features, dtype=np.float64)
+        self.count = 0
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x)
+        if not len(x):
+            return
+        per_sample = max(self.to_rows(x[:1]).shape[0], 1) * self.features
+        step = max(1, CHUNK_ELEMENTS // per_sample)
+        row_chunk = max(1, CHUNK_ELEMENTS // self.features)
+        size = self.features // self.groups
+        for i in range(0, len(x), step):
+            rows = self.to_rows(x[i:i + step])
+            for j in range(0, rows.shape[0], row_chunk):
+                r = rows[j:j + row_chunk].astype(np.float64)
+                for g in range(self.groups):
+                    rg = r[:, g * size:(g + 1) * size]
+                    self.xtx[g] += rg.T @ rg
+                self.colsum += r.sum(axis=0)
+                self.count += r.shape[0]
+
+    def block(self, g: int) -> np.ndarray:
+        """Diagonal block ``g`` of ``H = XᵀX / n`` (float64, symmetric)."""
+        h = self.xtx[g] / max(self.count, 1)
+        return (h + h.T) / 2
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """``H = XᵀX / n`` (block-diagonal when ``groups > 1``)."""
+        if self.groups == 1:
+            return self.block(0)
+        size = self.features // self.groups
+        h = np.zeros((self.features, self.features))
+        for g in range(self.groups):
+            h[g * size:(g + 1) * size, g * size:(g + 1) * size] = self.block(g)
+        return h
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Column means of X."""
+        return self.colsum / max(self.count, 1)
+
+
+def dense_rows(axis: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Rows of a dense layer's input: ``axis`` holds the features, every other axis is a sample."""
+
+    def rows(x: np.ndarray) -> np.ndarray:
+        x = np.moveaxis(x, axis, -1)
+        return x.reshape(-1, x.shape[-1])
+
+    return rows
+
+
+def collect(
+    model: onnx.ModelProto,
+    source: CalibrationSource,
+    accumulators: Mapping[str, Sequence[Accumulator]],
+    *,
+    desc: str = "calibration statistics",
+    threads: int = 1,
+    check_batching: bool = True,
+) -> int:
+    """Run ``model`` over ``source`` once, feeding each tapped tensor to its accumulators.
+
+    ``check_batching`` is passed to :func:`~spa.calibration.runner.run_batches`.
+
+    Returns:
+        The number of samples seen.
+    """
+    seen = 0
+    for run in run_batches(model, source, list(accumulators), desc=desc, threads=threads,
+                           check_batching=check_batching):
+        for name, accs in accumulators.items():
+            for acc in accs:
+                acc.update(run.values[name])
+        seen += run.samples
+    return seen

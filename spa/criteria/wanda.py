@@ -1,0 +1,71 @@
+"""``wanda``: weight magnitude times input activation norm (Sun et al., Wanda, 2023), per channel.
+
+For every consumer of a group, a column's score is ``Σ_rows |W[r, j]| · ‖x_j‖`` where ``‖x_j‖`` is the
+root mean square of the column's input channel over the calibration data (every sample and spatial
+position); a channel sums its columns (all kernel taps of a conv), and the group reduces over its
+consumers (``sum`` by default). Needs calibration data; compensates nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from spa.analysis.groups import Analysis
+from spa.criteria import calibrated
+from spa.criteria.base import CriterionContext, Scores, Updates
+from spa.criteria.consumers import Consumer, Fallback
+from spa.criteria.obs import l2_fallback
+from spa.criteria.reduce import finish
+from spa.plan import Plan
+
+
+def column_scores(c: Consumer, wm: np.ndarray, per_element: np.ndarray, channels: int,
+                  square: bool = False) -> np.ndarray:
+    """Σ over rows of ``|W|·v`` (or ``W²·v`` when ``square``), per channel, ``v`` per input element."""
+    out = np.zeros(channels)
+    for block in c.blocks:
+        w = wm[block.rows]
+        mag = np.square(w) if square else np.abs(w)
+        np.add.at(out, c.col_labels, mag.sum(axis=0) * per_element[block.elements])
+    return out
+
+
+def magnitude_members(analysis: Analysis, fb: Fallback, channels: int, square: bool) -> np.ndarray:
+    """Σ|w| (or Σw²) of a fallback consumer's slice, per channel."""
+    w = np.asarray(analysis.model.graph.tensors()[fb.weight].values, dtype=np.float64)
+    mag = np.square(w) if square else np.abs(w)
+    per = np.moveaxis(mag, fb.axis, 0).reshape(w.shape[fb.axis], -1).sum(axis=1)
+    out = np.zeros(channels)
+    np.add.at(out, fb.labels, per)
+    return out
+
+
+@dataclass(frozen=True)
+class Wanda:
+    """|W| · RMS(x) summed over a channel's consumer columns."""
+
+    name: str = "wanda"
+
+    def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:
+        views = calibrated.consumers(analysis, ctx, self.name)
+        real = [c for vs in views.values() for c in vs if isinstance(c, Consumer)]
+        src = calibrated.source(ctx, self.name)
+        assert src is not None
+        stats = calibrated.feature_moments(analysis, ctx, self.name, real, src)
+        members: dict[int, list[np.ndarray]] = {}
+        for gid, vs in views.items():
+            channels = analysis.groups[gid].channels
+            parts = []
+            for c in vs:
+                if isinstance(c, Fallback):
+                    parts.append(magnitude_members(analysis, c, channels, square=False))
+                else:
+                    wm = c.matrix(calibrated.weight(analysis, c.weight))
+                    parts.append(column_scores(c, wm, stats[(c.input, c.input_axis)].rms, channels))
+            members[gid] = parts or [l2_fallback(analysis, ctx, self.name, gid)]
+        return finish(members, ctx)
+
+    def compensate(self, analysis: Analysis, plan: Plan, ctx: CriterionContext) -> Updates:
+        return {}
