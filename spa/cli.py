@@ -103,6 +103,31 @@ def _human(n: float) -> str:
     return f"{n:.3g}P"
 
 
+def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Read a TOML recipe into the command's defaults (command-line options still win)."""
+    if not value:
+        return value
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        data = tomllib.loads(Path(value).read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--config {value}: {exc}") from exc
+    overrides = data.pop("override", [])
+    known = {p.name for p in ctx.command.params}
+    unknown = sorted(k for k in data if k.replace("-", "_") not in known)
+    if unknown:
+        raise UsageError(f"--config {value}: unknown option(s) {', '.join(unknown)}")
+    ctx.default_map = (ctx.default_map or {}) | {k.replace("-", "_"): v for k, v in data.items()}
+    try:
+        ctx.ensure_object(dict)["overrides"] = [(str(o["pattern"]), float(o["ratio"])) for o in overrides]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"--config {value}: each [[override]] needs pattern and ratio ({exc})") from exc
+    return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spa")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
@@ -147,7 +172,7 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned model path.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Pruned model path (required unless --dry-run).")
 @click.option("--ratio", type=float, default=0.5, show_default=True, help="Fraction of channels to remove, in [0, 1).")
 @click.option("--criterion", default="l2", show_default=True,
               help="Importance criterion: l1, l2, random, bn, lamp, obspa (data-free); obs, wanda, flap (need --calib).")
@@ -171,15 +196,51 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.option("--reduction", type=click.Choice(["sum", "mean", "max"]), help="Combine a group's members (default sum).")
 @click.option("--normalize", type=click.Choice(["mean", "lamp", "zscore", "none"]),
               help="Normalise scores per group (default mean; lamp for --criterion lamp).")
+@click.option("--target-macs", type=float, metavar="X", help="Instead of --ratio: prune until MACs fall to X "
+              "(a fraction <= 1 of the original, or an absolute count).")
+@click.option("--target-params", type=float, metavar="X", help="The same for parameters.")
+@click.option("--unconstrained", is_flag=True, help="UPSCALE: consumers of a shared tensor keep their own channels.")
+@click.option("--reorder/--no-reorder", default=True, show_default=True,
+              help="With --unconstrained: lay channels out so consumers read contiguous ranges (Slice, not Gather).")
+@click.option("--consumer-mode", type=click.Choice(["layout", "gather", "zero", "auto"]), default="layout",
+              show_default=True, help="With --unconstrained: how a consumer reads its channels; auto measures "
+              "copy vs extra MACs in ONNX Runtime.")
+@click.option("--prune-heads/--no-prune-heads", default=True, show_default=True, help="Prune attention heads.")
+@click.option("--head-ratio", type=float, help="Ratio for attention-head groups (default: --ratio).")
+@click.option("--dry-run", is_flag=True, help="Print the plan as JSON (or to --report) and write no model.")
+@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=True, callback=_load_config,
+              help="TOML file with option defaults and [[override]] pattern/ratio tables.")
 @click.pass_context
-def prune(ctx: click.Context, model: str, output: str, ratio: float, criterion: str, global_rank: bool,
+def prune(ctx: click.Context, model: str, output: str | None, ratio: float, criterion: str, global_rank: bool,
           max_ratio: float, round_to: int, min_channels: int, ignore: tuple[str, ...], seed: int,
           report: str | None, emit_masked: str | None, external_data: bool, force: bool, calib: str | None,
           calib_samples: int | None, calib_batch: int | None, calib_preprocess: str | None,
-          eval_data: str | None, reduction: str | None, normalize: str | None) -> int:
-    """Prune MODEL and write the result to OUTPUT."""
+          eval_data: str | None, reduction: str | None, normalize: str | None, target_macs: float | None,
+          target_params: float | None, unconstrained: bool, reorder: bool, consumer_mode: str, prune_heads: bool,
+          head_ratio: float | None, dry_run: bool, config: str | None) -> int:
+    """Prune MODEL and write the result to OUTPUT.
+
+    Every option can also come from a TOML file given with --config (keys are option names with
+    underscores, e.g. ``ratio = 0.4``, ``round_to = 8``; ``[[override]]`` tables with ``pattern`` and
+    ``ratio`` set per-group ratios). Options on the command line win over the file.
+    """
     if not 0.0 <= ratio < 1.0:
         raise UsageError(f"--ratio must be in [0, 1), got {ratio}")
+    overrides = list(ctx.obj.get("overrides", ()))
+    if dry_run:
+        result = api.prune(model, ratio, criterion, global_rank=global_rank, max_ratio=max_ratio,
+                           round_to=round_to, min_channels=min_channels, ignore=ignore, seed=seed, check=False,
+                           calibration=calib, calib_samples=calib_samples, calib_batch=calib_batch,
+                           calib_preprocess=calib_preprocess, reduction=reduction, normalize=normalize,
+                           target_macs=target_macs, target_params=target_params, overrides=overrides,
+                           unconstrained=unconstrained, reorder=reorder, consumer_mode=consumer_mode,
+                           prune_heads=prune_heads, head_ratio=head_ratio)
+        data = {"input": model, "dry_run": True, "plan": result.plan.to_json()} | {
+            k: v for k, v in result.report.items() if k != "groups"}
+        _write_json(data, report or "-")
+        return 0
+    if not output:
+        raise UsageError("missing option -o/--output (or use --dry-run)")
     check_paths(Path(model), Path(output), force=force)
     destinations = {"--output": Path(output).resolve()}
     for opt, dest in (("--emit-masked", emit_masked), ("--report", report)):
@@ -194,7 +255,9 @@ def prune(ctx: click.Context, model: str, output: str, ratio: float, criterion: 
                        round_to=round_to, min_channels=min_channels, ignore=ignore, seed=seed,
                        emit_masked=bool(emit_masked), calibration=calib, calib_samples=calib_samples,
                        calib_batch=calib_batch, calib_preprocess=calib_preprocess, reduction=reduction,
-                       normalize=normalize)
+                       normalize=normalize, target_macs=target_macs, target_params=target_params,
+                       overrides=overrides, unconstrained=unconstrained, reorder=reorder,
+                       consumer_mode=consumer_mode, prune_heads=prune_heads, head_ratio=head_ratio)
     result.save(output, external_data=external_data or None)
     if emit_masked:
         result.save_masked(emit_masked, external_data=external_data or None)
@@ -249,8 +312,9 @@ def prune(ctx: click.Context, model: str, output: str, ratio: float, criterion: 
 @click.option("--masked", type=click.Path(dir_okay=False), help="Masked twin from `spa prune --emit-masked`.")
 @click.option("--trials", type=int, default=3, show_default=True, help="Random inputs to try.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True)
-@click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True)
+@click.option("--rtol", type=float, default=DEFAULT_RTOL, show_default=True, help="Relative tolerance.")
+@click.option("--atol", type=float, default=DEFAULT_ATOL, show_default=True,
+              help="Absolute tolerance, in units of max(1, max|output|) per output.")
 @click.option("--shape", "shape_opts", multiple=True, metavar="NAME=1x3x224x224", help="Concrete input shape.")
 @click.option("--json", "json_out", metavar="PATH|-", help="Write the comparison as JSON.")
 @click.pass_context
