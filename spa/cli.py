@@ -26,7 +26,8 @@ from spa.graph.io import check_paths, load_model, save_model
 from spa.validate.oracle import DEFAULT_ATOL, DEFAULT_RTOL
 from spa.version import __version__
 
-console = Console(stderr=False)
+# pipes and CI logs get a wide table instead of rich's 80-column default
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 #: click >= 8.2 raises this for a group called without a command.
 _NO_ARGS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
@@ -158,15 +159,16 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
     if ctx.obj["quiet"] or json_out == "-":
         return 0
     table = Table(title=f"{model}: {len(analysis.groups)} channel groups, {len(analysis.prunable)} prunable")
-    for col in ("id", "channels", "status", "group (first weight)", "members", "reason"):
+    for col in ("id", "kind", "channels", "status", "group (first weight)", "members", "reason"):
         table.add_column(col, overflow="fold")
     for g in analysis.groups:
         n_w = sum(m.kind == "weight" for m in g.members)
         reason = "\n".join(g.reasons) if show_all else (g.reasons[0] if g.reasons else "")
-        table.add_row(str(g.id), str(g.channels), "[green]prunable" if g.prunable else "[red]blocked",
-                      g.label, f"{n_w} weights, {len(g.members) - n_w} tensors", reason)
+        table.add_row(str(g.id), g.kind, str(g.channels), "[green]prunable" if g.prunable else "[red]blocked",
+                      escape(g.label), f"{n_w} weights, {len(g.members) - n_w} tensors", escape(reason))
     console.print(table)
-    console.print(f"prunable parameter fraction: {analysis.prunable_param_fraction():.1%}")
+    console.print(f"prunable parameter fraction: {analysis.prunable_param_fraction():.1%} of weights lie in "
+                  "prunable channel slices")
     return 0
 
 
