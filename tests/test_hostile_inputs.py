@@ -524,7 +524,9 @@ def qdq_dense_model(opset: int = 13) -> onnx.ModelProto:
     w2 = b.weight(5, 10)
     s2, z2 = b.const(np.full(5, 0.01, np.float32), "s2"), b.const(np.zeros(5, np.int8), "z2")
     w2_dq = b.op("DequantizeLinear", [b.op("QuantizeLinear", [w2, s2, z2], axis=0), s2, z2], axis=0)
-    bias = b.op("DequantizeLinear", [b.const(np.arange(5, dtype=np.int32), "bq"), b.const(np.float32(0.1), "bs")])
+    # an int32 bias with the conventional scale (input scale × weight scale), as ONNX Runtime's QDQ fusions assume
+    bias = b.op("DequantizeLinear", [b.const(np.arange(5, dtype=np.int32) * 200, "bq"),
+                                     b.const(np.float32(0.05 * 0.01), "bs")])
     b.output(str(b.op("Gemm", [h, w2_dq, bias], transB=1)))
     return b.build()
 
@@ -539,6 +541,13 @@ def test_qdq_dense_layers(opset: int) -> None:
     assert d[wq] == [6, 5] and d[next(n for n in d if n.startswith("ws"))] == [5]  # columns and their scales
     assert d[next(n for n in d if n.startswith("as"))] == [5]  # per-channel activation scale sliced
     assert d[next(n for n in d if n.startswith("w") and d[n][0] == 5 and len(d[n]) == 2)] == [5, 5]
+
+
+def test_qdq_per_channel_scales_pruned_to_one_channel() -> None:
+    """Down to one channel the per-axis scales become one-element vectors (per-tensor to ONNX Runtime, which
+    then fuses the QDQ Gemm): still the masked twin's result, given the conventional bias scale."""
+    r = assert_oracle(qdq_dense_model(), 0.9, **QDQ_TOL)  # type: ignore[arg-type]
+    assert dims(r.model)[next(n for n in dims(r.model) if n.startswith("as"))] == [1]
 
 
 def blocked_model() -> onnx.ModelProto:

@@ -5,7 +5,9 @@
 * :mod:`~spa.calibration.images` — folders of PNG/JPEG images with preprocessing;
 * :mod:`~spa.calibration.runner` — ONNX Runtime runs with intermediate tensors exposed as outputs;
 * :mod:`~spa.calibration.stats` — streaming float64 accumulators (per-feature moments, ``XᵀX``
-  with im2col unfolding for convolutions).
+  with im2col unfolding for convolutions);
+* :mod:`~spa.calibration.synthetic` — a model copy whose BatchNorms use batch statistics, so random
+  inputs give activations with the trained per-channel moments (data-free statistics).
 """
 
 from spa.calibration.data import (
@@ -22,9 +24,11 @@ from spa.calibration.data import (
 from spa.calibration.images import ImageFolderSource, Preprocess
 from spa.calibration.runner import BatchRun, run_batches
 from spa.calibration.stats import ConvUnfold, FeatureMoments, SecondMoment, collect, dense_rows
+from spa.calibration.synthetic import batch_norm_model
 
 __all__ = [
     "ArraySource", "BatchRun", "CalibrationError", "CalibrationSource", "ConvUnfold", "FeatureMoments",
+    "batch_norm_model",
     "ImageFolderSource", "InputSpec", "NpySource", "NpzSource", "Preprocess", "RandomSource", "SecondMoment",
     "collect", "dense_rows", "input_specs", "load_calibration", "run_batches",
 ]

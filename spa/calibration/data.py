@@ -16,10 +16,11 @@ and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
@@ -227,40 +228,35 @@ class NpzSource:
         n = _sample_count(str(self.path), {k: self._headers[v][0][0] for k, v in mapping.items()})
         return min(n, self.samples) if self.samples else n
 
+    def _reader(self, zf: zipfile.ZipFile, stack: contextlib.ExitStack, member: str) -> Callable[[int], np.ndarray]:
+        """A function returning the next ``n`` samples of one member, read from its zip stream."""
+        shape, dtype, fortran = self._headers[member]
+        fh = stack.enter_context(zf.open(member + ".npy"))
+        if fortran:  # column-major: samples are not contiguous, read the array once
+            data = np.lib.format.read_array(fh, allow_pickle=False)
+            at = [0]
+
+            def take_loaded(n: int) -> np.ndarray:
+                at[0] += n
+                return data[at[0] - n:at[0]]
+
+            return take_loaded
+        _npy_header(fh, str(self.path))
+        row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+
+        def take(n: int) -> np.ndarray:
+            return np.frombuffer(fh.read(n * row), dtype=dtype).reshape((n, *shape[1:]))
+
+        return take
+
     def batches(self, inputs: Sequence[InputSpec]) -> Iterator[dict[str, np.ndarray]]:
         mapping = self._mapping(inputs)
         total = self.count(inputs) or 0
-        with zipfile.ZipFile(self.path) as zf:
-            streams = {}
-            try:
-                for spec in inputs:
-                    member = mapping[spec.name]
-                    shape, dtype, fortran = self._headers[member]
-                    fh = zf.open(member + ".npy")
-                    _npy_header(fh, str(self.path))
-                    if fortran:  # column-major: rows are not contiguous, read the array once
-                        data = np.lib.format.read_array(zf.open(member + ".npy"), allow_pickle=False)
-                        fh.close()
-                        streams[spec.name] = (None, data, shape, dtype)
-                    else:
-                        streams[spec.name] = (fh, None, shape, dtype)
-                for start in range(0, total, self.batch_size):
-                    n = min(total, start + self.batch_size) - start
-                    feed = {}
-                    for spec in inputs:
-                        fh, data, shape, dtype = streams[spec.name]
-                        if data is not None:
-                            chunk = data[start:start + n]
-                        else:
-                            row = int(np.prod(shape[1:], dtype=np.int64))
-                            raw = fh.read(n * row * dtype.itemsize)
-                            chunk = np.frombuffer(raw, dtype=dtype).reshape((n, *shape[1:]))
-                        feed[spec.name] = np.asarray(chunk, dtype=spec.dtype)
-                    yield feed
-            finally:
-                for fh, *_ in streams.values():
-                    if fh is not None:
-                        fh.close()
+        with zipfile.ZipFile(self.path) as zf, contextlib.ExitStack() as stack:
+            readers = {spec.name: self._reader(zf, stack, mapping[spec.name]) for spec in inputs}
+            for start in range(0, total, self.batch_size):
+                n = min(total, start + self.batch_size) - start
+                yield {spec.name: np.asarray(readers[spec.name](n), dtype=spec.dtype) for spec in inputs}
 
 
 @dataclass
@@ -381,6 +377,8 @@ def load_calibration(
             raise CalibrationError(f"{path}: preprocessing options apply to image folders only")
         if path.is_dir():
             pre = Preprocess.parse(preprocess) if isinstance(preprocess, str) else preprocess
+            if pre is not None and not isinstance(pre, Preprocess):
+                raise CalibrationError(f"preprocess must be a Preprocess or its string form, got {type(pre).__name__}")
             return ImageFolderSource(path, pre or Preprocess(), samples, batch)
         suffix = path.suffix.lower()
         if suffix == ".npz":

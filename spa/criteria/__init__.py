@@ -5,7 +5,8 @@ The registry below lists every criterion explicitly; :func:`get_criterion` looks
 * ``l1``, ``l2``, ``random`` — weight magnitude over every slice of the channel, or a seeded baseline;
 * ``bn`` — BatchNormalization |γ|; ``lamp`` — LAMP-normalised squared magnitude;
 * ``obs`` (calibrated) — Optimal Brain Surgeon error with the OBS weight update as compensation;
-* ``obspa`` (data-free) — OBS under input moments estimated from BN statistics, bias compensation;
+* ``obspa`` (data-free) — OBS on synthetic activations that match the BatchNorm statistics, with
+  weight and bias compensation (or, ``obspa_h=diag``, a closed form from BN moments, bias only);
 * ``wanda`` (calibrated) — |W|·‖x‖; ``flap`` (calibrated) — fluctuation with bias compensation.
 """
 
@@ -34,9 +35,6 @@ CRITERIA: dict[str, Criterion] = {
     "flap": FLAP(),
 }
 
-#: criteria that read calibration data (``obspa`` only as a fallback)
-CALIBRATED = ("obs", "wanda", "flap")
-
 
 def get_criterion(name: str) -> Criterion:
     """The criterion called ``name``.
@@ -56,5 +54,5 @@ def score_groups(analysis: Analysis, criterion: str = "l2", seed: int = 0,
     return get_criterion(criterion).score(analysis, CriterionContext(seed=seed, calibration=calibration))
 
 
-__all__ = ["score_groups", "CALIBRATED", "CRITERIA", "Criterion", "CriterionContext", "Scores", "Updates",
+__all__ = ["score_groups", "CRITERIA", "Criterion", "CriterionContext", "Scores", "Updates",
            "get_criterion"]

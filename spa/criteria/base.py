@@ -50,7 +50,9 @@ class CriterionContext:
 class Criterion(Protocol):
     """What every criterion provides."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The registry name."""
 
     def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:
         """A score per channel of every prunable group."""

@@ -20,7 +20,7 @@ from spa.calibration.data import CalibrationSource, RandomSource, load_calibrati
 from spa.calibration.stats import Accumulator, FeatureMoments, SecondMoment, collect
 from spa.calibration.synthetic import batch_norm_model
 from spa.criteria.base import CriterionContext
-from spa.criteria.consumers import Consumer, Fallback, group_consumers
+from spa.criteria.consumers import Consumer, Fallback, Views, group_consumers
 from spa.errors import UsageError
 
 MAX_FEATURES = 8192
@@ -55,12 +55,12 @@ def model_proto(analysis: Analysis, ctx: CriterionContext) -> onnx.ModelProto:
     return ctx.cache["model"]  # type: ignore[return-value]
 
 
-def consumers(analysis: Analysis, ctx: CriterionContext, who: str) -> dict[int, list[Consumer | Fallback]]:
+def consumers(analysis: Analysis, ctx: CriterionContext, who: str) -> Views:
     """The consumers of every prunable group; oversize or unhandled ones become fallbacks (noted)."""
     key = "consumers"
     if key not in ctx.cache:
         limit = int(ctx.options.get("max_features") or MAX_FEATURES)  # type: ignore[call-overload]
-        out: dict[int, list[Consumer | Fallback]] = {}
+        out: Views = {}
         for gid in sorted(analysis.classes):
             views = []
             for c in group_consumers(analysis, gid):
@@ -70,7 +70,7 @@ def consumers(analysis: Analysis, ctx: CriterionContext, who: str) -> dict[int, 
                 views.append(c)
             out[gid] = views
         ctx.cache[key] = out
-    result: dict[int, list[Consumer | Fallback]] = ctx.cache[key]  # type: ignore[assignment]
+    result: Views = ctx.cache[key]  # type: ignore[assignment]
     for views in result.values():
         for c in views:
             if isinstance(c, Fallback):

@@ -250,6 +250,10 @@ class Fallback:
     reason: str
 
 
+#: the consumers of every group, by group id
+Views = dict[int, list[Consumer | Fallback]]
+
+
 def group_consumers(analysis: Analysis, gid: int) -> list[Consumer | Fallback]:
     """Every consumer of group ``gid``: a :class:`Consumer` view, or a :class:`Fallback` with the reason."""
     tensors = analysis.model.graph.tensors()

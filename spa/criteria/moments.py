@@ -99,18 +99,31 @@ def _gelu(node: gs.Node) -> Fn:
     return lambda x: x * norm_cdf(x)
 
 
+def _leaky_relu(node: gs.Node) -> Fn:
+    a = _attr(node, "alpha", 0.01)
+    return lambda x: np.where(x >= 0, x, a * x)
+
+
+def _elu(node: gs.Node, alpha: float = 1.0, gamma: float = 1.0) -> Fn:
+    a, g = _attr(node, "alpha", alpha), _attr(node, "gamma", gamma)
+    return lambda x: g * np.where(x > 0, x, a * np.expm1(np.minimum(x, 0)))
+
+
+def _hard_sigmoid(node: gs.Node) -> Fn:
+    a, b = _attr(node, "alpha", 0.2), _attr(node, "beta", 0.5)
+    return lambda x: np.clip(a * x + b, 0, 1)
+
+
 #: elementwise activation functions, built from the node (attributes, constant inputs)
 ACTIVATIONS: dict[str, Callable[[gs.Node], Fn]] = {
     "Sigmoid": lambda n: _sigmoid,
     "Tanh": lambda n: np.tanh,
-    "LeakyRelu": lambda n: (lambda x, a=_attr(n, "alpha", 0.01): np.where(x >= 0, x, a * x)),
-    "Elu": lambda n: (lambda x, a=_attr(n, "alpha", 1.0): np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0)))),
-    "Selu": lambda n: (lambda x, a=_attr(n, "alpha", 1.67326319217681884765625),
-                       g=_attr(n, "gamma", 1.05070102214813232421875):
-                       g * np.where(x > 0, x, a * np.expm1(np.minimum(x, 0)))),
+    "LeakyRelu": _leaky_relu,
+    "Elu": _elu,
+    "Selu": lambda n: _elu(n, 1.67326319217681884765625, 1.05070102214813232421875),
     "Softplus": lambda n: (lambda x: np.logaddexp(0.0, x)),
     "Softsign": lambda n: (lambda x: x / (1 + np.abs(x))),
-    "HardSigmoid": lambda n: (lambda x, a=_attr(n, "alpha", 0.2), b=_attr(n, "beta", 0.5): np.clip(a * x + b, 0, 1)),
+    "HardSigmoid": _hard_sigmoid,
     "HardSwish": lambda n: (lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
     "Mish": lambda n: (lambda x: x * np.tanh(np.logaddexp(0.0, x))),
     "Gelu": _gelu,

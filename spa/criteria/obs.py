@@ -30,7 +30,7 @@ from spa.analysis.groups import Analysis
 from spa.calibration.stats import SecondMoment
 from spa.criteria import calibrated
 from spa.criteria.base import CriterionContext, Scores, Updates
-from spa.criteria.consumers import Consumer, Fallback, fallback_errors
+from spa.criteria.consumers import Consumer, Fallback, Views, fallback_errors
 from spa.criteria.magnitude import magnitude_scores
 from spa.criteria.obs_math import DEFAULT_DAMP, channel_errors, damped_inverse, obs_update
 from spa.criteria.reduce import finish
@@ -80,7 +80,7 @@ class Surgeon:
         return cache[key]
 
     def members(self, analysis: Analysis, ctx: CriterionContext,
-                views: dict[int, list[Consumer | Fallback]]) -> dict[int, list[np.ndarray]]:
+                views: Views) -> dict[int, list[np.ndarray]]:
         """Per group, every consumer's OBS error of each channel removed alone."""
         out: dict[int, list[np.ndarray]] = {}
         for gid, vs in views.items():
@@ -99,7 +99,7 @@ class Surgeon:
         return out
 
     def updates(self, analysis: Analysis, plan: Plan, ctx: CriterionContext,
-                views: dict[int, list[Consumer | Fallback]]) -> Updates:
+                views: Views) -> Updates:
         """The OBS update of every consumer of every pruned group (and bias shifts with ``intercept``)."""
         updates: Updates = {}
         for gp in plan.groups:
@@ -134,7 +134,7 @@ class OBS:
 
     name: str = "obs"
 
-    def _surgeon(self, analysis: Analysis, ctx: CriterionContext) -> tuple[Surgeon, dict[int, list[Consumer | Fallback]]]:
+    def _surgeon(self, analysis: Analysis, ctx: CriterionContext) -> tuple[Surgeon, Views]:
         views = calibrated.consumers(analysis, ctx, self.name)
         real = [c for vs in views.values() for c in vs if isinstance(c, Consumer)]
         stats = calibrated.second_moments(analysis, ctx, self.name, real)

@@ -21,9 +21,10 @@ removed ones, so only the mean is compensated and accuracy without fine-tuning f
 as with ``l2`` (see ``tools/bench_criteria.py``); most of what OBS recovers comes from correlations,
 across channels and across kernel taps, which the synthetic activations carry.
 
-In both modes a consumer input with no BatchNorm statistics upstream (a graph input, a conv without
-BN, an SE gate) is noted; ``synthetic`` then uses the raw random-input activations there, ``diag``
-measures ``μ, σ²`` on the calibration data when given, else on seeded random inputs.
+In both modes a consumer input with no BatchNorm statistics right upstream (a graph input, a conv
+without BN, an SE gate) is noted; ``synthetic`` then uses whatever the random inputs produce there
+(not matched to the trained statistics), ``diag`` measures ``μ, σ²`` on the calibration data when
+given, else on seeded random inputs.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 from spa.analysis.groups import Analysis
 from spa.criteria import calibrated
 from spa.criteria.base import CriterionContext, Scores, Updates
-from spa.criteria.consumers import Consumer, Fallback, fallback_errors
+from spa.criteria.consumers import Consumer, Fallback, Views, fallback_errors
 from spa.criteria.flap import compensate_means
 from spa.criteria.obs import Surgeon, l2_fallback
 from spa.criteria.obs_math import DEFAULT_DAMP, diag_rank1_channel_errors
@@ -45,7 +46,6 @@ from spa.errors import UsageError
 from spa.plan import Plan
 
 MODES = ("synthetic", "diag")
-Views = dict[int, list[Consumer | Fallback]]
 
 
 @dataclass(frozen=True)
@@ -67,17 +67,16 @@ class ObsPA:
         memo: dict[tuple[str, int], object] = {}
         found: dict[tuple[str, int], Moments] = {}
         missing: dict[tuple[str, int], Consumer] = {}
-        for vs in views.values():
-            for c in vs:
-                key = (c.input, c.input_axis) if isinstance(c, Consumer) else None
-                if key is None or key in found or key in missing:
-                    continue
-                m = tensor_moments(tensors[c.input], c.input_axis, memo)  # type: ignore[arg-type]
-                if isinstance(m, Moments):
-                    found[key] = m
-                else:
-                    missing[key] = c
-                    ctx.note(f"{self.name}: no BatchNorm statistics for the input of {c.op} '{c.node}' ({m})")
+        for c in (c for vs in views.values() for c in vs if isinstance(c, Consumer)):
+            key = (c.input, c.input_axis)
+            if key in found or key in missing:
+                continue
+            m = tensor_moments(tensors[c.input], c.input_axis, memo)  # type: ignore[arg-type]
+            if isinstance(m, Moments):
+                found[key] = m
+            else:
+                missing[key] = c
+                ctx.note(f"{self.name}: no BatchNorm statistics for the input of {c.op} '{c.node}' ({m})")
         return found, missing
 
     def _surgeon(self, analysis: Analysis, ctx: CriterionContext, views: Views) -> Surgeon:
@@ -85,8 +84,8 @@ class ObsPA:
             ctx.cache["obspa_checked"] = True
             _, missing = self._graph_moments(analysis, ctx, views)
             if missing:
-                ctx.note(f"{self.name}: {len(missing)} consumer input(s) without BatchNorm statistics use raw "
-                         "random-input activations")
+                ctx.note(f"{self.name}: {len(missing)} consumer input(s) with no BatchNorm right upstream: their "
+                         "synthetic statistics are not matched to the trained ones")
         real = [c for vs in views.values() for c in vs if isinstance(c, Consumer)]
         stats = calibrated.second_moments(analysis, ctx, self.name, real, synthetic=True)
         return Surgeon(self.name, stats, intercept=True)

@@ -117,7 +117,7 @@ def _merge(node: gs.Node, out: gs.Tensor, axis: int, walk: Walk) -> Result:
     so = None if out.shape is None else [static(d) for d in out.shape]
     if axis != 1 or sx is None or so is None or len(sx) < 2 or len(so) != 2 or None in sx[1:]:
         return f"{node.op} '{node.name}': not a merge of [N, C, ...] into [N, features]"
-    per = int(np.prod(sx[2:], dtype=np.int64))
+    per = int(np.prod([int(d or 0) for d in sx[2:]], dtype=np.int64))
     if so[1] is not None and so[1] != sx[1] * per:  # type: ignore[operator]
         return f"{node.op} '{node.name}': not a merge of [N, C, ...] into [N, features]"
     m = walk(x, 1)

@@ -64,6 +64,36 @@ def _lite_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     return lite
 
 
+def _unknown(d: onnx.TensorShapeProto.Dimension) -> bool:
+    return not d.HasField("dim_value") and (not d.dim_param or d.dim_param.startswith("unk__"))
+
+
+def _merge_declared(inferred: onnx.ModelProto, declared: dict[str, onnx.ValueInfoProto]) -> bool:
+    """Fill what inference left unknown from declared value_info; returns whether anything changed."""
+    changed = False
+    have = {vi.name: vi for vi in inferred.graph.value_info}
+    for name, dv in declared.items():
+        dt = dv.type.tensor_type
+        if not dt.HasField("shape"):
+            continue
+        iv = have.get(name)
+        if iv is None or not iv.type.tensor_type.HasField("shape"):
+            if iv is None:
+                inferred.graph.value_info.append(dv)
+            else:
+                iv.CopyFrom(dv)
+            changed = True
+            continue
+        dims = iv.type.tensor_type.shape.dim
+        if len(dims) != len(dt.shape.dim):
+            continue
+        for mine, theirs in zip(dims, dt.shape.dim):
+            if _unknown(mine) and not _unknown(theirs):
+                mine.CopyFrom(theirs)
+                changed = True
+    return changed
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Run ONNX shape inference without serialising the weights; updates ``model`` in place.
 
@@ -87,13 +117,11 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         if fallback_used:
             break
-        # declared shapes only for what inference could not find (custom ops' outputs)
-        known = {vi.name for vi in inferred.graph.value_info if vi.type.tensor_type.HasField("shape")}
-        missing = [vi for name, vi in declared.items() if name not in known]
+        # declared shapes only where inference found nothing: whole tensors (custom ops' outputs) or
+        # single unknown dims (``cos[:seq]``) — never over a dimension inference knows
         fallback_used = True
-        if not missing:
+        if not _merge_declared(inferred, declared):
             break
-        inferred.graph.value_info.extend(missing)
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     by_name = {o.name: o for o in inferred.graph.output}

@@ -26,7 +26,10 @@ Dim = int | str | None
 
 #: ops whose single output has their first input's shape
 SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "InstanceNormalization", "BatchNormalization",
-                    "LpNormalization", "MeanVarianceNormalization", "Softmax", "LogSoftmax"}
+                    "LpNormalization", "MeanVarianceNormalization", "Softmax", "LogSoftmax",
+                    # com.microsoft contrib ops ORT's optimizer emits (onnx has no inference for them)
+                    "Gelu", "BiasGelu", "FastGelu", "QuickGelu", "SkipLayerNormalization",
+                    "SkipSimplifiedLayerNormalization"}
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[Dim] | None:

@@ -7,11 +7,6 @@ elementwise ones are ordinary channel maps:
 * ``BiasGelu(A, bias)``, ``FastGelu(X[, bias])``: ``gelu(A + bias)`` with a per-channel bias on the last
   axis — identity plus the bias sliced with the channel (a ``param`` member).
 
-:class:`FastGeluRule` is not in the default rule set yet: ``tests/rules/test_barriers.py`` uses a
-bias-less ``com.microsoft`` FastGelu as its stand-in for "an op without a rule". Once that test uses an
-op spa does not handle (``QuickGelu`` runs on ORT's CPU provider and has no rule), add
-``FastGeluRule()`` to :data:`spa.rules.defaults.DEFAULT_RULES`.
-
 The fused attention and normalisation kernels are barriers, each with a reason that says why:
 
 * ``Attention``, ``MultiHeadAttention``, ``GroupQueryAttention``, ``PackedAttention``, ... compute every
@@ -56,7 +51,7 @@ class ContribElementwiseRule(ChannelRule):
 
 
 class FastGeluRule(ContribElementwiseRule):
-    """FastGelu(X[, bias]): identity; a constant bias is a per-channel parameter (not a default yet)."""
+    """FastGelu(X[, bias]): identity; a constant bias is a per-channel parameter."""
 
     op_types = ("FastGelu",)
 

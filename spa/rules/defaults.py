@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from spa.rules.base import ChannelRule
 from spa.rules.concat_split import ConcatRule, GatherRule, SliceRule, SplitRule
-from spa.rules.contrib import ContribElementwiseRule, ContribFusedAttentionRule, ContribSkipNormRule
+from spa.rules.contrib import ContribElementwiseRule, ContribFusedAttentionRule, ContribSkipNormRule, FastGeluRule
 from spa.rules.conv import ConvRule, ConvTransposeRule
 from spa.rules.elementwise import BroadcastRule, TriluRule, UnaryRule
 from spa.rules.gemm_matmul import GemmRule, MatMulRule
@@ -46,6 +46,7 @@ DEFAULT_RULES: tuple[ChannelRule, ...] = (
     ShapeRule(),
     TriluRule(),
     ContribElementwiseRule(),
+    FastGeluRule(),
     ContribFusedAttentionRule(),
     ContribSkipNormRule(),
     QuantizeDequantizeRule(),

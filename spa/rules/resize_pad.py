@@ -322,20 +322,3 @@ class ShapeRule(ChannelRule):
             return set(axes)
         return read
 
-
-def _sliced_positions(node, n: int) -> list[int] | None:  # type: ignore[no-untyped-def]
-    """Positions of a length-``n`` vector that a Slice with constant parameters keeps, else None."""
-    def ints(k: int, attr: str) -> list[int] | None:
-        if attr in node.attrs:
-            return [int(v) for v in node.attrs[attr]]
-        if k < len(node.inputs) and node.inputs[k].name:
-            values = getattr(node.inputs[k], "values", None)
-            return None if values is None else [int(v) for v in np.asarray(values).reshape(-1)]
-        return [] if k >= 3 else None
-
-    starts, ends, axes, steps = ints(1, "starts"), ints(2, "ends"), ints(3, "axes"), ints(4, "steps")
-    if starts is None or ends is None or axes is None or steps is None or len(starts) != 1:
-        return None
-    if axes not in ([], [0], [-1]) or steps not in ([], [1]):
-        return None
-    return list(range(n))[slice(starts[0], ends[0])]

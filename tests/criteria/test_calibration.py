@@ -35,9 +35,11 @@ def _collect(src, specs=(SPEC,)):  # type: ignore[no-untyped-def]
     return [b for b in src.batches(list(specs))]
 
 
-@pytest.mark.parametrize("compressed", [False, True])
-def test_npz_streams_in_batches(tmp_path: Path, compressed: bool) -> None:
+@pytest.mark.parametrize(("compressed", "fortran"), [(False, False), (True, False), (False, True)])
+def test_npz_streams_in_batches(tmp_path: Path, compressed: bool, fortran: bool) -> None:
     data = np.random.default_rng(0).standard_normal((11, 3, 4, 4)).astype(np.float32)
+    if fortran:
+        data = np.asfortranarray(data)
     path = tmp_path / "calib.npz"
     (np.savez_compressed if compressed else np.savez)(path, x=data)
     src = load_calibration(path, samples=9, batch_size=4)
@@ -207,3 +209,12 @@ def test_unfold_matches_onnx_conv(attrs: dict, shape: tuple[int, ...]) -> None: 
     rows = unfold.rows(x)  # [N·out positions, C·taps]
     got = np.moveaxis((rows @ w.reshape(4, -1).T).reshape(shape[0], *y.shape[2:], 4), -1, 1)
     np.testing.assert_allclose(got, y, rtol=1e-4, atol=1e-4)
+
+
+def test_sources_and_arrays_resolve_with_overrides() -> None:
+    src = load_calibration(RandomSource(samples=10, batch_size=4), samples=3, batch_size=2)
+    assert isinstance(src, RandomSource) and (src.samples, src.batch_size) == (3, 2)
+    arr = np.zeros((5, 3, 4, 4), dtype=np.float32)
+    assert [len(b["x"]) for b in _collect(load_calibration(arr, batch_size=2))] == [2, 2, 1]
+    with pytest.raises(CalibrationError, match="cannot use a int"):
+        load_calibration(3)

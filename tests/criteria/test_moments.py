@@ -21,7 +21,7 @@ MU = np.array([-2.0, -0.5, 0.0, 0.3, 1.5])
 VAR = np.array([0.5, 1.0, 2.0, 0.1, 4.0])
 
 
-def _monte_carlo(f, n: int = 400_000):  # type: ignore[no-untyped-def]
+def _monte_carlo(f, n: int = 100_000):  # type: ignore[no-untyped-def]
     x = np.random.default_rng(0).standard_normal((n, 1)) * np.sqrt(VAR) + MU
     y = f(x)
     return y.mean(axis=0), y.var(axis=0)
@@ -29,7 +29,7 @@ def _monte_carlo(f, n: int = 400_000):  # type: ignore[no-untyped-def]
 
 def test_rectified_gaussian_matches_monte_carlo() -> None:
     mean, var = relu_moments(MU, VAR)
-    mc_mean, mc_var = _monte_carlo(lambda x: np.maximum(x, 0))
+    mc_mean, mc_var = _monte_carlo(lambda x: np.maximum(x, 0), n=400_000)
     np.testing.assert_allclose(mean, mc_mean, atol=6e-3)
     np.testing.assert_allclose(var, mc_var, atol=1e-2)
     m0, v0 = relu_moments(np.array([1.0, -1.0]), np.zeros(2))  # degenerate: no variance
@@ -41,8 +41,8 @@ def test_quadrature_matches_monte_carlo(op: str) -> None:
     f = ACTIVATIONS[op](gs.Node(op, attrs={}))
     mean, var = gaussian_moments(f, MU, VAR)
     mc_mean, mc_var = _monte_carlo(f)
-    np.testing.assert_allclose(mean, mc_mean, atol=6e-3)
-    np.testing.assert_allclose(var, mc_var, atol=1e-2, rtol=1e-2)
+    np.testing.assert_allclose(mean, mc_mean, atol=2e-2)
+    np.testing.assert_allclose(var, mc_var, atol=3e-2, rtol=2e-2)
 
 
 def _chain() -> tuple[gs.Graph, dict[str, gs.Tensor]]:
@@ -71,14 +71,14 @@ def test_graph_walk_from_batchnorm() -> None:
     np.testing.assert_allclose(flat.var[::4], 4 * relu_var)
     clip = tensor_moments(next(v for k, v in t.items() if k.startswith("clip")), 1)
     mc_mean, _ = _monte_carlo_clip(beta, gamma)
-    np.testing.assert_allclose(clip.mean, mc_mean, atol=6e-3)  # type: ignore[union-attr]
+    np.testing.assert_allclose(clip.mean, mc_mean, atol=2e-2)  # type: ignore[union-attr]
     assert tensor_moments(t["x"], 1) == "'x' is a graph input"
     conv_out = bn.inputs[0]
     assert "no BatchNormalization before" in tensor_moments(conv_out, 1)  # type: ignore[operator]
 
 
 def _monte_carlo_clip(beta: np.ndarray, gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = np.random.default_rng(1).standard_normal((400_000, 1)) * np.abs(gamma) + beta
+    x = np.random.default_rng(1).standard_normal((100_000, 1)) * np.abs(gamma) + beta
     y = np.clip(x, 0, 6)
     return y.mean(axis=0), y.var(axis=0)
 

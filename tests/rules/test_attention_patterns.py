@@ -134,6 +134,7 @@ def test_gqa_kv_head_takes_its_query_heads(opset: int, how: str, heads: int, kv:
     g = _group(a, w["q"], 1)
     assert g.prunable, g.reasons
     assert g.channels == kv  # one channel per KV head, even when n_rep > kv
+    assert g.kind == "head"
     assert {f"{w['k']}", f"{w['v']}", f"{w['o']}"} <= {m.tensor for m in g.members}
     r = assert_oracle(model, 0.5)
     n_rep, kept = heads // kv, kv - round(0.5 * kv)
@@ -166,7 +167,7 @@ def test_gqa_with_kv_cache_prunes_query_heads_within_groups(opset: int, how: str
     assert not kv_group.prunable and any("graph output" in r for r in kv_group.reasons)
     n_rep = heads // kv
     g = _group(a, w["q"], 1)
-    assert g.prunable and g.channels == n_rep, (g.channels, g.reasons)
+    assert g.prunable and g.channels == n_rep and g.kind == "head", (g.channels, g.reasons)
     r = assert_oracle(model, 0.5)
     kept_rep = n_rep - round(0.5 * n_rep)
     before, after = _inits(model), _inits(r.model)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
@@ -11,9 +11,8 @@ from onnx import helper
 
 import spa
 from spa.analysis.groups import Analysis, Group
-from spa.rules.contrib import ContribFusedAttentionRule, FastGeluRule
-from spa.rules.defaults import DEFAULT_RULES, default_registry
-from spa.rules.registry import RuleRegistry
+from spa.rules.contrib import ContribFusedAttentionRule
+from spa.rules.defaults import default_registry
 from tests.oracle import GraphBuilder, assert_oracle
 
 OPSETS = [13, 17]
@@ -72,20 +71,6 @@ def _bias(b: GraphBuilder, n: int) -> str:
     return b.const((b.rng.standard_normal(n) * 0.5).astype(np.float32), "bias")
 
 
-@pytest.fixture
-def with_fast_gelu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Default rules plus :class:`FastGeluRule` (not a default yet: see spa/rules/contrib.py)."""
-    import spa.analysis.groups
-    import spa.surgery.apply
-
-    def registry() -> RuleRegistry:
-        return RuleRegistry((*DEFAULT_RULES, FastGeluRule()))
-
-    monkeypatch.setattr(spa.analysis.groups, "default_registry", registry)
-    monkeypatch.setattr(spa.surgery.apply, "default_registry", registry)
-    yield
-
-
 def _gelu_mlp(opset: int, op: str, bias: bool) -> tuple[onnx.ModelProto, str, str, str | None]:
     """x[B,S,D] @ W1[D,F] -> <op>(h[, bias[F]]) -> @ W2[F,D]."""
     b = _builder(opset)
@@ -119,7 +104,7 @@ def test_contrib_gelu_is_identity_with_bias_sliced(opset: int, op: str, bias: bo
 
 @pytest.mark.parametrize("opset", OPSETS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_fast_gelu_rule(opset: int, bias: bool, with_fast_gelu: None) -> None:
+def test_fast_gelu_rule(opset: int, bias: bool) -> None:
     model, w1, _, bias_name = _gelu_mlp(opset, "FastGelu", bias)
     r = assert_oracle(model)
     assert _row(r, w1, 1)["channels_after"] == F // 2
@@ -127,9 +112,8 @@ def test_fast_gelu_rule(opset: int, bias: bool, with_fast_gelu: None) -> None:
         assert _dims(r)[bias_name] == [F // 2]
 
 
-def test_fast_gelu_is_not_a_default_rule_yet() -> None:
-    """tests/rules/test_barriers.py uses bias-less FastGelu as its op without a rule (see contrib.py)."""
-    assert default_registry().lookup(MS, "FastGelu", 17) is None
+def test_contrib_rules_are_registered_in_their_domain() -> None:
+    assert default_registry().lookup(MS, "FastGelu", 17) is not None
     assert default_registry().lookup(MS, "BiasGelu", 17) is not None
     assert default_registry().lookup("", "BiasGelu", 17) is None  # the domain is part of the key
 
