@@ -45,7 +45,8 @@ OPSETS = (11, 13, 17)
 MAX_CHANNELS = 32  # Concat may grow past the 16 a conv draws; keep graphs small and fast
 
 # --- known spa bugs kept out of the generator (see the repro scripts named) --------------------------
-# (none currently; add e.g. ``KNOWN_BUG_SHUFFLE = True  # /tmp/spa_bug_1.py`` and test it below)
+# None is needed at the moment: every construct above passes both properties. To park one, add e.g.
+# ``KNOWN_BUG_SHUFFLE = True  # repro: /tmp/spa_bug_<k>.py`` and drop the block in ``applicable()``.
 
 UNARY_OPS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSwish")
 BLOCKS = ("unary", "conv", "gconv", "bn", "binary", "affine", "prelu", "concat", "split", "slice", "pool",

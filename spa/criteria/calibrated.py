@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from spa.analysis.groups import Analysis
-from spa.calibration.data import CalibrationSource, RandomSource, load_calibration
+from spa.calibration.data import CalibrationError, CalibrationSource, RandomSource, load_calibration
 from spa.calibration.stats import Accumulator, FeatureMoments, SecondMoment, collect
 from spa.calibration.synthetic import batch_norm_model
 from spa.criteria.base import CriterionContext
@@ -116,7 +116,20 @@ def second_moments(analysis: Analysis, ctx: CriterionContext, who: str, views: I
     if accs:
         src = synthetic_source(ctx) if synthetic else source(ctx, who)
         assert src is not None
-        collect_stats(analysis, ctx, src, accs, f"{who}: input statistics", synthetic=synthetic)
+        try:
+            collect_stats(analysis, ctx, src, accs, f"{who}: input statistics", synthetic=synthetic)
+        except CalibrationError:
+            if not synthetic:
+                raise
+            # a graph with the batch fixed in a Reshape runs one sample at a time only
+            ctx.note(f"{who}: the model does not run batched; synthetic statistics use one sample per run")
+            for c in views:
+                if c.stats_key in cache and any(a is cache[c.stats_key] for a in accs.get(c.input, [])):
+                    fresh = SecondMoment(c.rows_of, c.features, len(c.blocks))
+                    accs[c.input] = [fresh if a is cache[c.stats_key] else a for a in accs[c.input]]
+                    cache[c.stats_key] = fresh
+            single = RandomSource(samples=src.samples, batch_size=1, seed=ctx.seed)  # type: ignore[attr-defined]
+            collect_stats(analysis, ctx, single, accs, f"{who}: input statistics", synthetic=synthetic)
     return cache
 
 

@@ -29,6 +29,8 @@ from spa.rules.base import Role
 def _per_element(w: np.ndarray, axis: int, kind: str) -> np.ndarray:
     """Per index along ``axis``: Σ|w| (l1) or Σw² (l2) over the other axes."""
     w = np.asarray(w)
+    if not np.issubdtype(w.dtype, np.floating):  # quantized weights: int8 squares overflow
+        w = w.astype(np.float32)
     others = tuple(a for a in range(w.ndim) if a != axis)
     v = np.abs(w) if kind == "l1" else np.square(w)
     return np.asarray(v.sum(axis=others, dtype=np.float64))

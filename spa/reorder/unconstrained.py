@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from spa.analysis.groups import Analysis
 from spa.plan import ConsumerKeep, GroupPlan, Plan, _keep_every_slot
-from spa.reorder.layout import contiguous, contiguous_order
+from spa.reorder.layout import contiguous_order
 from spa.rules.base import Link, Role, Slot
 
 
@@ -117,10 +117,18 @@ def unconstrain(analysis: Analysis, plan: Plan, *, reorder: bool = True) -> Plan
         if reorder and _bijective(analysis, gp.group):
             layout = contiguous_order(kept, subsets)
         consumers = []
+        rank = {c: i for i, c in enumerate(layout)}
         for site, sub in zip(sites, subsets):
             if sub == set(kept):
                 continue
-            mode = "slice" if contiguous(layout, sub) else "gather"
+            # contiguity of the consumer's *elements* in its input's exported order (a slot may hold
+            # several elements per channel, or channels interleaved: channel contiguity is not enough)
+            labels = analysis.classes[gp.group][site.source]
+            idx = np.flatnonzero(np.isin(labels, kept))
+            if layout != kept:
+                idx = idx[np.lexsort((idx, np.array([rank[int(c)] for c in labels[idx]])))]
+            pos = np.flatnonzero(np.isin(labels[idx], list(sub)))
+            mode = "slice" if len(pos) and pos[-1] - pos[0] + 1 == len(pos) else "gather"
             consumers.append(ConsumerKeep(site.weight.tensor, site.weight.axis, site.node,
                                           tuple(sorted(sub)), mode))
         groups.append(replace(gp, removed=tuple(sorted(removed)), consumers=tuple(consumers),

@@ -93,8 +93,7 @@ def _narrow_inputs(mg: ModelGraph, analysis: Analysis, plan: Plan, kept: dict[Sl
                 shape[src.axis] = int(len(pos))
             out = gs.Variable(f"{x.name}__spa_{c.mode}_{node.name}", dtype=x.dtype, shape=shape)
             axis = gs.Constant(f"{out.name}_axes", np.asarray([src.axis], dtype=np.int64))
-            if c.mode == "slice":
-                assert pos[-1] - pos[0] + 1 == len(pos), f"{c.node}: channels are not contiguous"
+            if c.mode == "slice" and pos[-1] - pos[0] + 1 == len(pos):
                 starts = gs.Constant(f"{out.name}_starts", np.asarray([pos[0]], dtype=np.int64))
                 ends = gs.Constant(f"{out.name}_ends", np.asarray([pos[-1] + 1], dtype=np.int64))
                 sel = gs.Node("Slice", name=f"{out.name}_node", inputs=[x, starts, ends, axis], outputs=[out])
