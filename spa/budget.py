@@ -24,6 +24,7 @@ from spa.errors import PlanError
 from spa.plan import Plan
 from spa.rules.base import Slot
 from spa.surgery.apply import kept_indices
+from spa.graph.weights import is_float
 
 
 def _fraction(kept: dict[Slot, float], tensor: str, rank: int) -> float:
@@ -63,7 +64,7 @@ def estimate(analysis: Analysis, plan: Plan) -> Estimate:
         macs += m * f
     params = 0.0
     for t in graph.tensors().values():
-        if isinstance(t, gs.Constant) and np.issubdtype(np.dtype(t.dtype), np.floating):
+        if isinstance(t, gs.Constant) and is_float(t):
             n = int(np.prod(t.shape)) if t.shape else 1
             params += n * _fraction(fractions, t.name, len(t.shape or ()))
     return Estimate(int(round(macs)), int(round(params)))

@@ -20,6 +20,7 @@ from spa.graph.model import ModelGraph
 from spa.rules.base import Link, Role, Slot
 from spa.rules.defaults import default_registry
 from spa.rules.registry import RuleRegistry
+from spa.graph.weights import is_float
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Analysis:
         """Fraction of all weight elements that sit in some prunable group's weights."""
         graph = self.model.graph
         consts = {n: t for n, t in graph.tensors().items() if isinstance(t, gs.Constant)}
-        total = sum(int(np.prod(t.shape)) for t in consts.values() if np.issubdtype(t.dtype, np.floating))
+        total = sum(int(np.prod(t.shape)) for t in consts.values() if is_float(t))
         touched = {m.tensor for g in self.prunable for m in g.members if m.kind == "weight"}
         part = sum(int(np.prod(consts[n].shape)) for n in touched if n in consts)
         return part / total if total else 0.0

@@ -15,6 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.graph.model import ModelGraph, infer_shapes, shape_of
+from spa.graph.weights import is_float
 
 
 def _prod(dims: Iterable[object]) -> int:
@@ -56,7 +57,7 @@ def count_params(mg: ModelGraph) -> int:
     """Number of floating-point weight elements (initializers)."""
     total = 0
     for t in mg.graph.tensors().values():
-        if isinstance(t, gs.Constant) and np.issubdtype(np.dtype(t.dtype), np.floating):
+        if isinstance(t, gs.Constant) and is_float(t):
             total += _prod(t.shape) if t.shape else 1
     return total
 

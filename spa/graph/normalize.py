@@ -134,6 +134,8 @@ def normalize(model: onnx.ModelProto, *, fold: bool = True, base_dir: Path | Non
     Raises:
         UnsupportedModelError: the opset is older than :data:`MIN_OPSET`.
     """
+    if not model.graph.node and not model.graph.output:
+        raise InvalidModelError("model has an empty graph (no nodes and no outputs); nothing to prune")
     opset = default_opset(model)
     if opset < MIN_OPSET:
         raise UnsupportedModelError(

@@ -22,7 +22,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from spa.errors import UsageError
 from spa.graph.io import PROTOBUF_LIMIT, save_model
 from spa.graph.model import ModelGraph
-from spa.graph.weights import nbytes, release
+from spa.graph.weights import nbytes, onnx_dtype, release
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def graph_bytes(mg: ModelGraph) -> int:
 def _ref(t: gs.Constant, location: str, offset: int, length: int) -> onnx.TensorProto:
     proto = onnx.TensorProto()
     proto.name = t.name
-    proto.data_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+    proto.data_type = onnx_dtype(t)
     proto.dims.extend(int(d) for d in t.shape)
     proto.data_location = onnx.TensorProto.EXTERNAL
     for k, v in (("location", location), ("offset", str(offset)), ("length", str(length))):

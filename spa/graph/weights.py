@@ -93,10 +93,28 @@ def release(array: np.ndarray) -> None:
             pass
 
 
+def onnx_dtype(t: gs.Constant) -> int:
+    """ONNX element type of a constant (graphsurgeon keeps the ONNX enum for types numpy lacks, e.g. bf16)."""
+    return int(t.dtype) if isinstance(t.dtype, (int, np.integer)) else onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def is_float(t: gs.Constant) -> bool:
+    """Whether a constant holds floating-point weights (bf16 included), without loading it."""
+    return onnx_dtype(t) in _FLOAT_TYPES
+
+
+def itemsize(t: gs.Constant) -> int:
+    """Bytes per element of a constant, without loading it."""
+    return int(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(onnx_dtype(t))).itemsize)
+
+
 def _stub(t: gs.Constant) -> onnx.TensorProto:
     proto = onnx.TensorProto()
     proto.name = t.name
-    proto.data_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+    proto.data_type = onnx_dtype(t)
     proto.dims.extend(int(d) for d in t.shape)
     proto.data_location = onnx.TensorProto.EXTERNAL
     e = proto.external_data.add()
@@ -106,7 +124,7 @@ def _stub(t: gs.Constant) -> onnx.TensorProto:
 
 def nbytes(t: gs.Constant) -> int:
     """Size of a constant's data in bytes, without loading it."""
-    return int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize if t.shape is not None else 0
+    return int(np.prod(t.shape, dtype=np.int64)) * itemsize(t) if t.shape is not None else 0
 
 
 @contextmanager

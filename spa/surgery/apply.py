@@ -161,11 +161,33 @@ def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = 
     return mg
 
 
+def _neutral(t: gs.Constant, values: np.ndarray) -> np.ndarray | int:
+    """The value that contributes nothing: 0, or the zero point when ``t`` feeds a DequantizeLinear."""
+    for node in t.outputs:
+        if node.op != "DequantizeLinear" or node.inputs[0] is not t:
+            continue
+        zp = node.inputs[2] if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant) else None
+        if zp is None:
+            return 0
+        z = np.asarray(zp.values)
+        if z.ndim == 0 or z.size == 1:
+            return int(z.reshape(-1)[0])
+        if z.ndim == 1:  # per-axis zero point along the DequantizeLinear's axis
+            axis = int(node.attrs.get("axis", 1)) % values.ndim
+            shape = [1] * values.ndim
+            shape[axis] = z.shape[0]
+            return np.broadcast_to(z.reshape(shape), values.shape)
+        return np.broadcast_to(z, values.shape) if z.shape == values.shape else 0
+    return 0
+
+
 def _zero(t: gs.Constant, axis: int, drop: np.ndarray) -> None:
+    """Make the ``drop`` slices of ``t`` along ``axis`` contribute nothing (0, or the zero point)."""
     values = np.array(t.values, copy=True)
     index: list[object] = [slice(None)] * values.ndim
     index[axis] = drop
-    values[tuple(index)] = 0
+    fill = _neutral(t, values)
+    values[tuple(index)] = fill[tuple(index)] if isinstance(fill, np.ndarray) else fill
     t.values = values
 
 
