@@ -119,7 +119,7 @@ def build_channel_graph(mg: ModelGraph, registry: RuleRegistry) -> ChannelGraph:
         if si is None:
             t = tensors.get(s.tensor)
             shape = shape_of(t) if t is not None else None
-            size = static(shape[s.axis]) if shape is not None and s.axis < len(shape) else None
+            size = static(shape[s.axis]) if shape is not None and 0 <= s.axis < len(shape) else None
             si = SlotInfo(s, size, isinstance(t, gs.Constant), (order.get(s.tensor, len(order)), s.axis))
             slots[s] = si
         return si

@@ -63,7 +63,7 @@ def batch_norm_model(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
     for k, node in enumerate(model.graph.node):
         rank = ranks.get(node.input[0]) if node.op_type == "BatchNormalization" else None
-        if rank is None or rank < 2 or len(node.output) > 1 and any(node.output[1:]):
+        if rank is None or rank < 2 or len(node.input) < 5 or len(node.output) > 1 and any(node.output[1:]):
             nodes.append(node)
             continue
         p = f"__spa_bn{k}_"

@@ -20,8 +20,9 @@ from pathlib import Path
 import onnx
 import onnx_graphsurgeon as gs
 
-from spa.errors import InvalidModelError, UnsupportedModelError
+from spa.errors import InvalidModelError, SpaError, UnsupportedModelError
 from spa.graph.model import ModelGraph, infer_shapes
+from spa.graph.validate_input import validate_input
 from spa.graph.weights import attach_external
 
 log = logging.getLogger(__name__)
@@ -147,19 +148,24 @@ def normalize(model: onnx.ModelProto, *, fold: bool = True, base_dir: Path | Non
         raise UnsupportedModelError(
             f"opset {opset} is newer than this onnx package knows ({newest}); upgrade onnx"
         )
+    validate_input(model)
     m = onnx.ModelProto()
     m.CopyFrom(model)
     _drop_initializer_inputs(m)
     m = infer_shapes(m)
     try:
         graph = gs.import_onnx(m)
-    except Exception as exc:
-        raise InvalidModelError(f"graph could not be imported: {exc}") from exc
-    if base_dir is not None:
-        attach_external(graph, base_dir)
-    constant_nodes_to_initializers(graph)
-    if fold:
-        fold_constants(graph)
-    bypass_passthrough(graph)
-    graph.cleanup().toposort()
-    return ModelGraph.from_graph(graph, template=model, base_dir=base_dir)
+        if base_dir is not None:
+            attach_external(graph, base_dir)
+        constant_nodes_to_initializers(graph)
+        if fold:
+            fold_constants(graph)
+        bypass_passthrough(graph)
+        graph.cleanup().toposort()
+        return ModelGraph.from_graph(graph, template=model, base_dir=base_dir)
+    except SpaError:
+        raise
+    except Exception as exc:  # graphsurgeon/onnx helpers fail on malformed graphs: say so in one line
+        raise InvalidModelError(
+            f"the graph could not be converted ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+            "check it with onnx.checker.check_model(model, full_check=True)") from exc

@@ -1,0 +1,100 @@
+"""Checks on an input model before spa touches it.
+
+Corrupt or hand-edited files must end in a one-line :class:`~spa.errors.InvalidModelError` that says what
+is wrong, never in a crash deep inside onnx, onnx-graphsurgeon or numpy (or an abort in onnx's C++ shape
+inference). The checks are cheap and run on every model:
+
+* every initializer's data matches its dims and type (external data is checked when it is mapped);
+* no declared dimension is negative (onnx's shape inference aborts the process on some of them);
+* the ONNX checker (structure, SSA, topological order, attribute types); a model the checker rejects
+  but ONNX Runtime loads is accepted with a warning — exporters ship such models.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import external_data_helper
+
+from spa.errors import InvalidModelError
+
+log = logging.getLogger(__name__)
+
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def check_initializers(model: onnx.ModelProto) -> None:
+    """Refuse initializers whose stored data does not match their dims and type."""
+    for t in model.graph.initializer:
+        if any(d < 0 for d in t.dims):
+            raise InvalidModelError(f"initializer '{t.name}' has a negative dimension {list(t.dims)}")
+        if external_data_helper.uses_external_data(t) or t.data_type in (onnx.TensorProto.STRING, 0):
+            continue
+        n = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            raise InvalidModelError(f"initializer '{t.name}' has an unknown data type {t.data_type}") from None
+        if t.HasField("raw_data"):
+            if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+                continue
+            if len(t.raw_data) != n * itemsize:
+                raise InvalidModelError(
+                    f"initializer '{t.name}' holds {len(t.raw_data)} bytes but dims {list(t.dims)} need "
+                    f"{n * itemsize}; the file is corrupt or was edited — re-export the model")
+        else:
+            stored = max((len(getattr(t, f)) for f in _TYPED_FIELDS), default=0)
+            if stored and stored not in (n, 2 * n):  # complex types store two values per element
+                raise InvalidModelError(
+                    f"initializer '{t.name}' holds {stored} values but dims {list(t.dims)} need {n}; "
+                    "the file is corrupt or was edited — re-export the model")
+
+
+def check_dims(model: onnx.ModelProto) -> None:
+    """Refuse negative declared dimensions (onnx's shape inference can abort the process on them)."""
+    g = model.graph
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            for axis, d in enumerate(tt.shape.dim):
+                if d.HasField("dim_value") and d.dim_value < 0:
+                    raise InvalidModelError(
+                        f"tensor '{vi.name}' declares dimension {d.dim_value} on axis {axis}; dimensions must be "
+                        ">= 0 (fix or drop its value_info)")
+
+
+def check_structure(model: onnx.ModelProto) -> None:
+    """Run the ONNX checker; accept what it rejects only if ONNX Runtime loads the model."""
+    if model.ByteSize() > 2**31 - 2**26 or any(
+            external_data_helper.uses_external_data(t) for t in model.graph.initializer):
+        return  # external data: checked where it is mapped (offsets, lengths, locations)
+    try:
+        onnx.checker.check_model(model)
+        return
+    except Exception as exc:  # the checker raises ValidationError and, for odd protos, others
+        reason = _one_line(str(exc))
+    try:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    except Exception:
+        raise InvalidModelError(
+            f"the model fails the ONNX checker ({reason}) and ONNX Runtime cannot load it either; "
+            "re-export it or fix it with onnx.checker's message") from None
+    log.warning("the ONNX checker rejects the input (%s), but ONNX Runtime loads it: going on", reason)
+
+
+def validate_input(model: onnx.ModelProto) -> None:
+    """All input checks (see the module docstring)."""
+    check_initializers(model)
+    check_dims(model)
+    check_structure(model)
