@@ -6,7 +6,7 @@ SPA := $(VENV)/bin/spa
 DEMO_OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv test-venv bench clean
+.PHONY: demo test venv test-venv bench docs clean
 
 $(VENV)/.runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.runtime: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,docs]'
 	touch $@
 
 venv: $(VENV)/.runtime
@@ -36,6 +36,9 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.test
 	$(PY) tools/bench_prune_speed.py
+
+docs: $(VENV)/.test
+	$(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .hypothesis

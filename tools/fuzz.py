@@ -71,10 +71,21 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import spa  # noqa: E402
 
-#: crash signatures of known bugs (not fixed yet): signature -> repro script
-KNOWN_CRASHES: dict[str, str] = {}
+#: crash classes of known bugs with a pending fix: (signature regex, message regex) -> repro script.
+#: A crash matching one is counted as ``known``, not ``crash``; remove an entry once its fix lands.
+KNOWN_CRASHES: dict[tuple[str, str], str] = {
+    # (exception@location regex, message regex) -> repro; none open: every class found so far is fixed
+}
 #: mask-oracle mismatches of known bugs: seed model -> repro script
-KNOWN_WRONG: dict[str, str] = {"qdq_asym": "/tmp/spa_h_repro_2.py"}
+KNOWN_WRONG: dict[str, str] = {}
+
+
+def known_crash(sig: str, message: str) -> str | None:
+    """The repro of the known crash class ``sig``/``message`` belongs to, or None."""
+    for (sig_re, msg_re), repro in KNOWN_CRASHES.items():
+        if re.match(sig_re, sig) and re.search(msg_re, message):
+            return repro
+    return None
 
 OP_TYPES = (
     "Relu", "Sigmoid", "Conv", "ConvTranspose", "Add", "Mul", "Sub", "Div", "Concat", "Split", "Slice", "Gather",
@@ -260,7 +271,12 @@ def mut_attr(m: onnx.ModelProto, rng: Rng) -> str:
         return f"{n.name} remove attribute {name}"
     kept = [a for a in n.attribute if a.name != name]
     del n.attribute[:]
-    n.attribute.extend(kept + [helper.make_attribute(name, value)])
+    if isinstance(value, list) and not value:  # an empty list has no inferable type
+        attr = helper.make_attribute(name, value, attr_type=onnx.AttributeProto.INTS if kind == 1
+                                     else onnx.AttributeProto.FLOATS)
+    else:
+        attr = helper.make_attribute(name, value)
+    n.attribute.extend(kept + [attr])
     return f"{n.name}.{name} = {value!r}"
 
 
@@ -469,12 +485,23 @@ def signature(exc: BaseException) -> str:
     return f"{type(exc).__name__}@{where}"
 
 
-def oracle_check(result: spa.PruneResult) -> tuple[str, str]:
-    """The mask oracle on seeded random inputs: ("checked"|"failed"|"skipped:...", detail)."""
+def oracle_check(result: spa.PruneResult, timeout: float = 20.0) -> tuple[str, str]:
+    """The mask oracle on seeded random inputs: ("checked"|"failed"|"skipped:...", detail).
+
+    ONNX Runtime runs are stopped after ``timeout`` seconds through ``RunOptions.terminate`` (a mutated
+    Loop trip count can make a model run for ever; SIGALRM cannot interrupt native code).
+    """
+    import threading
+
+    import onnxruntime as ort
+
     from spa.validate.runtime import compare_outputs, random_inputs, session
 
     if result.masked is None:
         return "skipped:no masked twin", ""
+    run_options = ort.RunOptions()
+    timer = threading.Timer(timeout, lambda: setattr(run_options, "terminate", True))
+    timer.daemon = True
     try:
         a, b = session(result.model), session(result.masked)
         for spec in b.get_inputs():
@@ -482,12 +509,17 @@ def oracle_check(result: spa.PruneResult) -> tuple[str, str]:
             if int(np.prod(dims, dtype=np.int64)) > 4_000_000:
                 return "skipped:large input", ""
         feeds = random_inputs(b, seed=0)
-        ref = b.run(None, feeds)
-        got = a.run(None, feeds)
+        timer.start()
+        ref = b.run(None, feeds, run_options)
+        got = a.run(None, feeds, run_options)
     except spa.SpaError as exc:
         return "skipped:cannot run", str(exc)[:200]
     except Exception as exc:  # ORT cannot run this (odd types, run-time shape errors): no verdict
+        if run_options.terminate:
+            return "skipped:timeout", ""
         return "skipped:cannot run", f"{type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        timer.cancel()
     finite = [np.asarray(r) for r in ref if np.asarray(r).dtype.kind == "f"]
     if any(not np.all(np.isfinite(r)) for r in finite):
         return "skipped:non-finite outputs", ""
@@ -514,11 +546,18 @@ def run_case(case: Case, workdir: Path, timeout: float) -> Outcome:
                 pass  # prune meets the same error below and classifies it
             result = spa.prune(path, **case.options)
             onnx.checker.check_model(result.model)
-            out.oracle, detail = oracle_check(result) if case.options["emit_masked"] else ("skipped:not asked", "")
-            if out.oracle == "failed":
-                out.kind = "known" if case.source in KNOWN_WRONG else "wrong"
-                out.message = detail
-                out.signature = "mask oracle@" + ("random" if case.source.startswith("random_") else case.source)
+        if not case.options["emit_masked"]:
+            out.oracle = "skipped:not asked"
+        else:
+            try:  # running the models is the oracle's business, not spa's: its own limit, no hang verdict
+                with time_limit(timeout + 5):
+                    out.oracle, detail = oracle_check(result, timeout)
+            except CaseTimeout:
+                out.oracle, detail = "skipped:timeout", ""
+        if out.oracle == "failed":
+            out.kind = "known" if case.source in KNOWN_WRONG else "wrong"
+            out.message = detail
+            out.signature = "mask oracle@" + ("random" if case.source.startswith("random_") else case.source)
     except spa.SpaError as exc:
         out.kind, out.error_type, out.message = "clean_error", type(exc).__name__, str(exc)
         out.multiline = "\n" in str(exc).strip() or not str(exc).strip()
@@ -530,7 +569,7 @@ def run_case(case: Case, workdir: Path, timeout: float) -> Outcome:
         out.kind, out.error_type, out.message = "crash", type(exc).__name__, str(exc)[:2000]
         out.signature = signature(exc)
         out.trace = "".join(traceback.format_exception(exc))
-        if out.signature in KNOWN_CRASHES:
+        if known_crash(out.signature, out.message):
             out.kind = "known"
     out.seconds = time.perf_counter() - t0
     return out
@@ -574,12 +613,19 @@ def seed_pool(seed: int, random_pool: int) -> dict[str, onnx.ModelProto]:
     return seeds
 
 
-def work(start: int, stop: int, seed: int, out_dir: Path, *, timeout: float, random_pool: int) -> None:
-    """Run cases ``start .. stop-1`` in this process, appending outcomes to ``outcomes.jsonl``."""
+def work(start: int, stop: int, seed: int, out_dir: Path, *, timeout: float, random_pool: int,
+         abort_at: int = -1) -> None:
+    """Run cases ``start .. stop-1`` in this process, appending outcomes to ``outcomes.jsonl``.
+
+    ``abort_at``: abort the process at that case (tests the supervisor's recovery).
+    """
     seeds = seed_pool(seed, random_pool)
+    parent = os.getppid()
     faulthandler.enable()
     with tempfile.TemporaryDirectory(prefix="spa_fuzz_") as tmp, open(out_dir / OUTCOMES, "a") as log:
         for i in range(start, stop):
+            if os.getppid() != parent:  # the supervisor is gone: stop too
+                return
             case = make_case(i, seed, seeds)
             (out_dir / "current_case.onnx").write_bytes(case.data)
             (out_dir / "current_case.json").write_text(json.dumps(
@@ -587,6 +633,8 @@ def work(start: int, stop: int, seed: int, out_dir: Path, *, timeout: float, ran
                  "options": case.options}))
             # a hang inside native code never returns to Python: dump every stack and exit
             faulthandler.dump_traceback_later(timeout * 3 + 30, exit=True)
+            if i == abort_at:
+                os.abort()
             outcome = run_case(case, Path(tmp), timeout)
             faulthandler.cancel_dump_traceback_later()
             if outcome.kind in ("crash", "hang", "wrong", "known"):
@@ -611,18 +659,25 @@ def _dead_worker_outcome(out_dir: Path, log_text: str) -> tuple[Outcome, Case] |
         f, fn = (spa_frames or frames)[0]  # faulthandler lists the innermost frame first
         where = f"{os.path.relpath(f, ROOT)}:{fn}"
     hang = "Timeout (" in dump and "Fatal Python error" not in dump
+    if hang and any(fn == "oracle_check" for _, fn in frames):  # spa had finished; the oracle's run hung
+        return (Outcome(info["index"], info["source"], info["mutations"], "success", 0.0,
+                        oracle="skipped:timeout"),
+                Case(info["index"], info["source"], info["mutations"], info["steps"], model_path.read_bytes(),
+                     info["options"]))
     first = next((ln for ln in log_text.splitlines() if "Assertion" in ln or "Fatal Python error" in ln), "")
     outcome = Outcome(info["index"], info["source"], info["mutations"], "hang" if hang else "crash", 0.0,
                       error_type="hang (native)" if hang else "abort",
                       message=first.strip()[:500] or ("over the time limit" if hang else "process died"),
                       signature=("hang@" if hang else "abort@") + where, trace=dump[-6000:])
+    if known_crash(outcome.signature, outcome.message):
+        outcome.kind = "known"
     case = Case(info["index"], info["source"], info["mutations"], info["steps"], model_path.read_bytes(),
                 info["options"])
     return outcome, case
 
 
 def supervise(cases: int, seed: int, out_dir: Path, *, timeout: float, random_pool: int,
-              progress: bool) -> list[dict[str, Any]]:
+              progress: bool, abort_at: int = -1) -> list[dict[str, Any]]:
     """Run all cases in worker processes (one at a time), restarting after a native crash."""
     import subprocess
 
@@ -637,7 +692,8 @@ def supervise(cases: int, seed: int, out_dir: Path, *, timeout: float, random_po
             proc = subprocess.Popen(
                 [sys.executable, __file__, "--worker", "--start", str(start), "--cases", str(cases),
                  "--seed", str(seed), "--out", str(out_dir), "--timeout", str(timeout),
-                 "--random-models", str(random_pool), "--max-memory-gb", str(_MEMORY_GB)],
+                 "--random-models", str(random_pool), "--max-memory-gb", str(_MEMORY_GB),
+                 "--abort-at", str(abort_at)],
                 stdout=log, stderr=subprocess.STDOUT)
             shown = 0
             while proc.poll() is None:
@@ -655,9 +711,10 @@ def supervise(cases: int, seed: int, out_dir: Path, *, timeout: float, random_po
         if dead is None or dead[0].index != start:
             raise RuntimeError(f"fuzz worker died before case {start}; see {log_path}")
         outcome, case = dead
-        save_crash(case, outcome, out_dir)
-        folder = out_dir / "crashes" / _slug(outcome.signature)
-        (folder / f"case_{case.index}.log").write_text(log_path.read_text(errors="replace")[-20000:])
+        if outcome.kind != "success":
+            save_crash(case, outcome, out_dir)
+            folder = out_dir / "crashes" / _slug(outcome.signature)
+            (folder / f"case_{case.index}.log").write_text(log_path.read_text(errors="replace")[-20000:])
         with open(out_dir / OUTCOMES, "a") as fh:
             fh.write(json.dumps({k: v for k, v in vars(outcome).items() if k != "trace"}) + "\n")
         if progress:
@@ -665,7 +722,7 @@ def supervise(cases: int, seed: int, out_dir: Path, *, timeout: float, random_po
         start += 1
     for stale in ("current_case.json", "current_case.onnx"):
         (out_dir / stale).unlink(missing_ok=True)
-    return rows
+    return [json.loads(ln) for ln in (out_dir / OUTCOMES).read_text().splitlines() if ln.strip()]
 
 
 def _count_lines(path: Path) -> int:
@@ -684,7 +741,7 @@ def summarize(rows: list[dict[str, Any]], *, cases: int, seed: int, timeout: flo
     by_source: dict[str, Counter[str]] = defaultdict(Counter)
     errors: Counter[str] = Counter()
     oracle: Counter[str] = Counter(r["oracle"] for r in rows if r.get("oracle"))
-    crashes: dict[str, dict[str, Any]] = {}
+    crashes: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         for mname in set(r["mutations"]) or {"none"}:
             by_mutation[mname][r["kind"]] += 1
@@ -692,15 +749,17 @@ def summarize(rows: list[dict[str, Any]], *, cases: int, seed: int, timeout: flo
         if r["kind"] == "clean_error":
             errors[f"{r['error_type']}: {_normalise(r['message'])}"] += 1
         if r["kind"] in ("crash", "hang", "wrong", "known"):
-            entry = crashes.setdefault(r["signature"], {"signature": r["signature"], "kind": r["kind"], "count": 0,
-                                                        "message": r["message"][:500], "cases": []})
+            entry = crashes.setdefault((r["kind"], r["signature"]), {
+                "signature": r["signature"], "kind": r["kind"], "count": 0, "message": r["message"][:500],
+                "cases": []})
             entry["count"] += 1
             if len(entry["cases"]) < 10:
                 entry["cases"].append(r["index"])
     for entry in crashes.values():
         folder = out_dir / "crashes" / _slug(entry["signature"])
         entry["examples"] = sorted(str(p) for p in folder.glob("*.onnx")) if folder.exists() else []
-        entry["repro"] = KNOWN_CRASHES.get(entry["signature"]) or KNOWN_WRONG.get(entry["signature"].split("@")[-1])
+        entry["repro"] = known_crash(entry["signature"], entry["message"]) or \
+            KNOWN_WRONG.get(entry["signature"].split("@")[-1])
     multiline = [{"index": r["index"], "message": r["message"][:300]} for r in rows if r.get("multiline")]
     slowest = sorted(rows, key=lambda r: -r["seconds"])[:5]
     return {
@@ -717,7 +776,7 @@ def summarize(rows: list[dict[str, Any]], *, cases: int, seed: int, timeout: flo
         "by_mutation": {k: dict(v) for k, v in sorted(by_mutation.items())},
         "by_source": {k: dict(v) for k, v in sorted(by_source.items())},
         "crashes": sorted(crashes.values(), key=lambda c: -c["count"]),
-        "known_crashes": KNOWN_CRASHES,
+        "known_crashes": [{"signature": k[0], "message": k[1], "repro": v} for k, v in KNOWN_CRASHES.items()],
         "known_wrong": KNOWN_WRONG,
         "top_clean_errors": [{"message": k, "count": v} for k, v in errors.most_common(40)],
         "slowest": [{"seconds": round(r["seconds"], 3), "index": r["index"], "source": r["source"]} for r in slowest],
@@ -787,7 +846,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cases", type=int, default=1000, help="number of cases (default 1000)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the whole run (default 0)")
-    ap.add_argument("--out", type=Path, default=Path("fuzz_out"), help="folder for crashing inputs and the log")
+    ap.add_argument("--out", type=Path, default=ROOT / "build" / "fuzz",
+                    help="folder for crashing inputs and the log (default build/fuzz)")
     ap.add_argument("--json", type=Path, default=ROOT / "tools" / "results" / "fuzz.json", help="summary JSON")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds per case (default 20)")
     ap.add_argument("--random-models", type=int, default=40, help="random CNNs in the seed pool (default 40)")
@@ -795,6 +855,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress, no tables")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--abort-at", type=int, default=-1, help=argparse.SUPPRESS)  # tests the recovery
     args = ap.parse_args(argv)
     _MEMORY_GB = args.max_memory_gb
     if args.worker:
@@ -807,11 +868,12 @@ def main(argv: list[str] | None = None) -> int:
 
         logging.disable(logging.WARNING)  # rules that fail on mutated nodes log warnings: expected here
         G_LOGGER.severity = G_LOGGER.CRITICAL + 10  # graphsurgeon prints its own warnings to stdout
-        work(args.start, args.cases, args.seed, args.out, timeout=args.timeout, random_pool=args.random_models)
+        work(args.start, args.cases, args.seed, args.out, timeout=args.timeout, random_pool=args.random_models,
+             abort_at=args.abort_at)
         return 0
     t0 = time.perf_counter()
     rows = supervise(args.cases, args.seed, args.out, timeout=args.timeout, random_pool=args.random_models,
-                     progress=not args.quiet)
+                     progress=not args.quiet, abort_at=args.abort_at)
     summary = summarize(rows, cases=args.cases, seed=args.seed, timeout=args.timeout,
                         random_pool=args.random_models, out_dir=args.out, elapsed=time.perf_counter() - t0)
     args.json.parent.mkdir(parents=True, exist_ok=True)
