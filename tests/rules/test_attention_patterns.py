@@ -17,6 +17,7 @@ from spa.graph.normalize import normalize
 from spa.rules.base import NodeContext, Slot, Tag
 from spa.rules.gemm_matmul import MatMulRule
 from tests.oracle import GraphBuilder, assert_oracle
+from tests.rules.helpers import _group
 
 OPSETS = [13, 17]
 D, S, DH = 16, 6, 4  # hidden, sequence, head_dim
@@ -26,12 +27,6 @@ def _row(result, weight: str, axis: int) -> dict:  # type: ignore[no-untyped-def
     rows = [r for r in result.report["groups"] if f"{weight}[{axis}]" in r["weights"]]
     assert len(rows) == 1, f"{weight}[{axis}] in {len(rows)} groups"
     return rows[0]
-
-
-def _group(analysis: Analysis, tensor: str, axis: int) -> Group:
-    gs = [g for g in analysis.groups if any(m.tensor == tensor and m.axis == axis for m in g.members)]
-    assert len(gs) == 1, f"{tensor}[{axis}] in {len(gs)} groups"
-    return gs[0]
 
 
 def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:

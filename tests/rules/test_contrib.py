@@ -14,6 +14,7 @@ from spa.analysis.groups import Analysis, Group
 from spa.rules.contrib import ContribFusedAttentionRule
 from spa.rules.defaults import default_registry
 from tests.oracle import GraphBuilder, assert_oracle
+from tests.rules.helpers import _dims, _group
 
 OPSETS = [13, 17]
 MS = "com.microsoft"
@@ -24,16 +25,6 @@ def _row(result, weight: str, axis: int) -> dict:  # type: ignore[no-untyped-def
     rows = [r for r in result.report["groups"] if f"{weight}[{axis}]" in r["weights"]]
     assert len(rows) == 1, f"{weight}[{axis}] in {len(rows)} groups"
     return rows[0]
-
-
-def _group(analysis: Analysis, tensor: str, axis: int) -> Group:
-    gs = [g for g in analysis.groups if any(m.tensor == tensor and m.axis == axis for m in g.members)]
-    assert len(gs) == 1, f"{tensor}[{axis}] in {len(gs)} groups"
-    return gs[0]
-
-
-def _dims(result) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
-    return {i.name: list(i.dims) for i in result.model.graph.initializer}
 
 
 def _ms(b: GraphBuilder, op: str, inputs: Sequence[str], shape: Sequence[int], n_out: int = 1,

@@ -8,6 +8,7 @@ import pytest
 import spa
 from spa.analysis.groups import Analysis, Group
 from tests.oracle import GraphBuilder, assert_oracle
+from tests.rules.helpers import _dims, _group
 
 OPSETS = [11, 17]
 
@@ -16,16 +17,6 @@ def _row(result, weight: str, axis: int) -> dict:  # type: ignore[no-untyped-def
     rows = [r for r in result.report["groups"] if f"{weight}[{axis}]" in r["weights"]]
     assert len(rows) == 1, f"{weight}[{axis}] in {len(rows)} groups"
     return rows[0]
-
-
-def _group(analysis: Analysis, tensor: str, axis: int) -> Group:
-    gs = [g for g in analysis.groups if any(m.tensor == tensor and m.axis == axis for m in g.members)]
-    assert len(gs) == 1, f"{tensor}[{axis}] in {len(gs)} groups"
-    return gs[0]
-
-
-def _dims(result) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
-    return {i.name: list(i.dims) for i in result.model.graph.initializer}
 
 
 def _gemm(b: GraphBuilder, x: str, k: int, n: int, trans_b: int, bias: str | None) -> tuple[str, str]:
