@@ -104,6 +104,22 @@ def _human(n: float) -> str:
     return f"{n:.3g}P"
 
 
+def _round_to(value: object) -> int:
+    """``--round-to``: an integer, or ``auto`` (measured on this project's CPU: multiples of 16 raised
+    MobileNetV2's latency efficiency at 50 % from 0.61 to 0.81; CUDA tensor cores want 8)."""
+    if str(value).lower() == "auto":
+        from spa.bench.latency import cuda_device_present
+
+        return 8 if cuda_device_present() else 16
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise UsageError(f"--round-to must be an integer or 'auto', got {value!r}") from None
+    if n < 1:
+        raise UsageError(f"--round-to must be >= 1, got {n}")
+    return n
+
+
 def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     """Read a TOML recipe into the command's defaults (command-line options still win)."""
     if not value:
@@ -180,7 +196,9 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
               help="Importance criterion: l1, l2, random, bn, lamp, obspa (data-free); obs, wanda, flap (need --calib).")
 @click.option("--global", "global_rank", is_flag=True, help="Rank channels across groups (normalised scores).")
 @click.option("--max-ratio", type=float, default=0.9, show_default=True, help="With --global: most a group may lose.")
-@click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
+@click.option("--round-to", default="1", show_default=True, callback=lambda _c, _p, v: _round_to(v),
+              help="Keep channel counts multiples of N; 'auto' picks N for the provider spa bench would use "
+              "(16 on CPU, 8 on CUDA).")
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Keep at least N channels per group.")
 @click.option("--ignore", multiple=True, metavar="GLOB", help="Leave groups touching these node/tensor names alone.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
@@ -423,7 +441,9 @@ def bench(ctx: click.Context, models: tuple[str, ...], provider: str, batch_opt:
               help="Pruning ratios (STOP included).")
 @click.option("--criterion", default="l2", show_default=True, help="Importance criterion (as for `spa prune`).")
 @click.option("--global", "global_rank", is_flag=True, help="Rank channels across groups.")
-@click.option("--round-to", type=int, default=1, show_default=True, help="Keep channel counts multiples of N.")
+@click.option("--round-to", default="1", show_default=True, callback=lambda _c, _p, v: _round_to(v),
+              help="Keep channel counts multiples of N; 'auto' picks N for the provider spa bench would use "
+              "(16 on CPU, 8 on CUDA).")
 @click.option("--provider", type=_PROVIDER_CHOICE, default="auto", show_default=True, help="As for `spa bench`.")
 @click.option("--batch", "batch_opt", type=int, help="Batch size (sets the first dim of every input).")
 @click.option("--shape", "shape_opts", multiple=True, metavar="NAME=1x3x224x224", help="Concrete input shape.")
