@@ -17,7 +17,7 @@ import onnx
 
 from spa.analysis.groups import Analysis, analyze_graph
 from spa.bench.metrics import count_macs, count_params
-from spa.budget import solve_ratio
+from spa.budget import solve_latency, solve_ratio
 from spa.calibration import load_calibration
 from spa.criteria import CriterionContext, get_criterion
 from spa.criteria.reduce import options as reduce_options
@@ -161,6 +161,8 @@ def prune(
     consumer_mode: str = "layout",
     prune_heads: bool = True,
     head_ratio: float | None = None,
+    target_latency: float | None = None,
+    providers: list[str] | None = None,
 ) -> PruneResult:
     """Prune a model.
 
@@ -186,6 +188,9 @@ def prune(
         overrides: (glob, ratio) pairs: groups touching matching names use that ratio.
         prune_heads: prune attention-head groups (``False``: leave every head).
         head_ratio: ratio for attention-head groups (default: ``ratio``).
+        target_latency: instead of ``ratio``: the smallest ratio whose latency, measured in ONNX Runtime
+            against the original, is at most this fraction of the original (<= 1) or these milliseconds.
+        providers: ONNX Runtime providers for ``target_latency`` (CPU by default).
         unconstrained: UPSCALE-style: consumers of a shared tensor keep their own channel subsets.
         reorder: with ``unconstrained``, lay channels out so consumer subsets are contiguous.
         consumer_mode: with ``unconstrained``, how a consumer reads its subset: ``layout`` (Slice when
@@ -224,7 +229,11 @@ def prune(
                          max_ratio=max_ratio, round_to=round_to, min_channels=min_channels, ignore=ignore,
                          overrides=overrides, kind_ratio=kinds)
 
-    if target_macs is not None or target_params is not None:
+    latency_record: dict[str, float] | None = None
+    if target_latency is not None:
+        plan, latency_record = solve_latency(
+            analysis, plan_for, lambda p: prune_model(analysis, p).to_onnx(), target_latency, providers=providers)
+    elif target_macs is not None or target_params is not None:
         plan = solve_ratio(analysis, plan_for, target_macs=target_macs, target_params=target_params)
     else:
         plan = plan_for(ratio)
@@ -264,6 +273,7 @@ def prune(
         "unconstrained": unconstrained,
         "consumer_reads": copies(plan),
         "ort_check": ort_check,
+        "target_latency": latency_record,
         "prunable_param_fraction": round(analysis.prunable_param_fraction(), 6),
         "criterion_options": options,
         "calibration": source.describe() if source is not None else None,

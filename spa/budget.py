@@ -123,3 +123,67 @@ def solve_ratio(
         else:
             lo = mid
     return best
+
+
+def solve_latency(
+    analysis: Analysis,
+    make: Callable[[float], Plan],
+    build: Callable[[Plan], object],
+    target: float,
+    *,
+    providers: list[str] | None = None,
+    threads: int = 1,
+    iters: int = 20,
+    steps: int = 6,
+) -> tuple[Plan, dict[str, float]]:
+    """The smallest ratio whose *measured* latency meets ``target``.
+
+    Each candidate is pruned and timed in ONNX Runtime alternately with the original, so the measured
+    quantity is the latency ratio pruned/original (robust to machine noise); the target is a fraction
+    of the original latency (<= 1) or milliseconds (> 1, converted with the original's median).
+
+    Args:
+        analysis: the groups.
+        make: builds a plan for a ratio.
+        build: turns a plan into an ONNX ModelProto (pruned, unchecked).
+        target: fraction of the original latency, or milliseconds.
+        providers: ONNX Runtime providers (CPU by default).
+        threads: intra-op threads.
+        iters: timed runs per measurement.
+        steps: bisection steps.
+
+    Returns:
+        The plan and a record of the measurements.
+
+    Raises:
+        PlanError: the target cannot be met at the largest ratio.
+    """
+    from spa.bench.latency import time_models
+
+    if target <= 0:
+        raise PlanError(f"--target-latency must be positive, got {target}")
+    original = analysis.model.to_onnx()
+
+    def ratio_of(plan: Plan) -> tuple[float, float]:
+        t = time_models([original, build(plan)], providers=providers, threads=threads, warmup=3, iters=iters)
+        return t[1].median_ms / t[0].median_ms, t[0].median_ms
+
+    hi_plan = make(0.95)
+    hi_ratio, base_ms = ratio_of(hi_plan)
+    goal = target if target <= 1 else target / base_ms
+    record = {"original_ms": base_ms, "target_fraction": goal}
+    if hi_ratio > goal:
+        raise PlanError(
+            f"latency target cannot be met: removing 95% of prunable channels gives {hi_ratio:.2f}x the "
+            f"original latency ({base_ms:.2f} ms), target {goal:.2f}x; relax the target")
+    lo, hi, best, best_ratio = 0.0, 0.95, hi_plan, hi_ratio
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        plan = make(mid)
+        r, _ = ratio_of(plan)
+        if r <= goal:
+            hi, best, best_ratio = mid, plan, r
+        else:
+            lo = mid
+    record |= {"ratio": best.ratio, "measured_fraction": best_ratio, "measured_ms": best_ratio * base_ms}
+    return best, record

@@ -219,6 +219,9 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.option("--target-macs", type=float, metavar="X", help="Instead of --ratio: prune until MACs fall to X "
               "(a fraction <= 1 of the original, or an absolute count).")
 @click.option("--target-params", type=float, metavar="X", help="The same for parameters.")
+@click.option("--target-latency", type=float, metavar="X", help="Instead of --ratio: the smallest ratio whose "
+              "latency, measured in ONNX Runtime (CPU, 1 thread) against the original, is at most X (a fraction "
+              "<= 1 of the original, or milliseconds).")
 @click.option("--unconstrained", is_flag=True, help="UPSCALE: consumers of a shared tensor keep their own channels.")
 @click.option("--reorder/--no-reorder", default=True, show_default=True,
               help="With --unconstrained: lay channels out so consumers read contiguous ranges (Slice, not Gather).")
@@ -237,7 +240,7 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
           calib_samples: int | None, calib_batch: int | None, calib_preprocess: str | None,
           eval_data: str | None, reduction: str | None, normalize: str | None, target_macs: float | None,
           target_params: float | None, unconstrained: bool, reorder: bool, consumer_mode: str, prune_heads: bool,
-          head_ratio: float | None, dry_run: bool, config: str | None) -> int:
+          head_ratio: float | None, target_latency: float | None, dry_run: bool, config: str | None) -> int:
     """Prune MODEL and write the result to OUTPUT.
 
     Every option can also come from a TOML file given with --config (keys are option names with
@@ -254,7 +257,7 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
                            calib_preprocess=calib_preprocess, reduction=reduction, normalize=normalize,
                            target_macs=target_macs, target_params=target_params, overrides=overrides,
                            unconstrained=unconstrained, reorder=reorder, consumer_mode=consumer_mode,
-                           prune_heads=prune_heads, head_ratio=head_ratio)
+                           prune_heads=prune_heads, head_ratio=head_ratio, target_latency=target_latency)
         data = {"input": model, "dry_run": True, "plan": result.plan.to_json()} | {
             k: v for k, v in result.report.items() if k != "groups"}
         _write_json(data, report or "-")
@@ -277,7 +280,8 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
                        calib_batch=calib_batch, calib_preprocess=calib_preprocess, reduction=reduction,
                        normalize=normalize, target_macs=target_macs, target_params=target_params,
                        overrides=overrides, unconstrained=unconstrained, reorder=reorder,
-                       consumer_mode=consumer_mode, prune_heads=prune_heads, head_ratio=head_ratio)
+                       consumer_mode=consumer_mode, prune_heads=prune_heads, head_ratio=head_ratio,
+                       target_latency=target_latency)
     result.save(output, external_data=external_data or None)
     if emit_masked:
         result.save_masked(emit_masked, external_data=external_data or None)

@@ -163,3 +163,35 @@ def test_override_ratio_per_pattern() -> None:
     row = next(g for g in r.report["groups"] if g["id"] == a.prunable[0].id)  # type: ignore[union-attr]
     assert row["channels_after"] == row["channels_before"]
     assert r.report["num_pruned"] == len(a.prunable) - 1
+
+
+def test_target_latency_bisects_on_measured_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The solver keeps the smallest ratio whose measured latency ratio meets the target (timings faked
+    as proportional to MACs, so the test does not depend on the machine)."""
+    import spa.bench.latency as latency
+    from spa.bench.latency import Timing
+    from spa.bench.metrics import count_macs
+
+    def fake(models, **_kw):  # type: ignore[no-untyped-def]
+        out = []
+        for m in models:
+            macs = count_macs(spa.load(m))
+            t = macs / 1e4
+            out.append(Timing(t, t, 0.0, t, t, t, 1))
+        return out
+
+    monkeypatch.setattr(latency, "time_models", fake)
+    m = _net().build()
+    r = assert_oracle(m, 0.0, target_latency=0.5)
+    rec = r.report["target_latency"]
+    assert rec["measured_fraction"] <= 0.5  # type: ignore[index]
+    assert r.report["macs_after"] <= 0.5 * r.report["macs_before"]  # type: ignore[operator]
+    smaller = spa.prune(m, max(0.0, r.plan.ratio - 0.1))
+    assert smaller.report["macs_after"] > 0.5 * smaller.report["macs_before"]  # type: ignore[operator]
+
+
+def test_unreachable_latency_target() -> None:
+    from spa.errors import PlanError
+
+    with pytest.raises(PlanError):
+        spa.prune(_net().build(), 0.0, target_latency=1e-6)
