@@ -57,13 +57,21 @@ def damped_inverse(h: np.ndarray, damp: float = DEFAULT_DAMP) -> np.ndarray:
     return inv_l.T @ inv_l
 
 
+def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a⁻¹ b``; least squares when ``a`` is singular (degenerate statistics, e.g. constant inputs)."""
+    try:
+        return np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(a, b, rcond=None)[0]
+
+
 def removal_error(w: np.ndarray, hinv: np.ndarray, m: np.ndarray) -> float:
     """``E(M) = tr(W[:,M] (H⁻¹[M,M])⁻¹ W[:,M]ᵀ)``."""
     m = np.asarray(m, dtype=np.int64)
     if not m.size:
         return 0.0
     wm = w[:, m]
-    return float(np.sum(wm.T * np.linalg.solve(hinv[np.ix_(m, m)], wm.T)))
+    return float(np.sum(wm.T * _solve(hinv[np.ix_(m, m)], wm.T)))
 
 
 def obs_update(w: np.ndarray, hinv: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -72,7 +80,7 @@ def obs_update(w: np.ndarray, hinv: np.ndarray, m: np.ndarray) -> np.ndarray:
     w = np.array(w, dtype=np.float64, copy=True)
     if not m.size:
         return w
-    coef = np.linalg.solve(hinv[np.ix_(m, m)], hinv[m, :])
+    coef = _solve(hinv[np.ix_(m, m)], hinv[m, :])
     w -= w[:, m] @ coef
     w[:, m] = 0.0
     return w
@@ -98,7 +106,10 @@ def channel_errors(w: np.ndarray, hinv: np.ndarray, col_labels: np.ndarray, chan
     present, idx = sets
     blocks = hinv[idx[:, :, None], idx[:, None, :]]  # [C, t, t]
     wc = np.transpose(w[:, idx], (1, 2, 0))  # [C, t, rows]
-    sol = np.linalg.solve(blocks, wc)
+    try:
+        sol = np.linalg.solve(blocks, wc)
+    except np.linalg.LinAlgError:  # degenerate statistics (e.g. constant inputs): least squares instead
+        sol = np.stack([np.linalg.lstsq(b, x, rcond=None)[0] for b, x in zip(blocks, wc)])
     out[present] = np.einsum("ctr,ctr->c", wc, sol)
     return out
 

@@ -71,6 +71,9 @@ class ObsPA:
             key = (c.input, c.input_axis)
             if key in found or key in missing:
                 continue
+            if c.input not in tensors:  # e.g. a tensor of a subgraph's outer scope
+                missing[key] = c
+                continue
             m = tensor_moments(tensors[c.input], c.input_axis, memo)  # type: ignore[arg-type]
             if isinstance(m, Moments):
                 found[key] = m
