@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -316,3 +317,19 @@ def verify(
 
     return compare_models(as_model(pruned), as_model(reference), trials=trials, seed=seed,
                           rtol=rtol, atol=atol, shapes=shapes)
+
+
+def bench(models: Sequence[str | os.PathLike[str]], **options: Any) -> dict[str, Any]:
+    """Benchmark model files in ONNX Runtime (the Python face of ``spa bench``).
+
+    Args:
+        models: paths; the first is the baseline for speedups.
+        **options: fields of :class:`spa.bench.report.BenchOptions` (``provider``, ``batches``, ``shapes``,
+            ``warmup``, ``iters``, ``threads``, ``fp16``, ``profile``, ``seed``).
+
+    Returns:
+        The JSON-ready report documented in ``docs/bench.md``.
+    """
+    from spa.bench.report import BenchOptions, bench_models
+
+    return bench_models([str(m) for m in models], BenchOptions(**options))
