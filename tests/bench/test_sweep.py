@@ -68,7 +68,10 @@ def test_sweep_writes_csv_json_and_png(small_models: dict[str, Path], capsys: py
 
 
 def test_sweep_without_matplotlib(small_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("spa.bench.plot.plotting_available", lambda: False)
+    import importlib
+
+    # `spa.bench` is also the name of the Python API function: patch the module object itself
+    monkeypatch.setattr(importlib.import_module("spa.bench.plot"), "plotting_available", lambda: False)
     opts = sweep_mod.SweepOptions(ratios=[0.5], bench=sweep_mod.BenchOptions(provider="cpu", iters=2, warmup=0))
     res = sweep_mod.run_sweep(str(small_models["dynamic"]), "out", opts)
     assert res["files"]["png"] is None and not Path("out/pareto.png").exists()
