@@ -214,6 +214,19 @@ class RewriteContext:
         k = self.kept(tensor, axis)
         return old if k is None else int(len(k))
 
+    def set_vector(self, node: gs.Node, index: int, values: Sequence[int | None], concat: gs.Node | None) -> None:
+        """Write a size vector into ``node``'s input ``index``: a fresh constant, or — when the vector is
+        built by ``concat`` at run time — into that Concat's constant pieces (run-time pieces kept)."""
+        if concat is None:
+            self.set_const_input(node, index, np.asarray(values, dtype=np.int64))
+            return
+        pos = 0
+        for k, piece in enumerate(list(concat.inputs)):
+            n = int(np.prod(piece.shape)) if piece.shape is not None else 0
+            if isinstance(piece, gs.Constant):
+                self.set_const_input(concat, k, np.asarray(values[pos:pos + n], dtype=np.int64))
+            pos += n
+
     @staticmethod
     def set_const_input(node: gs.Node, index: int, value: np.ndarray) -> None:
         """Replace constant input ``index`` of ``node`` with a fresh constant (never mutates shared ones)."""

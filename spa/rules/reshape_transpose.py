@@ -271,15 +271,7 @@ class ReshapeRule(ChannelRule):
                 new.append(v)
             else:
                 new.append(rw.new_size(y, b, int(so[b])))  # type: ignore[arg-type]
-        if concat is None:
-            rw.set_const_input(ctx.node, 1, np.asarray(new, dtype=np.int64))
-            return
-        pos = 0
-        for k, piece in enumerate(list(concat.inputs)):
-            n = int(np.prod(piece.shape)) if piece.shape is not None else 0
-            if isinstance(piece, gs.Constant):
-                rw.set_const_input(concat, k, np.asarray(new[pos:pos + n], dtype=np.int64))
-            pos += n
+        rw.set_vector(ctx.node, 1, new, concat)
 
 
 class ShapeOnlyRule(ChannelRule):

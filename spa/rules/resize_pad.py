@@ -150,15 +150,7 @@ def _write_spec(ctx: NodeContext, rw: RewriteContext, index: int, new: list[int 
     spec = size_spec(ctx, index)
     assert spec is not None
     _, concat, _ = spec
-    if concat is None:
-        rw.set_const_input(ctx.node, index, np.asarray(new, dtype=np.int64))
-        return
-    pos = 0
-    for k, piece in enumerate(list(concat.inputs)):
-        n = int(np.prod(piece.shape)) if piece.shape is not None else 0
-        if isinstance(piece, gs.Constant):
-            rw.set_const_input(concat, k, np.asarray(new[pos:pos + n], dtype=np.int64))
-        pos += n
+    rw.set_vector(ctx.node, index, new, concat)
 
 
 class ExpandTileRule(ChannelRule):
