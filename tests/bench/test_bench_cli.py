@@ -47,7 +47,8 @@ def test_json_fields_and_relations(small_models: dict[str, Path], capsys: pytest
         assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["macs"] > 0 and r["params"] > 0 and r["size_bytes"] == Path(r["model"]).stat().st_size
         assert r["macs_per_sample"] == r["macs"]
-        assert r["throughput_sps"] == pytest.approx(1e3 / r["median_ms"], rel=1e-3)
+        # both are rounded in the JSON: a 0.03 ms median carries ~1e-3 relative rounding error
+        assert r["throughput_sps"] == pytest.approx(1e3 / r["median_ms"], rel=1e-2)
         assert r["session_providers"][0] == "CPUExecutionProvider"
     base, pruned = rows
     assert base["speedup"] == 1 and base["ideal_speedup"] == 1 and base["latency_efficiency"] == 1
