@@ -30,7 +30,7 @@ from tests.oracle import assert_oracle
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-# -- the known spa failures (minimal repros in /tmp/spa_exp_repro_<k>.py, see the reasons) ----------------
+# -- fixtures ------------------------------------------------------------------------------------------------
 
 
 def _strip_value_info(m: onnx.ModelProto) -> onnx.ModelProto:

@@ -265,7 +265,7 @@ def test_hidden_size_is_blocked_by_layernorm(zoo_export, name: str, exporter: st
      pytest.param("legacy", marks=pytest.mark.xfail(
          strict=True, reason="legacy export with dynamic sequence: ONNX shape inference loses the sequence "
                              "at cos[:seq] (computed Slice ends) and the whole attention after repeat_kv's "
-                             "Expand(x, Where(Equal(s, -1), 1, s)); see /tmp/spa_tx_repro_1.py"))],
+                             "Expand(x, Where(Equal(s, -1), 1, s)) (issue 3: shape completion for this pattern)"))],
 )
 @pytest.mark.parametrize("name", sorted(TOKEN_MODELS))
 def test_llama_dynamic_batch_and_sequence(token_export, name: str, exporter: str) -> None:  # type: ignore[no-untyped-def]
