@@ -10,7 +10,7 @@ default 1), ``synthetic_samples`` (random inputs for synthetic statistics, defau
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -22,6 +22,7 @@ from spa.calibration.synthetic import batch_norm_model
 from spa.criteria.base import CriterionContext
 from spa.criteria.consumers import Consumer, Fallback, Views, group_consumers
 from spa.errors import UsageError
+from spa.plan import Plan
 
 MAX_FEATURES = 8192
 SYNTHETIC_SAMPLES = 128
@@ -152,6 +153,17 @@ def weight(analysis: Analysis, name: str, updates: dict[str, np.ndarray] | None 
     if updates and name in updates:
         return updates[name]
     return np.asarray(analysis.model.graph.tensors()[name].values)
+
+
+def pruned_consumers(plan: Plan, views: Views) -> Iterator[tuple[Consumer, np.ndarray]]:
+    """Every consumer view of a pruned group that loses columns, with those columns."""
+    for gp in plan.groups:
+        removed = removed_mask(gp.channels, gp.removed)
+        for c in views.get(gp.group, []):
+            if isinstance(c, Consumer):
+                cols = np.flatnonzero(removed[c.col_labels])
+                if cols.size:
+                    yield c, cols
 
 
 def removed_mask(channels: int, removed: Iterable[int]) -> np.ndarray:

@@ -32,21 +32,14 @@ def compensate_means(analysis: Analysis, plan: Plan, ctx: CriterionContext, who:
     """
     views = calibrated.consumers(analysis, ctx, who)
     updates: Updates = {}
-    for gp in plan.groups:
-        removed = calibrated.removed_mask(gp.channels, gp.removed)
-        for c in views.get(gp.group, []):
-            if not isinstance(c, Consumer):
-                continue
-            cols = np.flatnonzero(removed[c.col_labels])
-            if not cols.size:
-                continue
-            if c.bias is None:
-                ctx.note(f"{who}: {c.op} '{c.node}' has no constant bias of its own; its removed channels' "
-                         "mean is not compensated (adding a bias needs a graph change)")
-                continue
-            wm = c.matrix(calibrated.weight(analysis, c.weight, updates))
-            delta = calibrated.removed_mean_shift(c, wm, means[(c.input, c.input_axis)], cols)
-            calibrated.add_to_bias(analysis, c, delta, updates)
+    for c, cols in calibrated.pruned_consumers(plan, views):
+        if c.bias is None:
+            ctx.note(f"{who}: {c.op} '{c.node}' has no constant bias of its own; its removed channels' "
+                     "mean is not compensated (adding a bias needs a graph change)")
+            continue
+        wm = c.matrix(calibrated.weight(analysis, c.weight, updates))
+        delta = calibrated.removed_mean_shift(c, wm, means[(c.input, c.input_axis)], cols)
+        calibrated.add_to_bias(analysis, c, delta, updates)
     return updates
 
 

@@ -102,29 +102,22 @@ class Surgeon:
                 views: Views) -> Updates:
         """The OBS update of every consumer of every pruned group (and bias shifts with ``intercept``)."""
         updates: Updates = {}
-        for gp in plan.groups:
-            removed = calibrated.removed_mask(gp.channels, gp.removed)
-            for c in views.get(gp.group, []):
-                if not isinstance(c, Consumer):
-                    continue
-                cols = np.flatnonzero(removed[c.col_labels])
-                if not cols.size:
-                    continue
-                if c.shared:
-                    ctx.note(f"{self.who}: weight '{c.weight}' is shared by several nodes; not compensated")
-                    continue
-                w = calibrated.weight(analysis, c.weight, updates)
-                wm = c.matrix(w)
-                new = wm.copy()
-                delta = np.zeros(wm.shape[0])
-                for g, block in enumerate(c.blocks):
-                    new[block.rows] = obs_update(wm[block.rows], self.hinv(ctx, c, g), cols)
-                    if self._centred(c):
-                        mu = self.stats[c.stats_key].mean[block.features]
-                        delta[block.rows] = (wm[block.rows] - new[block.rows]) @ mu
+        for c, cols in calibrated.pruned_consumers(plan, views):
+            if c.shared:
+                ctx.note(f"{self.who}: weight '{c.weight}' is shared by several nodes; not compensated")
+                continue
+            w = calibrated.weight(analysis, c.weight, updates)
+            wm = c.matrix(w)
+            new = wm.copy()
+            delta = np.zeros(wm.shape[0])
+            for g, block in enumerate(c.blocks):
+                new[block.rows] = obs_update(wm[block.rows], self.hinv(ctx, c, g), cols)
                 if self._centred(c):
-                    calibrated.add_to_bias(analysis, c, delta, updates)
-                updates[c.weight] = c.unmatrix(new, w).astype(np.asarray(w).dtype)
+                    mu = self.stats[c.stats_key].mean[block.features]
+                    delta[block.rows] = (wm[block.rows] - new[block.rows]) @ mu
+            if self._centred(c):
+                calibrated.add_to_bias(analysis, c, delta, updates)
+            updates[c.weight] = c.unmatrix(new, w).astype(np.asarray(w).dtype)
         return updates
 
 
