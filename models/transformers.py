@@ -127,6 +127,35 @@ def bert_fused_tiny() -> nn.Module:
     return _init(BertEncoder(fused_qkv=True), seed=1)
 
 
+class BertClassifier(nn.Module):
+    """Token ids ``[B, S]`` → word + learned position embeddings → embedding LayerNorm → post-LN encoder
+    layers → pooler (first token, Linear + tanh) → classifier logits: the whole hidden size is internal,
+    so it can be pruned (``--prune-hidden``)."""
+
+    def __init__(self, vocab: int = VOCAB, d: int = HIDDEN, heads: int = 4, layers: int = 2, seq: int = SEQ,
+                 classes: int = 3) -> None:
+        super().__init__()
+        self.word = nn.Embedding(vocab, d)
+        self.position = nn.Embedding(seq, d)
+        self.ln = nn.LayerNorm(d)
+        self.layers = nn.ModuleList(BertLayer(d, heads, False, "chunk") for _ in range(layers))
+        self.pooler = nn.Linear(d, d)
+        self.classifier = nn.Linear(d, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.ln(self.word(ids) + self.position(pos)[None])
+        for layer in self.layers:
+            x = layer(x)
+        return self.classifier(torch.tanh(self.pooler(x[:, 0])))
+
+
+def bert_cls_tiny() -> nn.Module:
+    """BERT-style classifier with embeddings: 2 layers, hidden 32, 4 heads, 3 classes."""
+    torch.manual_seed(4)
+    return _init(BertClassifier(), seed=4)
+
+
 # -------------------------------------------------------------------------------------------------
 # LLaMA-style decoder
 # -------------------------------------------------------------------------------------------------
@@ -565,4 +594,9 @@ TOKEN_FEATURES: tuple[int, ...] = (1, SEQ, HIDDEN)
 TOKEN_MODELS = {
     "llama": _token_entry(llama_tiny),
     "llama_tied": _token_entry(llama_tied_tiny),
+}
+
+#: Token-id models whose hidden size is internal (embeddings in, logits out), for hidden-size pruning.
+HIDDEN_TOKEN_MODELS = {
+    "bert_cls": _token_entry(bert_cls_tiny),
 }

@@ -54,13 +54,15 @@ def load(model: ModelInput) -> ModelGraph:
     return normalize(proto, base_dir=Path(model).parent)
 
 
-def analyze(model: ModelInput) -> Analysis:
+def analyze(model: ModelInput, *, prune_hidden: bool = False) -> Analysis:
     """Find the coupled channel groups of a model.
 
     Args:
         model: a path, a ModelProto or a normalised :class:`ModelGraph`.
+        prune_hidden: report the hidden size (channels LayerNorm/RMSNorm statistics run over) as
+            prunable groups of kind ``hidden`` instead of blocking it.
     """
-    return analyze_graph(load(model))
+    return analyze_graph(load(model), hidden=prune_hidden)
 
 
 @dataclass
@@ -120,6 +122,7 @@ def _group_report(analysis: Analysis, plan: Plan) -> list[dict[str, object]]:
         row: dict[str, object] = {
             "id": g.id,
             "label": g.label,
+            "kind": g.kind,
             "channels_before": g.channels,
             "channels_after": g.channels - len(removed),
             "prunable": g.prunable,
@@ -162,8 +165,11 @@ def prune(
     consumer_mode: str = "layout",
     prune_heads: bool = True,
     head_ratio: float | None = None,
+    prune_hidden: bool = False,
+    hidden_ratio: float | None = None,
     target_latency: float | None = None,
     providers: list[str] | None = None,
+    latency_cache: str | os.PathLike[str] | None = None,
 ) -> PruneResult:
     """Prune a model.
 
@@ -189,9 +195,16 @@ def prune(
         overrides: (glob, ratio) pairs: groups touching matching names use that ratio.
         prune_heads: prune attention-head groups (``False``: leave every head).
         head_ratio: ratio for attention-head groups (default: ``ratio``).
-        target_latency: instead of ``ratio``: the smallest ratio whose latency, measured in ONNX Runtime
-            against the original, is at most this fraction of the original (<= 1) or these milliseconds.
+        prune_hidden: also prune the hidden size (the residual stream of a transformer: groups of kind
+            ``hidden``, coupled through LayerNorm/RMSNorm, whose statistics then run over the kept
+            channels). Off by default: it changes every normalisation's statistics.
+        hidden_ratio: ratio for hidden-size groups (default: ``ratio``).
+        target_latency: instead of ``ratio``: the smallest ratio whose latency in ONNX Runtime is at most
+            this fraction of the original's (<= 1) or these milliseconds; searched on a per-layer latency
+            lookup table, then measured against the original (see ``report["target_latency"]``).
         providers: ONNX Runtime providers for ``target_latency`` (CPU by default).
+        latency_cache: folder of the per-layer latency tables ``target_latency`` measures and reuses
+            (default ``$SPA_CACHE_DIR/latency`` or ``~/.cache/spa/latency``).
         unconstrained: UPSCALE-style: consumers of a shared tensor keep their own channel subsets.
         reorder: with ``unconstrained``, lay channels out so consumer subsets are contiguous.
         consumer_mode: with ``unconstrained``, how a consumer reads its subset: ``layout`` (Slice when
@@ -210,7 +223,7 @@ def prune(
     """
     crit = get_criterion(criterion)
     mg = load(model)
-    analysis = analyze_graph(mg)
+    analysis = analyze_graph(mg, hidden=prune_hidden)
     options = dict(criterion_options or {}) | {k: v for k, v in (("reduction", reduction), ("normalize", normalize))
                                                 if v is not None}
     source = load_calibration(calibration, samples=calib_samples, batch_size=calib_batch,
@@ -224,16 +237,21 @@ def prune(
         kinds["head"] = None
     elif head_ratio is not None:
         kinds["head"] = head_ratio
+    if hidden_ratio is not None:
+        if not prune_hidden:
+            raise UsageError("hidden_ratio (--hidden-ratio) needs prune_hidden (--prune-hidden)")
+        kinds["hidden"] = hidden_ratio
 
     def plan_for(r: float) -> Plan:
         return make_plan(analysis, scores, r, criterion=criterion, global_rank=global_rank,
                          max_ratio=max_ratio, round_to=round_to, min_channels=min_channels, ignore=ignore,
                          overrides=overrides, kind_ratio=kinds)
 
-    latency_record: dict[str, float] | None = None
+    latency_record: dict[str, object] | None = None
     if target_latency is not None:
         plan, latency_record = solve_latency(
-            analysis, plan_for, lambda p: prune_model(analysis, p).to_onnx(), target_latency, providers=providers)
+            analysis, plan_for, lambda p: prune_model(analysis, p).to_onnx(), target_latency, providers=providers,
+            cache_dir=latency_cache)
     elif target_macs is not None or target_params is not None:
         plan = solve_ratio(analysis, plan_for, target_macs=target_macs, target_params=target_params)
     else:
@@ -272,6 +290,7 @@ def prune(
         "num_prunable": len(analysis.prunable),
         "num_pruned": len(plan.groups),
         "unconstrained": unconstrained,
+        "prune_hidden": prune_hidden,
         "consumer_reads": copies(plan),
         "ort_check": ort_check,
         "target_latency": latency_record,

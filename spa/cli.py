@@ -177,12 +177,13 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "json_out", metavar="PATH|-", help="Write the analysis as JSON ('-' for stdout).")
 @click.option("--all", "show_all", is_flag=True, help="Show every group's members and all reasons.")
+@click.option("--prune-hidden", is_flag=True, help="Report the hidden size (LayerNorm/RMSNorm-coupled) as prunable.")
 @click.pass_context
-def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool) -> int:
+def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool, prune_hidden: bool) -> int:
     """Show the groups of coupled channels of MODEL, prunable or blocked (with the reason)."""
     _check_json_dest(json_out, model)
     with _working(ctx, f"analysing {model}"):
-        analysis = api.analyze(model)
+        analysis = api.analyze(model, prune_hidden=prune_hidden)
     data = {"model": model, "spa_version": __version__} | analysis.to_json()
     _write_json(data, json_out)
     if ctx.obj["quiet"] or json_out == "-":
@@ -233,8 +234,10 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
               "(a fraction <= 1 of the original, or an absolute count).")
 @click.option("--target-params", type=float, metavar="X", help="The same for parameters.")
 @click.option("--target-latency", type=float, metavar="X", help="Instead of --ratio: the smallest ratio whose "
-              "latency, measured in ONNX Runtime (CPU, 1 thread) against the original, is at most X (a fraction "
-              "<= 1 of the original, or milliseconds).")
+              "latency in ONNX Runtime (CPU, 1 thread) is at most X (a fraction <= 1 of the original, or "
+              "milliseconds); searched on a per-layer latency table, then measured against the original.")
+@click.option("--latency-cache", type=click.Path(file_okay=False), metavar="DIR", help="With --target-latency: "
+              "folder of the per-layer latency tables (default $SPA_CACHE_DIR/latency or ~/.cache/spa/latency).")
 @click.option("--unconstrained", is_flag=True, help="UPSCALE: consumers of a shared tensor keep their own channels.")
 @click.option("--reorder/--no-reorder", default=True, show_default=True,
               help="With --unconstrained: lay channels out so consumers read contiguous ranges (Slice, not Gather).")
@@ -243,6 +246,9 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
               "copy vs extra MACs in ONNX Runtime.")
 @click.option("--prune-heads/--no-prune-heads", default=True, show_default=True, help="Prune attention heads.")
 @click.option("--head-ratio", type=float, help="Ratio for attention-head groups (default: --ratio).")
+@click.option("--prune-hidden", is_flag=True, help="Also prune the hidden size (transformer residual stream, "
+              "coupled through LayerNorm/RMSNorm, whose statistics then run over the kept channels).")
+@click.option("--hidden-ratio", type=float, help="With --prune-hidden: ratio for hidden-size groups (default: --ratio).")
 @click.option("--dry-run", is_flag=True, help="Print the plan as JSON (or to --report) and write no model.")
 @click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=True, callback=_load_config,
               help="TOML file with option defaults and [[override]] pattern/ratio tables.")
@@ -253,7 +259,8 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
           calib_samples: int | None, calib_batch: int | None, calib_preprocess: str | None,
           eval_data: str | None, reduction: str | None, normalize: str | None, target_macs: float | None,
           target_params: float | None, unconstrained: bool, reorder: bool, consumer_mode: str, prune_heads: bool,
-          head_ratio: float | None, target_latency: float | None, dry_run: bool, config: str | None) -> int:
+          head_ratio: float | None, prune_hidden: bool, hidden_ratio: float | None,
+          target_latency: float | None, latency_cache: str | None, dry_run: bool, config: str | None) -> int:
     """Prune MODEL and write the result to OUTPUT.
 
     Every option can also come from a TOML file given with --config (keys are option names with
@@ -270,7 +277,9 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
                            calib_preprocess=calib_preprocess, reduction=reduction, normalize=normalize,
                            target_macs=target_macs, target_params=target_params, overrides=overrides,
                            unconstrained=unconstrained, reorder=reorder, consumer_mode=consumer_mode,
-                           prune_heads=prune_heads, head_ratio=head_ratio, target_latency=target_latency)
+                           prune_heads=prune_heads, head_ratio=head_ratio,
+                           prune_hidden=prune_hidden, hidden_ratio=hidden_ratio, target_latency=target_latency,
+                           latency_cache=latency_cache)
         data = {"input": model, "dry_run": True, "plan": result.plan.to_json()} | {
             k: v for k, v in result.report.items() if k != "groups"}
         _write_json(data, report or "-")
@@ -295,7 +304,8 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
                        normalize=normalize, target_macs=target_macs, target_params=target_params,
                        overrides=overrides, unconstrained=unconstrained, reorder=reorder,
                        consumer_mode=consumer_mode, prune_heads=prune_heads, head_ratio=head_ratio,
-                       target_latency=target_latency)
+                       prune_hidden=prune_hidden, hidden_ratio=hidden_ratio, target_latency=target_latency,
+                       latency_cache=latency_cache)
     result.save(output, external_data=external_data or None)
     if emit_masked:
         result.save_masked(emit_masked, external_data=external_data or None)

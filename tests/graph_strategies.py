@@ -20,6 +20,9 @@ classifier head or a raw feature map). Blocks:
 * ``shuffle``: Reshape [1,g,C/g,H,W] → Transpose → Reshape (channel shuffle)
 * ``resize``: Resize nearest ×2 (by scales, or by sizes from opset 13), optionally followed by a stride-2 conv or pool back to the size
 * ``down``: stride-2 conv or k2/s2 pool (on maps of size >= 8)
+* ``chstat``: a statistic over the channel axis — a channels-first LayerNorm written out (ConvNeXt's
+  ``ReduceMean(x, 1)``, ``Sub``, ``ReduceMean(d², 1)``, ``Sqrt``, ``Div``, per-channel affine) or a
+  spatial-attention gate ``x · Sigmoid(ReduceMean|ReduceL2(x, 1))`` (blocked unless ``prune_hidden``)
 
 Heads: GAP → Flatten → Gemm, or Flatten of a feature map → MatMul (+ bias Add), or the raw map.
 
@@ -50,7 +53,7 @@ MAX_CHANNELS = 32  # Concat may grow past the 16 a conv draws; keep graphs small
 
 UNARY_OPS = ("Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSwish")
 BLOCKS = ("unary", "conv", "gconv", "bn", "binary", "affine", "prelu", "concat", "split", "slice", "pool",
-          "se", "shuffle", "convt", "resize", "down")
+          "se", "shuffle", "convt", "resize", "down", "chstat")
 #: how often each block is drawn relative to the others (convs make the prunable groups)
 WEIGHTS = {"conv": 3, "gconv": 2, "unary": 2, "bn": 2, "binary": 2, "concat": 2}
 INPUT = "x"
@@ -224,6 +227,24 @@ class _Gen:
         op = self.draw(st.sampled_from(["Add", "Mul"]))
         t = self.add(str(self.b.op(op, [a.name, b.name])), a.c, a.h)
         self.log(f"{t.name} = {op}({a.name}, {b.name})")
+
+    def _chstat(self) -> None:
+        x = self.pick(self.pool)
+        if self.draw(st.booleans()):
+            mean = self.b.op("ReduceMean", [x.name], axes=[1])
+            d = self.b.op("Sub", [x.name, str(mean)])
+            var = self.b.op("ReduceMean", [str(self.b.op("Mul", [str(d), str(d)]))], axes=[1])
+            eps = self.b.const(np.asarray(1e-5, np.float32), "eps")
+            y = self.b.op("Div", [str(d), str(self.b.op("Sqrt", [str(self.b.op("Add", [str(var), eps]))]))])
+            y = self.b.op("Mul", [str(y), self.b.const(self.vec(x.c).reshape(x.c, 1, 1), "g")])
+            y = self.b.op("Add", [str(y), self.b.const(self.vec(x.c).reshape(x.c, 1, 1), "beta")])
+            t = self.add(str(y), x.c, x.h)
+            self.log(f"{t.name} = ChannelsFirstLayerNorm({x.name})")
+        else:
+            op = self.draw(st.sampled_from(["ReduceMean", "ReduceL2"]))
+            gate = self.b.op("Sigmoid", [str(self.b.op(op, [x.name], axes=[1]))])
+            t = self.add(str(self.b.op("Mul", [x.name, str(gate)])), x.c, x.h)
+            self.log(f"{t.name} = {x.name} * Sigmoid({op}({x.name}, channels))")
 
     def _affine(self) -> None:
         x = self.pick(self.pool)

@@ -130,3 +130,12 @@ def test_analysis_groups_partition_slots(gm: GeneratedModel) -> None:
 def test_unconstrained_passes_mask_oracle(gm: GeneratedModel, ratio: float, reorder: bool, mode: str) -> None:
     """UPSCALE export (per-consumer subsets, Slice/Gather/zero reads, reordering) on random graphs."""
     check_prune(gm, ratio, "l2", unconstrained=True, reorder=reorder, consumer_mode=mode)
+
+
+@settings(max_examples=int(os.environ.get("SPA_RANDOM_GRAPH_EXAMPLES", "100")), deadline=None, derandomize=True,
+          database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(gm=cnn_models(), ratio=st.sampled_from(RATIOS))
+def test_prune_hidden_passes_mask_oracle(gm: GeneratedModel, ratio: float) -> None:
+    """``--prune-hidden`` on random graphs: reductions and global pools over channels become masked
+    statistics (their groups prunable, kind ``hidden``); the twin's masked statistics must still match."""
+    check_prune(gm, ratio, "l2", prune_hidden=True)

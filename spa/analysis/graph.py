@@ -24,7 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.graph.model import ModelGraph, shape_of
-from spa.rules.base import Barrier, Choice, Link, Member, NodeContext, Relation, Role, Slot, Tag, static
+from spa.rules.base import Barrier, Choice, Link, Member, NodeContext, Relation, Role, Slot, Statistic, Tag, static
 from spa.rules.registry import RuleRegistry
 
 log = logging.getLogger(__name__)
@@ -87,19 +87,32 @@ def _relations_for(node: gs.Node, registry: RuleRegistry, opset: int) -> list[Re
         return ctx.barrier_all(f"rule for {label} failed: {type(exc).__name__}: {exc}")
 
 
+#: what a Statistic's barrier reason tells the user when hidden-size pruning is off
+HIDDEN_HINT = " (pass --prune-hidden to prune these channels together, statistics over the kept ones)"
+
+
 def _mentioned_axes(rels: list[Relation]) -> set[Slot]:
     seen: set[Slot] = set()
     for r in rels:
         if isinstance(r, Link):
             seen |= {r.a, r.b}
+        elif isinstance(r, Statistic):
+            seen.add(r.slot)
         elif isinstance(r, Choice):
             for o in r.options:
                 seen |= {o.a, o.b}
     return seen
 
 
-def build_channel_graph(mg: ModelGraph, registry: RuleRegistry) -> ChannelGraph:
-    """Run the rules and build the slot graph (choices resolved)."""
+def build_channel_graph(mg: ModelGraph, registry: RuleRegistry, *, hidden: bool = False) -> ChannelGraph:
+    """Run the rules and build the slot graph (choices resolved).
+
+    Args:
+        mg: the normalised model.
+        registry: the rules.
+        hidden: treat :class:`~spa.rules.base.Statistic` slots as prunable ``hidden`` channels (masked
+            statistics) instead of barriers.
+    """
     graph = mg.graph
     tensors = graph.tensors()
     order: dict[str, int] = {}
@@ -149,6 +162,12 @@ def build_channel_graph(mg: ModelGraph, registry: RuleRegistry) -> ChannelGraph:
                     info(o.a), info(o.b)
             elif isinstance(r, Tag):
                 info(r.slot).kinds.add(r.kind)
+            elif isinstance(r, Statistic):
+                si = info(r.slot)
+                si.kinds.add("hidden")
+                if not hidden:
+                    si.reasons.append(r.reason + HIDDEN_HINT)
+                node_of_slot[r.slot].add(name)
         mentioned = _mentioned_axes(rels)
         for t in list(node.inputs) + list(node.outputs):
             shape = shape_of(t) if t is not None and t.name else None

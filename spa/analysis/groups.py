@@ -77,6 +77,7 @@ class Analysis:
     classes: dict[int, dict[Slot, np.ndarray]] = field(default_factory=dict)
     roles: dict[Slot, set[Role]] = field(default_factory=dict)
     channel_graph: ChannelGraph | None = None
+    hidden: bool = False
 
     @property
     def prunable(self) -> list[Group]:
@@ -111,17 +112,19 @@ def _dedupe(items: list[str], limit: int = 8) -> tuple[str, ...]:
     return tuple(out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else []))
 
 
-def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None) -> Analysis:
+def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None, *, hidden: bool = False) -> Analysis:
     """Find every group of coupled channels in a normalised model.
 
     Args:
         mg: the normalised model (see :func:`spa.graph.normalize.normalize`).
         registry: rules to use (default: :func:`spa.rules.defaults.default_registry`).
+        hidden: hidden-size pruning: channels that normalisation statistics run over (LayerNorm, RMSNorm,
+            their decomposed ReduceMean forms) stay prunable, as groups of kind ``hidden``.
 
     Returns:
         The :class:`Analysis`.
     """
-    cg = build_channel_graph(mg, registry or default_registry())
+    cg = build_channel_graph(mg, registry or default_registry(), hidden=hidden)
     links_by_slot: dict[Slot, list[Link]] = {}
     for link, _ in cg.links:
         links_by_slot.setdefault(link.a, []).append(link)
@@ -167,4 +170,4 @@ def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None) -> Analy
         for si in infos:
             roles[si.slot] = {r for _, r in si.roles}
     log.debug("%d groups, %d prunable", len(groups), sum(g.prunable for g in groups))
-    return Analysis(mg, groups, classes, roles, cg)
+    return Analysis(mg, groups, classes, roles, cg, hidden)

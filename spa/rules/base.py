@@ -15,6 +15,11 @@ A *slot* is one axis of one tensor (activation or initializer). A rule looks at 
   slot is owned by weights and blocks the others' slots.
 * :class:`Tag` — a hint naming what kind of channels a slot carries (``"head"``); it links nothing
   and the analysis may ignore it.
+* :class:`Statistic` — the node computes a statistic *over* an activation slot (LayerNorm/RMSNorm mean
+  and variance, a ReduceMean): its channels are not independent, so the slot is a barrier unless the
+  user asks to prune the hidden size (``--prune-hidden``); then the slot stays prunable, the group's
+  kind is ``hidden``, and the rule's :meth:`ChannelRule.twin` hook restricts the statistic to the kept
+  channels in the masked twin (what the pruned model computes over its narrower axis).
 
 A rule may also *rewrite* its node after pruning (``group`` attribute, Reshape/Split/Slice constants).
 
@@ -99,7 +104,20 @@ class Tag:
     kind: str
 
 
-Relation = Union[Link, Member, Barrier, Choice, Tag]
+@dataclass(frozen=True)
+class Statistic:
+    """``slot`` is reduced over by a statistic (mean, variance, norm): a barrier with ``reason``, or —
+    when hidden-size pruning is on — a prunable slot of a ``hidden`` group (see :class:`TwinContext`).
+
+    >>> Statistic(Slot("x", 2), "LayerNormalization 'ln' normalises over axis 2").slot.axis
+    2
+    """
+
+    slot: Slot
+    reason: str
+
+
+Relation = Union[Link, Member, Barrier, Choice, Tag, Statistic]
 
 
 class NodeContext:
@@ -235,6 +253,49 @@ class RewriteContext:
         node.inputs[index] = gs.Constant(name, np.asarray(value, dtype=np.asarray(old.values).dtype))
 
 
+class TwinContext:
+    """What a rule may use to rewrite its node in the *masked twin* (see :meth:`ChannelRule.twin`).
+
+    Args:
+        graph: the twin's graph (new nodes are appended to it; the caller sorts it afterwards).
+        kept: kept element indices of a pruned slot, None when not pruned.
+    """
+
+    def __init__(self, graph: gs.Graph, kept: Kept) -> None:
+        self.graph = graph
+        self._kept = kept
+        self._count = 0
+
+    def mask(self, tensor: gs.Tensor | None, axis: int, size: int) -> np.ndarray | None:
+        """Boolean keep-mask of length ``size`` for a pruned slot, None when the slot is not pruned."""
+        if tensor is None:
+            return None
+        k = self._kept(Slot(tensor.name, axis))
+        if k is None or len(k) == size:
+            return None
+        m = np.zeros(size, dtype=bool)
+        m[k] = True
+        return m
+
+    def fresh(self, base: str) -> str:
+        """A tensor/node name not used yet."""
+        self._count += 1
+        return f"{base}__spa_twin{self._count}"
+
+    def op(self, op: str, inputs: Sequence[gs.Tensor], like: gs.Tensor, attrs: dict[str, object] | None = None,
+           out: gs.Variable | None = None) -> gs.Variable:
+        """Append node ``op(inputs)`` to the twin; its output (``out`` or a fresh variable) has ``like``'s dtype."""
+        y = out if out is not None else gs.Variable(self.fresh(like.name), dtype=like.dtype)
+        self.graph.nodes.append(gs.Node(op, name=self.fresh(f"{op}_{like.name}"), attrs=attrs or {},
+                                        inputs=list(inputs), outputs=[y]))
+        return y
+
+    def constant(self, value: np.ndarray, like: gs.Tensor) -> gs.Constant:
+        """A constant with ``like``'s floating dtype."""
+        dtype = np.dtype(like.dtype) if like.dtype is not None else np.dtype(np.float32)
+        return gs.Constant(self.fresh(f"{like.name}_c"), np.asarray(value, dtype=dtype))
+
+
 class ChannelRule(ABC):
     """Channel behaviour of one op family.
 
@@ -255,6 +316,10 @@ class ChannelRule(ABC):
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:  # noqa: B027 - optional hook
         """Fix attributes/constants of the node after its slots were pruned (default: nothing)."""
+
+    def twin(self, ctx: NodeContext, tw: TwinContext) -> None:  # noqa: B027 - optional hook
+        """Make the node compute, in the masked twin, what the pruned model computes (rules that emit a
+        :class:`Statistic` restrict the statistic to kept channels here; default: nothing)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(self.op_types)})"

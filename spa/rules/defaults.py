@@ -8,7 +8,7 @@ from spa.rules.contrib import ContribElementwiseRule, ContribFusedAttentionRule,
 from spa.rules.conv import ConvRule, ConvTransposeRule
 from spa.rules.elementwise import BroadcastRule, TriluRule, UnaryRule
 from spa.rules.gemm_matmul import GemmRule, MatMulRule
-from spa.rules.norm import PerChannelNormRule, StatsOverAxisRule
+from spa.rules.norm import HiddenNormRule, PerChannelNormRule, StatsOverAxisRule
 from spa.rules.pooling import AxisOpRule, PoolRule, ReduceRule
 from spa.rules.quant import (
     DynamicQuantizeRule,
@@ -26,6 +26,7 @@ DEFAULT_RULES: tuple[ChannelRule, ...] = (
     ConvTransposeRule(),
     PerChannelNormRule(),
     StatsOverAxisRule(),
+    HiddenNormRule(),
     UnaryRule(),
     BroadcastRule(),
     PoolRule(),

@@ -2,11 +2,21 @@
 
 Per-channel normalisations (BatchNormalization, InstanceNormalization) are identity maps whose
 parameters are sliced with the channel. Normalisations whose statistics run *over* an axis
-(LayerNormalization, GroupNormalization's channel axis, LpNormalization, MeanVarianceNormalization,
-LRN) are barriers on that axis: removing a channel there changes every other channel's output.
+(GroupNormalization's channel axis, LpNormalization, MeanVarianceNormalization, LRN, LayerNormalization
+over several axes) are barriers on that axis: removing a channel there changes every other channel's
+output.
+
+LayerNormalization and RMSNormalization over one (the last) axis are the transformer's hidden size: that
+axis is a :class:`~spa.rules.base.Statistic` — a barrier by default; with hidden-size pruning the axis
+maps to the output and to the scale/bias, and the masked twin decomposes the node into statistics over
+the kept channels only (what the pruned node computes over its narrower axis):
+``d = x - x·(m/D')``, ``y = d / sqrt((d·d)·(m/D') + eps) · scale + bias`` (RMS: no centring), with the
+reductions written as MatMuls against the column ``m/D'`` so the twin needs no opset-specific op.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from spa.rules.base import (
     Barrier,
@@ -17,7 +27,8 @@ from spa.rules.base import (
     Relation,
     Role,
     Slot,
-    Tag,
+    Statistic,
+    TwinContext,
     norm_axis,
 )
 
@@ -57,18 +68,94 @@ class PerChannelNormRule(ChannelRule):
         return rels
 
 
+def _normalised_axis(ctx: NodeContext) -> int | None:
+    """The single normalised axis of a Layer/RMSNormalization node (None: several axes or unknown rank)."""
+    r = ctx.rank(ctx.input(0))
+    if r is None or r < 2:
+        return None
+    axis = norm_axis(int(ctx.attr("axis", -1)), r)
+    return axis if axis == r - 1 else None
+
+
+class HiddenNormRule(ChannelRule):
+    """LayerNormalization / RMSNormalization over the last axis: a Statistic (hidden size).
+
+    Several normalised axes are left to :class:`StatsOverAxisRule` (barriers).
+    """
+
+    op_types = ("LayerNormalization", "RMSNormalization")
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        axis = _normalised_axis(ctx)
+        if axis is None:
+            return StatsOverAxisRule().relate(ctx)
+        op, name = ctx.node.op, ctx.node.name
+        x, y = ctx.input(0), ctx.output(0)
+        if x is None or y is None:
+            return ctx.barrier_all(f"{op} '{name}': missing input or output")
+        extra = [o for o in ctx.node.outputs[1:] if o.name]
+        if extra:  # Mean / InvStdDev outputs (training) carry the statistics themselves
+            return ctx.barrier_all(f"{op} '{name}' outputs its statistics")
+        r = axis + 1
+        rels: list[Relation] = [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(r)]
+        rels.append(Statistic(Slot(x.name, axis),
+                              f"{op} '{name}' normalises over axis {axis}: channels there are not independent"))
+        for k in range(1, len(ctx.node.inputs)):
+            p = ctx.input(k)
+            if p is None:
+                continue
+            pr = ctx.rank(p)
+            if pr is None or not ctx.is_const(p):
+                rels.append(Barrier(p.name, None, f"{op} '{name}': scale/bias computed at run time"))
+                continue
+            shape = ctx.shape(p) or ()
+            for a in range(pr):  # broadcast against the trailing axes: only the last one is a channel axis
+                if a == pr - 1 and shape[a] != 1:
+                    rels.append(Link(Slot(p.name, a), Slot(y.name, axis)))
+                else:
+                    rels.append(Barrier(p.name, a, f"{op} '{name}': broadcast axis of scale/bias"))
+            rels.append(Member(Slot(p.name, pr - 1), Role.PARAM))
+        return rels
+
+    def twin(self, ctx: NodeContext, tw: TwinContext) -> None:
+        """Replace the node by its decomposition with statistics over the kept channels."""
+        axis = _normalised_axis(ctx)
+        x, y = ctx.input(0), ctx.output(0)
+        if axis is None or x is None or y is None:
+            return
+        d = (ctx.shape(x) or ())[axis]
+        m = tw.mask(x, axis, int(d)) if isinstance(d, int) else None
+        if m is None:
+            return
+        node = ctx.node
+        col = tw.constant((m / m.sum()).reshape(-1, 1), x)
+        eps = tw.constant(np.asarray(float(node.attrs.get("epsilon", 1e-5))), x)
+        centred = x
+        if node.op == "LayerNormalization":
+            centred = tw.op("Sub", [x, tw.op("MatMul", [x, col], x)], x)
+        var = tw.op("MatMul", [tw.op("Mul", [centred, centred], x), col], x)
+        normed = tw.op("Div", [centred, tw.op("Sqrt", [tw.op("Add", [var, eps], x)], x)], x)
+        scale, bias = ctx.input(1), ctx.input(2)
+        out = tw.op("Mul", [normed, scale], x) if scale is not None else normed
+        node.outputs.clear()
+        node.inputs.clear()
+        if bias is not None:
+            tw.op("Add", [out, bias], x, out=y)
+        else:
+            tw.op("Identity", [out], x, out=y)
+
+
 class StatsOverAxisRule(ChannelRule):
     """Ops whose statistics run over some axes: those axes are barriers, the rest identity."""
 
-    op_types = ("LayerNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization",
-                "LRN")
+    op_types = ("GroupNormalization", "LpNormalization", "MeanVarianceNormalization", "LRN")
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
         op = ctx.node.op
         r = ctx.rank(ctx.input(0))
         if r is None:
             return ctx.barrier_all(f"{op} '{ctx.node.name}': shape unknown")
-        if op == "LayerNormalization":
+        if op in ("LayerNormalization", "RMSNormalization"):
             axis = norm_axis(int(ctx.attr("axis", -1)), r)
             blocked = set(range(axis, r))
         elif op == "MeanVarianceNormalization":
@@ -79,9 +166,6 @@ class StatsOverAxisRule(ChannelRule):
             blocked = {1}
         reason = f"{op} '{ctx.node.name}' normalises over axis {sorted(blocked)}: channels there are not independent"
         rels = _identity_except(ctx, blocked, reason)
-        x = ctx.input(0)
-        if op == "LayerNormalization" and x is not None:
-            rels += [Tag(Slot(x.name, a), "hidden") for a in blocked]
         for k in range(1, len(ctx.node.inputs)):
             p = ctx.input(k)
             if p is not None:

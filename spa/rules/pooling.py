@@ -6,17 +6,53 @@
   not "has consumers": a rule cannot see whether a tensor is a graph output, and an Indices output that
   is only a graph output was otherwise missed (its values would silently change after pruning).
 * Reduce*: axes not reduced are identity (shifted when ``keepdims=0``); reduced axes are barriers
-  (a reduction over channels mixes them) — reducing spatial axes (SE blocks) is therefore fine.
+  (a reduction over channels mixes them) — reducing spatial axes (SE blocks) is therefore fine. The
+  reductions a decomposed LayerNorm/RMSNorm is made of (Mean, Sum, SumSquare, L1, L2) mark their reduced
+  axes as :class:`~spa.rules.base.Statistic` instead: with hidden-size pruning the masked twin multiplies
+  the input by the keep-mask and rescales a mean by ``D/D'`` — the pruned node reduces over ``D'``.
 * Softmax/LogSoftmax/Hardmax, ArgMax/ArgMin, CumSum, TopK: the op's axis is a barrier.
 """
 
 from __future__ import annotations
 
-from spa.rules.base import Barrier, ChannelRule, Link, NodeContext, Relation, Slot, Tag, norm_axis
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from spa.rules.base import Barrier, ChannelRule, Link, NodeContext, Relation, Slot, Statistic, TwinContext, norm_axis
+
+
+def mask_reduction(ctx: NodeContext, tw: TwinContext, axes: set[int], *, mean: bool) -> None:
+    """In the masked twin, make a reduction over ``axes`` of input 0 see only the kept elements:
+    multiply the input by the keep-mask of each pruned axis; rescale a mean by ``D/D'``."""
+    x, y = ctx.input(0), ctx.output(0)
+    shape = ctx.shape(x)
+    if x is None or y is None or shape is None:
+        return
+    r, masked, rescale = len(shape), x, 1.0
+    for a in sorted(axes):
+        d = shape[a]
+        m = tw.mask(x, a, int(d)) if isinstance(d, int) else None
+        if m is None:
+            continue
+        masked = tw.op("Mul", [masked, tw.constant(m.reshape((-1,) + (1,) * (r - 1 - a)), x)], x)
+        rescale *= len(m) / float(m.sum())
+    if masked is x:
+        return
+    ctx.node.inputs[0] = masked
+    if mean:
+        raw = gs.Variable(tw.fresh(y.name), dtype=y.dtype)
+        ctx.node.outputs[0] = raw
+        tw.op("Mul", [raw, tw.constant(np.asarray(rescale), x)], x, out=y)
+
+
+#: global pools whose statistic over the spatial axes stays exact over kept elements (mean: rescaled)
+_MASKABLE_POOLS = {"GlobalAveragePool": True, "GlobalLpPool": False}
 
 
 class PoolRule(ChannelRule):
-    """Pooling: axes 0 and 1 identity."""
+    """Pooling: axes 0 and 1 identity. A global average/Lp pool's spatial axes are a
+    :class:`~spa.rules.base.Statistic` (tf2onnx writes LayerNorm moments as GlobalAveragePool over
+    ``[B, S, D]``: its "spatial" axis is the hidden size)."""
 
     op_types = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
                 "MaxRoiPool")
@@ -29,11 +65,25 @@ class PoolRule(ChannelRule):
         x, y = ctx.input(0), ctx.output(0)
         if x is None or y is None or ctx.rank(x) is None:
             return ctx.barrier_all(f"{ctx.node.op} '{ctx.node.name}': shape unknown")
-        return [Link(Slot(x.name, 0), Slot(y.name, 0)), Link(Slot(x.name, 1), Slot(y.name, 1))]
+        rels: list[Relation] = [Link(Slot(x.name, 0), Slot(y.name, 0)), Link(Slot(x.name, 1), Slot(y.name, 1))]
+        r = ctx.rank(x) or 0
+        if ctx.node.op in _MASKABLE_POOLS:
+            rels += [Statistic(Slot(x.name, a), f"{ctx.node.op} '{ctx.node.name}' pools over axis {a}")
+                     for a in range(2, r)]
+        return rels
+
+    def twin(self, ctx: NodeContext, tw: TwinContext) -> None:
+        """Global pools: statistics over the kept elements of pruned spatial axes."""
+        op = ctx.node.op
+        if op in _MASKABLE_POOLS:
+            mask_reduction(ctx, tw, set(range(2, ctx.rank(ctx.input(0)) or 0)), mean=_MASKABLE_POOLS[op])
 
 
 REDUCE_OPS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+
+#: reductions that stay exact over the kept channels when the removed ones are zeroed (mean: rescaled)
+MASKABLE = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2")
 
 # opset from which each reduce op takes `axes` as an input rather than an attribute
 _AXES_AS_INPUT = {op: 18 for op in REDUCE_OPS} | {"ReduceSum": 13}
@@ -44,40 +94,57 @@ class ReduceRule(ChannelRule):
 
     op_types = REDUCE_OPS + ("ArgMax", "ArgMin")
 
+    @staticmethod
+    def _reduced(ctx: NodeContext) -> set[int] | None:
+        """Reduced axes; None when computed at run time or the rank is unknown."""
+        op, r = ctx.node.op, ctx.rank(ctx.input(0))
+        if r is None:
+            return None
+        if op in ("ArgMax", "ArgMin"):
+            axes: list[int] | None = [int(ctx.attr("axis", 0))]
+        elif ctx.opset >= _AXES_AS_INPUT[op]:
+            axes = ctx.ints("axes", 1) if ctx.input(1) is not None or "axes" in ctx.node.attrs else []
+            if axes is None:
+                return None
+        else:
+            axes = ctx.ints("axes", None) or []
+        if not axes:
+            if int(ctx.attr("noop_with_empty_axes", 0)):
+                return set()
+            axes = list(range(r))
+        return {norm_axis(a, r) for a in axes}
+
     def relate(self, ctx: NodeContext) -> list[Relation]:
         op = ctx.node.op
         x, y = ctx.input(0), ctx.output(0)
         r = ctx.rank(x)
         if x is None or y is None or r is None:
             return ctx.barrier_all(f"{op} '{ctx.node.name}': shape unknown")
+        reduced = self._reduced(ctx)
+        if reduced is None:
+            return ctx.barrier_all(f"{op} '{ctx.node.name}': axes computed at run time")
         keep = bool(int(ctx.attr("keepdims", 1)))
-        if op in ("ArgMax", "ArgMin"):
-            axes: list[int] | None = [int(ctx.attr("axis", 0))]
-        elif ctx.opset >= _AXES_AS_INPUT[op]:
-            axes = ctx.ints("axes", 1) if ctx.input(1) is not None or "axes" in ctx.node.attrs else []
-            if axes is None:
-                return ctx.barrier_all(f"{op} '{ctx.node.name}': axes computed at run time")
-        else:
-            axes = ctx.ints("axes", None) or []
-        if not axes:
-            if int(ctx.attr("noop_with_empty_axes", 0)):
-                return [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(r)]
-            axes = list(range(r))
-        reduced = {norm_axis(a, r) for a in axes}
         reason = f"{op} '{ctx.node.name}' reduces over axis"
         rels: list[Relation] = []
-        if reduced == {r - 1} and r >= 3 and keep and op in ("ReduceMean", "ReduceSumSquare", "ReduceL2"):
-            rels.append(Tag(Slot(x.name, r - 1), "hidden"))  # decomposed LayerNorm/RMSNorm statistics
         out_axis = 0
         for a in range(r):
             if a in reduced:
-                rels.append(Barrier(x.name, a, f"{reason} {a}"))
+                if op in MASKABLE:
+                    rels.append(Statistic(Slot(x.name, a), f"{reason} {a}"))
+                else:
+                    rels.append(Barrier(x.name, a, f"{reason} {a}"))
                 if keep:
                     out_axis += 1
                 continue
             rels.append(Link(Slot(x.name, a), Slot(y.name, out_axis)))
             out_axis += 1
         return rels
+
+    def twin(self, ctx: NodeContext, tw: TwinContext) -> None:
+        """Zero the removed channels before the reduction; rescale a mean by ``D/D'`` after it."""
+        reduced = self._reduced(ctx)
+        if ctx.node.op in MASKABLE and reduced:
+            mask_reduction(ctx, tw, reduced, mean=ctx.node.op == "ReduceMean")
 
 
 class AxisOpRule(ChannelRule):

@@ -18,7 +18,7 @@ from spa.analysis.groups import Analysis
 from spa.graph.model import ModelGraph
 from spa.graph.weights import release
 from spa.plan import GroupPlan, Plan
-from spa.rules.base import NodeContext, RewriteContext, Role, Slot
+from spa.rules.base import NodeContext, RewriteContext, Role, Slot, TwinContext
 from spa.rules.defaults import default_registry
 from spa.rules.registry import RuleRegistry
 
@@ -38,13 +38,17 @@ def kept_indices(analysis: Analysis, plan: Plan) -> dict[Slot, np.ndarray]:
     """Kept element indices of every slot of every group the plan prunes, in exported order.
 
     Shared slots keep every channel not removed; an unconstrained consumer's weight slot keeps only the
-    channels it reads (``slice``/``gather`` modes). Elements are ordered by the plan's channel layout.
+    channels it reads (``slice``/``gather`` modes). Elements are ordered by the plan's channel layout,
+    which only permutes channels inside the group's movable blocks (see :mod:`spa.reorder.blocks`).
     """
+    from spa.reorder.blocks import channel_blocks, exported_order
+
     kept: dict[Slot, np.ndarray] = {}
     for gp in plan.groups:
         removed = np.zeros(gp.channels, dtype=bool)
         removed[list(gp.removed)] = True
         rank = _rank(gp)
+        block = channel_blocks(analysis, gp.group) if gp.order else None
         own = {Slot(c.tensor, c.axis): c for c in gp.consumers if c.mode != "zero"}
         for slot, labels in analysis.classes[gp.group].items():
             if slot in own:
@@ -53,8 +57,8 @@ def kept_indices(analysis: Analysis, plan: Plan) -> dict[Slot, np.ndarray]:
             else:
                 allowed = ~removed
             idx = np.flatnonzero(allowed[labels])
-            # index order unless the plan lays channels out anew (only for one-element-per-channel groups)
-            kept[slot] = idx[np.lexsort((idx, rank[labels[idx]]))] if gp.order else idx
+            # index order unless the plan lays channels out anew (inside movable blocks only)
+            kept[slot] = exported_order(labels, idx, rank, block) if block is not None else idx
     return kept
 
 
@@ -86,6 +90,8 @@ def _narrow_inputs(mg: ModelGraph, analysis: Analysis, plan: Plan, kept: dict[Sl
             src = site.source
             labels = analysis.classes[gp.group][src][kept[src]]
             pos = np.flatnonzero(np.isin(labels, list(c.kept)))
+            if len(pos) == len(labels):
+                continue  # it reads every kept element in exported order: nothing to narrow
             x = tensors[src.tensor]
             node = nodes[c.node]
             shape = list(x.shape) if x.shape is not None else None
@@ -191,13 +197,31 @@ def _zero(t: gs.Constant, axis: int, drop: np.ndarray) -> None:
     t.values = values
 
 
-def masked_twin(analysis: Analysis, plan: Plan, updates: dict[str, np.ndarray] | None = None) -> ModelGraph:
-    """Same architecture, removed channels zeroed at their consumers.
+def _twin_hooks(mg: ModelGraph, kept: dict[Slot, np.ndarray], registry: RuleRegistry) -> None:
+    """Let the rules of nodes that read pruned activations restrict their statistics to kept channels."""
+    touched = {s.tensor for s in kept}
+    tw = TwinContext(mg.graph, kept.get)
+    count = len(mg.graph.nodes)
+    for node in list(mg.graph.nodes):
+        if not any(t is not None and t.name in touched for t in node.inputs):
+            continue
+        rule = registry.lookup(node.domain or "", node.op, mg.opset)
+        if rule is not None:
+            rule.twin(NodeContext(node, mg.opset), tw)
+    if len(mg.graph.nodes) != count:
+        mg.graph.cleanup().toposort()
+
+
+def masked_twin(analysis: Analysis, plan: Plan, updates: dict[str, np.ndarray] | None = None,
+                registry: RuleRegistry | None = None) -> ModelGraph:
+    """Same architecture, removed channels zeroed at their consumers (and statistics over hidden channels
+    restricted to the kept ones, see :meth:`~spa.rules.base.ChannelRule.twin`).
 
     Args:
         analysis: the analysis the plan was made from.
         plan: the plan.
         updates: replacement weight values (from a compensating criterion) applied before masking.
+        registry: rules for the twin hooks (default rules when None).
     """
     mg = analysis.model.copy()
     _apply_updates(mg, updates)
@@ -216,4 +240,5 @@ def masked_twin(analysis: Analysis, plan: Plan, updates: dict[str, np.ndarray] |
         drop = np.setdiff1d(np.arange(t.shape[slot.axis]), k)
         if len(drop):
             _zero(t, slot.axis, drop)
+    _twin_hooks(mg, kept, registry or default_registry())
     return mg
