@@ -50,9 +50,11 @@ _MASKABLE_POOLS = {"GlobalAveragePool": True, "GlobalLpPool": False}
 
 
 class PoolRule(ChannelRule):
-    """Pooling: axes 0 and 1 identity. A global average/Lp pool's spatial axes are a
-    :class:`~spa.rules.base.Statistic` (tf2onnx writes LayerNorm moments as GlobalAveragePool over
-    ``[B, S, D]``: its "spatial" axis is the hidden size)."""
+    """Pooling: axes 0 and 1 identity; the spatial axes of a global average/Lp pool are a Statistic.
+
+    tf2onnx writes LayerNorm moments as GlobalAveragePool over ``[B, S, D]``: its "spatial" axis is the
+    hidden size (see :class:`~spa.rules.base.Statistic`).
+    """
 
     op_types = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
                 "MaxRoiPool")
