@@ -296,3 +296,30 @@ def test_cli_prune_hidden_then_verify(hidden_export, tmp_path: Path, capsys: pyt
     rows = [g for g in report["groups"] if g["kind"] == "hidden"]
     assert len(rows) == 1 and rows[0]["channels_after"] == HIDDEN - HIDDEN // 4
     assert main(["prune", src, "--hidden-ratio", "0.25", "-o", str(tmp_path / "x.onnx")]) != 0
+
+
+def test_keras_attention_fixture_hidden_size() -> None:
+    """Keras 3 → tf2onnx idioms: LayerNorm moments as GlobalAveragePool over [B, S, D], gamma/beta as
+    [1, 1, D] constants, Tensordot Reshape([-1, D]) before the FFN. The fixture's hidden size is its graph
+    input, so a projection is put in front (in memory; nothing else changed) to make the stream internal."""
+    from onnx import helper
+
+    m = onnx.load(str(Path(__file__).parent / "fixtures" / "keras_attention.onnx"))
+    g = m.graph
+    inp = g.input[0]
+    batch = inp.type.tensor_type.shape.dim[0].dim_param
+    w = np.random.default_rng(0).standard_normal((8, D_KERAS)).astype(np.float32) * 0.3
+    g.initializer.append(numpy_helper.from_array(w, "spa_test_proj"))
+    g.node.insert(0, helper.make_node("MatMul", ["features", "spa_test_proj"], [inp.name], name="spa_test_proj"))
+    g.input.remove(inp)
+    g.input.insert(0, helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, [batch, 16, 8]))
+    assert not _hidden(spa.analyze(m))[0].prunable
+    hidden = _hidden(spa.analyze(m, prune_hidden=True))
+    assert [h.channels for h in hidden] == [D_KERAS] and hidden[0].prunable
+    r = assert_oracle(m, 0.5, prune_hidden=True)
+    assert {r.analysis.groups[gp.group].kind: len(gp.removed) for gp in r.plan.groups}["hidden"] == D_KERAS // 2
+    weights = {t.name: numpy_helper.to_array(t) for t in r.model.graph.initializer}
+    assert weights["spa_test_proj"].shape == (8, D_KERAS // 2)
+
+
+D_KERAS = 32
