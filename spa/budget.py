@@ -12,6 +12,9 @@ uniform/global ratio until the estimate meets a MACs or parameter target.
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,11 +23,13 @@ import onnx_graphsurgeon as gs
 
 from spa.analysis.groups import Analysis
 from spa.bench.metrics import count_macs, count_params, node_macs
-from spa.errors import PlanError
+from spa.errors import PlanError, UsageError
 from spa.plan import Plan
 from spa.rules.base import Slot
 from spa.surgery.apply import kept_indices
 from spa.graph.weights import is_float
+
+log = logging.getLogger(__name__)
 
 
 def _fraction(kept: dict[Slot, float], tensor: str, rank: int) -> float:
@@ -42,26 +47,47 @@ class Estimate:
     params: int
 
 
+def kept_sizes(analysis: Analysis, plan: Plan) -> dict[Slot, tuple[int, int]]:
+    """``(kept, size)`` element counts of every slot the plan prunes (weights and activations).
+
+    The one mapping from a plan to pruned shapes that needs no surgery: a tensor's pruned shape is its
+    shape with ``kept`` in place of ``size`` along each listed axis. Used by :func:`estimate` and by the
+    latency lookup table (:mod:`spa.latency.layers`).
+    """
+    kept = kept_indices(analysis, plan)
+    return {s: (len(kept[s]), len(labels)) for gp in plan.groups
+            for s, labels in analysis.classes[gp.group].items() if s in kept}
+
+
+def kept_fractions(analysis: Analysis, plan: Plan) -> dict[Slot, float]:
+    """Kept fraction of every slot the plan prunes (see :func:`kept_sizes`)."""
+    return {s: k / max(1, n) for s, (k, n) in kept_sizes(analysis, plan).items()}
+
+
+def node_fraction(node: gs.Node, fractions: dict[Slot, float]) -> float:
+    """Fraction of a Conv/ConvTranspose/Gemm/MatMul node's MACs left by a plan's kept ``fractions``.
+
+    The cost scales with the kept fraction along each pruned axis of its weight (or, for a MatMul of
+    two activations, of its operands' contraction and free axes).
+    """
+    if node.op in ("Conv", "ConvTranspose", "Gemm") or isinstance(node.inputs[1], gs.Constant):
+        w = node.inputs[1]
+        # every channel axis of the weight scales the cost (depthwise: its size-1 axis never prunes)
+        return _fraction(fractions, w.name, len(w.shape or ()))
+    a, b = node.inputs[0], node.inputs[1]
+    return _fraction(fractions, a.name, len(a.shape or ())) * fractions.get(
+        Slot(b.name, len(b.shape or (0,)) - 1), 1.0)
+
+
 def estimate(analysis: Analysis, plan: Plan) -> Estimate:
     """MACs and parameters after applying ``plan`` (parameters exact, MACs exact for Conv/Gemm/MatMul)."""
-    fractions = {s: len(k) / max(1, len(analysis.classes[g][s]))
-                 for g in {gp.group for gp in plan.groups}
-                 for s, k in kept_indices(analysis, plan).items() if s in analysis.classes[g]}
+    fractions = kept_fractions(analysis, plan)
     graph = analysis.model.graph
     macs = 0.0
     for node in graph.nodes:
         m = node_macs(node)
-        if not m:
-            continue
-        if node.op in ("Conv", "ConvTranspose", "Gemm") or isinstance(node.inputs[1], gs.Constant):
-            w = node.inputs[1]
-            # every channel axis of the weight scales the cost (depthwise: its size-1 axis never prunes)
-            f = _fraction(fractions, w.name, len(w.shape or ()))
-        else:
-            a, b = node.inputs[0], node.inputs[1]
-            f = _fraction(fractions, a.name, len(a.shape or ())) * fractions.get(
-                Slot(b.name, len(b.shape or (0,)) - 1), 1.0)
-        macs += m * f
+        if m:
+            macs += m * node_fraction(node, fractions)
     params = 0.0
     for t in graph.tensors().values():
         if isinstance(t, gs.Constant) and is_float(t):
@@ -125,6 +151,11 @@ def solve_ratio(
     return best
 
 
+#: ratio the latency search never goes beyond
+MAX_LATENCY_RATIO = 0.95
+LATENCY_METHODS = ("lut", "measure")
+
+
 def solve_latency(
     analysis: Analysis,
     make: Callable[[float], Plan],
@@ -134,56 +165,202 @@ def solve_latency(
     providers: list[str] | None = None,
     threads: int = 1,
     iters: int = 20,
-    steps: int = 6,
-) -> tuple[Plan, dict[str, float]]:
-    """The smallest ratio whose *measured* latency meets ``target``.
+    steps: int | None = None,
+    method: str = "lut",
+    cache_dir: str | os.PathLike[str] | None = None,
+    tol: float = 0.03,
+    corrections: int = 2,
+) -> tuple[Plan, dict[str, object]]:
+    """The smallest ratio whose latency meets ``target`` (a fraction of the original's, or milliseconds).
 
-    Each candidate is pruned and timed in ONNX Runtime alternately with the original, so the measured
-    quantity is the latency ratio pruned/original (robust to machine noise); the target is a fraction
-    of the original latency (<= 1) or milliseconds (> 1, converted with the original's median).
+    ``method="lut"`` (default) bisects the ratio on the latency *predicted* from a per-layer lookup
+    table (:mod:`spa.latency`: micro-benchmarks cached on disk per provider + device, measured only for
+    the layer shapes the search visits) and the original's latency measured once. The chosen plan is
+    then pruned and timed alternately with the original; when the measured fraction is not within
+    ``[goal - tol, goal]`` the model is recalibrated with the measurement and the search redone, at
+    most ``corrections`` times. The answer is the smallest measured ratio whose measured fraction meets
+    the goal (else the fastest measured plan); the record says which, with every attempt.
+    ``method="measure"`` bisects on whole-model measurements instead (one per step; slow).
 
     Args:
         analysis: the groups.
         make: builds a plan for a ratio.
         build: turns a plan into an ONNX ModelProto (pruned, unchecked).
-        target: fraction of the original latency, or milliseconds.
+        target: fraction of the original latency (<= 1), or milliseconds (> 1, converted with the
+            original's measured median).
         providers: ONNX Runtime providers (CPU by default).
-        threads: intra-op threads.
-        iters: timed runs per measurement.
-        steps: bisection steps.
+        threads: intra-op threads (for the table and the measurements).
+        iters: timed runs per whole-model measurement.
+        steps: bisection steps (default 8 for ``lut``, 6 for ``measure``).
+        method: ``lut`` or ``measure``.
+        cache_dir: folder of the lookup tables (default ``$SPA_CACHE_DIR/latency`` or
+            ``~/.cache/spa/latency``).
+        tol: how far below the goal a measured fraction may be before the search is corrected.
+        corrections: at most this many recalibrated searches after the first measurement.
 
     Returns:
-        The plan and a record of the measurements.
+        The plan and a JSON-ready record of the prediction and the measurements.
 
     Raises:
-        PlanError: the target cannot be met at the largest ratio.
+        PlanError: the target is not positive or cannot be met at the largest ratio.
+        UsageError: unknown ``method``.
     """
-    from spa.bench.latency import time_models
-
     if target <= 0:
         raise PlanError(f"--target-latency must be positive, got {target}")
+    if method not in LATENCY_METHODS:
+        raise UsageError(f"unknown latency method '{method}'; choose one of {', '.join(LATENCY_METHODS)}")
+    providers = list(providers or ["CPUExecutionProvider"])
+    start = time.perf_counter()
+    if method == "measure":
+        plan, record = _solve_measured(analysis, make, build, target, providers=providers, threads=threads,
+                                       iters=iters, steps=6 if steps is None else steps)
+    else:
+        plan, record = _solve_lut(analysis, make, build, target, providers=providers, threads=threads,
+                                  iters=iters, steps=8 if steps is None else steps, cache_dir=cache_dir, tol=tol,
+                                  corrections=corrections)
+    record["solve_s"] = round(time.perf_counter() - start, 3)
+    return plan, record
+
+
+def _measure(original: object, pruned: object, providers: list[str], threads: int, iters: int) -> tuple[float, float]:
+    """(pruned / original latency, original ms), timed alternately in one process."""
+    from spa.bench.latency import time_models
+
+    t = time_models([original, pruned], providers=providers, threads=threads, warmup=3, iters=iters)  # type: ignore[list-item]
+    return t[1].median_ms / t[0].median_ms, t[0].median_ms
+
+
+def _unreachable(measured: float, base_ms: float, goal: float) -> PlanError:
+    return PlanError(
+        f"latency target cannot be met: removing {MAX_LATENCY_RATIO:.0%} of prunable channels gives "
+        f"{measured:.2f}x the original latency ({base_ms:.2f} ms), target {goal:.2f}x; relax the target")
+
+
+def _solve_measured(analysis: Analysis, make: Callable[[float], Plan], build: Callable[[Plan], object],
+                    target: float, *, providers: list[str], threads: int, iters: int,
+                    steps: int) -> tuple[Plan, dict[str, object]]:
+    """Bisect the ratio on measured latency ratios pruned/original (one whole-model timing per step)."""
     original = analysis.model.to_onnx()
-
-    def ratio_of(plan: Plan) -> tuple[float, float]:
-        t = time_models([original, build(plan)], providers=providers, threads=threads, warmup=3, iters=iters)
-        return t[1].median_ms / t[0].median_ms, t[0].median_ms
-
-    hi_plan = make(0.95)
-    hi_ratio, base_ms = ratio_of(hi_plan)
+    hi_plan = make(MAX_LATENCY_RATIO)
+    hi_ratio, base_ms = _measure(original, build(hi_plan), providers, threads, iters)
     goal = target if target <= 1 else target / base_ms
-    record = {"original_ms": base_ms, "target_fraction": goal}
     if hi_ratio > goal:
-        raise PlanError(
-            f"latency target cannot be met: removing 95% of prunable channels gives {hi_ratio:.2f}x the "
-            f"original latency ({base_ms:.2f} ms), target {goal:.2f}x; relax the target")
-    lo, hi, best, best_ratio = 0.0, 0.95, hi_plan, hi_ratio
+        raise _unreachable(hi_ratio, base_ms, goal)
+    lo, hi, best, best_ratio = 0.0, MAX_LATENCY_RATIO, hi_plan, hi_ratio
     for _ in range(steps):
         mid = (lo + hi) / 2
         plan = make(mid)
-        r, _ = ratio_of(plan)
+        r, _ = _measure(original, build(plan), providers, threads, iters)
         if r <= goal:
             hi, best, best_ratio = mid, plan, r
         else:
             lo = mid
-    record |= {"ratio": best.ratio, "measured_fraction": best_ratio, "measured_ms": best_ratio * base_ms}
-    return best, record
+    return best, {"method": "measure", "original_ms": base_ms, "target_fraction": goal, "ratio": best.ratio,
+                  "measured_fraction": best_ratio, "measured_ms": best_ratio * base_ms,
+                  "measurements": steps + 1}
+
+
+def _solve_lut(analysis: Analysis, make: Callable[[float], Plan], build: Callable[[Plan], object],
+               target: float, *, providers: list[str], threads: int, iters: int, steps: int,
+               cache_dir: str | os.PathLike[str] | None, tol: float,
+               corrections: int) -> tuple[Plan, dict[str, object]]:
+    """Bisect on the table-predicted latency, then measure and correct (see :func:`solve_latency`)."""
+    from spa.bench.feeds import input_shapes
+    from spa.bench.latency import open_session, time_models
+    from spa.latency import LatencyPredictor, LatencyTable, fit_sensitivity, predicted_fraction
+
+    original = analysis.model.to_onnx()
+    table = LatencyTable.open(providers, threads, cache_dir)
+    try:
+        shapes = input_shapes(open_session(original, providers, threads=threads), "model")
+        pred = LatencyPredictor.build(analysis, table, shapes)
+        base_ms = time_models([original], providers=providers, threads=threads, warmup=3, iters=iters)[0].median_ms
+        goal = target if target <= 1 else target / base_ms
+        l0 = pred.original_layers_ms
+        if l0 <= 0:
+            log.warning("no layer of this model could be benchmarked alone; measuring whole models instead")
+            plan, record = _solve_measured(analysis, make, build, target, providers=providers, threads=threads,
+                                           iters=iters, steps=6)
+            return plan, record | {"note": "no tabulated layers; fell back to whole-model measurements"}
+        sensitivity = min(1.0, l0 / base_ms)
+        candidates: list[tuple[Plan, float]] = []  # plan, x = L(plan) / L0
+        attempts: list[dict[str, object]] = []
+
+        def measure(plan: Plan, x: float, why: str) -> float:
+            m, orig_ms = _measure(original, build(plan), providers, threads, iters)
+            candidates.append((plan, x))
+            attempts.append({"why": why, "ratio": plan.ratio, "sensitivity": round(sensitivity, 4),
+                             "predicted_fraction": round(predicted_fraction(x, sensitivity), 4),
+                             "measured_fraction": round(m, 4), "original_ms": round(orig_ms, 4)})
+            return m
+
+        def bisect() -> tuple[Plan, float]:
+            plan = make(0.0)
+            x = pred.x(plan)
+            if predicted_fraction(x, sensitivity) <= goal:
+                return plan, x
+            lo, hi, best = 0.0, MAX_LATENCY_RATIO, hi_point
+            for _ in range(steps):
+                mid = (lo + hi) / 2
+                plan = make(mid)
+                x = pred.x(plan)
+                if predicted_fraction(x, sensitivity) <= goal:
+                    hi, best = mid, (plan, x)
+                else:
+                    lo = mid
+            return best
+
+        hi_plan = make(MAX_LATENCY_RATIO)
+        hi_point = (hi_plan, pred.x(hi_plan))
+        if predicted_fraction(hi_point[1], sensitivity) > goal:  # predicted unreachable: make sure
+            m = measure(hi_plan, hi_point[1], f"reachability at ratio {MAX_LATENCY_RATIO}")
+            if m > goal:
+                raise _unreachable(m, base_ms, goal)
+            sensitivity = _refit(fit_sensitivity, candidates, attempts, sensitivity)
+        for k in range(corrections + 1):
+            plan, x = bisect()
+            if any(c.ratio == plan.ratio for c, _ in candidates):
+                break  # the recalibrated search lands on a plan already measured
+            m = measure(plan, x, "search" if k == 0 else f"correction {k}")
+            if goal - tol <= m <= goal:
+                break
+            sensitivity = _refit(fit_sensitivity, candidates, attempts, sensitivity)
+        chosen, record = _choose(candidates, attempts, goal, tol)
+        return chosen, record | {
+            "original_ms": base_ms, "target_fraction": goal, "sensitivity": round(sensitivity, 4),
+            "lut": {"file": str(table.path), "provider": table.device.provider, "device": table.device.name,
+                    "threads": threads, "layers": len(pred.original), "original_layers_ms": round(l0, 4),
+                    "hits": table.hits, "measured": table.measured},
+        }
+    finally:
+        table.save()
+
+
+def _refit(fit: Callable[[list[tuple[float, float]]], float], candidates: list[tuple[Plan, float]],
+           attempts: list[dict[str, object]], sensitivity: float) -> float:
+    """Sensitivity refitted on every measured plan (unchanged when none differs from the original)."""
+    points = [(x, float(a["measured_fraction"])) for (_, x), a in zip(candidates, attempts)]  # type: ignore[arg-type]
+    try:
+        return fit(points)
+    except ValueError:
+        return sensitivity
+
+
+def _choose(candidates: list[tuple[Plan, float]], attempts: list[dict[str, object]], goal: float,
+            tol: float) -> tuple[Plan, dict[str, object]]:
+    """The smallest measured ratio meeting the goal, else the fastest measured plan; with the record."""
+    measured = [float(a["measured_fraction"]) for a in attempts]  # type: ignore[arg-type]
+    meeting = [i for i, m in enumerate(measured) if m <= goal]
+    i = min(meeting, key=lambda j: candidates[j][0].ratio) if meeting else min(range(len(measured)),
+                                                                            key=measured.__getitem__)
+    status = "met" if meeting else ("within tolerance" if measured[i] <= goal + tol else "missed")
+    if status != "met":
+        log.warning("latency target %.3f: the best measured plan gives %.3f of the original latency (%s)",
+                    goal, measured[i], status)
+    plan = candidates[i][0]
+    a = attempts[i]
+    return plan, {"method": "lut", "status": status, "ratio": plan.ratio,
+                  "predicted_fraction": a["predicted_fraction"], "measured_fraction": measured[i],
+                  "measured_ms": measured[i] * float(a["original_ms"]),  # type: ignore[arg-type]
+                  "corrections": sum(str(x["why"]).startswith("correction") for x in attempts),
+                  "attempts": attempts}

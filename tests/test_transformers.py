@@ -259,27 +259,35 @@ def test_hidden_size_is_blocked_by_layernorm(zoo_export, name: str, exporter: st
                for g in hidden)
 
 
-@pytest.mark.parametrize(
-    "exporter",
-    ["dynamo",
-     pytest.param("legacy", marks=pytest.mark.xfail(
-         strict=True, reason="legacy export with dynamic sequence: ONNX shape inference loses the sequence "
-                             "at cos[:seq] (computed Slice ends) and the whole attention after repeat_kv's "
-                             "Expand(x, Where(Equal(s, -1), 1, s)) (issue 3: shape completion for this pattern)"))],
-)
+@pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("name", sorted(TOKEN_MODELS))
 def test_llama_dynamic_batch_and_sequence(token_export, name: str, exporter: str) -> None:  # type: ignore[no-untyped-def]
-    """Symbolic batch and sequence: shared computed Reshape targets / Expand shapes, heads still prune."""
+    """Symbolic batch and sequence: shared computed Reshape targets / Expand shapes, heads still prune.
+
+    The legacy exporter writes ``repeat_kv`` as ``Expand(x, Where(Equal(s, -1), 1, s))`` with ``s`` built
+    from ``Shape`` and slices the RoPE tables as ``cos[:seq]`` with a computed end; ONNX inference loses
+    the shapes at both, :func:`spa.graph.shapes.complete_shapes` recovers them. The mask oracle holds at
+    two sequence lengths (and batch sizes), with random token ids.
+    """
     path = str(token_export(name, exporter, dynamic=True))
     a = spa.analyze(path)
     assert sorted(g.channels for g in a.prunable) == EXPECT[name]["groups"]
     r = assert_oracle(path, 0.5)
+    inits = _inits(r.model)
+    kept, dh = LLAMA_KV_HEADS // 2, LLAMA_HEAD_DIM
+    shapes = [v.shape for v in inits.values()]
+    assert shapes.count((HIDDEN, kept * (LLAMA_HEADS // LLAMA_KV_HEADS) * dh)) == 2  # Wq of both layers
+    assert shapes.count((HIDDEN, kept * dh)) == 4  # Wk, Wv of both layers
+    rng = np.random.default_rng(0)
     import onnxruntime as ort
 
     sess = ort.InferenceSession(r.model.SerializeToString(), providers=["CPUExecutionProvider"])
-    for shape in ((1, 3), (3, SEQ)):
-        (logits,) = sess.run(None, {"input": np.zeros(shape, np.int64)})
+    for shape in ((1, 3), (3, SEQ), (2, 5)):
+        (logits,) = sess.run(None, {"input": rng.integers(0, 64, shape, dtype=np.int64)})
         assert logits.shape[:2] == shape
+    for shape in ((1, 3), (2, 5)):  # the oracle (pruned == masked twin) at other sequence lengths
+        res = spa.verify(r.model, r.masked, shapes={"input": shape})  # type: ignore[arg-type]
+        assert res.ok, res.to_json()
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

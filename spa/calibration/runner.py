@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnxruntime as ort
 import onnx
 from onnx import helper
 
@@ -158,7 +159,9 @@ def run_batches(
                 checked = True
                 try:
                     probe = {k: v[:2] for k, v in feeds.items()}
-                    got = dynamic.run(fetch, probe)
+                    quiet = ort.RunOptions()
+                    quiet.log_severity_level = 4  # an expected failure, not an error to print
+                    got = dynamic.run(fetch, probe, quiet)
                     want = per_sample(probe, min(n, 2), 1)
                     ok = all(np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=1e-4, atol=1e-5)
                              for a, b in zip(got, want))

@@ -5,24 +5,45 @@ ONNX shape inference does not resolve some patterns exporters emit all the time:
 * ``x.view(x.size(0), -1)`` with a dynamic batch: ``Reshape(h, Concat(Gather(Shape(h), 0), [-1]))``
   gives ``(N, unk)`` — the ``-1`` is not solved against the symbolic batch — and below Reshape-14 even
   an explicit tail is not propagated;
-* shape-preserving ops without an inference function in the installed onnx (GroupNormalization-21).
+* shape-preserving ops without an inference function in the installed onnx (GroupNormalization-21);
+* Expand / Tile / Slice / ConstantOfShape whose shape, repeats or ends are computed at run time, as the
+  legacy PyTorch exporter writes them with dynamic axes: ``repeat_kv``'s
+  ``Expand(x, Where(Equal(s, -1), 1, s))`` with ``s`` built from ``Shape``, and the RoPE cache's
+  ``cos[:seq]`` (a Slice whose end is ``Shape(x)[1]``).
 
-:func:`complete_shapes` fills these in on the model's ``value_info``; the caller re-runs inference so the
-shapes flow downstream.
+The size vectors are evaluated by :class:`spa.graph.symbolic.ShapeVectors` (ints, symbols, unknowns).
+
+``cos[:seq]`` on a table of ``D`` rows has ``min(seq, D)`` rows, written as the symbol
+``"min(seq,D)"``: nothing in the Slice proves ``seq <= D``. Where such a tensor is broadcast against a
+tensor whose aligned dimension is ``seq`` (and ``D > 1``), every run that succeeds has ``seq <= D`` (else
+``D`` and ``seq`` would be two different sizes, neither 1), so ``min(seq, D')`` is ``seq`` for every
+``D' >= D``: the symbol is renamed ``seq`` everywhere.
+
+:func:`complete_shapes` fills these in on the model's ``value_info`` and carries what it learnt
+downstream in the same pass (ONNX's per-node inference on the nodes below a change), so a deep model
+does not need one round of whole-graph inference per layer; the caller re-runs inference after it.
 
 >>> _solve_minus_one([("N", 1), (6, 1), (3, 1), (3, 1)], ["N", -1])
 ['N', 54]
+>>> _slice_dim(8, 0, "seq", 1), _slice_dim("seq", 0, 2**63 - 1, 1), _slice_dim("seq", 0, "seq", 1)
+('min(seq,8)', 'seq', 'seq')
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
-Dim = int | str | None
+from spa.graph.symbolic import MAX_LEN, Dim, ShapeVectors, broadcast_dim, mul_dim
+
+log = logging.getLogger(__name__)
 
 #: ops whose single output has their first input's shape
 SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "InstanceNormalization", "BatchNormalization",
@@ -30,6 +51,16 @@ SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "InstanceNormali
                     # com.microsoft contrib ops ORT's optimizer emits (onnx has no inference for them)
                     "Gelu", "BiasGelu", "FastGelu", "QuickGelu", "SkipLayerNormalization",
                     "SkipSimplifiedLayerNormalization"}
+
+#: ops that broadcast their inputs against each other (numpy rules): the evidence for ``min(s,D) == s``
+BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Where", "And", "Or",
+                "Xor", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "BitShift", "PRelu",
+                "BitwiseAnd", "BitwiseOr", "BitwiseXor"}
+
+#: a Slice end at least this large means "to the end" (no tensor axis has 2**31 elements)
+TO_END = 2**31 - 1
+_MIN = re.compile(r"^min\((?P<sym>[^(),]+),(?P<bound>\d+)\)$")
+_CONSTANT_ATTRS = {"value", "value_int", "value_ints", "value_float", "value_floats"}
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[Dim] | None:
@@ -57,7 +88,9 @@ def _solve_minus_one(inp: list[tuple[Dim, int]], spec: list[Dim | int]) -> list[
     return list(spec)
 
 
-class _Model:
+class _ProtoView:
+    """:class:`GraphView` over a ModelProto (handles are tensor names)."""
+
     def __init__(self, model: onnx.ModelProto) -> None:
         g = model.graph
         self.shapes: dict[str, list[Dim] | None] = {}
@@ -66,106 +99,316 @@ class _Model:
         self.consts: dict[str, np.ndarray] = {}
         for init in g.initializer:
             self.shapes[init.name] = list(init.dims)
-            if init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and int(np.prod(init.dims)) <= 64:
+            if int(np.prod(init.dims)) <= MAX_LEN and init.data_location != onnx.TensorProto.EXTERNAL:
                 self.consts[init.name] = numpy_helper.to_array(init)
-        self.producer: dict[str, onnx.NodeProto] = {}
+        self.nodes: dict[str, onnx.NodeProto] = {}
         for n in g.node:
             for o in n.output:
-                self.producer[o] = n
-            if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-                self.consts[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+                self.nodes[o] = n
+            if n.op_type == "Constant" and n.attribute and n.attribute[0].name in _CONSTANT_ATTRS:
+                value = np.asarray(helper.get_attribute_value(n.attribute[0]))
+                if n.attribute[0].name == "value":
+                    value = numpy_helper.to_array(n.attribute[0].t)
+                if value.size <= MAX_LEN:
+                    self.consts[n.output[0]] = value
 
-    def trace_dims(self, name: str) -> list[Dim | int] | None:
-        """Values of a small 1-D int tensor: ints, or symbolic dims traced through Shape/Gather."""
-        if name in self.consts:
-            return [int(v) for v in self.consts[name].reshape(-1)]
-        node = self.producer.get(name)
-        if node is None:
+    def key(self, h: str) -> str:
+        return h
+
+    def const(self, h: str) -> np.ndarray | None:
+        return self.consts.get(h)
+
+    def shape(self, h: str) -> list[Dim] | None:
+        return self.shapes.get(h)
+
+    def producer(self, h: str) -> tuple[str, list[str | None], dict[str, Any]] | None:
+        n = self.nodes.get(h)
+        if n is None or n.domain not in ("", "ai.onnx"):
             return None
-        op = node.op_type
-        if op in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
-            return self.trace_dims(node.input[0])
-        if op == "Concat":
-            out: list[Dim | int] = []
-            for i in node.input:
-                part = self.trace_dims(i)
-                if part is None:
-                    return None
-                out += part
-            return out
-        if op == "Shape":
-            s = self.shapes.get(node.input[0])
-            if s is None:
-                return None
-            attrs = {a.name: a.i for a in node.attribute}
-            r = len(s)
-            start, end = attrs.get("start", 0), attrs.get("end", r)
-            start, end = (start + r if start < 0 else start), (end + r if end < 0 else end)
-            return list(s[max(start, 0): min(end, r)])  # type: ignore[arg-type]
-        if op == "Slice" and len(node.input) > 2 and node.input[1] in self.consts and node.input[2] in self.consts:
-            src = self.trace_dims(node.input[0])
-            steps = self.consts.get(node.input[4]) if len(node.input) > 4 else None
-            if src is None or (steps is not None and int(steps.reshape(-1)[0]) != 1):
-                return None
-            s0, e0 = int(self.consts[node.input[1]].reshape(-1)[0]), int(self.consts[node.input[2]].reshape(-1)[0])
-            return src[slice(s0, e0)]
-        if op == "Gather" and len(node.input) > 1 and node.input[1] in self.consts:
-            src = self.trace_dims(node.input[0])
-            if src is None:
-                return None
-            idx = self.consts[node.input[1]].reshape(-1)
-            return [src[int(i)] for i in idx]
+        return n.op_type, [i or None for i in n.input], {a.name: helper.get_attribute_value(a) for a in n.attribute}
+
+
+# -- completing shapes -------------------------------------------------------------------------------------
+def _min_marker(sym: str, bound: int) -> str:
+    return f"min({sym},{bound})"
+
+
+def _slice_dim(d: Dim, start: Dim, end: Dim, step: Dim) -> Dim:
+    """Length of ``range(d)[start:end:step]`` as far as it is provable (``min(s,D)`` as a symbol)."""
+    if not all(isinstance(v, int) for v in (start, step)) or step == 0:
         return None
+    if isinstance(d, int) and isinstance(end, int):
+        return len(range(d)[slice(start, end, step)])  # type: ignore[misc]
+    if start != 0 or step != 1 or d is None or end is None:
+        return None
+    if isinstance(end, int):
+        if end >= TO_END:
+            return d
+        return _min_marker(d, end) if isinstance(d, str) and end > 1 and not _MIN.match(d) else None
+    if end == d:
+        return d
+    if isinstance(d, int) and not _MIN.match(end):
+        return _min_marker(end, d) if d > 1 else None
+    m = _MIN.match(d) if isinstance(d, str) else None
+    if m is not None and m["sym"] == end:
+        return d  # min(s, min(s, D)) = min(s, D)
+    return None
+
+
+class _Completer:
+    """Output shapes of the ops ONNX inference leaves unknown, from the evaluated shape vectors."""
+
+    def __init__(self, view: _ProtoView) -> None:
+        self.view = view
+        self.vectors: ShapeVectors[str] = ShapeVectors(view)
+
+    def shape_of(self, node: onnx.NodeProto) -> list[Dim] | None:
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx") and op not in SHAPE_PRESERVING:
+            return None
+        if op in SHAPE_PRESERVING and node.input:
+            new = self.view.shape(node.input[0])
+            return None if new is None or any(d is None for d in new) else list(new)
+        handler = self._OUTPUT.get(op)
+        return handler(self, node) if handler is not None else None
+
+    def _ins(self, node: onnx.NodeProto, k: int) -> str | None:
+        return node.input[k] if k < len(node.input) and node.input[k] else None
+
+    def _reshape(self, node: onnx.NodeProto) -> list[Dim] | None:
+        s_in = self.view.shape(node.input[0])
+        spec = self.vectors.value(self._ins(node, 1))
+        if s_in is None or spec is None:
+            return None
+        allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+        spec = [s_in[b] if (d == 0 and not allowzero and b < len(s_in)) else d for b, d in enumerate(spec)]
+        if any(d is None for d in spec):
+            return None
+        return _solve_minus_one([(d, 1) for d in s_in], spec)  # type: ignore[misc]
+
+    def _expand(self, node: onnx.NodeProto) -> list[Dim] | None:
+        sx, spec = self.view.shape(node.input[0]), self.vectors.value(self._ins(node, 1))
+        if sx is None or spec is None:
+            return None
+        r = max(len(sx), len(spec))
+        a = [1] * (r - len(sx)) + list(sx)
+        b = [1] * (r - len(spec)) + list(spec)
+        return [broadcast_dim(p, q) for p, q in zip(a, b)]
+
+    def _tile(self, node: onnx.NodeProto) -> list[Dim] | None:
+        sx, reps = self.view.shape(node.input[0]), self.vectors.value(self._ins(node, 1))
+        if sx is None or reps is None or len(reps) != len(sx):
+            return None
+        return [mul_dim(d, r) for d, r in zip(sx, reps)]
+
+    def _slice(self, node: onnx.NodeProto) -> list[Dim] | None:
+        sx = self.view.shape(node.input[0])
+        if sx is None:
+            return None
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if "starts" in attrs:  # Slice-1
+            starts, ends = list(attrs["starts"]), list(attrs["ends"])
+            axes: list[Dim] | None = list(attrs.get("axes", range(len(starts))))
+            steps: list[Dim] | None = [1] * len(starts)
+        else:
+            starts, ends = self.vectors.value(self._ins(node, 1)), self.vectors.value(self._ins(node, 2))
+            if starts is None or ends is None:
+                return None
+            axes = self.vectors.value(self._ins(node, 3)) if self._ins(node, 3) else list(range(len(starts)))
+            steps = self.vectors.value(self._ins(node, 4)) if self._ins(node, 4) else [1] * len(starts)
+        if axes is None or steps is None or not len(starts) == len(ends) == len(axes) == len(steps):
+            return None
+        out = list(sx)
+        r = len(sx)
+        for st, en, ax, sp in zip(starts, ends, axes, steps):
+            if not isinstance(ax, int) or not -r <= ax < r:
+                return None
+            a = ax + r if ax < 0 else ax
+            out[a] = _slice_dim(sx[a], st, en, sp)
+        return out
+
+    def _constant_of_shape(self, node: onnx.NodeProto) -> list[Dim] | None:
+        return self.vectors.value(self._ins(node, 0))
+
+    _OUTPUT: dict[str, Callable[[_Completer, onnx.NodeProto], list[Dim] | None]] = {
+        "Reshape": _reshape, "Expand": _expand, "Tile": _tile, "Slice": _slice,
+        "ConstantOfShape": _constant_of_shape,
+    }
+
+
+def _merge(have: list[Dim] | None, new: list[Dim]) -> list[Dim] | None:
+    """``have`` with its unknown dims taken from ``new``; None when nothing is gained or they disagree."""
+    if have is None:
+        return new if any(d is not None for d in new) else None
+    if len(have) != len(new):
+        return None
+    out, gained = [], False
+    for h, n in zip(have, new):
+        if h is None and n is not None:
+            out.append(n)
+            gained = True
+        elif h is not None and n is not None and h != n:
+            return None
+        else:
+            out.append(h)
+    return out if gained else None
+
+
+def _node_bounds(view: _ProtoView, node: onnx.NodeProto) -> dict[str, int]:
+    """Upper bounds ``s <= D`` proven by one broadcasting node: a ``min(s,D)`` axis against an ``s`` axis."""
+    bound: dict[str, int] = {}
+    if node.op_type not in BROADCASTING or node.domain not in ("", "ai.onnx"):
+        return bound
+    shapes = [view.shape(i) for i in node.input if i]
+    if len(shapes) < 2 or any(s is None for s in shapes):
+        return bound
+    for a in range(1, max(len(s) for s in shapes) + 1):  # type: ignore[arg-type]
+        dims = {s[-a] for s in shapes if len(s) >= a}  # type: ignore[arg-type,index]
+        for d in dims:
+            m = _MIN.match(d) if isinstance(d, str) else None
+            if m is not None and int(m["bound"]) > 1 and m["sym"] in dims:
+                bound[m["sym"]] = min(bound.get(m["sym"], int(m["bound"])), int(m["bound"]))
+    return bound
+
+
+def _renamed(d: Dim, bound: dict[str, int]) -> Dim:
+    m = _MIN.match(d) if isinstance(d, str) else None
+    if m is not None and m["sym"] in bound and int(m["bound"]) >= bound[m["sym"]]:
+        return m["sym"]
+    return d
+
+
+def _write(vi: onnx.ValueInfoProto, dims: Sequence[Dim]) -> None:
+    vi.type.tensor_type.ClearField("shape")
+    shape = vi.type.tensor_type.shape
+    for d in dims:
+        dim = shape.dim.add()
+        if isinstance(d, str):
+            dim.dim_param = d
+        elif d is not None:
+            dim.dim_value = int(d)
+
+
+class _Pass:
+    """One pass of :func:`complete_shapes` over a model (value_info, shapes and types kept in step)."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.view = _ProtoView(model)
+        self.completer = _Completer(self.view)
+        self.by_name = {vi.name: vi for vi in model.graph.value_info}
+        self.types: dict[str, onnx.TypeProto] = {
+            vi.name: vi.type for vi in list(model.graph.input) + list(model.graph.value_info)}
+        for init in model.graph.initializer:
+            self.types[init.name] = helper.make_tensor_type_proto(init.data_type, list(init.dims))
+        self.opsets = list(model.opset_import)
+        self.opset = next((o.version for o in self.opsets if o.domain in ("", "ai.onnx")), 1)
+        self.bound: dict[str, int] = {}
+        self.dirty: set[str] = set()
+
+    def set(self, name: str, dims: list[Dim], elem: int) -> None:
+        vi = self.by_name.get(name)
+        if vi is None:
+            vi = self.model.graph.value_info.add()
+            vi.name = name
+            self.by_name[name] = vi
+        if not vi.type.tensor_type.elem_type:
+            vi.type.tensor_type.elem_type = elem or onnx.TensorProto.FLOAT
+        _write(vi, dims)
+        self.view.shapes[name] = list(dims)
+        self.types[name] = vi.type
+        self.dirty.add(name)
+        self.completer.vectors = ShapeVectors(self.view)  # shapes changed: evaluate afresh
+
+    def learn(self, node: onnx.NodeProto) -> None:
+        """Take the bounds ``node`` proves and rename the ``min(s,D)`` dims they settle, everywhere."""
+        new = {s: b for s, b in _node_bounds(self.view, node).items() if b < self.bound.get(s, b + 1)}
+        if not new:
+            return
+        self.bound.update(new)
+        for vi in list(self.model.graph.value_info) + list(self.model.graph.output):
+            dims = self.view.shapes.get(vi.name)
+            if dims and any(_renamed(d, self.bound) != d for d in dims):
+                renamed = [_renamed(d, self.bound) for d in dims]
+                _write(vi, renamed)
+                self.view.shapes[vi.name] = renamed
+                self.dirty.add(vi.name)
+        self.completer.vectors = ShapeVectors(self.view)
+
+    def onnx_infer(self, node: onnx.NodeProto) -> dict[str, list[Dim] | None]:
+        """ONNX's inference of one node from the current input types (empty when it cannot run)."""
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            return {}
+        try:
+            schema = onnx.defs.get_schema(node.op_type, self.opset if node.domain in ("", "ai.onnx") else
+                                          next((o.version for o in self.opsets if o.domain == node.domain), 1),
+                                          node.domain)
+            types = {i: self.types[i] for i in node.input if i}
+            data = {i: numpy_helper.from_array(np.asarray(self.view.consts[i]), i)
+                    for i in node.input if i in self.view.consts}
+            out = onnx.shape_inference.infer_node_outputs(schema, node, types, data, opset_imports=self.opsets)
+        except Exception:  # no schema, a missing input type, an inference error: ONNX learns nothing here
+            return {}
+        return {name: _dims(helper.make_value_info(name, t)) for name, t in out.items()}
+
+    def node(self, node: onnx.NodeProto, outputs: set[str]) -> None:
+        self.learn(node)
+        open_ = [o for o in node.output if o and o not in outputs
+                 and not _complete(self.view.shapes.get(o))]
+        if not open_:
+            return
+        if any(i in self.dirty for i in node.input):  # carry earlier completions down this node
+            inferred = self.onnx_infer(node)
+            for o in open_:
+                dims = inferred.get(o)
+                new = _merge(self.view.shapes.get(o), dims) if dims is not None else None
+                if new is not None:
+                    self.set(o, new, self.types[o].tensor_type.elem_type if o in self.types else 0)
+        out = node.output[0]
+        if out in open_ and not _complete(self.view.shapes.get(out)):
+            computed = self.completer.shape_of(node)
+            new = _merge(self.view.shapes.get(out), computed) if computed is not None else None
+            if new is not None:
+                self.set(out, new, _elem_of(node, self.types))
+
+
+def _complete(dims: list[Dim] | None) -> bool:
+    return dims is not None and all(d is not None for d in dims)
+
+
+def _elem_of(node: onnx.NodeProto, types: dict[str, onnx.TypeProto]) -> int:
+    """The element type of ``node``'s first output, for the ops :class:`_Completer` handles."""
+    if node.op_type == "ConstantOfShape":
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        return int(value.data_type) if value is not None else onnx.TensorProto.FLOAT
+    t = types.get(node.input[0]) if node.input else None
+    return int(t.tensor_type.elem_type) if t is not None else 0
 
 
 def complete_shapes(model: onnx.ModelProto) -> bool:
-    """Fill unknown output shapes of Reshape and shape-preserving ops in ``model.graph.value_info``.
+    """Fill unknown tensor shapes in ``model.graph.value_info``, in one pass in node order.
+
+    Handles shape-preserving ops without inference, Reshape with traced targets, and Expand / Tile /
+    Slice / ConstantOfShape whose size vectors are computed (evaluated by
+    :class:`~spa.graph.symbolic.ShapeVectors`); renames ``min(s,D)`` dims to ``s`` where a broadcast
+    proves ``s <= D``; and runs ONNX's per-node inference on nodes below a completed tensor.
 
     Returns:
-        Whether any shape was added.
+        Whether any shape was added or changed.
     """
-    m = _Model(model)
-    by_name = {vi.name: vi for vi in model.graph.value_info}
+    p = _Pass(model)
     outputs = {o.name for o in model.graph.output}
-    elem = {vi.name: vi.type.tensor_type.elem_type for vi in list(model.graph.input) + list(model.graph.value_info)}
-    changed = False
     for node in model.graph.node:
-        if not node.output or node.output[0] in outputs:
-            continue
-        out = node.output[0]
-        have = m.shapes.get(out)
-        if have is not None and all(d is not None for d in have):
-            continue
-        new: list[Dim] | None = None
-        if node.op_type in SHAPE_PRESERVING and node.input:
-            new = m.shapes.get(node.input[0])
-            if new is not None and any(d is None for d in new):
-                new = None
-        elif node.op_type == "Reshape" and len(node.input) > 1:
-            s_in = m.shapes.get(node.input[0])
-            spec = m.trace_dims(node.input[1])
-            if s_in is not None and spec is not None:
-                allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
-                spec = [s_in[b] if (d == 0 and not allowzero and b < len(s_in)) else d for b, d in enumerate(spec)]
-                if all(d is not None for d in spec):
-                    new = _solve_minus_one([(d, 1) for d in s_in], spec)  # type: ignore[misc]
-        if new is None:
-            continue
-        vi = by_name.get(out)
-        if vi is None:
-            vi = model.graph.value_info.add()
-            vi.name = out
-            by_name[out] = vi
-        vi.type.tensor_type.elem_type = elem.get(node.input[0], onnx.TensorProto.FLOAT) or onnx.TensorProto.FLOAT
-        vi.type.tensor_type.ClearField("shape")
-        shape = vi.type.tensor_type.shape
-        for d in new:
-            dim = shape.dim.add()
-            if isinstance(d, str):
-                dim.dim_param = d
-            elif d is not None:
-                dim.dim_value = int(d)
-        m.shapes[out] = list(new)
-        elem[out] = vi.type.tensor_type.elem_type
-        changed = True
-    return changed
+        p.node(node, outputs)
+    if p.dirty:
+        _forget_unknown(model)
+    return bool(p.dirty)
+
+
+def _forget_unknown(model: onnx.ModelProto) -> None:
+    """Clear inference's placeholder symbols (``unk__N``) so that inference run again can refine them
+    (it keeps a dim_param it finds rather than the one it infers)."""
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.dim_param.startswith("unk__"):
+                dim.ClearField("dim_param")

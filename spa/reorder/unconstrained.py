@@ -4,19 +4,23 @@ In a constrained plan every slot of a group drops the same channels. When a grou
 by several consumer weights (the blocks of a residual stage all read the residual stream; branches
 read a shared tensor), that forces every consumer to give up the same channels. Unconstrained:
 
-1. every consumer keeps the same *number* of channels as the constrained plan, chosen by its own
-   weight slice (the L2 norm of its columns for that channel);
+1. every consumer keeps the same *number* of channels as the constrained plan leaves in its input
+   (in a Concat group a consumer reads only some of the group's channels: it keeps as many of *those*
+   as the constrained plan does), chosen by its own weight slice (the L2 norm of its columns);
 2. the shared tensors (producers, activations, per-channel parameters) keep the *union* of what the
-   consumers read — a channel is removed from the producers only when no consumer needs it;
+   consumers read — a channel is removed from the producers only when no consumer needs it (channels
+   no consumer site can read keep the constrained plan's decision);
 3. each consumer whose subset differs from the union reads it through a Slice (if its channels are
    contiguous in the exported layout), a Gather, or keeps the whole union with zero weights for the
    channels it dropped (no copy, more MACs) — see :mod:`spa.reorder.cost` for the choice;
 4. with reordering, the kept channels of the shared tensors are laid out so that as many consumer
-   subsets as possible are contiguous (:func:`spa.reorder.layout.contiguous_order`).
+   subsets as possible are contiguous: channels are permuted inside every *movable block* of the group
+   (:func:`spa.reorder.blocks.channel_blocks`: the whole group when every slot holds every channel;
+   each producer's block when a Concat builds the shared tensor, the block order staying fixed), by
+   :func:`spa.reorder.layout.block_orders`. Channels in frozen blocks keep index order.
 
 Only consumers linked to their input by an identity map (plain Conv, Gemm, MatMul) take part; grouped
-convolutions and the rest read the union. Reordering is applied to groups whose slots are each one
-element per channel (no Concat/Split/Flatten inside), where permuting every slot alike is exact.
+convolutions and the rest read the union.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import onnx_graphsurgeon as gs
 
 from spa.analysis.groups import Analysis
 from spa.plan import ConsumerKeep, GroupPlan, Plan, _keep_every_slot
-from spa.reorder.layout import contiguous_order
+from spa.reorder.blocks import channel_blocks, exported_order
+from spa.reorder.layout import FIXED_IN, FIXED_OUT, block_orders
 from spa.rules.base import Link, Role, Slot
 
 
@@ -80,9 +85,36 @@ def _column_norms(analysis: Analysis, gid: int, slot: Slot) -> np.ndarray:
     return scores
 
 
-def _bijective(analysis: Analysis, gid: int) -> bool:
+def _layout(analysis: Analysis, gid: int, kept: list[int], sources: list[Slot],
+            subsets: list[set[int]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Channel rank of the reordered layout and the group's blocks, or None when nothing may move."""
     n = analysis.groups[gid].channels
-    return all(len(lab) == n and len(np.unique(lab)) == n for lab in analysis.classes[gid].values())
+    block = channel_blocks(analysis, gid)
+    kept_arr = np.asarray(kept, dtype=np.int64)
+    movable = np.unique(block[kept_arr])
+    movable = movable[movable >= 0]
+    if not len(movable):
+        return None
+    members = {int(b): kept_arr[block[kept_arr] == b].tolist() for b in movable}
+    is_kept = np.zeros(n, dtype=bool)
+    is_kept[kept_arr] = True
+    reads: list[tuple[list[int], set[int]]] = []
+    for src, sub in zip(sources, subsets):
+        labels = analysis.classes[gid][src]
+        lab = labels[is_kept[labels]]
+        inside = np.zeros(n, dtype=bool)
+        inside[list(sub)] = True
+        key = np.where(block[lab] >= 0, block[lab], np.where(inside[lab], FIXED_IN, FIXED_OUT))
+        starts = np.ones(len(key), dtype=bool)
+        starts[1:] = key[1:] != key[:-1]
+        reads.append((key[starts].tolist(), sub))
+    orders = block_orders(members, reads)
+    rank = np.arange(n) + n  # frozen channels: index order (never compared with a movable block's)
+    pos = 0
+    for b in sorted(orders):
+        rank[orders[b]] = np.arange(pos, pos + len(orders[b]))
+        pos += len(orders[b])
+    return rank, block
 
 
 def unconstrain(analysis: Analysis, plan: Plan, *, reorder: bool = True) -> Plan:
@@ -90,7 +122,7 @@ def unconstrain(analysis: Analysis, plan: Plan, *, reorder: bool = True) -> Plan
 
     Args:
         analysis: the groups.
-        plan: a constrained plan (its per-group kept counts are kept per consumer).
+        plan: a constrained plan (each consumer keeps as many channels as it leaves in its input).
         reorder: lay kept channels out so consumer subsets are contiguous where the group allows it.
 
     Returns:
@@ -103,36 +135,44 @@ def unconstrain(analysis: Analysis, plan: Plan, *, reorder: bool = True) -> Plan
         if len(sites) < 2:
             groups.append(gp)
             continue
-        keep_n = gp.kept
+        cls = analysis.classes[gp.group]
+        was_removed = np.zeros(gp.channels, dtype=bool)
+        was_removed[list(gp.removed)] = True
         subsets: list[set[int]] = []
+        reads: list[np.ndarray] = []
         for site in sites:
-            s = _column_norms(analysis, gp.group, site.weight)
-            order = np.lexsort((np.arange(len(s)), -s))
-            subsets.append(set(order[:keep_n].tolist()))
+            present = np.unique(cls[site.weight])  # the channels this consumer reads at all
+            keep_n = int(np.count_nonzero(~was_removed[present]))
+            s = _column_norms(analysis, gp.group, site.weight)[present]
+            subsets.append(set(present[np.lexsort((present, -s))][:keep_n].tolist()))
+            reads.append(present)
+        covered = np.zeros(gp.channels, dtype=bool)
+        covered[np.concatenate(reads)] = True
         union = set().union(*subsets)
-        removed = set(range(gp.channels)) - union
-        removed = _keep_every_slot(removed, analysis.classes[gp.group], np.zeros(gp.channels))
+        removed = {c for c in range(gp.channels) if (c not in union if covered[c] else was_removed[c])}
+        removed = _keep_every_slot(removed, cls, np.zeros(gp.channels))
         kept = [c for c in range(gp.channels) if c not in removed]
-        layout: list[int] = kept
-        if reorder and _bijective(analysis, gp.group):
-            layout = contiguous_order(kept, subsets)
+        layout = _layout(analysis, gp.group, kept, [s.source for s in sites], subsets) if reorder else None
+        order: tuple[int, ...] = ()
+        if layout is not None:
+            rank, block = layout
+            ordered = sorted(kept, key=lambda c: (rank[c], c))
+            order = tuple(ordered) if ordered != kept else ()
         consumers = []
-        rank = {c: i for i, c in enumerate(layout)}
-        for site, sub in zip(sites, subsets):
-            if sub == set(kept):
-                continue
+        for site, sub, present in zip(sites, subsets, reads):
+            if sub >= set(present.tolist()) - removed:
+                continue  # reads every kept channel of its input: nothing to narrow
             # contiguity of the consumer's *elements* in its input's exported order (a slot may hold
             # several elements per channel, or channels interleaved: channel contiguity is not enough)
-            labels = analysis.classes[gp.group][site.source]
+            labels = cls[site.source]
             idx = np.flatnonzero(np.isin(labels, kept))
-            if layout != kept:
-                idx = idx[np.lexsort((idx, np.array([rank[int(c)] for c in labels[idx]])))]
+            if order:
+                idx = exported_order(labels, idx, rank, block)
             pos = np.flatnonzero(np.isin(labels[idx], list(sub)))
             mode = "slice" if len(pos) and pos[-1] - pos[0] + 1 == len(pos) else "gather"
             consumers.append(ConsumerKeep(site.weight.tensor, site.weight.axis, site.node,
                                           tuple(sorted(sub)), mode))
-        groups.append(replace(gp, removed=tuple(sorted(removed)), consumers=tuple(consumers),
-                              order=tuple(layout) if layout != kept else ()))
+        groups.append(replace(gp, removed=tuple(sorted(removed)), consumers=tuple(consumers), order=order))
     return replace(plan, groups=tuple(groups))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from spa.graph.symbolic import shape_vector
 from spa.rules.base import (
     Barrier,
     ChannelRule,
@@ -145,6 +146,25 @@ def size_spec(ctx: NodeContext, index: int) -> tuple[list[int | None], gs.Node |
     return spec, concat, len(t.outputs) == 1
 
 
+def tile_repeats(ctx: NodeContext) -> tuple[list[int | None], gs.Node | None, bool, bool] | None:
+    """Tile ``repeats`` entry by entry: :func:`size_spec`, or else the symbolically evaluated vector.
+
+    Returned as ``(entries, concat, editable, evaluated)``. A computed vector that is not a Concat is
+    evaluated by :func:`spa.graph.symbolic.shape_vector`: when every entry is a provable int it is
+    treated as a constant (``evaluated``: the rewrite replaces it with a constant); otherwise its
+    non-int entries are None (run-time values) and it is not editable. None when it cannot be evaluated.
+    """
+    spec = size_spec(ctx, 1)
+    if spec is not None:
+        return spec[0], spec[1], spec[2], False
+    vec = shape_vector(ctx.input(1))
+    if vec is None:
+        return None
+    if all(isinstance(v, int) for v in vec):
+        return [int(v) for v in vec], None, True, True  # type: ignore[arg-type]
+    return [v if isinstance(v, int) else None for v in vec], None, False, False
+
+
 def _write_spec(ctx: NodeContext, rw: RewriteContext, index: int, new: list[int | None]) -> None:
     """Write ``new`` back: into the constant input, or into the constant pieces of its Concat."""
     spec = size_spec(ctx, index)
@@ -160,7 +180,10 @@ class ExpandTileRule(ChannelRule):
     :func:`static_expand_shape`. Otherwise a shape or repeats built by a ``Concat`` is read entry by
     entry (:func:`size_spec`): an axis whose entry is computed at run time is a barrier, constant
     entries are rewritten in the Concat (an axis whose entry needs rewriting in a Concat shared with
-    other nodes is a barrier too). Anything else computed at run time blocks the node.
+    other nodes is a barrier too). Tile repeats computed otherwise are evaluated symbolically
+    (:func:`tile_repeats`): provably constant ones are treated as a constant and replaced by one when
+    rewritten; in others each run-time entry is a barrier and nothing can be rewritten. Anything else
+    computed at run time blocks the node.
     """
 
     op_types = ("Expand", "Tile")
@@ -198,10 +221,10 @@ class ExpandTileRule(ChannelRule):
 
     @staticmethod
     def _tile(ctx: NodeContext, x, y, sx) -> list[Relation]:  # type: ignore[no-untyped-def]
-        spec = size_spec(ctx, 1)
+        spec = tile_repeats(ctx)
         if spec is None or len(spec[0]) != len(sx):
             return ctx.barrier_all(f"Tile '{ctx.node.name}' repeats computed at run time")
-        reps, concat, editable = spec
+        reps, _, editable, _ = spec
         rels: list[Relation] = []
         for a in range(len(sx)):
             r = reps[a]
@@ -214,7 +237,7 @@ class ExpandTileRule(ChannelRule):
                 rels.append(Link(Slot(y.name, a), Slot(y.name, a)))
                 if not editable:
                     rels.append(Barrier(y.name, a, f"Tile '{ctx.node.name}' repeats of axis {a} sit in a "
-                                                   "computed vector shared with other nodes"))
+                                                   "computed vector spa cannot rewrite"))
         return rels
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
@@ -242,18 +265,23 @@ class ExpandTileRule(ChannelRule):
             _write_spec(ctx, rw, 1, values)
             return
         # Tile: the repeats of a size-1 input axis are that axis's new size
-        sx, spec = ctx.shape(ctx.input(0)), size_spec(ctx, 1)
-        if sx is None or spec is None:
+        sx, spec = ctx.shape(ctx.input(0)), tile_repeats(ctx)
+        if sx is None or spec is None or len(spec[0]) != len(sx):
             return
-        reps = list(spec[0])
+        reps, concat, _, evaluated = list(spec[0]), spec[1], spec[2], spec[3]
         changed = False
         for a in range(len(sx)):
             kept = rw.kept(y, a)
             if kept is not None and static(sx[a]) == 1 and reps[a] is not None and reps[a] != len(kept):
                 reps[a] = len(kept)
                 changed = True
-        if changed or spec[1] is None:
-            _write_spec(ctx, rw, 1, reps)
+        if evaluated:  # a computed vector proven constant: the new repeats replace it
+            if changed:
+                ctx.node.inputs[1] = gs.Constant(f"{ctx.node.name or id(ctx.node)}__spa_repeats",
+                                                 np.asarray(reps, dtype=np.int64))
+            return
+        if changed or concat is None:
+            rw.set_vector(ctx.node, 1, reps, concat)
 
 
 class ShapeRule(ChannelRule):

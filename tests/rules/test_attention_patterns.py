@@ -375,8 +375,7 @@ def test_window_partition_with_symbolic_batch(opset: int) -> None:
 
 
 @pytest.mark.parametrize("opset", [14, 17])
-@pytest.mark.parametrize("op", ["Expand", pytest.param("Tile", marks=pytest.mark.xfail(
-    strict=True, reason="ONNX shape inference leaves Tile's output unknown when repeats are computed"))])
+@pytest.mark.parametrize("op", ["Expand", "Tile"])
 def test_class_token_broadcast_over_dynamic_batch(opset: int, op: str) -> None:
     """ViT's ``cls.expand(B, -1, -1)`` with a symbolic batch: the computed batch entry is a barrier (on
     the batch axis only); the hidden axis maps, the class token is sliced and the constant piece of the
