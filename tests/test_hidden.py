@@ -323,3 +323,38 @@ def test_keras_attention_fixture_hidden_size() -> None:
 
 
 D_KERAS = 32
+
+
+# -- ONNX Runtime's fused normalisations (transformer optimizer output) ----------------------------------
+
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize(("op", "bias", "use_sum"), [("SkipLayerNormalization", False, False),
+                                                     ("SkipLayerNormalization", True, True),
+                                                     ("SkipSimplifiedLayerNormalization", True, False),
+                                                     ("SkipSimplifiedLayerNormalization", False, True)])
+def test_ort_fused_norms_prune_the_hidden_size(opset: int, op: str, bias: bool, use_sum: bool) -> None:
+    from tests.rules.test_contrib import _builder, _model, _ms, _out
+
+    b = _builder(opset)
+    x = b.input("x", [2, S, 7])
+    w_in, w_up, w_down, w_head = b.weight(7, D), b.weight(D, F), b.weight(F, D), b.weight(D, 3)
+    h = b.op("MatMul", [x, w_in])
+    up = b.op("MatMul", [b.op("Relu", [b.op("MatMul", [h, w_up])]), w_down])
+    gamma = b.const(np.linspace(0.5, 1.5, D).astype(np.float32), "gamma")
+    vec = [b.const(b.rng.standard_normal(D).astype(np.float32), "v") for _ in range(2)]
+    ins = [up, h, gamma] + ([vec[0]] if op == "SkipLayerNormalization" else []) + ([vec[1]] if bias else [])
+    n_out = 4 if use_sum else 1
+    outs = _ms(b, op, ins, [2, S, D], n_out=n_out, shapes=[[2, S, 1], [2, S, 1], [2, S, D]], epsilon=1e-5)
+    if use_sum:  # name only the sum among the optional outputs
+        b.nodes[-1].output[1] = b.nodes[-1].output[2] = ""
+    y = b.op("MatMul", [outs[0], w_head])
+    if use_sum:
+        y = b.op("Add", [y, b.op("MatMul", [outs[3], w_head])])
+    _out(b, y, [2, S, 3])  # type: ignore[arg-type]
+    m = _model(b)
+    assert not _hidden(spa.analyze(m))[0].prunable
+    hidden = _hidden(spa.analyze(m, prune_hidden=True))
+    assert [h.channels for h in hidden] == [D] and hidden[0].prunable, [h.reasons for h in hidden]
+    r = assert_oracle(m, 0.5, prune_hidden=True)
+    dims = {t.name: list(t.dims) for t in r.model.graph.initializer}
+    assert dims[w_in] == [7, D // 2] and dims[w_head] == [D // 2, 3] and dims[gamma] == [D // 2]

@@ -17,6 +17,7 @@ reductions written as MatMuls against the column ``m/D'`` so the twin needs no o
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from spa.rules.base import (
     Barrier,
@@ -128,21 +129,29 @@ class HiddenNormRule(ChannelRule):
         if m is None:
             return
         node = ctx.node
-        col = tw.constant((m / m.sum()).reshape(-1, 1), x)
-        eps = tw.constant(np.asarray(float(node.attrs.get("epsilon", 1e-5))), x)
-        centred = x
-        if node.op == "LayerNormalization":
-            centred = tw.op("Sub", [x, tw.op("MatMul", [x, col], x)], x)
-        var = tw.op("MatMul", [tw.op("Mul", [centred, centred], x), col], x)
-        normed = tw.op("Div", [centred, tw.op("Sqrt", [tw.op("Add", [var, eps], x)], x)], x)
-        scale, bias = ctx.input(1), ctx.input(2)
-        out = tw.op("Mul", [normed, scale], x) if scale is not None else normed
-        node.outputs.clear()
-        node.inputs.clear()
-        if bias is not None:
-            tw.op("Add", [out, bias], x, out=y)
-        else:
-            tw.op("Identity", [out], x, out=y)
+        normed = masked_normalise(tw, x, m, float(node.attrs.get("epsilon", 1e-5)),
+                                  centre=node.op == "LayerNormalization")
+        finish_affine(tw, node, normed, ctx.input(1), ctx.input(2), y)
+
+
+def masked_normalise(tw: TwinContext, x: gs.Tensor, m: np.ndarray, eps: float, *, centre: bool) -> gs.Variable:
+    """``(x - mean) / sqrt(var + eps)`` (``centre``; else ``x / sqrt(mean(x²) + eps)``) over the last axis,
+    statistics over the elements where ``m`` is True only: the reductions are MatMuls with ``m / D'``."""
+    col = tw.constant((m / m.sum()).reshape(-1, 1), x)
+    centred: gs.Tensor = x
+    if centre:
+        centred = tw.op("Sub", [x, tw.op("MatMul", [x, col], x)], x)
+    var = tw.op("MatMul", [tw.op("Mul", [centred, centred], x), col], x)
+    return tw.op("Div", [centred, tw.op("Sqrt", [tw.op("Add", [var, tw.constant(np.asarray(eps), x)], x)], x)], x)
+
+
+def finish_affine(tw: TwinContext, node: gs.Node, normed: gs.Tensor, scale: gs.Tensor | None,
+                  bias: gs.Tensor | None, y: gs.Variable) -> None:
+    """Write ``normed * scale + bias`` into ``y`` and detach ``node`` (its replacement is complete)."""
+    out = tw.op("Mul", [normed, scale], normed) if scale is not None else normed
+    node.outputs.clear()
+    node.inputs.clear()
+    tw.op("Add" if bias is not None else "Identity", [out, bias] if bias is not None else [out], normed, out=y)
 
 
 class StatsOverAxisRule(ChannelRule):
