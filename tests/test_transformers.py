@@ -290,6 +290,26 @@ def test_llama_dynamic_batch_and_sequence(token_export, name: str, exporter: str
         assert res.ok, res.to_json()
 
 
+def test_deep_legacy_llama_dynamic_sequence_prunes_every_layer(tmp_path: Path) -> None:
+    """Eight layers from the legacy exporter with dynamic batch and sequence: each layer's shapes are
+    recovered from the layer before, so shape completion must carry them down the whole graph (one
+    round of whole-graph inference per layer would run out long before the last layer)."""
+    import torch
+
+    from models.transformers import LlamaDecoder
+
+    layers = 8
+    torch.manual_seed(5)
+    model = LlamaDecoder(layers=layers, seq=32).eval()
+    path = str(export_token_model(model, (1, 16), tmp_path / "deep.onnx", exporter="legacy", dynamic=True))
+    a = spa.analyze(path)
+    assert sorted(g.channels for g in a.prunable) == [LLAMA_KV_HEADS] * layers + [LLAMA_INTER] * layers
+    r = assert_oracle(path, 0.5)
+    for shape in ((1, 3), (2, 20)):
+        res = spa.verify(r.model, r.masked, shapes={"input": shape})  # type: ignore[arg-type]
+        assert res.ok, res.to_json()
+
+
 @pytest.mark.parametrize("exporter", EXPORTERS)
 def test_bert_dynamic_batch(exporter: str, tmp_path: Path) -> None:
     from models.export import export_onnx

@@ -31,7 +31,7 @@ does not need one round of whole-graph inference per layer; the caller re-runs i
 
 from __future__ import annotations
 
-import logging
+import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -42,8 +42,6 @@ import onnx
 from onnx import helper, numpy_helper
 
 from spa.graph.symbolic import MAX_LEN, Dim, ShapeVectors, broadcast_dim, mul_dim
-
-log = logging.getLogger(__name__)
 
 #: ops whose single output has their first input's shape
 SHAPE_PRESERVING = {"GroupNormalization", "LayerNormalization", "InstanceNormalization", "BatchNormalization",
@@ -61,6 +59,8 @@ BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "
 TO_END = 2**31 - 1
 _MIN = re.compile(r"^min\((?P<sym>[^(),]+),(?P<bound>\d+)\)$")
 _CONSTANT_ATTRS = {"value", "value_int", "value_ints", "value_float", "value_floats"}
+#: metadata key under which :func:`complete_shapes` keeps the bounds it proved between its passes
+_BOUNDS_KEY = "spa.shape_bounds"
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[Dim] | None:
@@ -72,7 +72,10 @@ def _dims(vi: onnx.ValueInfoProto) -> list[Dim] | None:
 
 
 def _solve_minus_one(inp: list[tuple[Dim, int]], spec: list[Dim | int]) -> list[Dim] | None:
-    """Resolve one -1 in ``spec`` against the input dims (symbols must cancel)."""
+    """Resolve one -1 in ``spec`` against the input dims (symbols must cancel); without a -1 the
+    output is ``spec`` itself, whatever is known of the input."""
+    if -1 not in spec:
+        return None if any(d is None for d in spec) else list(spec)
     in_static = int(np.prod([d for d, _ in inp if isinstance(d, int)], dtype=np.int64))
     in_syms = Counter(d for d, _ in inp if isinstance(d, str))
     if any(d is None for d, _ in inp):
@@ -138,7 +141,7 @@ def _slice_dim(d: Dim, start: Dim, end: Dim, step: Dim) -> Dim:
     if not all(isinstance(v, int) for v in (start, step)) or step == 0:
         return None
     if isinstance(d, int) and isinstance(end, int):
-        return len(range(d)[slice(start, end, step)])  # type: ignore[misc]
+        return len(range(d)[int(start):end:int(step)])  # type: ignore[arg-type]
     if start != 0 or step != 1 or d is None or end is None:
         return None
     if isinstance(end, int):
@@ -206,10 +209,14 @@ class _Completer:
         if sx is None:
             return None
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        starts: list[Dim] | None
+        ends: list[Dim] | None
+        axes: list[Dim] | None
+        steps: list[Dim] | None
         if "starts" in attrs:  # Slice-1
             starts, ends = list(attrs["starts"]), list(attrs["ends"])
-            axes: list[Dim] | None = list(attrs.get("axes", range(len(starts))))
-            steps: list[Dim] | None = [1] * len(starts)
+            axes = list(attrs.get("axes", range(len(starts))))
+            steps = [1] * len(starts)
         else:
             starts, ends = self.vectors.value(self._ins(node, 1)), self.vectors.value(self._ins(node, 2))
             if starts is None or ends is None:
@@ -242,7 +249,8 @@ def _merge(have: list[Dim] | None, new: list[Dim]) -> list[Dim] | None:
         return new if any(d is not None for d in new) else None
     if len(have) != len(new):
         return None
-    out, gained = [], False
+    out: list[Dim] = []
+    gained = False
     for h, n in zip(have, new):
         if h is None and n is not None:
             out.append(n)
@@ -297,16 +305,17 @@ class _Pass:
         self.view = _ProtoView(model)
         self.completer = _Completer(self.view)
         self.by_name = {vi.name: vi for vi in model.graph.value_info}
+        g = model.graph
         self.types: dict[str, onnx.TypeProto] = {
-            vi.name: vi.type for vi in list(model.graph.input) + list(model.graph.value_info)}
+            vi.name: vi.type for vi in list(g.input) + list(g.value_info) + list(g.output)}
         for init in model.graph.initializer:
             self.types[init.name] = helper.make_tensor_type_proto(init.data_type, list(init.dims))
         self.opsets = list(model.opset_import)
         self.opset = next((o.version for o in self.opsets if o.domain in ("", "ai.onnx")), 1)
-        self.bound: dict[str, int] = {}
+        self.bound: dict[str, int] = _stored_bounds(model)
         self.dirty: set[str] = set()
 
-    def set(self, name: str, dims: list[Dim], elem: int) -> None:
+    def put(self, name: str, dims: list[Dim], elem: int) -> None:
         vi = self.by_name.get(name)
         if vi is None:
             vi = self.model.graph.value_info.add()
@@ -314,6 +323,7 @@ class _Pass:
             self.by_name[name] = vi
         if not vi.type.tensor_type.elem_type:
             vi.type.tensor_type.elem_type = elem or onnx.TensorProto.FLOAT
+        dims = [_renamed(d, self.bound) for d in dims]
         _write(vi, dims)
         self.view.shapes[name] = list(dims)
         self.types[name] = vi.type
@@ -326,6 +336,7 @@ class _Pass:
         if not new:
             return
         self.bound.update(new)
+        _store_bounds(self.model, self.bound)
         for vi in list(self.model.graph.value_info) + list(self.model.graph.output):
             dims = self.view.shapes.get(vi.name)
             if dims and any(_renamed(d, self.bound) != d for d in dims):
@@ -363,13 +374,30 @@ class _Pass:
                 dims = inferred.get(o)
                 new = _merge(self.view.shapes.get(o), dims) if dims is not None else None
                 if new is not None:
-                    self.set(o, new, self.types[o].tensor_type.elem_type if o in self.types else 0)
+                    self.put(o, new, self.types[o].tensor_type.elem_type if o in self.types else 0)
         out = node.output[0]
         if out in open_ and not _complete(self.view.shapes.get(out)):
             computed = self.completer.shape_of(node)
             new = _merge(self.view.shapes.get(out), computed) if computed is not None else None
             if new is not None:
-                self.set(out, new, _elem_of(node, self.types))
+                self.put(out, new, _elem_of(node, self.types))
+
+
+def _stored_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """The bounds earlier passes proved (kept in the metadata of the model being inferred)."""
+    for p in model.metadata_props:
+        if p.key == _BOUNDS_KEY:
+            return {k: int(v) for k, v in json.loads(p.value).items()}
+    return {}
+
+
+def _store_bounds(model: onnx.ModelProto, bound: dict[str, int]) -> None:
+    for p in model.metadata_props:
+        if p.key == _BOUNDS_KEY:
+            p.value = json.dumps(bound)
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = _BOUNDS_KEY, json.dumps(bound)
 
 
 def _complete(dims: list[Dim] | None) -> bool:

@@ -107,7 +107,8 @@ class ResizeRule(ChannelRule):
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
         if ctx.node.op == "Resize" and ctx.input(3) is not None:
             axes = ctx.attr("axes")
-            _rewrite_size_input(ctx, rw, 3, [int(a) for a in axes] if axes else None)  # type: ignore[union-attr]
+            listed = [int(a) for a in axes] if isinstance(axes, (list, tuple)) and axes else None
+            _rewrite_size_input(ctx, rw, 3, listed)
 
 
 class PadRule(ChannelRule):
@@ -224,7 +225,8 @@ class ExpandTileRule(ChannelRule):
         spec = tile_repeats(ctx)
         if spec is None or len(spec[0]) != len(sx):
             return ctx.barrier_all(f"Tile '{ctx.node.name}' repeats computed at run time")
-        reps, _, editable, _ = spec
+        reps, concat, editable, _ = spec
+        where = "shared with other nodes" if concat is not None else "spa cannot rewrite"
         rels: list[Relation] = []
         for a in range(len(sx)):
             r = reps[a]
@@ -237,7 +239,7 @@ class ExpandTileRule(ChannelRule):
                 rels.append(Link(Slot(y.name, a), Slot(y.name, a)))
                 if not editable:
                     rels.append(Barrier(y.name, a, f"Tile '{ctx.node.name}' repeats of axis {a} sit in a "
-                                                   "computed vector spa cannot rewrite"))
+                                                   f"computed vector {where}"))
         return rels
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
@@ -265,10 +267,10 @@ class ExpandTileRule(ChannelRule):
             _write_spec(ctx, rw, 1, values)
             return
         # Tile: the repeats of a size-1 input axis are that axis's new size
-        sx, spec = ctx.shape(ctx.input(0)), tile_repeats(ctx)
-        if sx is None or spec is None or len(spec[0]) != len(sx):
+        sx, repeats = ctx.shape(ctx.input(0)), tile_repeats(ctx)
+        if sx is None or repeats is None or len(repeats[0]) != len(sx):
             return
-        reps, concat, _, evaluated = list(spec[0]), spec[1], spec[2], spec[3]
+        reps, concat, _, evaluated = list(repeats[0]), repeats[1], repeats[2], repeats[3]
         changed = False
         for a in range(len(sx)):
             kept = rw.kept(y, a)
@@ -300,8 +302,8 @@ class ShapeRule(ChannelRule):
         if ctx.node.op == "Size":
             read = set(range(r))
         else:
-            start = int(ctx.attr("start", 0))
-            end = int(ctx.attr("end", r))
+            start = int(ctx.attr("start", 0))  # type: ignore[call-overload]
+            end = int(ctx.attr("end", r))  # type: ignore[call-overload]
             start, end = (start + r if start < 0 else start), (end + r if end < 0 else end)
             axes = list(range(max(start, 0), min(end, r)))
             read = self._read_axes(y, axes)
