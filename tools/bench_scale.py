@@ -10,8 +10,9 @@ the ratio peak RSS / model size. A second table times the analysis alone on deco
 
     python tools/bench_scale.py                      # 125m, 350m, 1b (writes ~6 GB under /tmp/spa_scale)
     python tools/bench_scale.py --sizes 125m --depths 2,4,8
+    python tools/bench_scale.py --prune-hidden --depths ""   # also 25 % of the hidden size
 
-Writes ``tools/results/bench_scale.json``.
+Writes ``tools/results/bench_scale.json`` (``bench_scale_hidden.json`` with ``--prune-hidden``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _child(code: str) -> tuple[float, float, str]:
 PRUNE = """
 import json, time, spa
 t0 = time.perf_counter()
-r = spa.prune({src!r}, 0.25, check=False)
+r = spa.prune({src!r}, 0.25, check=False, prune_hidden={hidden!r})
 t1 = time.perf_counter()
 r.save({dst!r}, external_data=True)
 t2 = time.perf_counter()
@@ -81,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="125m,350m,1b")
     ap.add_argument("--depths", default="2,4,8,16,32", help="layers for the node-count scaling table")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/spa_scale"))
-    ap.add_argument("--json", type=Path, default=ROOT / "tools" / "results" / "bench_scale.json")
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--prune-hidden", action="store_true", help="also prune 25 %% of the hidden size")
     args = ap.parse_args(argv)
+    name = "bench_scale_hidden.json" if args.prune_hidden else "bench_scale.json"
+    args.json = args.json or ROOT / "tools" / "results" / name
     console = Console()
     rows = []
     for preset in args.sizes.split(","):
@@ -90,14 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         src.parent.mkdir(parents=True, exist_ok=True)
         _make(preset, src)
         dst = args.workdir / preset / "pruned.onnx"
-        wall, peak, out = _child(PRUNE.format(src=str(src), dst=str(dst)))
+        wall, peak, out = _child(PRUNE.format(src=str(src), dst=str(dst), hidden=args.prune_hidden))
         info = json.loads(out.strip().splitlines()[-1])
         size = _size(src)
         rows.append({"model": preset, "size_bytes": size, "wall_s": wall, "peak_rss_bytes": peak,
                      "rss_over_size": peak / size, "pruned_size_bytes": _size(dst)} | info)
         for f in dst.parent.glob("pruned.onnx*"):
             f.unlink()
-    t = Table(title="spa prune --ratio 0.25 (MLP channels + attention heads) on LLaMA-style decoders, external data")
+    what = "MLP channels + attention heads" + (" + hidden size" if args.prune_hidden else "")
+    t = Table(title=f"spa prune --ratio 0.25 ({what}) on LLaMA-style decoders, external data")
     for col in ("model", "params", "size GiB", "prune s", "save s", "wall s", "peak RSS GiB", "RSS/size", "params after"):
         t.add_column(col, justify="right")
     for r in rows:
@@ -120,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"{1e3 * r['analyze_s'] / r['nodes']:.2f}")
     console.print(t2)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "prune": rows, "scaling": depth_rows},
+    args.json.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "prune_hidden": args.prune_hidden,
+                                     "prune": rows, "scaling": depth_rows},
                                     indent=2))
     console.print(f"wrote {args.json}")
     return 0
