@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
+from spa.graph.symbolic import shape_vector
 from spa.rules.base import (
     Barrier,
     ChannelRule,
@@ -158,7 +160,7 @@ class SliceRule(ChannelRule):
         r = len(sx)
         params = self._params(ctx, r)
         if params is None:
-            return ctx.barrier_all(f"Slice '{ctx.node.name}': starts/ends computed at run time")
+            return self._computed(ctx, x, y, r)
         sliced = {p[0]: p for p in params}
         rels: list[Relation] = []
         for a in range(r):
@@ -176,12 +178,46 @@ class SliceRule(ChannelRule):
                 rels.append(Link(Slot(y.name, a), Slot(x.name, a), np.arange(e - s), s + np.arange(e - s)))
         return rels
 
+    def _computed(self, ctx: NodeContext, x: gs.Tensor, y: gs.Tensor, r: int) -> list[Relation]:
+        """Starts/ends (or steps) computed at run time (``cos[:seq]``): the sliced axes are blocked, the
+        others map through — possible when the axes are known (constant, or implied by ``starts``'s length)."""
+        name = ctx.node.name
+        if ctx.opset < 10:
+            return ctx.barrier_all(f"Slice '{name}': starts/ends computed at run time")
+        if ctx.input(3) is not None:
+            axes = ctx.ints("", 3)
+        else:
+            ss = ctx.shape(ctx.input(1))
+            n = static(ss[0]) if ss is not None and len(ss) == 1 else None
+            axes = list(range(n)) if n is not None else None
+        if axes is None:
+            return ctx.barrier_all(f"Slice '{name}': starts/ends and axes computed at run time")
+        starts, ends = shape_vector(ctx.input(1)), shape_vector(ctx.input(2))
+        steps = shape_vector(ctx.input(4)) if ctx.input(4) is not None else [1] * len(axes)
+        sx = ctx.shape(x) or ()
+        sliced = set()
+        for k, a in enumerate(norm_axis(a, r) for a in axes):
+            whole = (starts is not None and ends is not None and steps is not None and k < len(starts)
+                     and k < len(ends) and k < len(steps) and starts[k] == 0 and steps[k] == 1
+                     and isinstance(ends[k], int) and static(sx[a]) is not None and ends[k] >= static(sx[a]))
+            if not whole:  # an entry that provably keeps the whole axis (0 : INT64_MAX) does not cut it
+                sliced.add(a)
+        rels: list[Relation] = []
+        for a in range(r):
+            if a in sliced:
+                reason = f"Slice '{name}' on axis {a}: starts/ends computed at run time"
+                rels += [Barrier(x.name, a, reason), Barrier(y.name, a, reason)]
+            else:
+                rels.append(Link(Slot(x.name, a), Slot(y.name, a)))
+        return rels
+
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
         x = ctx.input(0)
         sx = ctx.shape(x)
         assert x is not None and sx is not None
         params = self._params(ctx, len(sx))
-        assert params is not None
+        if params is None:  # computed starts/ends: only unsliced axes can be pruned, nothing to rewrite
+            return
         starts, ends = [], []
         for a, s, e, _ in params:
             kept = rw.kept(x, a)

@@ -346,3 +346,27 @@ def test_slice_channel_and_spatial_in_one_node(opset: int) -> None:
     starts, ends = inits[slice_node.input[1]].tolist(), inits[slice_node.input[2]].tolist()
     assert starts[1] == -5 and ends[1] == INT64_MAX  # the spatial slice is untouched
     assert ends[0] - starts[0] == _dims(r)[ws][1]
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+@pytest.mark.parametrize("implicit_axes", [False, True])
+def test_slice_with_computed_end_keeps_other_axes_free(opset: int, implicit_axes: bool) -> None:
+    """``table[:, :, :Shape(other)[2]]``: the sliced axis is blocked, the channel axis still prunes."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 6, 6])
+    other = b.input("other", [1, 1, "n", 1])
+    h, w = _conv(b, x, 3, 8)
+    end = b.op("Slice", [b.op("Shape", [other]), b.const(np.asarray([2], np.int64)), b.const(np.asarray([3], np.int64))])
+    if implicit_axes:  # starts/ends over every axis up to 3: only the last one is a real cut
+        zeros = b.const(np.asarray([0, 0, 0], np.int64))
+        ends = b.op("Concat", [b.const(np.asarray([INT64_MAX, INT64_MAX], np.int64)), end], axis=0)
+        s = b.op("Slice", [h, zeros, ends])
+    else:
+        s = b.op("Slice", [h, b.const(np.asarray([0], np.int64)), end, b.const(np.asarray([2], np.int64))])
+    y, _ = _conv(b, s, 8, 2, k=1)  # type: ignore[arg-type]
+    b.output(y)
+    model = b.build()
+    a = spa.analyze(model)
+    assert _group(a, w, 0).prunable
+    r = assert_oracle(model)
+    assert _row(r, w)["channels_after"] == 4
