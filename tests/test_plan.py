@@ -165,35 +165,41 @@ def test_override_ratio_per_pattern() -> None:
     assert r.report["num_pruned"] == len(a.prunable) - 1
 
 
-def test_target_latency_bisects_on_measured_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The solver keeps the smallest ratio whose measured latency ratio meets the target (timings faked
-    as proportional to MACs, so the test does not depend on the machine)."""
-    import importlib
-
-    latency = importlib.import_module("spa.bench.latency")  # `spa.bench` is also the API function
-    from spa.bench.latency import Timing
+@pytest.mark.parametrize("method", ["lut", "measure"])
+def test_target_latency_bisects_on_measured_ratio(method: str, monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The solver keeps the smallest ratio whose measured latency ratio meets the target (whole-model
+    timings and, for the lookup table, per-layer timings faked as proportional to MACs, so the test does
+    not depend on the machine; tests/test_latency_lut.py covers the table itself)."""
     from spa.bench.metrics import count_macs
+    from spa.latency import lut, measure
 
-    def fake(models, **_kw):  # type: ignore[no-untyped-def]
-        out = []
-        for m in models:
-            macs = count_macs(spa.load(m))
-            t = macs / 1e4
-            out.append(Timing(t, t, 0.0, t, t, t, 1))
-        return out
+    def whole(models, **_kw):  # type: ignore[no-untyped-def]
+        return [[count_macs(spa.load(m)) / 1e4] * 3 for m in models]
 
-    monkeypatch.setattr(latency, "time_models", fake)
+    def layer(cfg, providers, threads=1):  # type: ignore[no-untyped-def]
+        return float(np.prod(cfg.output) * np.prod(cfg.inputs[1][1:])) / 1e6  # Conv MACs
+
+    monkeypatch.setenv("SPA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(measure, "paired_samples", whole)
+    monkeypatch.setattr(lut, "measure_layer", layer)
+    import spa.budget
+
+    real = spa.budget.solve_latency
+    monkeypatch.setattr("spa.api.solve_latency", lambda *a, **kw: real(*a, **kw, method=method))
     m = _net().build()
     r = assert_oracle(m, 0.0, target_latency=0.5)
     rec = r.report["target_latency"]
+    assert rec["method"] == method  # type: ignore[index]
     assert rec["measured_fraction"] <= 0.5  # type: ignore[index]
     assert r.report["macs_after"] <= 0.5 * r.report["macs_before"]  # type: ignore[operator]
     smaller = spa.prune(m, max(0.0, r.plan.ratio - 0.1))
     assert smaller.report["macs_after"] > 0.5 * smaller.report["macs_before"]  # type: ignore[operator]
 
 
-def test_unreachable_latency_target() -> None:
+def test_unreachable_latency_target(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from spa.errors import PlanError
 
+    monkeypatch.setenv("SPA_CACHE_DIR", str(tmp_path))
     with pytest.raises(PlanError):
         spa.prune(_net().build(), 0.0, target_latency=1e-6)

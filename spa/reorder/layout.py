@@ -37,6 +37,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 #: a run of frozen elements in a consumer's source slot: read by the consumer (IN) or not (OUT)
 FIXED_IN, FIXED_OUT = -1, -2
 
@@ -47,25 +49,30 @@ def contiguous(order: Sequence[int], subset: set[int]) -> bool:
     return not pos or pos[-1] - pos[0] + 1 == len(pos)
 
 
-def _score(blocks: list[tuple[frozenset[int], list[int]]], n_sets: int) -> tuple[int, int]:
-    start: dict[int, int] = {}
-    end: dict[int, int] = {}
-    count: dict[int, int] = {}
-    pos = 0
-    for sig, chans in blocks:
-        for s in sig:
-            start.setdefault(s, pos)
-            end[s] = pos + len(chans)
-            count[s] = count.get(s, 0) + len(chans)
-        pos += len(chans)
-    contiguous_sets = sum(1 for s in range(n_sets) if s in count and end[s] - start[s] == count[s])
-    span = sum(end[s] - start[s] - count[s] for s in count)
-    return contiguous_sets, -span
+def _keys(orders: np.ndarray, length: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """Score of each row of ``orders`` (signature-block indices), higher is better: first the number of
+    contiguous sets, then minus the total span wasted inside the sets' ranges."""
+    ln = length[orders]                                     # trials x blocks
+    end = np.cumsum(ln, axis=1)
+    start = end - ln
+    m = member[orders]                                      # trials x blocks x sets
+    count = length @ member                                 # a set's size does not depend on the order
+    rows = np.arange(len(orders))[:, None]
+    first = start[rows, m.argmax(axis=1)]
+    last = end[rows, m.shape[1] - 1 - m[:, ::-1].argmax(axis=1)]
+    present = count > 0
+    waste = np.where(present, last - first - count, 0)
+    big = int(length.sum()) + 1
+    return (waste == 0).sum(axis=1, where=present[None, :]) * (big * member.shape[1] + 1) - waste.sum(axis=1)
 
 
 def contiguous_order(kept: Sequence[int], subsets: Sequence[set[int]], *, heads: Sequence[int] = (),
                      tails: Sequence[int] = ()) -> list[int]:
     """An order of ``kept`` in which the ``subsets`` are as contiguous as possible.
+
+    Channels with one signature form a block; blocks start shared-first, then a first-improvement local
+    search moves one block at a time to another position while that makes more sets contiguous or
+    their spans shorter (every insertion position of a block is scored at once, in numpy).
 
     Args:
         kept: the channels to order.
@@ -78,32 +85,41 @@ def contiguous_order(kept: Sequence[int], subsets: Sequence[set[int]], *, heads:
         sig = frozenset(i for i, s in enumerate(subsets) if c in s)
         by_sig.setdefault(sig, []).append(c)
     head, tail = frozenset(heads), frozenset(tails)
-    # pinned one-element pseudo blocks at both ends: a head set is contiguous with the first, a prefix
-    lead: list[tuple[frozenset[int], list[int]]] = [(head, [-1])] if head else []
-    trail: list[tuple[frozenset[int], list[int]]] = [(tail, [-1])] if tail else []
-
-    def score(bl: list[tuple[frozenset[int], list[int]]]) -> tuple[int, int]:
-        return _score(lead + bl + trail, len(subsets))
-
     blocks = sorted(by_sig.items(), key=lambda kv: (0 if kv[0] & head else 2 if kv[0] & tail else 1,
                                                     -len(kv[0]), sorted(kv[0]), kv[1][0]))
-    best = score(blocks)
+    n = len(blocks)
+    if n < 2 or not subsets:
+        return [c for _, chans in blocks for c in chans]
+    # pinned one-element pseudo blocks at both ends (indices n, n + 1): a head set contiguous with the
+    # first is a prefix, a tail set contiguous with the last a suffix
+    sigs = [sig for sig, _ in blocks] + [head, tail]
+    member = np.zeros((n + 2, len(subsets)), dtype=bool)
+    for b, sig in enumerate(sigs):
+        member[b, list(sig)] = True
+    length = np.array([len(chans) for _, chans in blocks] + [1, 1], dtype=np.int64)
+    pos = np.arange(n)
+    perm = np.arange(n)
+
+    def framed(rows: np.ndarray) -> np.ndarray:
+        lead, trail = np.full((len(rows), 1), n), np.full((len(rows), 1), n + 1)
+        return np.hstack([lead, rows, trail])
+
+    best = int(_keys(framed(perm[None, :]), length, member)[0])
     improved = True
     while improved:
         improved = False
-        for i in range(len(blocks)):
-            for j in range(len(blocks)):
-                if i == j:
-                    continue
-                trial = blocks[:i] + blocks[i + 1:]
-                trial.insert(j, blocks[i])
-                sc = score(trial)
-                if sc > best:
-                    blocks, best, improved = trial, sc, True
-                    break
-            if improved:
+        for i in range(n):
+            rest = np.delete(perm, i)
+            j = pos[:, None]                                # trial j inserts block perm[i] at j
+            trials = np.where(pos[None, :] < j, rest[np.minimum(pos, n - 2)][None, :],
+                              np.where(pos[None, :] == j, perm[i], rest[np.maximum(pos - 1, 0)][None, :]))
+            keys = _keys(framed(trials), length, member)
+            keys[i] = best  # j == i is the current order
+            better = np.flatnonzero(keys > best)
+            if len(better):
+                perm, best, improved = trials[better[0]], int(keys[better[0]]), True
                 break
-    return [c for _, chans in blocks for c in chans]
+    return [c for b in perm for c in blocks[b][1]]
 
 
 def block_orders(members: Mapping[int, Sequence[int]],

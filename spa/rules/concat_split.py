@@ -195,13 +195,17 @@ class SliceRule(ChannelRule):
         starts, ends = shape_vector(ctx.input(1)), shape_vector(ctx.input(2))
         steps = shape_vector(ctx.input(4)) if ctx.input(4) is not None else [1] * len(axes)
         sx = ctx.shape(x) or ()
-        sliced = set()
-        for k, a in enumerate(norm_axis(a, r) for a in axes):
-            whole = (starts is not None and ends is not None and steps is not None and k < len(starts)
-                     and k < len(ends) and k < len(steps) and starts[k] == 0 and steps[k] == 1
-                     and isinstance(ends[k], int) and static(sx[a]) is not None and ends[k] >= static(sx[a]))
-            if not whole:  # an entry that provably keeps the whole axis (0 : INT64_MAX) does not cut it
-                sliced.add(a)
+        def whole(k: int, a: int) -> bool:
+            """Entry ``k`` provably keeps all of axis ``a`` (start 0, step 1, end >= its size)."""
+            n = static(sx[a])
+            if starts is None or ends is None or steps is None or n is None:
+                return False
+            if k >= min(len(starts), len(ends), len(steps)):
+                return False
+            end = ends[k]
+            return starts[k] == 0 and steps[k] == 1 and isinstance(end, int) and end >= n
+
+        sliced = {a for k, a in enumerate(norm_axis(a, r) for a in axes) if not whole(k, a)}
         rels: list[Relation] = []
         for a in range(r):
             if a in sliced:
