@@ -203,7 +203,8 @@ def solve_latency(
             original's measured median).
         providers: ONNX Runtime providers (CPU by default).
         threads: intra-op threads (for the table and the measurements).
-        iters: timed runs per whole-model measurement.
+        iters: least rounds per whole-model comparison (more for a small model: about 2 s of timing,
+            see :func:`spa.latency.measure.rounds`).
         steps: bisection steps (default 5 for ``lut``, within one grid step; 6 for ``measure``).
         method: ``lut`` or ``measure``.
         cache_dir: folder of the lookup tables (default ``$SPA_CACHE_DIR/latency`` or
@@ -253,9 +254,12 @@ def _solve_measured(analysis: Analysis, make: Callable[[float], Plan], build: Ca
                     target: float, *, providers: list[str], threads: int, iters: int,
                     steps: int) -> tuple[Plan, dict[str, object]]:
     """Bisect the ratio on measured latency ratios pruned/original (one whole-model timing per step)."""
+    from spa.latency import measure
+
     original = analysis.model.to_onnx()
     hi_plan = make(MAX_LATENCY_RATIO)
     hi_ratio, base_ms = _measure(original, build(hi_plan), providers, threads, iters)
+    iters = measure.rounds(iters, base_ms)
     goal = target if target <= 1 else target / base_ms
     if hi_ratio > goal:
         raise _unreachable(hi_ratio, base_ms, goal)
@@ -297,16 +301,14 @@ def _solve_lut(analysis: Analysis, make: Callable[[float], Plan], build: Callabl
                cache_dir: str | os.PathLike[str] | None, tol: float,
                corrections: int) -> tuple[Plan, dict[str, object]]:
     """Bisect on the table-predicted latency, then measure and correct (see :func:`solve_latency`)."""
-    from spa.bench.feeds import input_shapes
-    from spa.bench.latency import open_session
     from spa.latency import LatencyPredictor, LatencyTable, fit_sensitivity, measure, predicted_fraction
 
     original = analysis.model.to_onnx()
     table = LatencyTable.open(providers, threads, cache_dir)
     try:
-        shapes = input_shapes(open_session(original, providers, threads=threads), "model")
+        base_ms, shapes = measure.baseline(original, providers=providers, threads=threads, iters=iters)
+        iters = measure.rounds(iters, base_ms)
         pred = LatencyPredictor.build(analysis, table, shapes)
-        base_ms = measure.median_ms(original, providers=providers, threads=threads, iters=iters)
         goal = target if target <= 1 else target / base_ms
         l0 = pred.original_layers_ms
         if l0 <= 0:
