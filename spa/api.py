@@ -54,15 +54,17 @@ def load(model: ModelInput) -> ModelGraph:
     return normalize(proto, base_dir=Path(model).parent)
 
 
-def analyze(model: ModelInput, *, prune_hidden: bool = False) -> Analysis:
+def analyze(model: ModelInput, *, prune_hidden: bool = False, prune_head_dim: bool = False) -> Analysis:
     """Find the coupled channel groups of a model.
 
     Args:
         model: a path, a ModelProto or a normalised :class:`ModelGraph`.
         prune_hidden: report the hidden size (channels LayerNorm/RMSNorm statistics run over) as
             prunable groups of kind ``hidden`` instead of blocking it.
+        prune_head_dim: in every attention block where it is legal, report V's head_dim (with the output
+            projection's rows) as a group of kind ``head_dim`` instead of the block's heads.
     """
-    return analyze_graph(load(model), hidden=prune_hidden)
+    return analyze_graph(load(model), hidden=prune_hidden, head_dim=prune_head_dim)
 
 
 @dataclass
@@ -167,6 +169,7 @@ def prune(
     head_ratio: float | None = None,
     prune_hidden: bool = False,
     hidden_ratio: float | None = None,
+    prune_head_dim: bool = False,
     target_latency: float | None = None,
     providers: list[str] | None = None,
     latency_cache: str | os.PathLike[str] | None = None,
@@ -199,6 +202,9 @@ def prune(
             ``hidden``, coupled through LayerNorm/RMSNorm, whose statistics then run over the kept
             channels). Off by default: it changes every normalisation's statistics.
         hidden_ratio: ratio for hidden-size groups (default: ``ratio``).
+        prune_head_dim: in every attention block where it is legal, prune V's head_dim (the same dims of
+            every head: V's columns and the output projection's rows, groups of kind ``head_dim``) instead
+            of the block's heads; blocks where it is not keep their heads (``analysis.notes`` says why).
         target_latency: instead of ``ratio``: the smallest ratio whose latency in ONNX Runtime is at most
             this fraction of the original's (<= 1) or these milliseconds; searched on a per-layer latency
             lookup table, then measured against the original (see ``report["target_latency"]``).
@@ -223,7 +229,7 @@ def prune(
     """
     crit = get_criterion(criterion)
     mg = load(model)
-    analysis = analyze_graph(mg, hidden=prune_hidden)
+    analysis = analyze_graph(mg, hidden=prune_hidden, head_dim=prune_head_dim)
     options = dict(criterion_options or {}) | {k: v for k, v in (("reduction", reduction), ("normalize", normalize))
                                                 if v is not None}
     source = load_calibration(calibration, samples=calib_samples, batch_size=calib_batch,
@@ -291,6 +297,8 @@ def prune(
         "num_pruned": len(plan.groups),
         "unconstrained": unconstrained,
         "prune_hidden": prune_hidden,
+        "prune_head_dim": prune_head_dim,
+        "analysis_notes": analysis.notes,
         "consumer_reads": copies(plan),
         "ort_check": ort_check,
         "target_latency": latency_record,

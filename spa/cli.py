@@ -178,12 +178,15 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option("--json", "json_out", metavar="PATH|-", help="Write the analysis as JSON ('-' for stdout).")
 @click.option("--all", "show_all", is_flag=True, help="Show every group's members and all reasons.")
 @click.option("--prune-hidden", is_flag=True, help="Report the hidden size (LayerNorm/RMSNorm-coupled) as prunable.")
+@click.option("--prune-head-dim", is_flag=True, help="Report V's head_dim (with the output projection) as prunable "
+              "instead of the heads, in every attention block where that is legal.")
 @click.pass_context
-def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool, prune_hidden: bool) -> int:
+def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool, prune_hidden: bool,
+            prune_head_dim: bool) -> int:
     """Show the groups of coupled channels of MODEL, prunable or blocked (with the reason)."""
     _check_json_dest(json_out, model)
     with _working(ctx, f"analysing {model}"):
-        analysis = api.analyze(model, prune_hidden=prune_hidden)
+        analysis = api.analyze(model, prune_hidden=prune_hidden, prune_head_dim=prune_head_dim)
     data = {"model": model, "spa_version": __version__} | analysis.to_json()
     _write_json(data, json_out)
     if ctx.obj["quiet"] or json_out == "-":
@@ -249,6 +252,8 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.option("--prune-hidden", is_flag=True, help="Also prune the hidden size (transformer residual stream, "
               "coupled through LayerNorm/RMSNorm, whose statistics then run over the kept channels).")
 @click.option("--hidden-ratio", type=float, help="With --prune-hidden: ratio for hidden-size groups (default: --ratio).")
+@click.option("--prune-head-dim", is_flag=True, help="Prune V's head_dim (the same dims of every head, with the output "
+              "projection's rows) instead of the heads, in every attention block where that is legal.")
 @click.option("--dry-run", is_flag=True, help="Print the plan as JSON (or to --report) and write no model.")
 @click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=True, callback=_load_config,
               help="TOML file with option defaults and [[override]] pattern/ratio tables.")
@@ -259,7 +264,7 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
           calib_samples: int | None, calib_batch: int | None, calib_preprocess: str | None,
           eval_data: str | None, reduction: str | None, normalize: str | None, target_macs: float | None,
           target_params: float | None, unconstrained: bool, reorder: bool, consumer_mode: str, prune_heads: bool,
-          head_ratio: float | None, prune_hidden: bool, hidden_ratio: float | None,
+          head_ratio: float | None, prune_hidden: bool, hidden_ratio: float | None, prune_head_dim: bool,
           target_latency: float | None, latency_cache: str | None, dry_run: bool, config: str | None) -> int:
     """Prune MODEL and write the result to OUTPUT.
 
@@ -278,7 +283,8 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
                            target_macs=target_macs, target_params=target_params, overrides=overrides,
                            unconstrained=unconstrained, reorder=reorder, consumer_mode=consumer_mode,
                            prune_heads=prune_heads, head_ratio=head_ratio,
-                           prune_hidden=prune_hidden, hidden_ratio=hidden_ratio, target_latency=target_latency,
+                           prune_hidden=prune_hidden, hidden_ratio=hidden_ratio, prune_head_dim=prune_head_dim,
+                           target_latency=target_latency,
                            latency_cache=latency_cache)
         data = {"input": model, "dry_run": True, "plan": result.plan.to_json()} | {
             k: v for k, v in result.report.items() if k != "groups"}
@@ -304,7 +310,8 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
                        normalize=normalize, target_macs=target_macs, target_params=target_params,
                        overrides=overrides, unconstrained=unconstrained, reorder=reorder,
                        consumer_mode=consumer_mode, prune_heads=prune_heads, head_ratio=head_ratio,
-                       prune_hidden=prune_hidden, hidden_ratio=hidden_ratio, target_latency=target_latency,
+                       prune_hidden=prune_hidden, hidden_ratio=hidden_ratio, prune_head_dim=prune_head_dim,
+                       target_latency=target_latency,
                        latency_cache=latency_cache)
     result.save(output, external_data=external_data or None)
     if emit_masked:

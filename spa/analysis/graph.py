@@ -10,7 +10,22 @@ Every node's rule returns links, members, barriers and choices (see :mod:`spa.ru
 4. resolves choices in topological order with a union-find over slots: a choice keeps the option
    whose slot is owned by a weight and not blocked, else an unblocked one with the most channels
    (a channel shuffle's split then keeps the fine C/g factor), else its first, and blocks the rest;
-5. returns a :class:`ChannelGraph` whose networkx graph has slots as nodes and links as edges.
+5. with ``head_dim`` (head-dim pruning), re-resolves the choices of every attention block (see
+   :func:`_head_dim_blocks`);
+6. returns a :class:`ChannelGraph` whose networkx graph has slots as nodes and links as edges.
+
+Head-dim pruning. A slot belongs to one group, so an attention block prunes either its heads or its
+``head_dim``. The default resolution links the hidden axis to the head factor ``H`` of each
+``[.., H, Dh]`` split or merge (Q, K, V and the context before the output projection); the *attention
+block* is every choice whose kept option ends in a component tagged ``"head"``. In head-dim mode each
+such choice keeps the factor just inside the head factor instead (``Dh``): Q and K end up blocked
+(``Q·Kᵀ`` contracts their ``Dh``; they also lose their heads), while V's columns and the output
+projection's rows become one group of ``Dh`` channels of kind ``head_dim`` (channel ``d`` is the ``d``-th
+dim of every head, so every head keeps the same ``Dh'`` and the Reshapes stay rectangular). A block
+whose switched options own no weight or stay blocked (a fused QKV projection or a
+``reshape(B, N, 3, H, Dh)`` ties V's ``Dh`` to Q/K's) keeps its default resolution, i.e. its heads, and
+the analysis notes why (:attr:`ChannelGraph.notes`). Any resolution is sound — options not kept are
+blocked — so this only chooses which coupling the block offers.
 """
 
 from __future__ import annotations
@@ -56,6 +71,7 @@ class ChannelGraph:
     links: list[tuple[Link, str]]
     nx_graph: nx.Graph
     node_of_slot: dict[Slot, set[str]]
+    notes: list[str] = field(default_factory=list)  # what head-dim mode could not do, and why
 
 
 def _subgraph_outer_names(node: gs.Node) -> set[str]:
@@ -104,7 +120,8 @@ def _mentioned_axes(rels: list[Relation]) -> set[Slot]:
     return seen
 
 
-def build_channel_graph(mg: ModelGraph, registry: RuleRegistry, *, hidden: bool = False) -> ChannelGraph:
+def build_channel_graph(mg: ModelGraph, registry: RuleRegistry, *, hidden: bool = False,
+                        head_dim: bool = False) -> ChannelGraph:
     """Run the rules and build the slot graph (choices resolved).
 
     Args:
@@ -112,6 +129,9 @@ def build_channel_graph(mg: ModelGraph, registry: RuleRegistry, *, hidden: bool 
         registry: the rules.
         hidden: treat :class:`~spa.rules.base.Statistic` slots as prunable ``hidden`` channels (masked
             statistics) instead of barriers.
+        head_dim: in every attention block where it is legal, link V and the output projection through
+            the ``head_dim`` factor (a group of kind ``head_dim``) instead of the heads (see the module
+            docstring).
     """
     graph = mg.graph
     tensors = graph.tensors()
@@ -187,17 +207,43 @@ def build_channel_graph(mg: ModelGraph, registry: RuleRegistry, *, hidden: bool 
         if s.tensor in tensor_reasons:
             si.reasons.extend(tensor_reasons[s.tensor])
 
-    chosen = _resolve_choices(slots, links, choices)
+    chosen, notes = _resolve_choices(slots, links, choices, head_dim=head_dim)
     g = nx.Graph()
     g.add_nodes_from(slots)
     for link, _ in links + chosen:
         g.add_edge(link.a, link.b)
-    return ChannelGraph(slots, links + chosen, g, dict(node_of_slot))
+    return ChannelGraph(slots, links + chosen, g, dict(node_of_slot), notes)
 
 
-def _resolve_choices(
-    slots: dict[Slot, SlotInfo], links: list[tuple[Link, str]], choices: list[tuple[Choice, str]]
-) -> list[tuple[Link, str]]:
+#: appended to the reason on a head option that head-dim mode did not keep
+HEAD_DIM_HINT = " (--prune-head-dim: this attention block prunes its head_dim instead of its heads)"
+
+
+@dataclass
+class _Resolution:
+    """One resolution of the choices: the links kept, the option kept per choice, the slots to block
+    (with their reasons) and the final union-find with owned/blocked flags per component root."""
+
+    chosen: list[tuple[Link, str]]
+    picked: dict[int, int]
+    blocks: list[tuple[Slot, str]]
+    uf: nx.utils.UnionFind
+    owned: dict[Slot, bool]
+    blocked: dict[Slot, bool]
+
+    def prunable(self, s: Slot) -> bool:
+        """The component of ``s`` owns a weight and nothing blocks it (as far as links and choices say)."""
+        root = self.uf[s]
+        return self.owned[root] and not self.blocked[root]
+
+
+def _resolve(
+    slots: dict[Slot, SlotInfo], links: list[tuple[Link, str]], choices: list[tuple[Choice, str]],
+    forced: dict[int, int] | None = None, switched: frozenset[int] = frozenset(),
+) -> _Resolution:
+    """Resolve every choice; ``forced`` maps a choice's index to the option it must keep, and the
+    options the ``switched`` choices (head-dim mode) do not keep say so in their reason."""
+    forced = forced or {}
     uf = nx.utils.UnionFind(slots)
     for link, _ in links:
         uf.union(link.a, link.b)
@@ -219,28 +265,117 @@ def _resolve_choices(
         size = slots[o.a].size or 0
         return (0 if owned[root] and not blocked[root] else 1, 0 if not blocked[root] else 1, -size)
 
-    def decided(choice: Choice) -> bool:
+    def decided(i: int, choice: Choice) -> bool:
         """Evidence decides: an option is owned and unblocked, or only one option is unblocked."""
-        if any(owned[uf[o.a]] and not blocked[uf[o.a]] for o in choice.options):
+        if i in forced or any(owned[uf[o.a]] and not blocked[uf[o.a]] for o in choice.options):
             return True
         return sum(not blocked[uf[o.a]] for o in choice.options) == 1
 
     chosen: list[tuple[Link, str]] = []
-    pending = list(choices)
+    picked: dict[int, int] = {}
+    blocks: list[tuple[Slot, str]] = []
+    pending = list(enumerate(choices))
     while pending:
         # resolve every choice the evidence decides (each resolution adds evidence), and only then
         # fall back to the size heuristic on the first undecided one, in topological order
-        k = next((i for i, (c, _) in enumerate(pending) if decided(c)), 0)
-        choice, name = pending.pop(k)
-        pick = min(choice.options, key=preference)  # min is stable: ties keep the rule's order
-        for o in choice.options:
+        k = next((j for j, (i, (c, _)) in enumerate(pending) if decided(i, c)), 0)
+        i, (choice, name) = pending.pop(k)
+        if i in forced:
+            pick = choice.options[forced[i]]
+        else:
+            pick = min(choice.options, key=preference)  # min is stable: ties keep the rule's order
+        reason = choice.reason + (HEAD_DIM_HINT if i in switched else "")
+        for j, o in enumerate(choice.options):
             if o is pick:
                 union(o.a, o.b)
                 chosen.append((o, name))
+                picked[i] = j
             else:
-                slots[o.a].reasons.append(choice.reason)
+                blocks.append((o.a, reason))
                 blocked[uf[o.a]] = True
-    return chosen
+    return _Resolution(chosen, picked, blocks, uf, owned, blocked)
+
+
+def _resolve_choices(
+    slots: dict[Slot, SlotInfo], links: list[tuple[Link, str]], choices: list[tuple[Choice, str]],
+    *, head_dim: bool = False,
+) -> tuple[list[tuple[Link, str]], list[str]]:
+    """Resolve the choices (see the module docstring), record the blocked options' reasons on their
+    slots, and return the links kept and the notes of head-dim mode."""
+    res = _resolve(slots, links, choices)
+    notes: list[str] = []
+    if head_dim:
+        res, notes = _head_dim_blocks(slots, links, choices, res)
+    for s, reason in res.blocks:
+        slots[s].reasons.append(reason)
+    return res.chosen, notes
+
+
+def _head_dim_blocks(
+    slots: dict[Slot, SlotInfo], links: list[tuple[Link, str]], choices: list[tuple[Choice, str]],
+    default: _Resolution,
+) -> tuple[_Resolution, list[str]]:
+    """Switch every attention block whose ``head_dim`` can carry channels from its heads to its
+    ``head_dim`` (module docstring); the others keep ``default``'s resolution and get a note."""
+    kinds: dict[Slot, set[str]] = defaultdict(set)
+    for s, si in slots.items():
+        kinds[default.uf[s]] |= si.kinds
+    blocks: dict[Slot, dict[int, int]] = {}  # head component -> {choice: the option inside its head factor}
+    for i, (choice, _) in enumerate(choices):
+        k = default.picked[i]
+        root = default.uf[choice.options[k].a]
+        if "head" in kinds[root] and k + 1 < len(choice.options):
+            blocks.setdefault(root, {})[i] = k + 1
+    notes: list[str] = []
+    res = default
+    while blocks:
+        forced = {i: k for b in blocks.values() for i, k in b.items()}
+        trial = _resolve(slots, links, choices, forced, frozenset(forced))
+        failed = [r for r, b in blocks.items()
+                  if not any(trial.prunable(choices[i][0].options[k].a) for i, k in b.items())]
+        if not failed:
+            res = trial
+            break
+        for r in failed:
+            notes.append(_refusal(slots, choices, trial, blocks.pop(r)))
+    # switch only the choices whose head_dim carries channels (V, the output projection); the others
+    # (Q, K, GQA's repeat) keep their default option, so Q/K stay in the (now blocked) head group
+    keep = {r: {i: k for i, k in b.items() if res.prunable(choices[i][0].options[k].a)} for r, b in blocks.items()}
+    if keep != blocks:
+        narrow = _resolve(slots, links, choices, {i: keep[r].get(i, default.picked[i])
+                                                  for r, b in blocks.items() for i in b},
+                          frozenset(i for b in keep.values() for i in b))
+        if all(narrow.prunable(choices[i][0].options[k].a) for b in keep.values() for i, k in b.items()):
+            res, blocks = narrow, keep
+    for b in blocks.values():  # the blocks that switched (empty when none could)
+        for i, k in b.items():
+            s = choices[i][0].options[k].a
+            if res.prunable(s):
+                slots[s].kinds.add("head_dim")
+    for note in notes:
+        log.warning("%s", note)
+    return res, notes
+
+
+def _refusal(slots: dict[Slot, SlotInfo], choices: list[tuple[Choice, str]], trial: _Resolution,
+             block: dict[int, int]) -> str:
+    """Why an attention block's ``head_dim`` cannot carry channels (its heads stay prunable).
+
+    The reason comes from the component holding most of the block's switched options (V's split and the
+    merge before the output projection share one; Q's and K's are alone), preferring a barrier's reason
+    to a choice's.
+    """
+    counts: dict[Slot, int] = defaultdict(int)
+    for i, k in block.items():
+        counts[trial.uf[choices[i][0].options[k].a]] += 1
+    root = max(counts, key=lambda r: counts[r])  # ties: the first switched option's component
+    own = {reason for choice, _ in choices for reason in (choice.reason, choice.reason + HEAD_DIM_HINT)}
+    reasons = [r for s, si in slots.items() if trial.uf[s] == root for r in si.reasons]
+    reasons += [r for s, r in trial.blocks if trial.uf[s] == root]
+    why = next((r for r in reasons if r not in own), reasons[0] if reasons else "no weight carries it")
+    nodes = ", ".join(sorted({f"'{choices[i][1]}'" for i in block}))
+    return (f"head_dim of the attention block at {nodes} cannot be pruned (it is coupled to an axis that must "
+            f"stay: {why}); its heads stay prunable")
 
 
 def element_classes(

@@ -25,8 +25,9 @@ from spa.graph.weights import is_float
 log = logging.getLogger(__name__)
 
 
-#: group kinds from rule tags, most specific first (a group with any head slot is a head group)
-KIND_PRIORITY = ("head", "hidden")
+#: group kinds from rule tags, most specific first (a group with any head slot is a head group;
+#: ``head_dim`` is set by the analysis on V/output-projection groups in head-dim mode)
+KIND_PRIORITY = ("head", "head_dim", "hidden")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,13 @@ class Analysis:
     roles: dict[Slot, set[Role]] = field(default_factory=dict)
     channel_graph: ChannelGraph | None = None
     hidden: bool = False
+    head_dim: bool = False
+
+    @property
+    def notes(self) -> list[str]:
+        """What the analysis could not do as asked, and why (e.g. an attention block whose head_dim
+        cannot be pruned with ``head_dim=True``)."""
+        return list(self.channel_graph.notes) if self.channel_graph is not None else []
 
     @property
     def prunable(self) -> list[Group]:
@@ -101,7 +109,7 @@ class Analysis:
             "num_prunable": len(self.prunable),
             "prunable_channels": sum(g.channels for g in self.prunable),
             "prunable_param_fraction": round(self.prunable_param_fraction(), 6),
-        }
+        } | ({"notes": self.notes} if self.notes else {})
 
 
 def _dedupe(items: list[str], limit: int = 8) -> tuple[str, ...]:
@@ -112,7 +120,8 @@ def _dedupe(items: list[str], limit: int = 8) -> tuple[str, ...]:
     return tuple(out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else []))
 
 
-def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None, *, hidden: bool = False) -> Analysis:
+def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None, *, hidden: bool = False,
+                  head_dim: bool = False) -> Analysis:
     """Find every group of coupled channels in a normalised model.
 
     Args:
@@ -120,11 +129,15 @@ def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None, *, hidde
         registry: rules to use (default: :func:`spa.rules.defaults.default_registry`).
         hidden: hidden-size pruning: channels that normalisation statistics run over (LayerNorm, RMSNorm,
             their decomposed ReduceMean forms) stay prunable, as groups of kind ``hidden``.
+        head_dim: head-dim pruning: in every attention block where it is legal, V's columns and the
+            output projection's rows form a group of kind ``head_dim`` (``Dh`` channels, the same dims
+            of every head) instead of the block's head group; blocks where it is not keep their heads
+            (see :attr:`Analysis.notes`).
 
     Returns:
         The :class:`Analysis`.
     """
-    cg = build_channel_graph(mg, registry or default_registry(), hidden=hidden)
+    cg = build_channel_graph(mg, registry or default_registry(), hidden=hidden, head_dim=head_dim)
     links_by_slot: dict[Slot, list[Link]] = {}
     for link, _ in cg.links:
         links_by_slot.setdefault(link.a, []).append(link)
@@ -170,4 +183,4 @@ def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None, *, hidde
         for si in infos:
             roles[si.slot] = {r for _, r in si.roles}
     log.debug("%d groups, %d prunable", len(groups), sum(g.prunable for g in groups))
-    return Analysis(mg, groups, classes, roles, cg, hidden)
+    return Analysis(mg, groups, classes, roles, cg, hidden, head_dim)
