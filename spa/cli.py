@@ -237,8 +237,11 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
               "(a fraction <= 1 of the original, or an absolute count).")
 @click.option("--target-params", type=float, metavar="X", help="The same for parameters.")
 @click.option("--target-latency", type=float, metavar="X", help="Instead of --ratio: the smallest ratio whose "
-              "latency in ONNX Runtime (CPU, 1 thread) is at most X (a fraction <= 1 of the original, or "
+              "latency in ONNX Runtime (--provider, 1 thread) is at most X (a fraction <= 1 of the original, or "
               "milliseconds); searched on a per-layer latency table, then measured against the original.")
+@click.option("--provider", "latency_provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"],
+              case_sensitive=False), default="cpu", show_default=True, help="Where --target-latency and "
+              "--consumer-mode auto measure: auto takes TensorRT > CUDA > CPU by what really works here.")
 @click.option("--latency-cache", type=click.Path(file_okay=False), metavar="DIR", help="With --target-latency: "
               "folder of the per-layer latency tables (default $SPA_CACHE_DIR/latency or ~/.cache/spa/latency).")
 @click.option("--unconstrained", is_flag=True, help="UPSCALE: consumers of a shared tensor keep their own channels.")
@@ -265,7 +268,8 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
           eval_data: str | None, reduction: str | None, normalize: str | None, target_macs: float | None,
           target_params: float | None, unconstrained: bool, reorder: bool, consumer_mode: str, prune_heads: bool,
           head_ratio: float | None, prune_hidden: bool, hidden_ratio: float | None, prune_head_dim: bool,
-          target_latency: float | None, latency_cache: str | None, dry_run: bool, config: str | None) -> int:
+          target_latency: float | None, latency_provider: str, latency_cache: str | None, dry_run: bool,
+          config: str | None) -> int:
     """Prune MODEL and write the result to OUTPUT.
 
     Every option can also come from a TOML file given with --config (keys are option names with
@@ -275,6 +279,11 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
     if not 0.0 <= ratio < 1.0:
         raise UsageError(f"--ratio must be in [0, 1), got {ratio}")
     overrides = list(ctx.obj.get("overrides", ()))
+    providers = None
+    if target_latency is not None or consumer_mode == "auto":
+        from spa.bench.providers import resolve_provider
+
+        providers = resolve_provider(latency_provider.lower())
     if dry_run:
         result = api.prune(model, ratio, criterion, global_rank=global_rank, max_ratio=max_ratio,
                            round_to=round_to, min_channels=min_channels, ignore=ignore, seed=seed, check=False,
@@ -285,7 +294,7 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
                            prune_heads=prune_heads, head_ratio=head_ratio,
                            prune_hidden=prune_hidden, hidden_ratio=hidden_ratio, prune_head_dim=prune_head_dim,
                            target_latency=target_latency,
-                           latency_cache=latency_cache)
+                           latency_cache=latency_cache, providers=providers)
         data = {"input": model, "dry_run": True, "plan": result.plan.to_json()} | {
             k: v for k, v in result.report.items() if k != "groups"}
         _write_json(data, report or "-")
@@ -312,7 +321,7 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
                        consumer_mode=consumer_mode, prune_heads=prune_heads, head_ratio=head_ratio,
                        prune_hidden=prune_hidden, hidden_ratio=hidden_ratio, prune_head_dim=prune_head_dim,
                        target_latency=target_latency,
-                       latency_cache=latency_cache)
+                       latency_cache=latency_cache, providers=providers)
     result.save(output, external_data=external_data or None)
     if emit_masked:
         result.save_masked(emit_masked, external_data=external_data or None)

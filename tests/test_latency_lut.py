@@ -298,3 +298,25 @@ def test_cli_latency_cache_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     rec = json.loads((tmp_path / "r.json").read_text())["target_latency"]
     assert rec["status"] == "met" and Path(rec["lut"]["file"]).parent == folder
     assert len(list(folder.glob("cpu-*.json"))) == 1
+
+
+def test_cli_provider_for_target_latency(cache: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``spa prune --target-latency X --provider P``: CPU works end to end and records its provider; a GPU
+    provider that does not work here is a one-line usage error (exit 1), not a silent CPU run."""
+    from spa.bench.providers import cuda_device_present
+    from spa.cli import main
+
+    monkeypatch.setattr(lut, "measure_layer", _fake_layer)
+    monkeypatch.setattr(measure, "paired_samples", _fake_whole)
+    src = tmp_path / "m.onnx"
+    onnx.save(_cnn(), str(src))
+    out, rep = tmp_path / "p.onnx", tmp_path / "r.json"
+    assert main(["prune", str(src), "--target-latency", "0.6", "--provider", "cpu", "-o", str(out),
+                 "--report", str(rep)]) == 0
+    record = json.loads(rep.read_text())["target_latency"]
+    assert record["status"] == "met" and record["measured_fraction"] <= 0.6
+    if not cuda_device_present():
+        code = main(["prune", str(src), "--target-latency", "0.6", "--provider", "cuda", "-o", str(out), "--force"])
+        assert code == 1
+        assert "--provider cuda" in capsys.readouterr().err
