@@ -57,6 +57,8 @@ class GroupPlan:
             (unconstrained: those no consumer reads).
         consumers: unconstrained only: what each consumer reads.
         order: exported channel order of the kept channels (UPSCALE reordering); empty = index order.
+            Only the order *inside* each movable block counts (:mod:`spa.reorder.blocks`): a channel
+            never moves across a Concat's producer blocks, and frozen blocks keep index order.
     """
 
     group: int

@@ -66,10 +66,10 @@ def consumer_sites(analysis: Analysis, gid: int) -> list[ConsumerSite]:
         if len(consumers) != 1 or len(info.roles) != 1:
             continue
         node = consumers[0]
-        link = by_node_link.get((node, slot))
-        if link is None or link.ia is not None or link.ib is not None:
+        found = by_node_link.get((node, slot))
+        if found is None or found.ia is not None or found.ib is not None:
             continue
-        other = link.b if link.a == slot else link.a
+        other = found.b if found.a == slot else found.a
         if other not in members or isinstance(tensors.get(other.tensor), gs.Constant):
             continue
         sites.append(ConsumerSite(slot, node, other))
@@ -87,7 +87,7 @@ def _column_norms(analysis: Analysis, gid: int, slot: Slot) -> np.ndarray:
 
 def _layout(analysis: Analysis, gid: int, kept: list[int], sources: list[Slot],
             subsets: list[set[int]]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Channel rank of the reordered layout and the group's blocks, or None when nothing may move."""
+    """Channel rank of the reordered layout and the group's blocks, or None when nothing moves."""
     n = analysis.groups[gid].channels
     block = channel_blocks(analysis, gid)
     kept_arr = np.asarray(kept, dtype=np.int64)
@@ -109,6 +109,8 @@ def _layout(analysis: Analysis, gid: int, kept: list[int], sources: list[Slot],
         starts[1:] = key[1:] != key[:-1]
         reads.append((key[starts].tolist(), sub))
     orders = block_orders(members, reads)
+    if all(orders[b] == members[b] for b in members):
+        return None
     rank = np.arange(n) + n  # frozen channels: index order (never compared with a movable block's)
     pos = 0
     for b in sorted(orders):
