@@ -208,7 +208,8 @@ def prune(
         target_latency: instead of ``ratio``: the smallest ratio whose latency in ONNX Runtime is at most
             this fraction of the original's (<= 1) or these milliseconds; searched on a per-layer latency
             lookup table, then measured against the original (see ``report["target_latency"]``).
-        providers: ONNX Runtime providers for ``target_latency`` (CPU by default).
+        providers: ONNX Runtime providers that ``target_latency`` and ``consumer_mode="auto"`` measure on
+            (CPU by default).
         latency_cache: folder of the per-layer latency tables ``target_latency`` measures and reuses
             (default ``$SPA_CACHE_DIR/latency`` or ``~/.cache/spa/latency``).
         unconstrained: UPSCALE-style: consumers of a shared tensor keep their own channel subsets.
@@ -264,7 +265,7 @@ def prune(
         plan = plan_for(ratio)
     if unconstrained:
         plan = unconstrain(analysis, plan, reorder=reorder)
-        plan = choose_modes(analysis, plan, consumer_mode)
+        plan = choose_modes(analysis, plan, consumer_mode, providers=providers)
     updates = crit.compensate(analysis, plan, cctx)
     pruned_mg = prune_model(analysis, plan, updates=updates)
     result_protos: dict[str, onnx.ModelProto] = {}

@@ -317,3 +317,29 @@ def test_concat_graphs_pass_mask_oracle(drawn: tuple[object, list[str]], ratio: 
     multi = [gp for gp in r.plan.groups if gp.order
              and any(len(np.unique(lab)) < gp.channels for lab in r.analysis.classes[gp.group].values())]
     event(f"reordered Concat groups: {'yes' if multi else 'no'}")
+
+
+def test_auto_mode_measures_on_the_provider_and_caches_per_device(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """``consumer_mode="auto"`` times on the given provider; timings go to one cache file per provider +
+    device, and a second prune of the same model measures nothing new."""
+    from spa.reorder import cost
+
+    monkeypatch.setenv("SPA_CACHE_DIR", str(tmp_path))
+    seen: list[tuple[str, ...]] = []
+    real = cost._time
+
+    def spy(model, feeds, providers, runs=15):  # type: ignore[no-untyped-def]
+        seen.append(tuple(providers))
+        return real(model, feeds, providers, runs=3)
+
+    monkeypatch.setattr(cost, "_time", spy)
+    m = _residual_stage().build()
+    first = assert_oracle(m, 0.5, unconstrained=True, consumer_mode="auto", providers=["CPUExecutionProvider"])
+    assert seen and set(seen) == {("CPUExecutionProvider",)}
+    files = list((tmp_path / "consumer_costs").glob("cpu-*.json"))
+    assert len(files) == 1 and files[0].read_text().startswith("{")
+    n = len(seen)
+    again = spa.prune(m, 0.5, unconstrained=True, consumer_mode="auto", providers=["CPUExecutionProvider"])
+    assert len(seen) == n  # every timing came from the cache
+    assert [c.mode for gp in again.plan.groups for c in gp.consumers] == \
+        [c.mode for gp in first.plan.groups for c in gp.consumers]

@@ -3,16 +3,18 @@
 A consumer that reads a subset of a shared tensor either copies it (Slice or Gather, then a smaller
 Conv/Gemm/MatMul) or reads the whole tensor with zero weights for the channels it dropped (no copy,
 more MACs). Which is cheaper depends on the provider and the shapes, so ``auto`` measures both on tiny
-single-op ONNX models in ONNX Runtime (CPU, one thread) and caches the timings on disk keyed by the
-provider, the op and the shapes (``$SPA_CACHE_DIR`` or ``~/.cache/spa/consumer_costs.json``).
+single-op ONNX models in ONNX Runtime on the target provider (CPU by default; ``spa prune --provider``),
+one thread, and caches the timings on disk: one file per provider + device (the naming of
+:class:`spa.latency.lut.Device`) under ``$SPA_CACHE_DIR/consumer_costs/`` (default ``~/.cache/spa``),
+keyed by the op and the shapes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from onnx import TensorProto, helper
 
 from spa.analysis.groups import Analysis
 from spa.errors import UsageError
+from spa.latency.lut import CPU, Device, cache_root
 from spa.plan import ConsumerKeep, Plan
 from spa.validate.runtime import session
 
@@ -31,13 +34,13 @@ log = logging.getLogger(__name__)
 MODES = ("layout", "gather", "zero", "auto")
 
 
-def _cache_path() -> Path:
-    base = Path(os.environ.get("SPA_CACHE_DIR", Path.home() / ".cache" / "spa"))
-    return base / "consumer_costs.json"
+def _cache_path(providers: Sequence[str]) -> Path:
+    """This provider + device's cost file (shared naming with the latency tables)."""
+    return cache_root() / "consumer_costs" / Device.here(providers, 1).file_name
 
 
-def _time(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int = 15) -> float:
-    sess = session(model, threads=1)
+def _time(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: Sequence[str], runs: int = 15) -> float:
+    sess = session(model, threads=1, providers=list(providers))
     for _ in range(3):
         sess.run(None, feeds)
     samples = []
@@ -80,8 +83,9 @@ def _consumer_model(node: gs.Node, in_shape: list[int], channels: int, select: n
     return m, {"x": np.random.default_rng(0).standard_normal(in_shape).astype(np.float32)}
 
 
-def choose_modes(analysis: Analysis, plan: Plan, mode: str) -> Plan:
-    """Set every consumer's read mode (``layout`` keeps what the layout gives: Slice or Gather)."""
+def choose_modes(analysis: Analysis, plan: Plan, mode: str, providers: Sequence[str] | None = None) -> Plan:
+    """Set every consumer's read mode (``layout`` keeps what the layout gives: Slice or Gather); ``auto``
+    measures on ``providers`` (CPU by default)."""
     if mode not in MODES:
         raise UsageError(f"unknown consumer mode '{mode}'; choose one of {', '.join(MODES)}")
     if mode == "layout" or not any(gp.consumers for gp in plan.groups):
@@ -90,14 +94,14 @@ def choose_modes(analysis: Analysis, plan: Plan, mode: str) -> Plan:
         return replace(plan, groups=tuple(
             replace(gp, consumers=tuple(replace(c, mode=mode if mode == "zero" or c.mode != "slice" else "slice")
                                         for c in gp.consumers)) for gp in plan.groups))
-    return _auto(analysis, plan)
+    return _auto(analysis, plan, list(providers or [CPU]))
 
 
-def _auto(analysis: Analysis, plan: Plan) -> Plan:
+def _auto(analysis: Analysis, plan: Plan, providers: list[str]) -> Plan:
     from spa.reorder.unconstrained import consumer_sites
     from spa.surgery.apply import kept_indices
 
-    cache_file = _cache_path()
+    cache_file = _cache_path(providers)
     try:
         cache: dict[str, float] = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     except (OSError, ValueError):
@@ -119,7 +123,7 @@ def _auto(analysis: Analysis, plan: Plan) -> Plan:
             shape[src.axis] = n_union
             costs = {}
             for m in ("zero", c.mode):
-                key = json.dumps(["cpu", nodes[c.node].op, shape, src.axis, m,
+                key = json.dumps([nodes[c.node].op, shape, src.axis, m,
                                   len(select) if m != "zero" else n_union,
                                   {k: str(v) for k, v in sorted(nodes[c.node].attrs.items())},
                                   list(tensors[c.tensor].shape)])
@@ -127,7 +131,7 @@ def _auto(analysis: Analysis, plan: Plan) -> Plan:
                     built = _consumer_model(nodes[c.node], shape, n_union, None if m == "zero" else select, src.axis)
                     if built is None:
                         break
-                    cache[key] = _time(*built)
+                    cache[key] = _time(*built, providers)
                 costs[m] = cache[key]
             best = min(costs, key=costs.get) if len(costs) == 2 else c.mode  # type: ignore[arg-type]
             log.debug("%s: %s", c.node, costs)
