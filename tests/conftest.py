@@ -37,3 +37,33 @@ def zoo_export(tmp_path_factory: pytest.TempPathFactory) -> ZooExport:
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def model_export(zoo_export: ZooExport, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:
+    """``model_export(name, exporter)`` → a zoo model (as :func:`zoo_export`) or a token-id transformer
+    (``models.transformers.TOKEN_MODELS`` / ``HIDDEN_TOKEN_MODELS``), exported once per session."""
+    pytest.importorskip("torch")
+    from models.transformers import HIDDEN_TOKEN_MODELS, TOKEN_MODELS, export_token_model
+
+    token = {**TOKEN_MODELS, **HIDDEN_TOKEN_MODELS}
+    folder = tmp_path_factory.mktemp("tokens")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(name: str, exporter: str) -> Path:
+        if name not in token:
+            return zoo_export(name, exporter)
+        if (name, exporter) not in cache:
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                model, shape = token[name]()
+                cache[(name, exporter)] = export_token_model(model, shape, folder / f"{name}_{exporter}.onnx",
+                                                             exporter=exporter)  # type: ignore[arg-type]
+            finally:
+                torch.set_num_threads(threads)
+        return cache[(name, exporter)]
+
+    return get

@@ -24,20 +24,10 @@ from spa.graph.model import infer_shapes
 from spa.graph.normalize import normalize
 from spa.graph.symbolic import shape_vector
 from tests.oracle import GraphBuilder, assert_oracle
-from tests.rules.helpers import _group, _row
+from tests.rules.helpers import _group, _i64, _row, _unsqueeze
 
 OPSETS = [11, 17]
 D, H, KV, DH, ROWS = 16, 4, 2, 4, 8  # hidden, query heads, KV heads, head_dim, RoPE/mask table rows
-
-
-def _i64(b: GraphBuilder, v: list[int], prefix: str = "c") -> str:
-    return b.const(np.array(v, np.int64), prefix)
-
-
-def _unsqueeze(b: GraphBuilder, x: str, axes: list[int]) -> str:
-    if b.opset < 13:
-        return b.op("Unsqueeze", [x], axes=axes)  # type: ignore[return-value]
-    return b.op("Unsqueeze", [x, _i64(b, axes, "axes")])  # type: ignore[return-value]
 
 
 def _gather(b: GraphBuilder, shape: str, k: int) -> str:

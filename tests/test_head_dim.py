@@ -13,7 +13,6 @@ rotates it); the block's head group is then blocked, with a reason naming the fl
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -169,8 +168,6 @@ from models.transformers import (  # noqa: E402
     LLAMA_HEADS,
     LLAMA_KV_HEADS,
     SEQ,
-    TOKEN_MODELS,
-    export_token_model,
 )
 
 # heads, KV heads, head_dim; the Reshape targets (besides Q's) the pruned model must contain
@@ -182,26 +179,9 @@ SEPARATE: dict[str, tuple[int, int, int]] = {
 FUSED = ["bert_fused_qkv", "vit", "swin"]
 
 
-@pytest.fixture(scope="module")
-def export(zoo_export, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:  # type: ignore[no-untyped-def]
-    folder = tmp_path_factory.mktemp("head_dim")
-    cache: dict[tuple[str, str], Path] = {}
-
-    def get(name: str, exporter: str) -> Path:
-        if name not in TOKEN_MODELS:
-            return zoo_export(name, exporter)  # type: ignore[no-any-return]
-        if (name, exporter) not in cache:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                model, shape = TOKEN_MODELS[name]()
-                cache[(name, exporter)] = export_token_model(model, shape, folder / f"{name}_{exporter}.onnx",
-                                                             exporter=exporter)  # type: ignore[arg-type]
-            finally:
-                torch.set_num_threads(threads)
-        return cache[(name, exporter)]
-
-    return get
+@pytest.fixture
+def export(model_export):  # type: ignore[no-untyped-def]
+    return model_export
 
 
 def _producer(g: Group, size: int) -> str:

@@ -12,7 +12,6 @@ ends in the mask oracle.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -215,33 +214,15 @@ from models.transformers import (  # noqa: E402
     HIDDEN_TOKEN_MODELS,
     TOKEN_MODELS,
     VOCAB,
-    export_token_model,
 )
 
 EXPORTERS = ["legacy", "dynamo"]
 TOKEN = {**TOKEN_MODELS, **HIDDEN_TOKEN_MODELS}
 
 
-@pytest.fixture(scope="module")
-def hidden_export(zoo_export, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Path]:  # type: ignore[no-untyped-def]
-    folder = tmp_path_factory.mktemp("hidden")
-    cache: dict[tuple[str, str], Path] = {}
-
-    def get(name: str, exporter: str) -> Path:
-        if name not in TOKEN:
-            return zoo_export(name, exporter)  # type: ignore[no-any-return]
-        if (name, exporter) not in cache:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                model, shape = TOKEN[name]()
-                cache[(name, exporter)] = export_token_model(model, shape, folder / f"{name}_{exporter}.onnx",
-                                                             exporter=exporter)  # type: ignore[arg-type]
-            finally:
-                torch.set_num_threads(threads)
-        return cache[(name, exporter)]
-
-    return get
+@pytest.fixture
+def hidden_export(model_export):  # type: ignore[no-untyped-def]
+    return model_export
 
 
 # every model whose hidden size is internal (BERT: the classifier with embeddings; the plain encoder

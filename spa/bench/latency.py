@@ -109,8 +109,9 @@ class Timing:
         return {k: (int(v) if k == "runs" else round(float(v), 4)) for k, v in self.__dict__.items()}
 
 
-def time_runners(runners: Sequence[Runner], *, warmup: int = 20, iters: int = 200) -> list[Timing]:
-    """Warm each runner up, then time ``iters`` rounds; every round runs each once, rotating the order."""
+def alternate(runners: Sequence[Runner], *, warmup: int = 20, iters: int = 200) -> list[list[float]]:
+    """Warm each runner up, then run ``iters`` rounds, each running every runner once in a rotating order;
+    ``samples[k][i]`` is runner ``k``'s milliseconds in round ``i``."""
     for r in runners:
         for _ in range(warmup):
             r()
@@ -123,7 +124,12 @@ def time_runners(runners: Sequence[Runner], *, warmup: int = 20, iters: int = 20
             t0 = clock()
             runners[k]()
             samples[k].append((clock() - t0) * 1e3)
-    return [Timing.of(xs) for xs in samples]
+    return samples
+
+
+def time_runners(runners: Sequence[Runner], *, warmup: int = 20, iters: int = 200) -> list[Timing]:
+    """Warm each runner up, then time ``iters`` alternating rounds (see :func:`alternate`)."""
+    return [Timing.of(xs) for xs in alternate(runners, warmup=warmup, iters=iters)]
 
 
 def time_models(

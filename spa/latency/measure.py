@@ -15,7 +15,6 @@ least about two seconds (:func:`rounds`), so a small model gets more rounds.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,26 +30,14 @@ def paired_samples(models: Sequence[ModelLike], *, providers: Sequence[str], thr
                    iters: int = 20, seed: int = 0) -> list[list[float]]:
     """Milliseconds of ``iters`` alternating rounds: ``samples[k][i]`` is model ``k`` in round ``i``."""
     from spa.bench.feeds import input_shapes, make_feeds
-    from spa.bench.latency import Runner, open_session
+    from spa.bench.latency import Runner, alternate, open_session
 
     device = "cpu" if providers[0] == "CPUExecutionProvider" else "cuda"
     runners = []
     for m in models:
         sess = open_session(m, providers, threads=threads)
         runners.append(Runner(sess, make_feeds(sess, input_shapes(sess, "model"), seed), device))
-    for r in runners:
-        for _ in range(warmup):
-            r()
-    samples: list[list[float]] = [[] for _ in runners]
-    clock = time.perf_counter
-    n = len(runners)
-    for i in range(iters):
-        for j in range(n):
-            k = (i + j) % n
-            t0 = clock()
-            runners[k]()
-            samples[k].append((clock() - t0) * 1e3)
-    return samples
+    return alternate(runners, warmup=warmup, iters=iters)
 
 
 def paired_fraction(samples: Sequence[Sequence[float]]) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from spa.analysis.groups import Analysis, Group
 from tests.oracle import GraphBuilder
 
@@ -25,3 +27,15 @@ def _group(analysis: Analysis, tensor: str, axis: int) -> Group:
 
 def _dims(result) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
     return {i.name: list(i.dims) for i in result.model.graph.initializer}
+
+
+def _i64(b: GraphBuilder, v: list[int], prefix: str = "shape") -> str:
+    """An int64 constant (shape vectors, axes)."""
+    return b.const(np.array(v, np.int64), prefix)
+
+
+def _unsqueeze(b: GraphBuilder, x: str, axes: list[int]) -> str:
+    """Unsqueeze with ``axes`` as the attribute (opset < 13) or an input (opset >= 13)."""
+    if b.opset < 13:
+        return b.op("Unsqueeze", [x], axes=axes)  # type: ignore[return-value]
+    return b.op("Unsqueeze", [x, _i64(b, axes, "axes")])  # type: ignore[return-value]

@@ -17,7 +17,7 @@ from spa.graph.normalize import normalize
 from spa.rules.base import NodeContext, Slot, Tag
 from spa.rules.gemm_matmul import MatMulRule
 from tests.oracle import GraphBuilder, assert_oracle
-from tests.rules.helpers import _group
+from tests.rules.helpers import _group, _i64, _unsqueeze
 
 OPSETS = [13, 17]
 D, S, DH = 16, 6, 4  # hidden, sequence, head_dim
@@ -31,16 +31,6 @@ def _row(result, weight: str, axis: int) -> dict:  # type: ignore[no-untyped-def
 
 def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-
-
-def _i64(b: GraphBuilder, v: list[int], prefix: str = "shape") -> str:
-    return b.const(np.array(v, np.int64), prefix)
-
-
-def _unsqueeze(b: GraphBuilder, x: str, axes: list[int]) -> str:
-    if b.opset < 13:
-        return b.op("Unsqueeze", [x], axes=axes)  # type: ignore[return-value]
-    return b.op("Unsqueeze", [x, _i64(b, axes, "axes")])  # type: ignore[return-value]
 
 
 def _slice(b: GraphBuilder, x: str, start: int, end: int, axis: int) -> str:

@@ -10,23 +10,13 @@ from onnx import helper, numpy_helper
 import spa
 from spa.analysis.groups import Analysis, Group
 from tests.oracle import GraphBuilder, assert_oracle
-from tests.rules.helpers import _conv, _dims, _group, _row
+from tests.rules.helpers import _conv, _dims, _group, _i64, _row, _unsqueeze
 
 OPSETS = [11, 17]
 
 
 def _inits(result) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
     return {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
-
-
-def _i64(b: GraphBuilder, v: list[int], prefix: str = "shape") -> str:
-    return b.const(np.array(v, np.int64), prefix)
-
-
-def _unsqueeze(b: GraphBuilder, x: str, axes: list[int]) -> str:
-    if b.opset < 13:
-        return b.op("Unsqueeze", [x], axes=axes)  # type: ignore[return-value]
-    return b.op("Unsqueeze", [x, _i64(b, axes, "axes")])  # type: ignore[return-value]
 
 
 def _squeeze(b: GraphBuilder, x: str, axes: list[int]) -> str:
