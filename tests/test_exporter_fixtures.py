@@ -143,6 +143,44 @@ def test_sanitised_oracle(name: str, ratio: float) -> None:
     assert pruned == len(fx.prunable)
 
 
+# -- Keras MultiHeadAttention heads (tf2onnx's Einsum lowering) --------------------------------------------
+
+def _keras_attention_batch_one() -> onnx.ModelProto:
+    """keras_attention with its batch dimension fixed to 1 (in memory; nothing else changed)."""
+    m = FIX["keras_attention"].model(sanitised=False)
+    for t in list(m.graph.input) + list(m.graph.output):
+        d = t.type.tensor_type.shape.dim[0]
+        d.ClearField("dim_param")
+        d.dim_value = 1
+    del m.graph.value_info[:]
+    return m
+
+
+def test_keras_heads_merged_into_a_dynamic_batch_are_blocked_with_a_reason() -> None:
+    """tf2onnx lowers Keras' einsum attention by merging the head axis into the batch axis
+    (``Reshape([B·H, S, Dh])`` from ``ReduceProd(Shape[0:2])``): with a symbolic batch the merged axis has
+    no static channel map, so the heads stay (blocked, with the Reshape named), never mis-pruned."""
+    a = spa.analyze(FIX["keras_attention"].model(sanitised=False))
+    heads = [g for g in a.groups if g.channels == 2]
+    assert heads == [] or not any(g.prunable for g in heads)
+    blocked = [g for g in a.groups if not g.prunable and any("Reshape" in r for r in g.reasons)]
+    assert blocked
+
+
+def test_keras_heads_prune_with_a_static_batch() -> None:
+    """The same graph with batch 1: the 2 heads (Q/K/V columns with their [H, Dh] biases, output rows)
+    are one prunable group next to the FFN, and both prune exactly."""
+    m = _keras_attention_batch_one()
+    a = spa.analyze(m)
+    assert sorted(g.channels for g in a.prunable) == [2, 64]
+    r = assert_oracle(m, 0.5)
+    dims = {t.name: list(t.dims) for t in r.model.graph.initializer}
+    heads = next(g for g in r.report["groups"] if g["channels_before"] == 2)  # type: ignore[union-attr,index]
+    assert heads["channels_after"] == 1  # type: ignore[index]
+    q = next(n for n in dims if n.endswith("query_1/Reshape:0"))
+    assert dims[q] == [32, 16]  # one head of 16 dims left
+
+
 # -- channels-last Flatten -> Dense: the stride map ---------------------------------------------------
 
 def _weights(m: onnx.ModelProto) -> dict[str, np.ndarray]:
