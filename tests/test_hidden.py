@@ -339,3 +339,35 @@ def test_ort_fused_norms_prune_the_hidden_size(opset: int, op: str, bias: bool, 
     r = assert_oracle(m, 0.5, prune_hidden=True)
     dims = {t.name: list(t.dims) for t in r.model.graph.initializer}
     assert dims[w_in] == [7, D // 2] and dims[w_head] == [D // 2, 3] and dims[gamma] == [D // 2]
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_ort_simplified_layer_norm_in_the_default_domain(opset: int) -> None:
+    """ORT's transformer optimizer writes RMSNorm as ``SimplifiedLayerNormalization`` in the default domain.
+    The ONNX checker rejects it (ONNX Runtime runs it), in the input and in the output alike: spa prunes the
+    hidden size through it, reports the checker as skipped for that reason, and the mask oracle holds."""
+    from onnx import helper
+
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [2, S, 7])
+    w_in, w_up, w_head = b.weight(7, D), b.weight(D, F), b.weight(F, 3)
+    gamma = b.const(np.linspace(0.5, 1.5, D).astype(np.float32), "gamma")
+    b.nodes.append(helper.make_node("SimplifiedLayerNormalization", [b.op("MatMul", [x, w_in]), gamma], ["normed"],  # type: ignore[list-item]
+                                    name="sln", axis=-1, epsilon=1e-5))
+    y = b.op("MatMul", [b.op("Relu", [b.op("MatMul", ["normed", w_up])]), w_head])  # type: ignore[list-item]
+    b.output(y, [2, S, 3])  # type: ignore[arg-type]
+    graph = helper.make_graph(b.nodes, "t", b.inputs, b.outputs, b.inits,
+                              value_info=[helper.make_tensor_value_info("normed", onnx.TensorProto.FLOAT, [2, S, D])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    with pytest.raises(Exception):
+        onnx.checker.check_model(m, full_check=True)
+    assert not _hidden(spa.analyze(m))[0].prunable
+    r = spa.prune(m, 0.5, emit_masked=True, prune_hidden=True)
+    assert str(r.report["onnx_check"]).startswith("skipped: the ONNX checker rejects the input too")
+    assert r.report["ort_check"] == "ok"
+    assert {r.analysis.groups[gp.group].kind: len(gp.removed) for gp in r.plan.groups} == {"hidden": D // 2,
+                                                                                           "channel": F // 2}
+    assert r.masked is not None and spa.verify(r.model, r.masked).ok
+    dims = {t.name: list(t.dims) for t in r.model.graph.initializer}
+    assert dims[w_in] == [7, D // 2] and dims[gamma] == [D // 2]

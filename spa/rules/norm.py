@@ -81,10 +81,13 @@ def _normalised_axis(ctx: NodeContext) -> int | None:
 class HiddenNormRule(ChannelRule):
     """LayerNormalization / RMSNormalization over the last axis: a Statistic (hidden size).
 
+    Also ``SimplifiedLayerNormalization``, ONNX Runtime's RMSNorm, which its transformer optimizer writes
+    in the default domain (the ONNX checker does not know it; ONNX Runtime runs it).
+
     Several normalised axes are left to :class:`StatsOverAxisRule` (barriers).
     """
 
-    op_types = ("LayerNormalization", "RMSNormalization")
+    op_types = ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization")
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
         axis = _normalised_axis(ctx)
@@ -164,7 +167,7 @@ class StatsOverAxisRule(ChannelRule):
         r = ctx.rank(ctx.input(0))
         if r is None:
             return ctx.barrier_all(f"{op} '{ctx.node.name}': shape unknown")
-        if op in ("LayerNormalization", "RMSNormalization"):
+        if op in ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"):
             axis = norm_axis(int(ctx.attr("axis", -1)), r)
             blocked = set(range(axis, r))
         elif op == "MeanVarianceNormalization":
