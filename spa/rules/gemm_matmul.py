@@ -47,6 +47,9 @@ class GemmRule(ChannelRule):
             rels += [Member(Slot(b.name, b_k), Role.CONSUMER), Member(Slot(b.name, b_n), Role.PRODUCER)]
         if ctx.is_const(a):
             rels += [Member(Slot(a.name, a_k), Role.CONSUMER), Member(Slot(a.name, a_m), Role.PRODUCER)]
+        if not (ctx.is_const(a) or ctx.is_const(b)):  # no weight reads K: nothing to zero in the masked twin
+            reason = f"Gemm '{ctx.node.name}' contracts two activations"
+            rels += [Barrier(a.name, a_k, reason), Barrier(b.name, b_k, reason)]
         if c is not None:
             rels += [r for r in broadcast_links(ctx, [c], y) if not (isinstance(r, Link) and r.a.tensor == y.name)]
         return rels

@@ -172,3 +172,24 @@ def test_matmul_1d_activation(opset: int) -> None:
     r = assert_oracle(b.build())
     assert _row(r, w1, 1)["channels_after"] == 8
     assert _dims(r)[w2] == [8, 4]
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+@pytest.mark.parametrize("same", [True, False])
+def test_gemm_of_two_activations_blocks_the_contraction(opset: int, same: bool) -> None:
+    """``Gemm(a, b, transB=1)`` with ``b`` an activation (``a @ a.T`` when ``same``): no weight reads the
+    contracted channels, so the masked twin could not zero them — they are blocked (found by the fuzzer:
+    the contraction was linked without a barrier and the oracle failed)."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 6, 6])
+    h = b.conv(x, 3, 8)
+    flat = b.op("Flatten", [b.op("GlobalAveragePool", [h])], axis=1)
+    other = flat if same else b.op("Flatten", [b.op("GlobalMaxPool", [h])], axis=1)
+    y = b.op("Gemm", [flat, other], transB=1)  # type: ignore[list-item]
+    b.output(b.op("Add", [y, b.op("Gemm", [flat, b.weight(4, 8)], transB=1)]))  # type: ignore[list-item]
+    model = b.build()
+    a = spa.analyze(model)
+    w = model.graph.node[0].input[1]
+    g = _group(a, w, 0)
+    assert not g.prunable and any("contracts two activations" in r for r in g.reasons), g.reasons
+    assert_oracle(model, 0.5, expect_pruned=False)
