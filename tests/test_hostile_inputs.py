@@ -760,3 +760,46 @@ def seed_models() -> dict[str, onnx.ModelProto]:
 def test_seed_models_are_valid() -> None:
     for name, m in seed_models().items():
         onnx.checker.check_model(m, full_check=True), name
+
+
+# -- crash classes found by tools/fuzz.py (session 2) ---------------------------------------------------
+
+def test_invalid_gemm_rank_counts_no_macs() -> None:
+    """A Gemm fed a rank-4 tensor (ONNX Runtime refuses it at run time) used to raise IndexError."""
+    import onnx_graphsurgeon as gs
+
+    from spa.bench.metrics import node_macs
+
+    x = gs.Variable("x", np.float32, [1, 8, 1, 1])
+    w = gs.Constant("w", np.zeros((4, 8), np.float32))
+    y = gs.Variable("y", np.float32, [1, 4])
+    assert node_macs(gs.Node("Gemm", inputs=[x, w], outputs=[y], attrs={"transB": 1})) == 0
+
+
+def test_batch_statistics_copy_skips_non_float_batch_norms() -> None:
+    """obspa's synthetic statistics rewrite float BatchNorms only (a string-typed input crashed it)."""
+    from spa.calibration.synthetic import batch_norm_model
+
+    b = GraphBuilder(opset=13)
+    x = b.input("x", [1, 3, 4, 4], elem=TensorProto.STRING)
+    b.output(b.bn(x, 3))  # type: ignore[arg-type]
+    m = helper.make_model(helper.make_graph(b.nodes, "t", b.inputs, b.outputs, b.inits),
+                          opset_imports=[helper.make_opsetid("", 13)])
+    out = batch_norm_model(m)
+    assert [n.op_type for n in out.graph.node] == ["BatchNormalization"]
+
+
+def test_absurd_axis_sizes_block_instead_of_exhausting_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A corrupt size constant gave a slot of 2**40 elements and the analysis tried to allocate terabytes;
+    a group above ``MAX_GROUP_ELEMENTS`` is now blocked with a reason (lowered here to hit it)."""
+    from spa.analysis import groups
+
+    b = GraphBuilder(opset=13)
+    x = b.input("x", [1, 3, 4, 4])
+    b.output(b.conv(b.op("Relu", [b.conv(x, 3, 8)]), 8, 2))  # type: ignore[arg-type]
+    m = b.build()
+    assert spa.analyze(m).prunable
+    monkeypatch.setattr(groups, "MAX_GROUP_ELEMENTS", 10)
+    a = spa.analyze(m)
+    assert not a.prunable
+    assert any("more than 10 elements" in r for g in a.groups for r in g.reasons)

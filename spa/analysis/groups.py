@@ -25,6 +25,10 @@ from spa.graph.weights import is_float
 log = logging.getLogger(__name__)
 
 
+#: a group whose slots hold more elements than this is not labelled (element maps would not fit in memory;
+#: real models stay far below: a 1 B-parameter decoder's hidden group holds a few million)
+MAX_GROUP_ELEMENTS = 1 << 26
+
 #: group kinds from rule tags, most specific first (a group with any head slot is a head group;
 #: ``head_dim`` is set by the analysis on V/output-projection groups in head-dim mode)
 KIND_PRIORITY = ("head", "head_dim", "hidden")
@@ -157,6 +161,9 @@ def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None, *, hidde
         cls: dict[Slot, np.ndarray] = {}
         if any(si.size is None for si in infos):
             reasons.append("a coupled axis has a dynamic size")
+            n_channels = max((si.size or 0) for si in infos)
+        elif sum(si.size or 0 for si in infos) > MAX_GROUP_ELEMENTS:
+            reasons.append(f"its axes hold more than {MAX_GROUP_ELEMENTS} elements in all (a corrupt shape?)")
             n_channels = max((si.size or 0) for si in infos)
         else:
             comp_set = set(comp)

@@ -41,6 +41,8 @@ def node_macs(node: gs.Node) -> int:
         if a is None or y is None or not a:
             return 0
         if op == "Gemm":
+            if len(a) != 2:  # an invalid Gemm (ONNX Runtime refuses it at run time): nothing to count
+                return 0
             kdim = a[0] if int(node.attrs.get("transA", 0)) else a[1]
         else:
             kdim = a[-1]

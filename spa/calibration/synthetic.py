@@ -49,6 +49,9 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
 
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
+
 def batch_norm_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose inference BatchNormalizations use batch statistics.
 
@@ -63,7 +66,9 @@ def batch_norm_model(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes: list[onnx.NodeProto] = []
     for k, node in enumerate(model.graph.node):
         rank = ranks.get(node.input[0]) if node.op_type == "BatchNormalization" else None
-        if rank is None or rank < 2 or len(node.input) < 5 or len(node.output) > 1 and any(node.output[1:]):
+        floating = types.get(node.input[0], onnx.TensorProto.FLOAT) in _FLOAT_TYPES
+        if (rank is None or rank < 2 or not floating or len(node.input) < 5
+                or len(node.output) > 1 and any(node.output[1:])):
             nodes.append(node)
             continue
         p = f"__spa_bn{k}_"
