@@ -803,3 +803,25 @@ def test_absurd_axis_sizes_block_instead_of_exhausting_memory(monkeypatch: pytes
     a = spa.analyze(m)
     assert not a.prunable
     assert any("more than 10 elements" in r for g in a.groups for r in g.reasons)
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+@pytest.mark.parametrize("zp", [0, 3])
+def test_qdq_weights_read_pruned_channels(opset: int, zp: int) -> None:
+    """A QDQ MatMul/Gemm weight (DequantizeLinear of int8, or of QuantizeLinear of float) *reading* a pruned
+    channel: its rows are sliced with their per-row scales and zeroed to the zero point in the masked twin,
+    so the contraction is not a barrier (two real activations still are)."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [2, 6])
+    h = b.op("Relu", [b.op("MatMul", [x, b.weight(6, 10)])])
+    h = b.op("Relu", [b.op("MatMul", [h, dq_weight(b, (10, 8), axis=0, zp=zp)])])  # type: ignore[list-item]
+    w = b.weight(4, 8)
+    s, z = b.const(np.full(4, 0.01, np.float32), "s2"), b.const(np.zeros(4, np.int8), "z2")
+    w_dq = b.op("DequantizeLinear", [b.op("QuantizeLinear", [w, s, z], axis=0), s, z], axis=0)
+    b.output(str(b.op("Gemm", [h, w_dq], transB=1)))
+    m = b.build()
+    r = assert_oracle(m, 0.5, **QDQ_TOL)  # type: ignore[arg-type]
+    d = dims(r.model)
+    assert r.report["num_pruned"] == 2
+    assert d[next(n for n in d if n.startswith("wq"))] == [5, 4]  # int8 rows (read) and columns (written)
+    assert d[w] == [4, 4]  # the float weight quantised in the graph: its columns read the pruned channels

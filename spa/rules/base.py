@@ -162,6 +162,20 @@ class NodeContext:
         """Whether ``t`` is an initializer/constant."""
         return isinstance(t, gs.Constant)
 
+    @staticmethod
+    def is_weight(t: gs.Tensor | None) -> bool:
+        """A constant, or a QDQ weight: ``DequantizeLinear`` of a constant (or of ``QuantizeLinear`` of a
+        float constant). The quantisation rules make every axis of that constant a consumer member, so the
+        masked twin zeroes the channels the weight reads."""
+        for _ in range(2):  # DequantizeLinear(const) or DequantizeLinear(QuantizeLinear(const))
+            if isinstance(t, gs.Constant):
+                return True
+            producers = getattr(t, "inputs", None) or []
+            if len(producers) != 1 or producers[0].op not in ("DequantizeLinear", "QuantizeLinear"):
+                return False
+            t = producers[0].inputs[0]
+        return isinstance(t, gs.Constant)
+
     def attr(self, name: str, default: object = None) -> object:
         """A node attribute."""
         return self.node.attrs.get(name, default)

@@ -47,7 +47,7 @@ class GemmRule(ChannelRule):
             rels += [Member(Slot(b.name, b_k), Role.CONSUMER), Member(Slot(b.name, b_n), Role.PRODUCER)]
         if ctx.is_const(a):
             rels += [Member(Slot(a.name, a_k), Role.CONSUMER), Member(Slot(a.name, a_m), Role.PRODUCER)]
-        if not (ctx.is_const(a) or ctx.is_const(b)):  # no weight reads K: nothing to zero in the masked twin
+        if not (ctx.is_weight(a) or ctx.is_weight(b)):  # no weight reads K: nothing to zero in the masked twin
             reason = f"Gemm '{ctx.node.name}' contracts two activations"
             rels += [Barrier(a.name, a_k, reason), Barrier(b.name, b_k, reason)]
         if c is not None:
@@ -89,7 +89,7 @@ class MatMulRule(ChannelRule):
                         rels.append(Tag(Slot(t.name, i), "head"))
                 else:
                     rels.append(Barrier(t.name, i, f"MatMul '{ctx.node.name}': batch broadcast unclear"))
-        if const_a or const_b:
+        if const_a or const_b or ctx.is_weight(a) or ctx.is_weight(b):
             rels.append(Link(Slot(a.name, ka), Slot(b.name, kb)))
             if const_b:
                 rels.append(Member(Slot(b.name, kb), Role.CONSUMER))
