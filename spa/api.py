@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,6 +173,7 @@ def prune(
     target_latency: float | None = None,
     providers: list[str] | None = None,
     latency_cache: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> PruneResult:
     """Prune a model.
 
@@ -210,6 +211,7 @@ def prune(
             lookup table, then measured against the original (see ``report["target_latency"]``).
         providers: ONNX Runtime providers that ``target_latency`` and ``consumer_mode="auto"`` measure on
             (CPU by default).
+        progress: called with a short description at the start of each stage (the CLI shows it).
         latency_cache: folder of the per-layer latency tables ``target_latency`` measures and reuses
             (default ``$SPA_CACHE_DIR/latency`` or ``~/.cache/spa/latency``).
         unconstrained: UPSCALE-style: consumers of a shared tensor keep their own channel subsets.
@@ -228,8 +230,11 @@ def prune(
     Returns:
         A :class:`PruneResult` with the pruned ModelProto, the plan and a JSON report.
     """
+    stage = progress or (lambda _what: None)
     crit = get_criterion(criterion)
+    stage("loading")
     mg = load(model)
+    stage(f"analysing {len(mg.graph.nodes)} nodes")
     analysis = analyze_graph(mg, hidden=prune_hidden, head_dim=prune_head_dim)
     options = dict(criterion_options or {}) | {k: v for k, v in (("reduction", reduction), ("normalize", normalize))
                                                 if v is not None}
@@ -237,6 +242,7 @@ def prune(
                               preprocess=calib_preprocess, seed=seed)
     cctx = CriterionContext(seed=seed, calibration=source, options=options)
     reduce_options(cctx)  # reject unknown names before any work
+    stage(f"scoring {len(analysis.prunable)} groups ({criterion})")
     scores = crit.score(analysis, cctx)
 
     kinds: dict[str, float | None] = {}
@@ -255,6 +261,7 @@ def prune(
                          overrides=overrides, kind_ratio=kinds)
 
     latency_record: dict[str, object] | None = None
+    stage("planning" + (" (measuring latencies)" if target_latency is not None else ""))
     if target_latency is not None:
         plan, latency_record = solve_latency(
             analysis, plan_for, lambda p: prune_model(analysis, p).to_onnx(), target_latency, providers=providers,
@@ -266,16 +273,20 @@ def prune(
     if unconstrained:
         plan = unconstrain(analysis, plan, reorder=reorder)
         plan = choose_modes(analysis, plan, consumer_mode, providers=providers)
+    stage(f"pruning {len(plan.groups)} groups")
     updates = crit.compensate(analysis, plan, cctx)
     pruned_mg = prune_model(analysis, plan, updates=updates)
     result_protos: dict[str, onnx.ModelProto] = {}
     if check and graph_bytes(pruned_mg) < PROTOBUF_LIMIT // 2:
         pruned = pruned_mg.to_onnx()
         onnx_check = _onnx_check(pruned, mg)
+        stage("checking (ONNX checker, ONNX Runtime)")
         ort_check = _ort_check(pruned, mg)
         result_protos["model"] = pruned
     else:
         onnx_check = ort_check = "not run"
+    if emit_masked:
+        stage("building the masked twin")
     masked = masked_twin(analysis, plan, updates) if emit_masked else None
     report: dict[str, object] = {
         "spa_version": __version__,

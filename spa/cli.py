@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from spa.validate.oracle import DEFAULT_ATOL, DEFAULT_RTOL
 from spa.version import __version__
 
 # pipes and CI logs get a wide table instead of rich's 80-column default
+log = logging.getLogger(__name__)
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 #: click >= 8.2 raises this for a group called without a command.
 _NO_ARGS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -107,13 +108,15 @@ def _human(n: float) -> str:
 
 
 @contextlib.contextmanager
-def _working(ctx: click.Context, what: str) -> Iterator[None]:
-    """A spinner on long work when the output is a terminal (never in pipes, CI logs or with --quiet)."""
+def _working(ctx: click.Context, what: str) -> Iterator[Callable[[str], None]]:
+    """A spinner on long work when the output is a terminal (never in pipes, CI logs or with --quiet);
+    yields a function that shows the current stage next to it (logged at INFO, ``-v``, otherwise)."""
     if console.is_terminal and not (ctx.obj or {}).get("quiet"):
-        with console.status(what):
-            yield
+        with console.status(what) as status:
+            yield lambda stage: status.update(f"{what}: {stage}")
     else:
-        yield
+        log.info("%s", what)
+        yield lambda stage: log.info("%s: %s", what, stage)
 
 
 def _round_to(value: object) -> int:
@@ -311,7 +314,7 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
             if Path(dest).resolve() == resolved:
                 raise UsageError(f"{opt} must differ from {other}")
         destinations[opt] = Path(dest).resolve()
-    with _working(ctx, f"pruning {model}"):
+    with _working(ctx, f"pruning {model}") as stage:
         result = api.prune(model, ratio, criterion, global_rank=global_rank, max_ratio=max_ratio,
                        round_to=round_to, min_channels=min_channels, ignore=ignore, seed=seed,
                        emit_masked=bool(emit_masked), calibration=calib, calib_samples=calib_samples,
@@ -320,8 +323,8 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
                        overrides=overrides, unconstrained=unconstrained, reorder=reorder,
                        consumer_mode=consumer_mode, prune_heads=prune_heads, head_ratio=head_ratio,
                        prune_hidden=prune_hidden, hidden_ratio=hidden_ratio, prune_head_dim=prune_head_dim,
-                       target_latency=target_latency,
-                       latency_cache=latency_cache, providers=providers)
+                       target_latency=target_latency, latency_cache=latency_cache, providers=providers,
+                       progress=stage)
     result.save(output, external_data=external_data or None)
     if emit_masked:
         result.save_masked(emit_masked, external_data=external_data or None)

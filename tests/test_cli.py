@@ -624,3 +624,16 @@ def test_no_command_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys)
     assert code == 1
     assert err.startswith("Usage:") and "prune" in err and "spa: error" not in err
+
+
+def test_prune_reports_its_stages_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``spa.prune(progress=...)`` names each stage as it starts (the CLI shows them beside its spinner)."""
+    import spa
+
+    b = GraphBuilder(opset=13)
+    x = b.input("x", [1, 3, 8, 8])
+    b.output(b.conv(b.op("Relu", [b.conv(x, 3, 8)]), 8, 2))  # type: ignore[arg-type]
+    stages: list[str] = []
+    spa.prune(b.build(), 0.5, emit_masked=True, progress=stages.append)
+    expected = ["loading", "analysing", "scoring", "planning", "pruning", "checking", "building the masked twin"]
+    assert [next(e for e in expected if s.startswith(e)) for s in stages] == expected
