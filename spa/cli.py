@@ -214,7 +214,7 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.option("--ratio", type=float, default=0.5, show_default=True, help="Fraction of channels to remove, in [0, 1).")
 @click.option("--criterion", default="l2", show_default=True,
               help="Importance criterion: l1, l2, random, bn, lamp, obspa (data-free); obs, wanda, flap (need --calib).")
-@click.option("--global", "global_rank", is_flag=True, help="Rank channels across groups (normalised scores).")
+@click.option("--global", "global_rank", is_flag=True, help="Rank channels across groups (scores as --normalize makes them per group).")
 @click.option("--max-ratio", type=float, default=0.9, show_default=True, help="With --global: most a group may lose.")
 @click.option("--round-to", default="1", show_default=True, callback=lambda _c, _p, v: _round_to(v),
               help="Keep channel counts multiples of N; 'auto' picks N for the provider spa bench would use "

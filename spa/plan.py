@@ -4,8 +4,10 @@ Budgets:
 
 * uniform (default): every prunable group removes ``round(ratio * C)`` of its ``C`` channels, the
   lowest-scoring ones;
-* global (``global_rank=True``): scores are divided by their group's mean so groups are comparable,
-  and the lowest ``ratio`` of all prunable channels are removed, at most ``max_ratio`` of any group.
+* global (``global_rank=True``): the lowest ``ratio`` of all prunable channels are removed, at most
+  ``max_ratio`` of any group. Scores are compared as the criterion normalised them per group
+  (``--normalize``: by the group's mean by default, LAMP for ``lamp``; see :mod:`spa.criteria.reduce`) —
+  the plan does not normalise them again.
 
 Then, per group: kept counts are rounded to multiples of ``round_to``, never below ``min_channels``
 (nor below 1), and every slot keeps at least one element (a Concat input or Split output may not
@@ -194,9 +196,7 @@ def make_plan(
     if global_rank:
         entries = []
         for g in active:
-            s = scores[g.id]
-            mean = float(np.mean(s)) or 1.0
-            entries += [(float(v) / mean, g.id, c) for c, v in enumerate(s)]
+            entries += [(float(v), g.id, c) for c, v in enumerate(scores[g.id])]
         entries.sort()
         budget = int(round(ratio * sum(g.channels for g in active)))
         cap = {g.id: min(int(max_ratio * g.channels), g.channels - min_channels) for g in active}

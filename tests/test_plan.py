@@ -203,3 +203,27 @@ def test_unreachable_latency_target(monkeypatch: pytest.MonkeyPatch, tmp_path) -
     monkeypatch.setenv("SPA_CACHE_DIR", str(tmp_path))
     with pytest.raises(PlanError):
         spa.prune(_net().build(), 0.0, target_latency=1e-6)
+
+
+@pytest.mark.parametrize("how", ["mean", "lamp", "zscore", "none"])
+def test_global_ranking_uses_the_criterions_normalisation(how: str) -> None:
+    """``--global`` compares scores as ``--normalize`` made them (the plan used to divide by the group mean
+    again: LAMP was diluted and z-scores, whose mean is ~0, exploded). With ``none`` raw magnitudes
+    compete, so a layer with tiny weights loses the most; normalised scores spread the loss."""
+    from onnx import numpy_helper
+
+    b = GraphBuilder(opset=13)
+    x = b.input("x", [1, 3, 6, 6])
+    h = b.op("Relu", [b.conv(x, 3, 16)])
+    w_small = b.inits[-2]  # the first conv's weight, scaled to 1 % below
+    w_small.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w_small) * 0.01, w_small.name))
+    h = b.op("Relu", [b.conv(h, 16, 16)])  # type: ignore[arg-type]
+    b.output(b.conv(h, 16, 2, k=1))  # type: ignore[arg-type]
+    r = assert_oracle(b.build(), 0.4, global_rank=True, max_ratio=0.9, normalize=how)
+    after = sorted((g["label"], g["channels_after"]) for g in r.report["groups"] if g["prunable"])  # type: ignore[union-attr,index]
+    small, large = after[0][1], after[1][1]
+    assert small + large == 32 - round(0.4 * 32)
+    if how == "none":
+        assert small < large  # raw magnitudes: the tiny layer goes first
+    else:
+        assert 0 < small < 16 and 0 < large < 16  # comparable after normalisation: both lose channels

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spa.analysis.groups import Analysis
+from spa.criteria.reduce import normalize, options
 from spa.criteria.base import CriterionContext, Scores, Updates
 from spa.graph.weights import release
 from spa.plan import Plan
@@ -67,7 +68,8 @@ class Magnitude:
     name: str
 
     def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:
-        return magnitude_scores(analysis, self.name)
+        _, norm = options(ctx)
+        return {gid: normalize(s, norm) for gid, s in magnitude_scores(analysis, self.name).items()}
 
     def compensate(self, analysis: Analysis, plan: Plan, ctx: CriterionContext) -> Updates:
         return {}
@@ -81,7 +83,8 @@ class RandomScores:
 
     def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:
         rng = np.random.default_rng(ctx.seed)
-        return {gid: rng.random(analysis.groups[gid].channels) for gid in sorted(analysis.classes)}
+        _, norm = options(ctx)
+        return {gid: normalize(rng.random(analysis.groups[gid].channels), norm) for gid in sorted(analysis.classes)}
 
     def compensate(self, analysis: Analysis, plan: Plan, ctx: CriterionContext) -> Updates:
         return {}
