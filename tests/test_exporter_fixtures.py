@@ -264,3 +264,80 @@ def test_flatten_dense_rows_stay_in_flat_order(case: DenseAfterFlatten, ratio: f
     kept_rows = np.flatnonzero(np.isin(case.channel_of_row(), kept_c))
     np.testing.assert_array_equal(w1, w0[kept_rows][:, kept_h])
     assert_oracle(FIX[case.fixture].model(case.sanitised), ratio)
+
+
+# -- Keras token-id encoder: the hidden size is internal to the graph (embedding tables) -----------------
+
+ENCODER = FIXTURES / "keras_encoder.onnx"
+_E = "keras_encoder_1/"
+TOK_EMB = _E + "tok_emb_1/GatherV2/ReadVariableOp:0"  # [64, 32] token table
+POS_EMB = _E + "pos_emb_1/table_1/GatherV2:0"  # [16, 32] position table (tf2onnx folds the arange lookup)
+#: the weight axes that carry the 32-wide residual stream
+ENCODER_HIDDEN = {
+    (TOK_EMB, 1), (POS_EMB, 1),
+    (_E + "mha_1/query_1/Reshape:0", 0), (_E + "mha_1/key_1/Reshape:0", 0), (_E + "mha_1/value_1/Reshape:0", 0),
+    (_E + "mha_1/attention_output_1/Reshape_1:0", 1),
+    (_E + "mha_1/attention_output_1/BiasAdd/ReadVariableOp:0", 0),
+    (_E + "ln1_1/Reshape:0", 2), (_E + "ln1_1/Reshape_1:0", 2), (_E + "ln2_1/Reshape:0", 2), (_E + "ln2_1/Reshape_1:0", 2),
+    (_E + "ffn_up_1/Cast/ReadVariableOp:0", 0), (_E + "ffn_down_1/Cast/ReadVariableOp:0", 1),
+    (_E + "ffn_down_1/BiasAdd/ReadVariableOp:0", 0), (_E + "logits_1/Cast/ReadVariableOp:0", 0),
+}
+
+
+def _owner(a: spa.Analysis, tensor: str, axis: int) -> spa.Group:
+    return next(g for g in a.groups if any(m.tensor == tensor and m.axis == axis for m in g.members))
+
+
+def test_keras_encoder_is_small_and_documented() -> None:
+    """Token ids in (int, ``[B, 16]``), provenance stamped, written by make_keras_fixture.py."""
+    assert ENCODER.stat().st_size < 1_000_000
+    m = onnx.load(str(ENCODER))
+    assert m.ir_version <= 10
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["spa.fixture"] == "keras_encoder" and meta["spa.exporter"] and meta["spa.seed"] == "0"
+    assert meta["keras"] and meta["tensorflow"] and meta["tf2onnx"]
+    (inp,) = m.graph.input
+    assert inp.type.tensor_type.elem_type in (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
+    assert [d.dim_value for d in inp.type.tensor_type.shape.dim][1:] == [16]
+    script = Path(__file__).parents[1] / "tools" / "fixtures" / "make_keras_fixture.py"
+    assert "keras_encoder" in script.read_text()
+
+
+def test_keras_encoder_default_analysis_finds_the_ffn() -> None:
+    """Without prune_hidden only the FFN is prunable; the hidden group is blocked by the LayerNorm
+    statistics (naming --prune-hidden); the per-head-dim Q/K/V groups are blocked by tf2onnx's
+    head-into-batch Reshape / the attention MatMul, as in keras_attention."""
+    a = spa.analyze(ENCODER)
+    assert sorted(g.channels for g in a.prunable) == [64]
+    hidden = _owner(a, TOK_EMB, 1)
+    assert not hidden.prunable and hidden.channels == 32
+    assert any("prune-hidden" in r for r in hidden.reasons)
+
+
+def test_keras_encoder_hidden_size_is_prunable_with_prune_hidden() -> None:
+    """prune_hidden: one prunable 32-channel hidden group from the embedding tables to the classifier rows."""
+    a = spa.analyze(ENCODER, prune_hidden=True)
+    assert sorted(g.channels for g in a.prunable) == [32, 64]
+    hidden = _owner(a, TOK_EMB, 1)
+    assert hidden.prunable and hidden.channels == 32 and hidden.kind == "hidden"
+    weights = {(m.tensor, m.axis) for m in hidden.members if m.kind == "weight"}
+    assert ENCODER_HIDDEN <= weights, ENCODER_HIDDEN - weights
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_keras_encoder_oracle_with_prune_hidden(ratio: float) -> None:
+    """Both the hidden size and the FFN prune exactly (spa.verify's int feeds are ids 0..3, inside the
+    vocabulary of 64); the token table keeps its 64 rows and loses columns."""
+    r = assert_oracle(str(ENCODER), ratio, prune_hidden=True)
+    dims = {t.name: list(t.dims) for t in r.model.graph.initializer}
+    kept = round(32 * (1 - ratio))
+    assert dims[TOK_EMB] == [64, kept] and dims[POS_EMB] == [16, kept]
+    assert dims[_E + "logits_1/Cast/ReadVariableOp:0"] == [kept, 4]
+    if ratio == 0.5:
+        assert dims[TOK_EMB] == [64, 16]
+    from typing import cast
+
+    groups = cast("list[dict[str, int]]", r.report["groups"])
+    changed = sorted((g["channels_before"], g["channels_after"]) for g in groups
+                     if g["channels_after"] < g["channels_before"])
+    assert changed == [(32, kept), (64, round(64 * (1 - ratio)))]
