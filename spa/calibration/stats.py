@@ -25,7 +25,7 @@ from typing import Protocol
 import numpy as np
 import onnx
 
-from spa.calibration.data import CalibrationSource
+from spa.calibration.data import CalibrationError, CalibrationSource
 from spa.calibration.runner import run_batches
 
 #: rows·features of one float64 chunk when accumulating XᵀX (about 32 MB)
@@ -146,6 +146,11 @@ class SecondMoment:
         size = self.features // self.groups
         for i in range(0, len(x), step):
             rows = self.to_rows(x[i:i + step])
+            if rows.ndim != 2 or rows.shape[1] != self.features:
+                raise CalibrationError(
+                    f"it has {rows.shape[-1] if rows.ndim else 0} features at run time where the model's declared "
+                    f"shapes give {self.features}: the shapes are inconsistent; re-export the model or drop its "
+                    "value_info")
             for j in range(0, rows.shape[0], row_chunk):
                 r = rows[j:j + row_chunk].astype(np.float64)
                 for g in range(self.groups):
@@ -207,6 +212,9 @@ def collect(
                            check_batching=check_batching):
         for name, accs in accumulators.items():
             for acc in accs:
-                acc.update(run.values[name])
+                try:
+                    acc.update(run.values[name])
+                except CalibrationError as exc:
+                    raise CalibrationError(f"calibration tensor '{name}': {exc}") from None
         seen += run.samples
     return seen

@@ -105,3 +105,24 @@ def test_second_moment_streams_like_one_big_product(groups: int) -> None:
         full[3:, :3] = 0
     np.testing.assert_allclose(acc.matrix, full, rtol=1e-12)
     np.testing.assert_allclose(acc.mean, x.mean(axis=0), rtol=1e-5)
+
+
+def test_second_moment_refuses_rows_of_another_width() -> None:
+    """A tensor whose run-time width differs from its declared shape (an inconsistent model, found by the
+    fuzzer) is a clean CalibrationError naming the tensor, not a numpy broadcast error."""
+    import onnx
+    from onnx import helper
+
+    from spa.calibration.data import CalibrationError, RandomSource
+    from spa.calibration.stats import SecondMoment, collect
+
+    acc = SecondMoment(lambda x: x, 12)
+    with pytest.raises(CalibrationError, match="48 features at run time"):
+        acc.update(np.ones((2, 48), np.float32))
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 48])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 48])
+    m = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                          opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    with pytest.raises(CalibrationError, match="calibration tensor 'y'"):
+        collect(m, RandomSource(samples=2, batch_size=2, seed=0), {"y": [SecondMoment(lambda v: v, 12)]})
