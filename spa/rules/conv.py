@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from spa.rules.base import (
+    Barrier,
     ChannelRule,
     Link,
     Member,
@@ -74,6 +75,9 @@ class ConvRule(ChannelRule):
             if role_in:
                 rels.append(Member(Slot(w.name, 1), role_in))
             rels.append(_self_positions(y.name, 1, m, m // g))
+        if cg != 1 and not ctx.is_weight(w):  # a run-time weight: no slice of it to zero in the masked twin
+            reason = f"Conv '{ctx.node.name}' contracts its input channels with a weight computed at run time"
+            rels += [Barrier(x.name, 1, reason), Barrier(w.name, 1, reason)]
         return rels
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
@@ -118,6 +122,9 @@ class ConvTransposeRule(ChannelRule):
             rels.append(Link(Slot(y.name, 1), Slot(w.name, 1), np.arange(m), _positions(m, mg)))
             if const:
                 rels.append(Member(Slot(w.name, 1), Role.PRODUCER))
+        if cg != 1 and not ctx.is_weight(w):  # a run-time weight: no slice of it to zero in the masked twin
+            reason = f"ConvTranspose '{ctx.node.name}' contracts its input channels with a weight computed at run time"
+            rels += [Barrier(x.name, 1, reason), Barrier(w.name, 0, reason)]
         return rels
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:

@@ -81,3 +81,24 @@ def test_conv_with_unknown_channel_count_is_blocked() -> None:
     b.output(b.conv(b.op("Relu", [h]), 4, 2))  # type: ignore[arg-type]
     a = spa.analyze(b.build())
     assert not any(g.prunable for g in a.groups if any(m.tensor == "w" for m in g.members))
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+def test_weight_computed_at_run_time_blocks_the_contraction(opset: int, op: str) -> None:
+    """A Conv/ConvTranspose whose weight is an activation (found by the fuzzer: ``Conv(x, relu(...))``):
+    nothing in the masked twin could zero the contracted channels, so they are blocked."""
+    from tests.rules.helpers import _group
+
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 4, 5, 5])
+    h = b.op("Relu", [b.conv(x, 4, 6, k=1)])  # [1, 6, 5, 5]
+    shape = (2, 6, 1, 1) if op == "Conv" else (6, 2, 1, 1)  # Conv: [M, C, k, k]; ConvTranspose: [C, M, k, k]
+    w = b.op("Mul", [b.weight(*shape), b.input("scale", [1])])  # a weight scaled at run time
+    y = b.op(op, [h, w])  # type: ignore[list-item]
+    b.output(b.conv(y, 2, 2, k=1))  # type: ignore[arg-type]
+    model = b.build()
+    a = spa.analyze(model)
+    g = _group(a, model.graph.node[0].input[1], 0)
+    assert not g.prunable and any("computed at run time" in r for r in g.reasons), g.reasons
+    assert_oracle(model, 0.5, expect_pruned=False)
