@@ -825,3 +825,32 @@ def test_qdq_weights_read_pruned_channels(opset: int, zp: int) -> None:
     assert r.report["num_pruned"] == 2
     assert d[next(n for n in d if n.startswith("wq"))] == [5, 4]  # int8 rows (read) and columns (written)
     assert d[w] == [4, 4]  # the float weight quantised in the graph: its columns read the pruned channels
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_resize_scales_are_refused_before_onnx_runtime(bad: float) -> None:
+    """ONNX Runtime aborts the whole process (a C++ assertion) loading a Resize with NaN scales: spa refuses
+    the model first, with a one-line InvalidModelError naming the node (fuzzer, seed 31)."""
+    b = GraphBuilder(opset=13)
+    x = b.input("x", [1, 3, 4, 4])
+    h = b.conv(x, 3, 8)
+    scales = b.const(np.asarray([1, 1, 2, 2], np.float32), "scales")
+    b.output(b.conv(b.op("Resize", [h, "", scales], mode="nearest"), 8, 2))  # type: ignore[arg-type]
+    m = b.build()
+    next(t for t in m.graph.initializer if t.name == scales).CopyFrom(
+        numpy_helper.from_array(np.asarray([1, 1, bad, bad], np.float32), scales))
+    with pytest.raises(spa.errors.InvalidModelError, match="non-finite scales"):
+        spa.prune(m, 0.5)
+
+
+def test_masked_statistics_need_a_numpy_type() -> None:
+    """A tensor of an ONNX type numpy cannot compute in (float8) gets a clean UnsupportedModelError when the
+    masked twin needs statistics over it, not a TypeError (fuzzer, seed 31)."""
+    import onnx_graphsurgeon as gs
+
+    from spa.rules.base import TwinContext
+
+    tw = TwinContext(gs.Graph(), lambda _slot: None)
+    with pytest.raises(spa.errors.UnsupportedModelError, match="numpy cannot compute in"):
+        tw.constant(np.ones(3), gs.Variable("f8", dtype=TensorProto.FLOAT8E4M3FN, shape=[3]))
+    assert tw.constant(np.ones(3), gs.Variable("f16", dtype=np.float16, shape=[3])).values.dtype == np.float16

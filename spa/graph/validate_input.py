@@ -6,6 +6,7 @@ inference). The checks are cheap and run on every model:
 
 * every initializer's data matches its dims and type (external data is checked when it is mapped);
 * no declared dimension is negative (onnx's shape inference aborts the process on some of them);
+* constant Resize/Upsample scales and roi are finite (ONNX Runtime aborts the process on a NaN scale);
 * the ONNX checker (structure, SSA, topological order, attribute types); a model the checker rejects
   but ONNX Runtime loads is accepted with a warning — exporters ship such models.
 """
@@ -16,7 +17,7 @@ import logging
 
 import numpy as np
 import onnx
-from onnx import external_data_helper
+from onnx import external_data_helper, numpy_helper
 
 from spa.errors import InvalidModelError
 
@@ -93,8 +94,29 @@ def check_structure(model: onnx.ModelProto) -> None:
     log.warning("the ONNX checker rejects the input (%s), but ONNX Runtime loads it: going on", reason)
 
 
+#: (op, input index) of size-like float constants that must be finite (ONNX Runtime aborts the process on
+#: a NaN Resize scale while it loads the model: a C++ assertion, no exception to catch)
+_FINITE_INPUTS = {("Resize", 1): "roi", ("Resize", 2): "scales", ("Upsample", 1): "scales"}
+
+
+def check_finite_sizes(model: onnx.ModelProto) -> None:
+    """Refuse non-finite constant Resize/Upsample scales or roi (they crash ONNX Runtime natively)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            what = _FINITE_INPUTS.get((node.op_type, k))
+            if what is None or name not in inits or external_data_helper.uses_external_data(inits[name]):
+                continue
+            values = numpy_helper.to_array(inits[name])
+            if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+                raise InvalidModelError(
+                    f"{node.op_type} '{node.name}' has non-finite {what} {values.tolist()} (initializer "
+                    f"'{name}'); fix the constant or re-export the model")
+
+
 def validate_input(model: onnx.ModelProto) -> None:
     """All input checks (see the module docstring)."""
     check_initializers(model)
     check_dims(model)
+    check_finite_sizes(model)
     check_structure(model)

@@ -38,6 +38,7 @@ from typing import Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from spa.errors import UnsupportedModelError
 from spa.graph.model import Dim, const_value, shape_of
 
 
@@ -305,8 +306,15 @@ class TwinContext:
         return y
 
     def constant(self, value: np.ndarray, like: gs.Tensor) -> gs.Constant:
-        """A constant with ``like``'s floating dtype."""
-        dtype = np.dtype(like.dtype) if like.dtype is not None else np.dtype(np.float32)
+        """A constant with ``like``'s dtype (a numeric numpy type; others cannot carry masked statistics)."""
+        try:
+            dtype = np.dtype(like.dtype) if like.dtype is not None else np.dtype(np.float32)
+        except TypeError:  # an ONNX type numpy has no dtype for (float8, ...)
+            dtype = np.dtype(object)
+        if dtype.kind not in "fiu":
+            raise UnsupportedModelError(
+                f"the masked twin needs statistics over '{like.name}', whose type {like.dtype} numpy cannot "
+                "compute in; prune without --emit-masked/--prune-hidden, or convert the model to float")
         return gs.Constant(self.fresh(f"{like.name}_c"), np.asarray(value, dtype=dtype))
 
 
