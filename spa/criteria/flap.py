@@ -17,10 +17,9 @@ import numpy as np
 from spa.analysis.groups import Analysis
 from spa.criteria import calibrated
 from spa.criteria.base import CriterionContext, Scores, Updates
-from spa.criteria.consumers import Consumer, Fallback
-from spa.criteria.obs import l2_fallback
+from spa.criteria.consumers import Consumer
 from spa.criteria.reduce import finish
-from spa.criteria.wanda import column_scores, magnitude_members
+from spa.criteria.wanda import activation_weighted
 from spa.plan import Plan
 
 
@@ -58,17 +57,8 @@ class FLAP:
 
     def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:
         views, stats = self._stats(analysis, ctx)
-        members: dict[int, list[np.ndarray]] = {}
-        for gid, vs in views.items():
-            channels = analysis.groups[gid].channels
-            parts = []
-            for c in vs:
-                if isinstance(c, Fallback):
-                    parts.append(magnitude_members(analysis, c, channels, square=True))
-                else:
-                    wm = c.matrix(calibrated.weight(analysis, c.weight))
-                    parts.append(column_scores(c, wm, stats[(c.input, c.input_axis)].var, channels, square=True))
-            members[gid] = parts or [l2_fallback(analysis, ctx, self.name, gid)]
+        members = activation_weighted(analysis, ctx, self.name, views,
+                                      lambda c: stats[(c.input, c.input_axis)].var, square=True)
         return finish(members, ctx)
 
     def compensate(self, analysis: Analysis, plan: Plan, ctx: CriterionContext) -> Updates:

@@ -8,6 +8,7 @@ consumers (``sum`` by default). Needs calibration data; compensates nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from spa.analysis.groups import Analysis
 from spa.criteria import calibrated
 from spa.criteria.base import CriterionContext, Scores, Updates
-from spa.criteria.consumers import Consumer, Fallback
+from spa.criteria.consumers import Consumer, Fallback, Views
 from spa.criteria.obs import l2_fallback
 from spa.criteria.reduce import finish
 from spa.plan import Plan
@@ -42,6 +43,24 @@ def magnitude_members(analysis: Analysis, fb: Fallback, channels: int, square: b
     return out
 
 
+def activation_weighted(analysis: Analysis, ctx: CriterionContext, who: str, views: Views,
+                        per_element: Callable[[Consumer], np.ndarray], *, square: bool) -> dict[int, list[np.ndarray]]:
+    """Per group, every consumer's :func:`column_scores` with the input statistic ``per_element(c)`` (a
+    fallback consumer: its weight magnitudes; a group without consumers: the l2 fallback)."""
+    members: dict[int, list[np.ndarray]] = {}
+    for gid, vs in views.items():
+        channels = analysis.groups[gid].channels
+        parts = []
+        for c in vs:
+            if isinstance(c, Fallback):
+                parts.append(magnitude_members(analysis, c, channels, square=square))
+            else:
+                wm = c.matrix(calibrated.weight(analysis, c.weight))
+                parts.append(column_scores(c, wm, per_element(c), channels, square=square))
+        members[gid] = parts or [l2_fallback(analysis, ctx, who, gid)]
+    return members
+
+
 @dataclass(frozen=True)
 class Wanda:
     """|W| · RMS(x) summed over a channel's consumer columns."""
@@ -54,17 +73,8 @@ class Wanda:
         src = calibrated.source(ctx, self.name)
         assert src is not None
         stats = calibrated.feature_moments(analysis, ctx, self.name, real, src)
-        members: dict[int, list[np.ndarray]] = {}
-        for gid, vs in views.items():
-            channels = analysis.groups[gid].channels
-            parts = []
-            for c in vs:
-                if isinstance(c, Fallback):
-                    parts.append(magnitude_members(analysis, c, channels, square=False))
-                else:
-                    wm = c.matrix(calibrated.weight(analysis, c.weight))
-                    parts.append(column_scores(c, wm, stats[(c.input, c.input_axis)].rms, channels))
-            members[gid] = parts or [l2_fallback(analysis, ctx, self.name, gid)]
+        members = activation_weighted(analysis, ctx, self.name, views,
+                                      lambda c: stats[(c.input, c.input_axis)].rms, square=False)
         return finish(members, ctx)
 
     def compensate(self, analysis: Analysis, plan: Plan, ctx: CriterionContext) -> Updates:

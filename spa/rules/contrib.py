@@ -40,7 +40,7 @@ from spa.rules.base import (
     TwinContext,
     same_dim,
 )
-from spa.rules.elementwise import broadcast_links
+from spa.rules.elementwise import BroadcastRule
 from spa.rules.norm import finish_affine, masked_normalise
 
 MS_DOMAIN = "com.microsoft"
@@ -53,17 +53,11 @@ FUSED_ATTENTION = (
 )
 
 
-class ContribElementwiseRule(ChannelRule):
-    """Gelu, BiasGelu: identity; a constant bias is a per-channel parameter."""
+class ContribElementwiseRule(BroadcastRule):
+    """Gelu, BiasGelu: broadcasting elementwise ops (identity; a constant bias is a per-channel parameter)."""
 
     op_types: tuple[str, ...] = ("Gelu", "BiasGelu")
     domain = MS_DOMAIN
-
-    def relate(self, ctx: NodeContext) -> list[Relation]:
-        out = ctx.output(0)
-        if out is None:
-            return ctx.barrier_all(f"{ctx.node.op} '{ctx.node.name}' has no output")
-        return broadcast_links(ctx, [ctx.input(k) for k in range(len(ctx.node.inputs))], out)
 
 
 class FastGeluRule(ContribElementwiseRule):

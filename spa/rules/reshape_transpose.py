@@ -34,6 +34,7 @@ from spa.rules.base import (
     RewriteContext,
     Slot,
     norm_axis,
+    size_spec,
     static,
 )
 
@@ -167,27 +168,10 @@ def reshape_relations(ctx: NodeContext, x: gs.Tensor, y: gs.Tensor) -> list[Rela
 
 
 def _shape_spec(ctx: NodeContext) -> tuple[list[int | None], gs.Node | None] | None:
-    """The Reshape target as a list (None = computed at run time) and the Concat that builds it, if any."""
-    t = ctx.input(1)
-    v = ctx.const(t)
-    if v is not None:
-        return [int(a) for a in v.reshape(-1)], None
-    while t is not None and len(t.inputs) == 1 and t.inputs[0].op == "Cast" and len(t.outputs) == 1:
-        t = t.inputs[0].inputs[0]  # tf2onnx casts the target built in int32
-    if t is None or len(t.inputs) != 1 or t.inputs[0].op != "Concat" or len(t.outputs) != 1:
-        return None
-    concat = t.inputs[0]
-    spec: list[int | None] = []
-    for piece in concat.inputs:
-        pv = ctx.const(piece)
-        if pv is not None:
-            spec += [int(a) for a in pv.reshape(-1)]
-        else:
-            s = ctx.shape(piece)
-            if s is None or len(s) != 1 or static(s[0]) is None:
-                return None
-            spec += [None] * int(s[0])  # type: ignore[arg-type]
-    return spec, concat
+    """The Reshape target as a list (None = computed at run time) and the Concat that builds it, if any
+    (None when that Concat also feeds other nodes: its pieces could not be rewritten for this one)."""
+    spec = size_spec(ctx, 1)
+    return (spec[0], spec[1]) if spec is not None and spec[2] else None
 
 
 def static_target(ctx: NodeContext, x: gs.Tensor, y: gs.Tensor) -> list[int] | None:

@@ -27,6 +27,7 @@ from spa.rules.base import (
     Slot,
     norm_axis,
     same_dim,
+    size_spec,
     static,
 )
 
@@ -118,33 +119,6 @@ class PadRule(ChannelRule):
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
         return _same_size_links(ctx)
-
-
-def size_spec(ctx: NodeContext, index: int) -> tuple[list[int | None], gs.Node | None, bool] | None:
-    """Entries of a size-vector input (Expand ``shape``, Tile ``repeats``), None for computed ones.
-
-    A constant gives its values; a ``Concat`` of pieces gives the constant pieces' values and None for
-    the computed ones. Also returned: the Concat (None for a constant) and whether a rewrite may edit
-    its constant pieces (the Concat feeds only this node). None when the input is neither.
-    """
-    t = ctx.input(index)
-    v = ctx.const(t)
-    if v is not None:
-        return [int(a) for a in v.reshape(-1)], None, True
-    if t is None or len(t.inputs) != 1 or t.inputs[0].op != "Concat":
-        return None
-    concat = t.inputs[0]
-    spec: list[int | None] = []
-    for piece in concat.inputs:
-        pv = ctx.const(piece)
-        if pv is not None:
-            spec += [int(a) for a in pv.reshape(-1)]
-            continue
-        ps = ctx.shape(piece)
-        if ps is None or len(ps) != 1 or static(ps[0]) is None:
-            return None
-        spec += [None] * int(ps[0])  # type: ignore[arg-type]
-    return spec, concat, len(t.outputs) == 1
 
 
 def tile_repeats(ctx: NodeContext) -> tuple[list[int | None], gs.Node | None, bool, bool] | None:

@@ -8,8 +8,10 @@ from spa.analysis.groups import Analysis, Group
 from tests.oracle import GraphBuilder
 
 
-def _conv(b: GraphBuilder, x: str, cin: int, cout: int, k: int = 3, bias: bool = True) -> tuple[str, str]:
-    y = b.conv(x, cin, cout, k=k, bias=bias)
+def _conv(b: GraphBuilder, x: str, cin: int, cout: int, k: int = 3, bias: bool = True,
+          stride: int = 1) -> tuple[str, str]:
+    """A Conv and the name of its weight."""
+    y = b.conv(x, cin, cout, k=k, bias=bias, stride=stride)
     return y, b.nodes[-1].input[1]
 
 

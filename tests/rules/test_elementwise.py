@@ -7,21 +7,9 @@ import onnx
 import pytest
 
 from tests.oracle import GraphBuilder, assert_oracle
+from tests.rules.helpers import _conv, _row
 
 OPSETS = [11, 17]
-
-
-def _conv(b: GraphBuilder, x: str, cin: int, cout: int, k: int = 3, bias: bool = True) -> tuple[str, str]:
-    """A Conv and the name of its weight."""
-    y = b.conv(x, cin, cout, k=k, bias=bias)
-    return y, b.nodes[-1].input[1]
-
-
-def _row(result, weight: str, axis: int = 0) -> dict:  # type: ignore[no-untyped-def]
-    """The report row of the group holding ``weight[axis]``."""
-    rows = [r for r in result.report["groups"] if f"{weight}[{axis}]" in r["weights"]]
-    assert len(rows) == 1, f"{weight}[{axis}] in {len(rows)} groups"
-    return rows[0]
 
 
 def _sandwich(opset: int, mid: str, bias: bool = True, c: int = 8, **attrs: object) -> tuple[GraphBuilder, str]:

@@ -9,15 +9,9 @@ from onnx import numpy_helper
 import spa
 from spa.analysis.groups import Analysis, Group
 from tests.oracle import GraphBuilder, assert_oracle
-from tests.rules.helpers import _group, _row
+from tests.rules.helpers import _conv, _group, _i64, _row
 
 OPSETS = [11, 17]
-
-
-def _conv(b: GraphBuilder, x: str, cin: int, cout: int, k: int = 3, bias: bool = True,
-          stride: int = 1) -> tuple[str, str]:
-    y = b.conv(x, cin, cout, k=k, bias=bias, stride=stride)
-    return y, b.nodes[-1].input[1]
 
 
 def _inits(result) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
@@ -26,10 +20,6 @@ def _inits(result) -> dict[str, np.ndarray]:  # type: ignore[no-untyped-def]
 
 def _f32(b: GraphBuilder, v: list[float]) -> str:
     return b.const(np.array(v, np.float32), "scales")
-
-
-def _i64(b: GraphBuilder, v: list[int], prefix: str = "sizes") -> str:
-    return b.const(np.array(v, np.int64), prefix)
 
 
 def _resize(b: GraphBuilder, x: str, how: str, c: int, hw: int, mode: str) -> str:
