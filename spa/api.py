@@ -17,8 +17,9 @@ from typing import Any
 import onnx
 
 from spa.analysis.groups import Analysis, analyze_graph
-from spa.bench.metrics import count_macs, count_params
-from spa.budget import solve_latency, solve_ratio
+from spa.analysis.metrics import count_macs, count_params
+from spa.bench.report import BenchOptions, bench_models
+from spa.budget import solve_ratio
 from spa.calibration import load_calibration
 from spa.criteria import CriterionContext, get_criterion
 from spa.criteria.reduce import options as reduce_options
@@ -27,12 +28,13 @@ from spa.graph.io import PROTOBUF_LIMIT, load_model
 from spa.graph.save import graph_bytes, save_graph
 from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
+from spa.latency.cost import choose_modes
+from spa.latency.solve import solve_latency
 from spa.plan import Plan, make_plan
-from spa.reorder.cost import choose_modes
 from spa.reorder.unconstrained import copies, unconstrain
 from spa.surgery import kept_indices, masked_twin, prune_model
 from spa.validate.oracle import DEFAULT_ATOL, DEFAULT_RTOL, VerifyResult, compare_models
-from spa.validate.runtime import session
+from spa.runtime.session import session
 from spa.version import __version__
 
 log = logging.getLogger(__name__)
@@ -384,6 +386,4 @@ def bench(models: Sequence[str | os.PathLike[str]], **options: Any) -> dict[str,
     Returns:
         The JSON-ready report documented in ``docs/bench.md``.
     """
-    from spa.bench.report import BenchOptions, bench_models
-
     return bench_models([str(m) for m in models], BenchOptions(**options))

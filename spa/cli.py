@@ -23,10 +23,20 @@ from rich.markup import escape
 from rich.table import Table
 
 from spa import api
+from spa.bench.report import BenchOptions, bench_models
+from spa.bench.tables import bench_table, profile_tables, sweep_table, wide_console
 from spa.errors import InvalidModelError, SpaError, UsageError
 from spa.graph.io import check_paths, load_model, save_model
+from spa.runtime.providers import cuda_device_present, resolve_provider
+from spa.sweep import SweepOptions, parse_ratios, run_sweep
+from spa.validate.fidelity import fidelity
 from spa.validate.oracle import DEFAULT_ATOL, DEFAULT_RTOL
 from spa.version import __version__
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 # pipes and CI logs get a wide table instead of rich's 80-column default
 log = logging.getLogger(__name__)
@@ -123,8 +133,6 @@ def _round_to(value: object) -> int:
     """``--round-to``: an integer, or ``auto`` (measured on this project's CPU: multiples of 16 raised
     MobileNetV2's latency efficiency at 50 % from 0.61 to 0.81; CUDA tensor cores want 8)."""
     if str(value).lower() == "auto":
-        from spa.bench.latency import cuda_device_present
-
         return 8 if cuda_device_present() else 16
     try:
         n = int(str(value))
@@ -139,10 +147,6 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     """Read a TOML recipe into the command's defaults (command-line options still win)."""
     if not value:
         return value
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
     try:
         data = tomllib.loads(Path(value).read_text())
     except (OSError, ValueError) as exc:
@@ -284,8 +288,6 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
     overrides = list(ctx.obj.get("overrides", ()))
     providers = None
     if target_latency is not None or consumer_mode == "auto":
-        from spa.bench.providers import resolve_provider
-
         providers = resolve_provider(latency_provider.lower())
     if dry_run:
         result = api.prune(model, ratio, criterion, global_rank=global_rank, max_ratio=max_ratio,
@@ -331,8 +333,6 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
     rep = {"input": model, "output": output, "masked": emit_masked} | result.report
     fid_data = eval_data or calib
     if fid_data:
-        from spa.validate.fidelity import fidelity  # imports ONNX Runtime helpers only when asked
-
         images = Path(fid_data).is_dir()
         rep["fidelity"] = fidelity(load_model(model), result.model, fid_data, samples=calib_samples,
                                    batch_size=calib_batch, preprocess=calib_preprocess if images else None)
@@ -455,9 +455,6 @@ def bench(ctx: click.Context, models: tuple[str, ...], provider: str, batch_opt:
     ideal speedup (the MACs ratio); their ratio, the latency efficiency, says how much of the theoretical
     gain the graph really delivers.
     """
-    from spa.bench.report import BenchOptions, bench_models
-    from spa.bench.tables import bench_table, profile_tables, wide_console
-
     _check_exists(*models)
     _check_json_dest(json_out, *models)
     opts = BenchOptions(provider=provider.lower(), batches=_parse_batches(batch_opt),
@@ -513,10 +510,6 @@ def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: 
     pareto.png: latency against MACs, coloured by fidelity. Fidelity is measured on --eval/--calib data
     when given, else as output cosine similarity on seeded random inputs (labelled so).
     """
-    from spa.bench.report import BenchOptions
-    from spa.bench.sweep import SweepOptions, parse_ratios, run_sweep
-    from spa.bench.tables import sweep_table, wide_console
-
     _check_exists(model, calib, eval_data)
     if samples is not None and samples < 1:
         raise UsageError(f"--samples must be at least 1, got {samples}")

@@ -121,7 +121,8 @@ def assert_oracle(
 
 def _scaled_atol(result: PruneResult, atol: float) -> float:
     """atol relative to the masked twin's output magnitude (deep nets have large activations)."""
-    from spa.validate.runtime import random_inputs, session
+    from spa.runtime.feeds import random_inputs
+    from spa.runtime.session import session
 
     sess = session(result.masked)  # type: ignore[arg-type]
     outs = sess.run(None, random_inputs(sess, seed=0))

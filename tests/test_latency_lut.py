@@ -19,7 +19,7 @@ import pytest
 
 import spa
 from spa.analysis.groups import analyze_graph
-from spa.budget import solve_latency
+from spa.latency.solve import solve_latency
 from spa.criteria import CriterionContext, get_criterion
 from spa.errors import PlanError, UsageError
 from spa.latency import LatencyPredictor, LatencyTable, layer_configs, lut, measure
@@ -59,7 +59,7 @@ def _fake_layer(cfg: LayerConfig, providers: Sequence[str], threads: int = 1) ->
 
 def _fake_whole(models, **_kw):  # type: ignore[no-untyped-def]
     """Whole-model timings proportional to MACs: three identical rounds per model."""
-    from spa.bench.metrics import count_macs
+    from spa.analysis.metrics import count_macs
 
     return [[count_macs(spa.load(m)) / 1e4] * 3 for m in models]
 
@@ -304,7 +304,7 @@ def test_cli_provider_for_target_latency(cache: Path, monkeypatch: pytest.Monkey
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """``spa prune --target-latency X --provider P``: CPU works end to end and records its provider; a GPU
     provider that does not work here is a one-line usage error (exit 1), not a silent CPU run."""
-    from spa.bench.providers import cuda_device_present
+    from spa.runtime.providers import cuda_device_present
     from spa.cli import main
 
     monkeypatch.setattr(lut, "measure_layer", _fake_layer)

@@ -67,7 +67,7 @@ def test_output_loads_in_onnxruntime_even_when_input_ir_is_newer() -> None:
     m.ir_version = 14  # what onnx.helper.make_model writes; ONNX Runtime 1.31 refuses it
     r = spa.prune(m, 0.5)
     assert r.model.ir_version <= 13
-    from spa.validate.runtime import session
+    from spa.runtime.session import session
 
     session(r.model)
 

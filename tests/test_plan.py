@@ -171,7 +171,7 @@ def test_target_latency_bisects_on_measured_ratio(method: str, monkeypatch: pyte
     """The solver keeps the smallest ratio whose measured latency ratio meets the target (whole-model
     timings and, for the lookup table, per-layer timings faked as proportional to MACs, so the test does
     not depend on the machine; tests/test_latency_lut.py covers the table itself)."""
-    from spa.bench.metrics import count_macs
+    from spa.analysis.metrics import count_macs
     from spa.latency import lut, measure
 
     def whole(models, **_kw):  # type: ignore[no-untyped-def]
@@ -183,9 +183,9 @@ def test_target_latency_bisects_on_measured_ratio(method: str, monkeypatch: pyte
     monkeypatch.setenv("SPA_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(measure, "paired_samples", whole)
     monkeypatch.setattr(lut, "measure_layer", layer)
-    import spa.budget
+    import spa.latency.solve
 
-    real = spa.budget.solve_latency
+    real = spa.latency.solve.solve_latency
     monkeypatch.setattr("spa.api.solve_latency", lambda *a, **kw: real(*a, **kw, method=method))
     m = _net().build()
     r = assert_oracle(m, 0.0, target_latency=0.5)

@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 
 import spa
 from spa.graph.model import ModelGraph
-from spa.validate.runtime import random_inputs, session
+from spa.runtime.feeds import random_inputs
+from spa.runtime.session import session
 from tests.graph_strategies import GeneratedModel, cnn_models
 from tests.oracle import assert_oracle
 

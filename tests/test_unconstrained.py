@@ -322,7 +322,7 @@ def test_concat_graphs_pass_mask_oracle(drawn: tuple[object, list[str]], ratio: 
 def test_auto_mode_measures_on_the_provider_and_caches_per_device(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """``consumer_mode="auto"`` times on the given provider; timings go to one cache file per provider +
     device, and a second prune of the same model measures nothing new."""
-    from spa.reorder import cost
+    from spa.latency import cost
 
     monkeypatch.setenv("SPA_CACHE_DIR", str(tmp_path))
     seen: list[tuple[str, ...]] = []

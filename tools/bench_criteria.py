@@ -50,7 +50,7 @@ from torch import nn  # noqa: E402
 import spa  # noqa: E402
 from spa.calibration import ArraySource  # noqa: E402
 from spa.criteria import CRITERIA  # noqa: E402
-from spa.validate.runtime import session  # noqa: E402
+from spa.runtime.session import session  # noqa: E402
 
 DEFAULT_JSON = ROOT / "tools" / "results" / "bench_criteria.json"
 

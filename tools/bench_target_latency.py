@@ -3,7 +3,7 @@
 
 For the ResNet-50-like and MobileNetV2-like models of ``models/`` (224x224, legacy exporter, l2
 criterion), and each latency target (a fraction of the original's latency), runs
-:func:`spa.budget.solve_latency` three ways:
+:func:`spa.latency.solve.solve_latency` three ways:
 
 * ``lut cold`` — the per-layer lookup table in an empty cache folder (every layer shape the search
   visits is micro-benchmarked);
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     import spa
     from models.export import export_onnx
     from models.registry import LARGE_MODELS
-    from spa.budget import solve_latency
+    from spa.latency.solve import solve_latency
     from spa.criteria import CriterionContext, get_criterion
     from spa.latency import measure
     from spa.latency.lut import cpu_name

@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     import spa
     from models.export import export_onnx
     from models.registry import LARGE_MODELS
-    from spa.bench.latency import time_models
-    from spa.validate.runtime import random_inputs, session
+    from spa.runtime.feeds import random_inputs
+    from spa.runtime.session import session
+    from spa.runtime.timing import time_models
 
     console = Console(width=160)
     rows = []

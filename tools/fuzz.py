@@ -496,7 +496,9 @@ def oracle_check(result: spa.PruneResult, timeout: float = 20.0) -> tuple[str, s
 
     import onnxruntime as ort
 
-    from spa.validate.runtime import compare_outputs, random_inputs, session
+    from spa.runtime.compare import compare_outputs
+    from spa.runtime.feeds import random_inputs
+    from spa.runtime.session import session
 
     if result.masked is None:
         return "skipped:no masked twin", ""

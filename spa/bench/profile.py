@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from spa.bench.latency import ModelLike, Runner, open_session
+from spa.runtime.session import ModelLike, session
+from spa.runtime.timing import Runner
 
 KERNEL_SUFFIX = "_kernel_time"
 
@@ -115,7 +116,7 @@ def profile_runs(model: ModelLike, providers: Sequence[str], feeds: Mapping[str,
     """Profile ``runs`` runs of ``model`` after ``warmup`` (at least 1, not summarised) in a profiling session."""
     warmup = max(warmup, 1)
     with tempfile.TemporaryDirectory(prefix="spa_profile_") as tmp:
-        sess = open_session(model, providers, threads=threads, profile_prefix=os.path.join(tmp, "profile"))
+        sess = session(model, providers, threads=threads, profile_prefix=os.path.join(tmp, "profile"))
         run = Runner(sess, feeds, device)  # runs once: part of the (skipped) warm-up
         for _ in range(warmup - 1 + runs):
             run()

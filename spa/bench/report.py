@@ -1,8 +1,8 @@
 """``spa bench``: time several models side by side and assemble the report (schema: ``docs/bench.md``).
 
 For every requested batch size, all models are timed in one alternating run on the same seeded random
-inputs (:mod:`spa.bench.latency`), after their MACs at exactly those input shapes are counted
-(:mod:`spa.bench.metrics`). Each entry then gets its speedup against the first model at the same
+inputs (:mod:`spa.runtime.timing`), after their MACs at exactly those input shapes are counted
+(:mod:`spa.analysis.metrics`). Each entry then gets its speedup against the first model at the same
 batch, the *ideal* speedup (MACs ratio) and their ratio, the *latency efficiency*: 1 means the graph
 delivers all of the theoretical gain, less means copies, layouts or tiny layers eat it.
 """
@@ -21,15 +21,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from spa.bench.feeds import batch_of, input_shapes, make_feeds
 from spa.bench.fp16 import to_fp16
-from spa.bench.latency import ModelLike, Runner, open_session, time_runners
-from spa.bench.metrics import count_macs, count_params, set_input_shapes
+from spa.analysis.metrics import count_macs, count_params, set_input_shapes
 from spa.bench.profile import profile_runs
-from spa.bench.providers import Provider, choose_provider
 from spa.errors import InvalidModelError, SpaError, UsageError
 from spa.graph.io import load_model
 from spa.graph.model import ModelGraph
+from spa.graph.normalize import normalize
+from spa.runtime.feeds import batch_of, input_shapes, make_feeds
+from spa.runtime.providers import Provider, choose_provider
+from spa.runtime.session import ModelLike, session
+from spa.runtime.timing import Runner, time_runners
 from spa.version import __version__
 
 log = logging.getLogger(__name__)
@@ -98,9 +100,7 @@ def _prepare(path: str, provider: Provider, opts: BenchOptions) -> _Model:
     proto = load_model(path)  # clear per-file errors before ONNX Runtime sees the file
     graph: ModelGraph | None
     try:
-        from spa.api import load
-
-        graph = load(proto)
+        graph = normalize(proto)
     except InvalidModelError:
         raise
     except SpaError as exc:  # still timeable; MACs/params unknown
@@ -108,7 +108,7 @@ def _prepare(path: str, provider: Provider, opts: BenchOptions) -> _Model:
         graph = None
     source: ModelLike = to_fp16(proto) if opts.fp16 else path
     del proto
-    sess = open_session(source, provider.providers, threads=opts.threads)
+    sess = session(source, provider.providers, threads=opts.threads)
     return _Model(path, source, graph, count_params(graph) if graph else None, file_size(path), sess)
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spa.calibration.data import DEFAULT_BATCH, CalibrationError, InputSpec, _check_counts
+from spa.calibration.data import DEFAULT_BATCH, CalibrationError, _check_counts
+from spa.runtime.feeds import InputSpec
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

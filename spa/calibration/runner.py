@@ -22,8 +22,9 @@ import onnxruntime as ort
 import onnx
 from onnx import helper
 
-from spa.calibration.data import CalibrationError, CalibrationSource, InputSpec, input_specs
-from spa.validate.runtime import session
+from spa.calibration.data import CalibrationError, CalibrationSource
+from spa.runtime.feeds import InputSpec, input_specs
+from spa.runtime.session import session
 
 log = logging.getLogger(__name__)
 

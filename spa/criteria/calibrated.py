@@ -16,7 +16,8 @@ import numpy as np
 import onnx
 
 from spa.analysis.groups import Analysis
-from spa.calibration.data import CalibrationError, CalibrationSource, RandomSource, load_calibration
+from spa.calibration.data import CalibrationError, CalibrationSource, RandomSource
+from spa.calibration.load import load_calibration
 from spa.calibration.stats import Accumulator, FeatureMoments, SecondMoment, collect
 from spa.calibration.synthetic import batch_norm_model
 from spa.criteria.base import CriterionContext

@@ -5,9 +5,11 @@
 * :mod:`spa.latency.lut` — the lookup table: micro-benchmarks in ONNX Runtime, cached on disk per
   provider + device;
 * :mod:`spa.latency.predict` — a plan's predicted latency fraction, calibrated by measurements;
-* :mod:`spa.latency.measure` — a pruned model's measured latency fraction (alternating runs).
-
-:func:`spa.budget.solve_latency` searches the pruning ratio with these.
+* :mod:`spa.latency.measure` — a pruned model's measured latency fraction (alternating runs);
+* :mod:`spa.latency.solve` — :func:`~spa.latency.solve.solve_latency`, which searches the pruning ratio
+  with these;
+* :mod:`spa.latency.cost` — the consumer mode ``auto`` of unconstrained pruning: each consumer's copy or
+  zero-weight read, timed on tiny models.
 """
 
 from spa.latency import measure

@@ -12,7 +12,7 @@ so a table grows with the channel counts a budget search actually visits; a seco
 same model is served from the cache alone.
 
 The cache is one JSON file per provider + device under ``$SPA_CACHE_DIR/latency/`` (default
-``~/.cache/spa/latency/``, the cache root :mod:`spa.reorder.cost` uses too). The device is the CPU
+``~/.cache/spa/latency/``, the cache root :mod:`spa.latency.cost` uses too). The device is the CPU
 model (or the GPU's name for CUDA/TensorRT), the ONNX Runtime version and the thread count, so a
 table measured elsewhere is never reused. Writes are atomic (temporary file + rename) and merge with
 what another process wrote meanwhile; a corrupt file is rebuilt with a warning.
@@ -43,6 +43,8 @@ from onnx import TensorProto, helper
 
 from spa.errors import ValidationError
 from spa.latency.layers import IR_VERSION, LayerConfig, benchmark_model
+from spa.runtime.session import session
+from spa.runtime.timing import Runner
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +159,11 @@ def kernel_ms_per_run(events: Sequence[Mapping[str, Any]], skip: int = 0) -> lis
 @functools.cache
 def measure_overhead(providers: tuple[str, ...], threads: int = 1) -> float:
     """Milliseconds of a session run that does (almost) nothing: an Identity on one float (fastest run)."""
-    from spa.bench.latency import Runner, open_session
-
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "spa_overhead", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
-    runner = Runner(open_session(model, providers, threads=threads), {"x": np.zeros(1, np.float32)},
+    runner = Runner(session(model, providers, threads=threads), {"x": np.zeros(1, np.float32)},
                     _io_device(providers), "overhead")
     return min(_timed_runs(runner, warmup=10, min_runs=50, max_runs=200, budget_s=0.05))
 
@@ -179,13 +179,11 @@ def measure_layer(cfg: LayerConfig, providers: Sequence[str], threads: int = 1, 
     table whose entries were measured under different loads would compare layers unfairly (on a busy
     2-core machine, medians made a ResNet-50's layers sum to 51 ms in one table and 73 ms in another).
     """
-    from spa.bench.latency import Runner, open_session
-
     model, feeds = benchmark_model(cfg)
     cpu = providers[0] == CPU
     with tempfile.TemporaryDirectory(prefix="spa_lut_") as tmp:
         try:
-            sess = open_session(model, providers, threads=threads,
+            sess = session(model, providers, threads=threads,
                                 profile_prefix=os.path.join(tmp, "layer") if cpu else None)
             runner = Runner(sess, feeds, _io_device(providers), cfg.op)  # runs once
         except ValidationError as exc:

@@ -1,7 +1,7 @@
 """Whole-model latency of a pruned model as a fraction of the original's, robust to a busy machine.
 
 The two models run alternately in one process (the order swaps every round, inputs bound once with
-io-binding: :class:`spa.bench.latency.Runner`), and the fraction is the *median of the per-round
+io-binding: :class:`spa.runtime.timing.Runner`), and the fraction is the *median of the per-round
 ratios* pruned/original. Load from other processes comes in bursts and drifts; a burst spoils one
 round's ratio, which the median drops, and a drift scales both runs of a round alike. On a shared
 2-core machine the ratio of the two medians spread over 0.40–0.47 across six repeats of the same
@@ -14,14 +14,15 @@ least about two seconds (:func:`rounds`), so a small model gets more rounds.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
-ModelLike = onnx.ModelProto | str | os.PathLike[str]
+from spa.runtime.feeds import input_shapes, make_feeds
+from spa.runtime.session import ModelLike, session
+from spa.runtime.timing import Runner, alternate
+
 #: a comparison of two models runs at least this long (see :func:`rounds`)
 MIN_SECONDS = 2.0
 
@@ -29,13 +30,10 @@ MIN_SECONDS = 2.0
 def paired_samples(models: Sequence[ModelLike], *, providers: Sequence[str], threads: int = 1, warmup: int = 3,
                    iters: int = 20, seed: int = 0) -> list[list[float]]:
     """Milliseconds of ``iters`` alternating rounds: ``samples[k][i]`` is model ``k`` in round ``i``."""
-    from spa.bench.feeds import input_shapes, make_feeds
-    from spa.bench.latency import Runner, alternate, open_session
-
     device = "cpu" if providers[0] == "CPUExecutionProvider" else "cuda"
     runners = []
     for m in models:
-        sess = open_session(m, providers, threads=threads)
+        sess = session(m, providers, threads=threads)
         runners.append(Runner(sess, make_feeds(sess, input_shapes(sess, "model"), seed), device))
     return alternate(runners, warmup=warmup, iters=iters)
 
@@ -71,10 +69,7 @@ def compare(original: ModelLike, pruned: ModelLike, *, providers: Sequence[str],
 def baseline(model: ModelLike, *, providers: Sequence[str], threads: int = 1,
              iters: int = 20) -> tuple[float, dict[str, tuple[int, ...]]]:
     """The median latency of one model and the concrete input shapes it was timed with."""
-    from spa.bench.feeds import input_shapes
-    from spa.bench.latency import open_session
-
-    shapes = input_shapes(open_session(model, providers, threads=threads), "model")
+    shapes = input_shapes(session(model, providers, threads=threads), "model")
     return float(np.median(paired_samples([model], providers=providers, threads=threads, iters=iters)[0])), shapes
 
 

@@ -12,7 +12,7 @@ read a shared tensor), that forces every consumer to give up the same channels. 
    no consumer site can read keep the constrained plan's decision);
 3. each consumer whose subset differs from the union reads it through a Slice (if its channels are
    contiguous in the exported layout), a Gather, or keeps the whole union with zero weights for the
-   channels it dropped (no copy, more MACs) — see :mod:`spa.reorder.cost` for the choice;
+   channels it dropped (no copy, more MACs) — see :mod:`spa.latency.cost` for the choice;
 4. with reordering, the kept channels of the shared tensors are laid out so that as many consumer
    subsets as possible are contiguous: channels are permuted inside every *movable block* of the group
    (:func:`spa.reorder.blocks.channel_blocks`: the whole group when every slot holds every channel;

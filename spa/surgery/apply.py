@@ -18,6 +18,8 @@ from spa.analysis.groups import Analysis
 from spa.graph.model import ModelGraph
 from spa.graph.weights import release
 from spa.plan import GroupPlan, Plan
+from spa.reorder.blocks import channel_blocks, exported_order
+from spa.reorder.unconstrained import consumer_sites
 from spa.rules.base import NodeContext, RewriteContext, Role, Slot, TwinContext
 from spa.rules.defaults import default_registry
 from spa.rules.registry import RuleRegistry
@@ -41,8 +43,6 @@ def kept_indices(analysis: Analysis, plan: Plan) -> dict[Slot, np.ndarray]:
     channels it reads (``slice``/``gather`` modes). Elements are ordered by the plan's channel layout,
     which only permutes channels inside the group's movable blocks (see :mod:`spa.reorder.blocks`).
     """
-    from spa.reorder.blocks import channel_blocks, exported_order
-
     kept: dict[Slot, np.ndarray] = {}
     for gp in plan.groups:
         removed = np.zeros(gp.channels, dtype=bool)
@@ -77,8 +77,6 @@ def _zeroed(analysis: Analysis, plan: Plan, kept: dict[Slot, np.ndarray]) -> dic
 
 def _narrow_inputs(mg: ModelGraph, analysis: Analysis, plan: Plan, kept: dict[Slot, np.ndarray]) -> None:
     """Insert a Slice or Gather in front of each unconstrained consumer that reads a subset."""
-    from spa.reorder.unconstrained import consumer_sites
-
     nodes = {n.name: n for n in mg.graph.nodes}
     tensors = mg.graph.tensors()
     for gp in plan.groups:

@@ -1,1 +1,1 @@
-"""Numerical validation: running models in ONNX Runtime and the mask oracle."""
+"""Numerical validation: the mask oracle and the fidelity report (ONNX Runtime through :mod:`spa.runtime`)."""

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from spa.calibration.data import CalibrationSource, load_calibration
+from spa.calibration.data import CalibrationSource
+from spa.calibration.load import load_calibration
 from spa.calibration.runner import run_batches
 from spa.errors import ValidationError
 from spa.graph.io import load_model

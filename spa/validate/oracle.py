@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import onnx
 
 from spa.errors import ValidationError
-from spa.validate.runtime import OutputDiff, compare_outputs, random_inputs, session
+from spa.runtime.compare import OutputDiff, compare_outputs
+from spa.runtime.feeds import random_inputs
+from spa.runtime.session import session
 
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5

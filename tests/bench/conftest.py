@@ -1,6 +1,6 @@
 """Fixtures of the bench tests: small models (static and dynamic batch) and their pruned versions.
 
-Tests marked ``gpu`` run only where a CUDA device really works (:func:`spa.bench.providers.cuda_device_present`
+Tests marked ``gpu`` run only where a CUDA device really works (:func:`spa.runtime.providers.cuda_device_present`
 creates a tiny CUDA session); elsewhere they are skipped, never faked.
 """
 
@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 import spa
-from spa.bench.providers import cuda_device_present
+from spa.runtime.providers import cuda_device_present
 from tests.oracle import GraphBuilder
 
 

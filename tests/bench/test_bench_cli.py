@@ -14,7 +14,7 @@ import onnx
 import pytest
 
 from spa.bench.fp16 import fp16_converter_name
-from spa.bench.providers import CUDA, TRT, usable
+from spa.runtime.providers import CUDA, TRT, usable
 from tests.bench.conftest import one_line_error, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spa.bench import sweep as sweep_mod
+from spa import sweep as sweep_mod
 from spa.bench.plot import plotting_available
 from spa.errors import UsageError
 from tests.bench.conftest import one_line_error, run_cli

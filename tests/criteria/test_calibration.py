@@ -16,16 +16,15 @@ from spa.calibration import (
     CalibrationError,
     ConvUnfold,
     ImageFolderSource,
-    InputSpec,
     NpzSource,
     Preprocess,
     RandomSource,
-    input_specs,
     load_calibration,
     run_batches,
 )
 from spa.errors import SpaError
-from spa.validate.runtime import session
+from spa.runtime.feeds import InputSpec, input_specs
+from spa.runtime.session import session
 from tests.oracle import GraphBuilder
 
 SPEC = InputSpec("x", (1, 3, 4, 4), np.dtype("float32"))

@@ -16,7 +16,7 @@ from spa.criteria import CRITERIA, CriterionContext, get_criterion
 from spa.errors import UsageError
 from spa.plan import make_plan
 from spa.surgery import prune_model
-from spa.validate.runtime import session
+from spa.runtime.session import session
 from tests.oracle import GraphBuilder, assert_oracle
 
 ALL = ("l1", "l2", "random", "bn", "lamp", "obs", "obspa", "wanda", "flap")

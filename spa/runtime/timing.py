@@ -1,4 +1,4 @@
-"""Latency of ONNX models in ONNX Runtime.
+"""Timing ONNX models in ONNX Runtime: io-binding runners and alternating runs.
 
 Models are timed in the same process, alternating run by run after a warm-up (the order rotates every
 round), so machine noise hits all of them alike. Every run goes through io-binding: inputs are bound
@@ -9,50 +9,18 @@ host↔device copies are not timed.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
-from spa.bench.providers import cuda_device_present, resolve_provider
 from spa.errors import ValidationError
-from spa.graph.io import PROTOBUF_LIMIT, model_size_bytes, save_model
+from spa.runtime.feeds import input_shapes, make_feeds
+from spa.runtime.session import ModelLike, session
 
-__all__ = ["Runner", "Timing", "cuda_device_present", "open_session", "resolve_provider", "time_models",
-           "time_runners"]
-
-ModelLike = onnx.ModelProto | str | os.PathLike[str]
-
-
-def open_session(model: ModelLike, providers: Sequence[str], *, threads: int = 1,
-                 profile_prefix: str | None = None) -> ort.InferenceSession:
-    """A session on ``providers`` (``threads`` intra-op threads, 0 = ONNX Runtime's default).
-
-    Raises:
-        ValidationError: ONNX Runtime cannot load the model.
-    """
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    if profile_prefix:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    try:
-        if isinstance(model, onnx.ModelProto):
-            if model_size_bytes(model) > PROTOBUF_LIMIT:
-                path = os.path.join(tempfile.mkdtemp(prefix="spa_bench_"), "model.onnx")
-                save_model(model, path, external_data=True)
-                return ort.InferenceSession(path, opts, providers=list(providers))
-            return ort.InferenceSession(model.SerializeToString(), opts, providers=list(providers))
-        return ort.InferenceSession(str(model), opts, providers=list(providers))
-    except Exception as exc:
-        raise ValidationError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from exc
+__all__ = ["Runner", "Timing", "alternate", "time_models", "time_runners"]
 
 
 class Runner:
@@ -143,14 +111,12 @@ def time_models(
     shapes: dict[str, tuple[int, ...]] | None = None,
     batch: int | None = None,
 ) -> list[Timing]:
-    """Time several models alternately on the same seeded random inputs (see :mod:`spa.bench.feeds`)."""
-    from spa.bench.feeds import input_shapes, make_feeds
-
+    """Time several models alternately on the same seeded random inputs (see :mod:`spa.runtime.feeds`)."""
     providers = list(providers or ["CPUExecutionProvider"])
     device = "cpu" if providers[0] == "CPUExecutionProvider" else "cuda"
     runners = []
     for m in models:
-        sess = open_session(m, providers, threads=threads)
+        sess = session(m, providers, threads=threads)
         name = m if isinstance(m, (str, os.PathLike)) else "model"
         feeds = make_feeds(sess, input_shapes(sess, str(name), batch=batch, shapes=shapes), seed)
         runners.append(Runner(sess, feeds, device, str(name)))

@@ -27,7 +27,9 @@ from spa.analysis.groups import Analysis
 from spa.errors import UsageError
 from spa.latency.lut import CPU, Device, cache_root
 from spa.plan import ConsumerKeep, Plan
-from spa.validate.runtime import session
+from spa.reorder.unconstrained import consumer_sites
+from spa.runtime.session import session
+from spa.surgery.apply import kept_indices
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +100,6 @@ def choose_modes(analysis: Analysis, plan: Plan, mode: str, providers: Sequence[
 
 
 def _auto(analysis: Analysis, plan: Plan, providers: list[str]) -> Plan:
-    from spa.reorder.unconstrained import consumer_sites
-    from spa.surgery.apply import kept_indices
-
     cache_file = _cache_path(providers)
     try:
         cache: dict[str, float] = json.loads(cache_file.read_text()) if cache_file.exists() else {}

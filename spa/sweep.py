@@ -29,9 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from spa.bench.feeds import input_shapes, make_feeds
+from spa.api import prune
+from spa.bench import plot
 from spa.bench.report import BenchOptions, bench_models
 from spa.errors import SpaError, UsageError
+from spa.graph.io import load_model, save_model
+from spa.runtime.feeds import input_shapes, make_feeds
+from spa.runtime.session import session
 from spa.version import __version__
 
 data_fidelity: Callable[..., dict[str, Any]] | None
@@ -90,8 +94,6 @@ def random_fidelity(original: str, pruned: str, *, samples: int = 8, seed: int =
                     shapes: Mapping[str, tuple[int, ...]] | None = None, threads: int = 1) -> dict[str, Any]:
     """Cosine similarity (and arg-max agreement for 2-D outputs) of the two models' first output on
     ``samples`` seeded random inputs (CPU)."""
-    from spa.validate.runtime import session
-
     a, b = session(original, threads=threads), session(pruned, threads=threads)
     concrete = input_shapes(a, original, shapes=shapes)
     cos, agree, rows = [], 0, 0
@@ -160,10 +162,6 @@ def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -
     Raises:
         UsageError: bad options; an output exists and ``force`` is off.
     """
-    from spa.api import prune
-    from spa.bench.plot import pareto_plot, plotting_available
-    from spa.graph.io import load_model, save_model
-
     if opts.bench.batches and len(opts.bench.batches) > 1:
         raise UsageError("spa sweep times one batch size; give a single --batch")
     load_model(model)  # a clear error for a bad input before any work
@@ -216,9 +214,9 @@ def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -
         "rows": rows,
         "files": files,
     }
-    if plotting_available():
+    if plot.plotting_available():
         files["png"] = str(out / "pareto.png")
-        pareto_plot(rows, out / "pareto.png", title=f"{Path(model).name}: {opts.criterion} sweep, "
+        plot.pareto_plot(rows, out / "pareto.png", title=f"{Path(model).name}: {opts.criterion} sweep, "
                     f"{report['provider']}, {report['threads']} thread(s)", fidelity_label=fid_src or "")
     else:
         log.info("matplotlib is not installed (pip install 'spa[plot]'): no pareto.png")

@@ -24,10 +24,12 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from spa.errors import UsageError
+from spa.errors import UsageError, ValidationError
+from spa.runtime.session import session
 
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 #: ``--provider`` names and the provider list each asks for (fallbacks after the first).
@@ -88,11 +90,11 @@ def _captured() -> Iterator[list[str]]:
             text.append(py_out.getvalue() + py_err.getvalue())
 
 
-def _tiny_model() -> bytes:
+def _tiny_model() -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "spa_probe", [x], [y])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
 
 
 def _reason(text: str) -> str:
@@ -114,14 +116,13 @@ def probe(providers: tuple[str, ...]) -> tuple[tuple[str, ...], str]:
     """Create a tiny session with ``providers``; return the providers it really uses and ORT's complaint."""
     if not set(providers) & set(ort.get_available_providers()):
         return (CPU,), "not built into this onnxruntime package"
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
     with _captured() as text:
         try:
-            sess = ort.InferenceSession(_tiny_model(), opts, providers=list(providers))
+            sess = session(_tiny_model(), providers)
             used, err = tuple(sess.get_providers()), ""
-        except Exception as exc:  # a provider that throws instead of falling back
-            used, err = (), str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except ValidationError as exc:  # a provider that throws instead of falling back
+            cause = exc.__cause__ or exc
+            used, err = (), str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     return used, err or _reason("".join(text))
 
 

@@ -1,0 +1,159 @@
+"""The inputs of a model: their specs, concrete shapes and seeded random feeds.
+
+:func:`input_specs` lists the inputs of a ModelProto or of a session. :func:`random_inputs` makes a feed
+for every input of a session: dynamic dimensions become small concrete sizes (the first axis ``batch``,
+others ``dim``, or what ``shapes`` says), floats are standard normal, integers small and non-negative,
+booleans fair coins.
+
+For a benchmark run, every input gets a concrete shape: ``--shape NAME=...`` when given, else the declared shape with
+dynamic dimensions set to 1 (the first) or 8 (the others); a requested batch size then replaces the
+first dimension. A model whose first dimension is static and differs from the requested batch cannot
+be timed at that batch: :func:`input_shapes` says so instead of feeding it a wrong shape.
+
+>>> _concrete("m.onnx", "x", ["N", 3, 8, 8], None, 4)
+(4, 3, 8, 8)
+>>> _concrete("m.onnx", "x", [1, 3, 8, 8], None, None)
+(1, 3, 8, 8)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from spa.errors import UsageError, ValidationError
+
+Shapes = dict[str, tuple[int, ...]]
+DYNAMIC_DIM = 8
+
+#: numpy dtypes of ONNX Runtime's input type strings
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+              "tensor(bool)": "bool", "tensor(int8)": "int8", "tensor(int16)": "int16", "tensor(int32)": "int32",
+              "tensor(int64)": "int64", "tensor(uint8)": "uint8", "tensor(uint16)": "uint16",
+              "tensor(uint32)": "uint32", "tensor(uint64)": "uint64"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: name, shape (ints, or str/None for dynamic dims) and numpy dtype.
+
+    ``type`` is ONNX Runtime's type string when the spec comes from a session (else empty); an input
+    whose type numpy cannot hold (strings, bfloat16, ...) has ``dtype`` object.
+    """
+
+    name: str
+    shape: tuple[int | str | None, ...]
+    dtype: np.dtype
+    type: str = ""
+
+    @property
+    def sample_shape(self) -> tuple[int | str | None, ...]:
+        """The shape of one sample (the shape without its first, batch axis)."""
+        return self.shape[1:]
+
+
+def input_specs(model: onnx.ModelProto | ort.InferenceSession) -> list[InputSpec]:
+    """The inputs of ``model``.
+
+    Of a ModelProto: its real inputs (initializers listed as inputs are left out). Of a session: every
+    input ONNX Runtime reports.
+    """
+    if isinstance(model, ort.InferenceSession):
+        return [InputSpec(i.name, tuple(i.shape), np.dtype(_ORT_TYPES.get(i.type, "object")), i.type)
+                for i in model.get_inputs()]
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        dims: tuple[int | str | None, ...] = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+        )
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else np.dtype("float32")
+        specs.append(InputSpec(vi.name, dims, dtype))
+    return specs
+
+
+def random_inputs(
+    sess: ort.InferenceSession,
+    seed: int = 0,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    batch: int = 2,
+    dim: int = 8,
+) -> dict[str, np.ndarray]:
+    """Seeded random feeds for every input of ``sess``."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in input_specs(sess):
+        name, typ = spec.name, spec.type
+        if shapes and name in shapes:
+            concrete = list(shapes[name])
+        else:
+            concrete = [d if isinstance(d, int) and d >= 0 else (batch if k == 0 else dim)
+                        for k, d in enumerate(spec.shape)]
+        if "float16" in typ:
+            feeds[name] = np.asarray(rng.standard_normal(concrete), dtype=np.float16)
+        elif "double" in typ:
+            feeds[name] = np.asarray(rng.standard_normal(concrete), dtype=np.float64)
+        elif "float" in typ:
+            feeds[name] = np.asarray(rng.standard_normal(concrete), dtype=np.float32)
+        elif "bool" in typ:
+            feeds[name] = np.asarray(rng.random(concrete) < 0.5, dtype=bool)
+        elif "int" in typ:
+            dt = np.int64 if "int64" in typ else np.int32
+            feeds[name] = np.asarray(rng.integers(0, 4, size=concrete), dtype=dt)
+        else:
+            raise ValidationError(f"input '{name}' has type {typ}; spa cannot make random data for it")
+    return feeds
+
+
+def _concrete(model: str, name: str, declared: Sequence[object], given: tuple[int, ...] | None,
+              batch: int | None) -> tuple[int, ...]:
+    if given is not None:
+        if len(given) != len(declared):
+            raise UsageError(f"--shape {name}: {len(given)} dimensions given, {model} declares {len(declared)}")
+        dims = list(given)
+        for k, (d, g) in enumerate(zip(declared, given)):
+            if isinstance(d, int) and d > 0 and d != g and not (k == 0 and batch is not None):
+                raise UsageError(f"--shape {name}: dimension {k} of {model}'s input is static ({d}), got {g}")
+    else:
+        dims = [d if isinstance(d, int) and d > 0 else (1 if k == 0 else DYNAMIC_DIM)
+                for k, d in enumerate(declared)]
+    if batch is not None and dims:
+        first = declared[0] if declared else None
+        if isinstance(first, int) and first > 0 and first != batch:
+            raise UsageError(f"{model}: input '{name}' has a static batch dimension of {first}, so it cannot run "
+                             f"with batch {batch}; re-export it with a dynamic first dimension or use --batch {first}")
+        dims[0] = batch
+    return tuple(int(d) for d in dims)
+
+
+def input_shapes(sess: ort.InferenceSession, model: str, *, batch: int | None = None,
+                 shapes: Mapping[str, tuple[int, ...]] | None = None) -> Shapes:
+    """Concrete shape of every input of ``sess`` (``model`` names it in errors).
+
+    Raises:
+        UsageError: ``shapes`` names an unknown input or has the wrong rank; a static batch differs
+            from ``batch``.
+    """
+    names = [i.name for i in sess.get_inputs()]
+    unknown = sorted(set(shapes or {}) - set(names))
+    if unknown:
+        raise UsageError(f"--shape {unknown[0]}: {model} has no such input (inputs: {', '.join(names)})")
+    return {i.name: _concrete(model, i.name, list(i.shape), (shapes or {}).get(i.name), batch)
+            for i in sess.get_inputs()}
+
+
+def batch_of(shapes: Shapes) -> int:
+    """The batch size of a feed: the first dimension of the first input that has one (else 1)."""
+    return next((s[0] for s in shapes.values() if s), 1)
+
+
+def make_feeds(sess: ort.InferenceSession, shapes: Shapes, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs of the given shapes (the same seed gives the same data to every model)."""
+    return random_inputs(sess, seed=seed, shapes=shapes)
