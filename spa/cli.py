@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from spa import api
 from spa.bench.report import BenchOptions, bench_models
 from spa.bench.tables import bench_table, profile_tables, sweep_table, wide_console
 from spa.errors import InvalidModelError, SpaError, UsageError
-from spa.graph.io import check_paths, load_model, save_model
+from spa.graph.io import atomic_path, check_paths, load_model
 from spa.runtime.providers import cuda_device_present, resolve_provider
 from spa.sweep import SweepOptions, parse_ratios, run_sweep
 from spa.validate.fidelity import fidelity
@@ -73,23 +71,11 @@ def _write_json(data: Any, dest: str | None) -> None:
     if dest == "-":
         click.echo(text, nl=False)
         return
-    d = Path(dest)
-    folder = d.parent if str(d.parent) else Path(".")
-    tmp: str | None = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{d.name}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, d)
-        tmp = None
+        with atomic_path(dest) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"could not write {dest}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _check_exists(*paths: str | None) -> None:

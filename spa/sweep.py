@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from spa.api import prune
 from spa.bench import plot
 from spa.bench.report import BenchOptions, bench_models
 from spa.errors import SpaError, UsageError
-from spa.graph.io import load_model, save_model
+from spa.graph.io import atomic_path, load_model, save_model
 from spa.runtime.feeds import input_shapes, make_feeds
 from spa.runtime.session import session
 from spa.version import __version__
@@ -130,17 +129,8 @@ def _fidelity(original: str, pruned: str, opts: SweepOptions) -> dict[str, Any]:
 
 def _write_text(path: Path, text: str) -> None:
     """Atomic write (temporary file beside it, then rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the mode a new file would get
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from spa.graph.io import atomic_path
 
 
 def plotting_available() -> bool:
@@ -60,17 +61,8 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
         if base is not None:
             ax.legend(loc="upper left", fontsize=8)
         dest = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".png", dir=dest.parent)
-        os.close(fd)
-        try:
+        with atomic_path(dest, suffix=".png") as tmp:
             fig.savefig(tmp, format="png", bbox_inches="tight")
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the mode a new file would get
-            os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         return dest
     finally:
         plt.close(fig)

@@ -5,13 +5,17 @@
   that names the file and says what to do.
 * :func:`save_model` writes atomically: a temporary file in the destination folder, then a rename, so a
   crash never leaves a half-written model behind. Models above 2 GB are written with external data.
+* :func:`atomic_path` is that atomic write for every file spa writes (models, external data, JSON
+  reports, CSV, plots, latency tables).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -119,6 +123,33 @@ def _new_file_mode() -> int:
     return 0o666 & ~mask
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, suffix: str = ".tmp") -> Iterator[Path]:
+    """Write ``path`` atomically: yield a temporary path in its folder, then rename it over ``path``.
+
+    The temporary file (``.<name>.<random><suffix>``) exists, empty, when the block starts; once the
+    block returns it gets the mode a new file would get under the umask and replaces ``path``
+    (``os.replace``). If the block deleted it, nothing is written. On any error it is removed and the
+    error propagates, so ``path`` is either the old file or the complete new one.
+
+    Raises:
+        OSError: the temporary file cannot be created, written or renamed.
+    """
+    dest = Path(path)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=folder)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if tmp.exists():
+            os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600
+            os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def save_model(
     model: onnx.ModelProto,
     path: str | os.PathLike[str],
@@ -146,54 +177,46 @@ def save_model(
         raise UsageError(f"{dest}: folder '{folder}' does not exist")
     if external_data is None:
         external_data = model_size_bytes(model) > PROTOBUF_LIMIT
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise UsageError(f"could not write {dest}: {exc.strerror or exc}") from exc
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, _new_file_mode())  # mkstemp makes 0600; a saved model gets the usual umask mode
     data_name = dest.name + ".data"
-    tmp_data = folder / f".{data_name}.tmp"
     try:
-        if external_data:
-            m = onnx.ModelProto()
-            m.CopyFrom(model)
-            external_data_helper.convert_model_to_external_data(
-                m, all_tensors_to_one_file=True, location=data_name, size_threshold=1024
-            )
-            # write tensors into a temporary data file, then point the proto at the final name
-            for t in external_data_helper._get_all_tensors(m):  # noqa: SLF001
-                if external_data_helper.uses_external_data(t):
-                    for e in t.external_data:
-                        if e.key == "location":
-                            e.value = tmp_data.name
-            if tmp_data.exists():
-                tmp_data.unlink()
-            external_data_helper.write_external_data_tensors(m, str(folder))
-            if tmp_data.exists():
-                os.chmod(tmp_data, _new_file_mode())
-            for t in external_data_helper._get_all_tensors(m):  # noqa: SLF001
-                if external_data_helper.uses_external_data(t):
-                    for e in t.external_data:
-                        if e.key == "location":
-                            e.value = data_name
-            with open(tmp_path, "wb") as fh:
-                fh.write(m.SerializeToString())
-            if tmp_data.exists():  # absent when every tensor is below the size threshold
-                os.replace(tmp_data, folder / data_name)
-        else:
-            with open(tmp_path, "wb") as fh:
-                fh.write(model.SerializeToString())
-        os.replace(tmp_path, dest)
+        with atomic_path(dest) as tmp_path:
+            if external_data:
+                with atomic_path(folder / data_name) as tmp_data:
+                    _write_external(model, tmp_path, tmp_data, data_name)
+            else:
+                with open(tmp_path, "wb") as fh:
+                    fh.write(model.SerializeToString())
     except OSError as exc:
         raise UsageError(f"could not write {dest}: {exc.strerror or exc}") from exc
-    finally:
-        for leftover in (tmp_path, tmp_data):
-            if leftover.exists():
-                leftover.unlink()
     log.debug("wrote %s", dest)
     return dest
+
+
+def _set_locations(model: onnx.ModelProto, location: str) -> None:
+    for t in external_data_helper._get_all_tensors(model):  # noqa: SLF001
+        if external_data_helper.uses_external_data(t):
+            for e in t.external_data:
+                if e.key == "location":
+                    e.value = location
+
+
+def _write_external(model: onnx.ModelProto, tmp_model: Path, tmp_data: Path, data_name: str) -> None:
+    """Write ``model`` to ``tmp_model`` with its weights in ``tmp_data``, referenced as ``data_name``.
+
+    ``tmp_data`` is deleted when no tensor is above the size threshold (nothing to publish then).
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    external_data_helper.convert_model_to_external_data(
+        m, all_tensors_to_one_file=True, location=data_name, size_threshold=1024
+    )
+    # write tensors into the temporary data file, then point the proto at the final name
+    _set_locations(m, tmp_data.name)
+    tmp_data.unlink()
+    external_data_helper.write_external_data_tensors(m, str(tmp_data.parent))
+    _set_locations(m, data_name)
+    with open(tmp_model, "wb") as fh:
+        fh.write(m.SerializeToString())
 
 
 def check_paths(inp: Path, out: Path, *, force: bool) -> None:

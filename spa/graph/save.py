@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from spa.errors import UsageError
-from spa.graph.io import PROTOBUF_LIMIT, save_model
+from spa.graph.io import PROTOBUF_LIMIT, atomic_path, save_model
 from spa.graph.model import ModelGraph
 from spa.graph.weights import nbytes, onnx_dtype, release
 
@@ -69,41 +68,32 @@ def save_graph(mg: ModelGraph, path: str | os.PathLike[str], *, external_data: b
     if not folder.is_dir():
         raise UsageError(f"{dest}: folder '{folder}' does not exist")
     data_name = dest.name + ".data"
-    fd, tmp_model = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
     saved: list[tuple[gs.Constant, object]] = []
     try:
-        offset = 0
-        with open(tmp_data, "wb") as fh:
-            for t in mg.graph.tensors().values():
-                if not isinstance(t, gs.Constant) or nbytes(t) <= INLINE_BYTES:
-                    continue
-                pad = (-offset) % _ALIGN
-                fh.write(b"\0" * pad)
-                offset += pad
-                arr = np.ascontiguousarray(t.values)
-                fh.write(memoryview(arr).cast("B"))
-                saved.append((t, t._values))
-                t._values = LazyValues(_ref(t, data_name, offset, arr.nbytes))
-                offset += arr.nbytes
-                release(arr)
-        model = mg._export()  # noqa: SLF001 - references only, no weight bytes
-        with open(tmp_model, "wb") as fh:
-            fh.write(model.SerializeToString())
-        os.chmod(tmp_model, 0o666 & ~_umask())
-        os.chmod(tmp_data, 0o666 & ~_umask())
-        os.replace(tmp_data, folder / data_name)
-        os.replace(tmp_model, dest)
+        # the data file is published first, then the model that references it
+        with atomic_path(dest) as tmp_model, atomic_path(folder / data_name) as tmp_data:
+            offset = 0
+            with open(tmp_data, "wb") as fh:
+                for t in mg.graph.tensors().values():
+                    if not isinstance(t, gs.Constant) or nbytes(t) <= INLINE_BYTES:
+                        continue
+                    pad = (-offset) % _ALIGN
+                    fh.write(b"\0" * pad)
+                    offset += pad
+                    arr = np.ascontiguousarray(t.values)
+                    fh.write(memoryview(arr).cast("B"))
+                    saved.append((t, t._values))
+                    t._values = LazyValues(_ref(t, data_name, offset, arr.nbytes))
+                    offset += arr.nbytes
+                    release(arr)
+            model = mg._export()  # noqa: SLF001 - references only, no weight bytes
+            with open(tmp_model, "wb") as fh:
+                fh.write(model.SerializeToString())
     except OSError as exc:
         raise UsageError(f"could not write {dest}: {exc.strerror or exc}") from exc
     finally:
         for t, v in saved:
             t._values = v
-        for leftover in (tmp_model, tmp_data):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
     log.debug("wrote %s with external data %s", dest, data_name)
     return dest
 

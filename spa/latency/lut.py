@@ -42,6 +42,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from spa.errors import ValidationError
+from spa.graph.io import atomic_path
 from spa.latency.layers import IR_VERSION, LayerConfig, benchmark_model
 from spa.runtime.session import session
 from spa.runtime.timing import Runner
@@ -274,13 +275,7 @@ class LatencyTable:
         data = {"format": FORMAT, "device": asdict(self.device), "entries": dict(sorted(entries.items()))}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f, indent=0)
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_path(self.path) as tmp, open(tmp, "w") as f:
+                json.dump(data, f, indent=0)
         except OSError as exc:
             log.warning("could not write the latency cache %s: %s", self.path, exc)
