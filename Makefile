@@ -32,6 +32,7 @@ demo: $(VENV)/.runtime
 	@echo "report: $(DEMO_OUT)/report.json, benchmark: $(DEMO_OUT)/bench.json"
 
 test: $(VENV)/.test
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.test

@@ -18,11 +18,13 @@ from spa.errors import UsageError
 
 def _converter() -> tuple[Callable[..., onnx.ModelProto], str]:
     try:
+        # optional extra
         from onnxruntime.transformers.float16 import convert_float_to_float16
         return convert_float_to_float16, "onnxruntime.transformers.float16"
     except ImportError:
         pass
     try:
+        # optional extra
         from onnxconverter_common.float16 import convert_float_to_float16 as occ_convert
         return occ_convert, "onnxconverter_common.float16"
     except ImportError:

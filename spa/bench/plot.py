@@ -27,10 +27,10 @@ def pareto_plot(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
     The original (ratio 0) is drawn as a black star with the ideal line through it (latency falling in
     proportion to the MACs); each point is labelled with its ratio. The file is written atomically.
     """
-    import matplotlib
+    import matplotlib  # optional extra (spa[plot])
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional extra (spa[plot])
 
     pts = [r for r in rows if r.get("median_ms") is not None and r.get("macs") is not None]
     fig, ax = plt.subplots(figsize=(7, 5), dpi=110)

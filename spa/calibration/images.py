@@ -86,7 +86,7 @@ class Preprocess:
 
 def _pillow():  # type: ignore[no-untyped-def]
     try:
-        from PIL import Image
+        from PIL import Image  # optional extra (pillow)
     except ImportError:
         raise CalibrationError(
             "reading calibration images needs Pillow: pip install pillow (or give a .npz/.npy instead)"

@@ -21,6 +21,8 @@ import numpy as np
 import onnxruntime as ort
 import onnx
 from onnx import helper
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from spa.calibration.data import CalibrationError, CalibrationSource
 from spa.runtime.feeds import InputSpec, input_specs
@@ -84,9 +86,6 @@ class BatchRun:
 
 
 def _progress(show: bool):  # type: ignore[no-untyped-def]
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     console = Console(stderr=True)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                     console=console, transient=True,

@@ -17,6 +17,7 @@ import logging
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import external_data_helper, numpy_helper
 
 from spa.errors import InvalidModelError
@@ -82,10 +83,9 @@ def check_structure(model: onnx.ModelProto) -> None:
     except Exception as exc:  # the checker raises ValidationError and, for odd protos, others
         reason = _one_line(str(exc))
     try:
-        import onnxruntime as ort
-
         opts = ort.SessionOptions()
         opts.log_severity_level = 4
+        # the one session outside spa.runtime (which sits above spa.graph): only "does ORT load it?"
         ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception:
         raise InvalidModelError(
