@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from spa.analysis.metrics import count_macs, count_params
 from spa.bench.report import BenchOptions, bench_models
 from spa.budget import solve_ratio
 from spa.calibration import load_calibration
-from spa.criteria import CriterionContext, get_criterion
+from spa.criteria import CriterionContext, Scores, Updates, get_criterion
 from spa.criteria.reduce import options as reduce_options
 from spa.errors import UsageError, ValidationError
 from spa.graph.io import PROTOBUF_LIMIT, load_model
@@ -30,7 +30,9 @@ from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
 from spa.latency.cost import choose_modes
 from spa.latency.solve import solve_latency
+from spa.options import PruneOptions, coerce
 from spa.plan import Plan, make_plan
+from spa.rules.registry import RuleRegistry
 from spa.reorder.unconstrained import copies, unconstrain
 from spa.surgery import kept_indices, masked_twin, prune_model
 from spa.validate.oracle import DEFAULT_ATOL, DEFAULT_RTOL, VerifyResult, compare_models
@@ -143,185 +145,137 @@ def _group_report(analysis: Analysis, plan: Plan) -> list[dict[str, object]]:
 
 def prune(
     model: ModelInput,
-    ratio: float = 0.5,
-    criterion: str = "l2",
+    options: PruneOptions | None = None,
+    registry: RuleRegistry | None = None,
     *,
-    global_rank: bool = False,
-    max_ratio: float = 0.9,
-    round_to: int = 1,
-    min_channels: int = 1,
-    ignore: Sequence[str] = (),
-    seed: int = 0,
-    emit_masked: bool = False,
-    check: bool = True,
-    calibration: object | None = None,
-    target_macs: float | None = None,
-    target_params: float | None = None,
-    overrides: Sequence[tuple[str, float]] = (),
-    calib_samples: int | None = None,
-    calib_batch: int | None = None,
-    calib_preprocess: str | None = None,
-    reduction: str | None = None,
-    normalize: str | None = None,
-    criterion_options: Mapping[str, object] | None = None,
-    unconstrained: bool = False,
-    reorder: bool = True,
-    consumer_mode: str = "layout",
-    prune_heads: bool = True,
-    head_ratio: float | None = None,
-    prune_hidden: bool = False,
-    hidden_ratio: float | None = None,
-    prune_head_dim: bool = False,
-    target_latency: float | None = None,
-    providers: list[str] | None = None,
-    latency_cache: str | os.PathLike[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    **changes: Any,
 ) -> PruneResult:
     """Prune a model.
 
     Args:
         model: path, ModelProto or ModelGraph (not modified).
-        ratio: fraction of channels to remove in [0, 1).
-        criterion: a name from :data:`spa.criteria.CRITERIA`: ``l1``, ``l2``, ``random``, ``bn``, ``lamp``,
-            ``obspa`` (data-free), ``obs``, ``wanda``, ``flap`` (these three need ``calibration``).
-        global_rank: rank channels across groups.
-        max_ratio: with ``global_rank``, the most one group may lose.
-        round_to: keep channel counts multiples of this.
-        min_channels: keep at least this many channels per group.
-        ignore: glob patterns of node/tensor names to leave alone.
-        seed: seed for random criteria.
-        emit_masked: also build the masked twin (for the mask oracle).
-        check: run the ONNX checker and load the result in ONNX Runtime.
-        calibration: calibration data for data-driven criteria: a path (``.npz`` with one array per
-            input, ``.npy``, or a folder of PNG/JPEG images), ``"random"``, arrays, or a source from
-            :mod:`spa.calibration`.
-        target_macs: instead of ``ratio``, remove channels until MACs fall to this fraction of the
-            original (<= 1) or this absolute count (> 1).
-        target_params: the same for parameters.
-        overrides: (glob, ratio) pairs: groups touching matching names use that ratio.
-        prune_heads: prune attention-head groups (``False``: leave every head).
-        head_ratio: ratio for attention-head groups (default: ``ratio``).
-        prune_hidden: also prune the hidden size (the residual stream of a transformer: groups of kind
-            ``hidden``, coupled through LayerNorm/RMSNorm, whose statistics then run over the kept
-            channels). Off by default: it changes every normalisation's statistics.
-        hidden_ratio: ratio for hidden-size groups (default: ``ratio``).
-        prune_head_dim: in every attention block where it is legal, prune V's head_dim (the same dims of
-            every head: V's columns and the output projection's rows, groups of kind ``head_dim``) instead
-            of the block's heads; blocks where it is not keep their heads (``analysis.notes`` says why).
-        target_latency: instead of ``ratio``: the smallest ratio whose latency in ONNX Runtime is at most
-            this fraction of the original's (<= 1) or these milliseconds; searched on a per-layer latency
-            lookup table, then measured against the original (see ``report["target_latency"]``).
-        providers: ONNX Runtime providers that ``target_latency`` and ``consumer_mode="auto"`` measure on
-            (CPU by default).
+        options: what to remove and how (:class:`~spa.options.PruneOptions`; default: its defaults).
+        registry: the channel rules to analyse and rewrite with (default:
+            :func:`spa.rules.defaults.default_registry`); a user's own rules prune through it.
         progress: called with a short description at the start of each stage (the CLI shows it).
-        latency_cache: folder of the per-layer latency tables ``target_latency`` measures and reuses
-            (default ``$SPA_CACHE_DIR/latency`` or ``~/.cache/spa/latency``).
-        unconstrained: UPSCALE-style: consumers of a shared tensor keep their own channel subsets.
-        reorder: with ``unconstrained``, lay channels out so consumer subsets are contiguous.
-        consumer_mode: with ``unconstrained``, how a consumer reads its subset: ``layout`` (Slice when
-            contiguous, else Gather), ``gather``, ``zero`` (full input, zeroed weights) or ``auto``
-            (the cheaper of copy and extra MACs, measured in ONNX Runtime).
-        calib_samples: use at most this many calibration samples.
-        calib_batch: calibration samples per ONNX Runtime run.
-        calib_preprocess: image preprocessing, e.g. ``"size=224x224,mean=0.485/0.456/0.406,std=..."``
-            (see :meth:`spa.calibration.Preprocess.parse`).
-        reduction: how a criterion combines a group's members: ``sum`` (default), ``mean``, ``max``.
-        normalize: how scores are normalised per group: ``mean`` (default), ``lamp``, ``zscore``, ``none``.
-        criterion_options: further criterion options (e.g. ``damp``, ``obspa_h``; see each criterion).
+        **changes: :class:`~spa.options.PruneOptions` fields that override ``options``, e.g.
+            ``spa.prune("m.onnx", ratio=0.3, criterion="obs", calibration="data.npz")``.
 
     Returns:
-        A :class:`PruneResult` with the pruned ModelProto, the plan and a JSON report.
+        A :class:`PruneResult` with the pruned graph, the plan, the analysis and a JSON report.
+
+    Raises:
+        UsageError: an unknown or invalid option (before any work).
     """
+    opts = coerce(options, changes)
     stage = progress or (lambda _what: None)
-    crit = get_criterion(criterion)
+    crit = get_criterion(opts.criterion)
     stage("loading")
     mg = load(model)
     stage(f"analysing {len(mg.graph.nodes)} nodes")
-    analysis = analyze_graph(mg, hidden=prune_hidden, head_dim=prune_head_dim)
-    options = dict(criterion_options or {}) | {k: v for k, v in (("reduction", reduction), ("normalize", normalize))
-                                                if v is not None}
-    source = load_calibration(calibration, samples=calib_samples, batch_size=calib_batch,
-                              preprocess=calib_preprocess, seed=seed)
-    cctx = CriterionContext(seed=seed, calibration=source, options=options)
-    reduce_options(cctx)  # reject unknown names before any work
-    stage(f"scoring {len(analysis.prunable)} groups ({criterion})")
+    analysis = analyze_graph(mg, registry, hidden=opts.prune_hidden, head_dim=opts.prune_head_dim)
+    cctx = _criterion_context(opts)
+    stage(f"scoring {len(analysis.prunable)} groups ({opts.criterion})")
     scores = crit.score(analysis, cctx)
-
-    kinds: dict[str, float | None] = {}
-    if not prune_heads:
-        kinds["head"] = None
-    elif head_ratio is not None:
-        kinds["head"] = head_ratio
-    if hidden_ratio is not None:
-        if not prune_hidden:
-            raise UsageError("hidden_ratio (--hidden-ratio) needs prune_hidden (--prune-hidden)")
-        kinds["hidden"] = hidden_ratio
-
-    def plan_for(r: float) -> Plan:
-        return make_plan(analysis, scores, r, criterion=criterion, global_rank=global_rank,
-                         max_ratio=max_ratio, round_to=round_to, min_channels=min_channels, ignore=ignore,
-                         overrides=overrides, kind_ratio=kinds)
-
-    latency_record: dict[str, object] | None = None
-    stage("planning" + (" (measuring latencies)" if target_latency is not None else ""))
-    if target_latency is not None:
-        plan, latency_record = solve_latency(
-            analysis, plan_for, lambda p: prune_model(analysis, p).to_onnx(), target_latency, providers=providers,
-            cache_dir=latency_cache)
-    elif target_macs is not None or target_params is not None:
-        plan = solve_ratio(analysis, plan_for, target_macs=target_macs, target_params=target_params)
-    else:
-        plan = plan_for(ratio)
-    if unconstrained:
-        plan = unconstrain(analysis, plan, reorder=reorder)
-        plan = choose_modes(analysis, plan, consumer_mode, providers=providers)
+    stage("planning" + (" (measuring latencies)" if opts.target_latency is not None else ""))
+    plan, latency_record = _solve_plan(analysis, scores, opts, registry)
     stage(f"pruning {len(plan.groups)} groups")
     updates = crit.compensate(analysis, plan, cctx)
-    pruned_mg = prune_model(analysis, plan, updates=updates)
-    result_protos: dict[str, onnx.ModelProto] = {}
-    if check and graph_bytes(pruned_mg) < PROTOBUF_LIMIT // 2:
-        pruned = pruned_mg.to_onnx()
-        onnx_check = _onnx_check(pruned, mg)
-        stage("checking (ONNX checker, ONNX Runtime)")
-        ort_check = _ort_check(pruned, mg)
-        result_protos["model"] = pruned
-    else:
-        onnx_check = ort_check = "not run"
-    if emit_masked:
+    pruned_mg = prune_model(analysis, plan, registry, updates=updates)
+    checks, protos = _check(pruned_mg, mg, opts.check, stage)
+    if opts.emit_masked:
         stage("building the masked twin")
-    masked = masked_twin(analysis, plan, updates) if emit_masked else None
-    report: dict[str, object] = {
+    masked = masked_twin(analysis, plan, updates, registry) if opts.emit_masked else None
+    report = _report(opts, analysis, plan, mg, pruned_mg, cctx, updates) | checks | {"target_latency": latency_record}
+    return PruneResult(pruned_mg, plan, analysis, report, masked, _protos=protos)
+
+
+def _criterion_context(opts: PruneOptions) -> CriterionContext:
+    """The criterion's inputs: calibration data, seed and options (unknown option names refused here,
+    before any work)."""
+    options = dict(opts.criterion_options) | {k: v for k, v in (("reduction", opts.reduction),
+                                                                 ("normalize", opts.normalize)) if v is not None}
+    source = load_calibration(opts.calibration, samples=opts.calib_samples, batch_size=opts.calib_batch,
+                              preprocess=opts.calib_preprocess, seed=opts.seed)
+    cctx = CriterionContext(seed=opts.seed, calibration=source, options=options)
+    reduce_options(cctx)
+    return cctx
+
+
+def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions,
+                registry: RuleRegistry | None = None) -> tuple[Plan, dict[str, object] | None]:
+    """The plan the budget asks for (a ratio, a MACs/params target or a latency target), made
+    unconstrained when asked; also the latency search's record (None without ``target_latency``)."""
+    kinds = opts.kind_ratios()
+
+    def plan_for(r: float) -> Plan:
+        return make_plan(analysis, scores, r, criterion=opts.criterion, global_rank=opts.global_rank,
+                         max_ratio=opts.max_ratio, round_to=opts.round_to, min_channels=opts.min_channels,
+                         ignore=opts.ignore, overrides=opts.overrides, kind_ratio=kinds)
+
+    providers = list(opts.providers) if opts.providers is not None else None
+    record: dict[str, object] | None = None
+    if opts.target_latency is not None:
+        plan, record = solve_latency(analysis, plan_for, lambda p: prune_model(analysis, p, registry).to_onnx(),
+                                     opts.target_latency, providers=providers, cache_dir=opts.latency_cache)
+    elif opts.target_macs is not None or opts.target_params is not None:
+        plan = solve_ratio(analysis, plan_for, target_macs=opts.target_macs, target_params=opts.target_params)
+    else:
+        plan = plan_for(opts.ratio)
+    if opts.unconstrained:
+        plan = unconstrain(analysis, plan, reorder=opts.reorder)
+        plan = choose_modes(analysis, plan, opts.consumer_mode, providers=providers)
+    return plan, record
+
+
+def _check(pruned: ModelGraph, original: ModelGraph, check: bool,
+           stage: Callable[[str], None]) -> tuple[dict[str, object], dict[str, onnx.ModelProto]]:
+    """The ONNX checker's and ONNX Runtime's verdicts on the pruned model (``"not run"`` when not asked
+    or when the model is too large to check in memory), and the exported proto to reuse."""
+    if not check or graph_bytes(pruned) >= PROTOBUF_LIMIT // 2:
+        return {"onnx_check": "not run", "ort_check": "not run"}, {}
+    proto = pruned.to_onnx()
+    onnx_check = _onnx_check(proto, original)
+    stage("checking (ONNX checker, ONNX Runtime)")
+    return {"onnx_check": onnx_check, "ort_check": _ort_check(proto, original)}, {"model": proto}
+
+
+def _report(opts: PruneOptions, analysis: Analysis, plan: Plan, original: ModelGraph, pruned: ModelGraph,
+            cctx: CriterionContext, updates: Updates) -> dict[str, object]:
+    """The JSON report of one prune (its keys are documented in ``docs/cli.md``)."""
+    source = cctx.calibration
+    return {
         "spa_version": __version__,
-        "criterion": criterion,
+        "criterion": opts.criterion,
         "ratio": plan.ratio,
-        "target_macs": target_macs,
-        "target_params": target_params,
-        "seed": seed,
-        "global": global_rank,
-        "round_to": round_to,
-        "macs_before": count_macs(mg),
-        "macs_after": count_macs(pruned_mg),
-        "params_before": count_params(mg),
-        "params_after": count_params(pruned_mg),
+        "target_macs": opts.target_macs,
+        "target_params": opts.target_params,
+        "seed": opts.seed,
+        "global": opts.global_rank,
+        "round_to": opts.round_to,
+        "macs_before": count_macs(original),
+        "macs_after": count_macs(pruned),
+        "params_before": count_params(original),
+        "params_after": count_params(pruned),
         "num_groups": len(analysis.groups),
         "num_prunable": len(analysis.prunable),
         "num_pruned": len(plan.groups),
-        "unconstrained": unconstrained,
-        "prune_hidden": prune_hidden,
-        "prune_head_dim": prune_head_dim,
+        "unconstrained": opts.unconstrained,
+        "prune_hidden": opts.prune_hidden,
+        "prune_head_dim": opts.prune_head_dim,
         "analysis_notes": analysis.notes,
         "consumer_reads": copies(plan),
-        "onnx_check": onnx_check,
-        "ort_check": ort_check,
-        "target_latency": latency_record,
+        "onnx_check": "not run",
+        "ort_check": "not run",
+        "target_latency": None,
         "prunable_param_fraction": round(analysis.prunable_param_fraction(), 6),
-        "criterion_options": options,
+        "criterion_options": dict(cctx.options),
         "calibration": source.describe() if source is not None else None,
         "criterion_notes": list(cctx.notes),
         "compensated_weights": sorted(updates),
         "groups": _group_report(analysis, plan),
     }
-    return PruneResult(pruned_mg, plan, analysis, report, masked, _protos=result_protos)
 
 
 def _onnx_check(pruned: onnx.ModelProto, original: ModelGraph) -> str:

@@ -25,16 +25,12 @@ from spa.bench.report import BenchOptions, bench_models
 from spa.bench.tables import bench_table, profile_tables, sweep_table, wide_console
 from spa.errors import InvalidModelError, SpaError, UsageError
 from spa.graph.io import atomic_path, check_paths, load_model
+from spa.options import CLI_ONLY, PruneOptions, field_names, read_toml
 from spa.runtime.providers import cuda_device_present, resolve_provider
 from spa.sweep import SweepOptions, parse_ratios, run_sweep
 from spa.validate.fidelity import fidelity
 from spa.validate.oracle import DEFAULT_ATOL, DEFAULT_RTOL
 from spa.version import __version__
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10
-    import tomli as tomllib
 
 # pipes and CI logs get a wide table instead of rich's 80-column default
 log = logging.getLogger(__name__)
@@ -134,9 +130,9 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     if not value:
         return value
     try:
-        data = tomllib.loads(Path(value).read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--config {value}: {exc}") from exc
+        data = read_toml(value)
+    except UsageError as exc:
+        raise UsageError(f"--config {exc}") from exc
     overrides = data.pop("override", [])
     known = {p.name for p in ctx.command.params}
     unknown = sorted(k for k in data if k.replace("-", "_") not in known)
@@ -254,47 +250,62 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=True, callback=_load_config,
               help="TOML file with option defaults and [[override]] pattern/ratio tables.")
 @click.pass_context
-def prune(ctx: click.Context, model: str, output: str | None, ratio: float, criterion: str, global_rank: bool,
-          max_ratio: float, round_to: int, min_channels: int, ignore: tuple[str, ...], seed: int,
-          report: str | None, emit_masked: str | None, external_data: bool, force: bool, calib: str | None,
-          calib_samples: int | None, calib_batch: int | None, calib_preprocess: str | None,
-          eval_data: str | None, reduction: str | None, normalize: str | None, target_macs: float | None,
-          target_params: float | None, unconstrained: bool, reorder: bool, consumer_mode: str, prune_heads: bool,
-          head_ratio: float | None, prune_hidden: bool, hidden_ratio: float | None, prune_head_dim: bool,
-          target_latency: float | None, latency_provider: str, latency_cache: str | None, dry_run: bool,
-          config: str | None) -> int:
+def prune(ctx: click.Context, model: str, **params: Any) -> int:
     """Prune MODEL and write the result to OUTPUT.
 
     Every option can also come from a TOML file given with --config (keys are option names with
     underscores, e.g. ``ratio = 0.4``, ``round_to = 8``; ``[[override]]`` tables with ``pattern`` and
     ``ratio`` set per-group ratios). Options on the command line win over the file.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise UsageError(f"--ratio must be in [0, 1), got {ratio}")
-    overrides = list(ctx.obj.get("overrides", ()))
-    providers = None
-    if target_latency is not None or consumer_mode == "auto":
-        providers = resolve_provider(latency_provider.lower())
+    output, report, emit_masked = params["output"], params["report"], params["emit_masked"]
+    dry_run = bool(params["dry_run"])
+    options = _prune_options(ctx, params).replace(check=not dry_run, emit_masked=bool(emit_masked) and not dry_run)
+    if not dry_run:
+        _check_prune_destinations(model, output, {"--emit-masked": emit_masked, "--report": report},
+                                  force=params["force"])
+    with _working(ctx, f"pruning {model}") as stage:
+        result = api.prune(model, options, progress=stage)
     if dry_run:
-        result = api.prune(model, ratio, criterion, global_rank=global_rank, max_ratio=max_ratio,
-                           round_to=round_to, min_channels=min_channels, ignore=ignore, seed=seed, check=False,
-                           calibration=calib, calib_samples=calib_samples, calib_batch=calib_batch,
-                           calib_preprocess=calib_preprocess, reduction=reduction, normalize=normalize,
-                           target_macs=target_macs, target_params=target_params, overrides=overrides,
-                           unconstrained=unconstrained, reorder=reorder, consumer_mode=consumer_mode,
-                           prune_heads=prune_heads, head_ratio=head_ratio,
-                           prune_hidden=prune_hidden, hidden_ratio=hidden_ratio, prune_head_dim=prune_head_dim,
-                           target_latency=target_latency,
-                           latency_cache=latency_cache, providers=providers)
         data = {"input": model, "dry_run": True, "plan": result.plan.to_json()} | {
             k: v for k, v in result.report.items() if k != "groups"}
         _write_json(data, report or "-")
         return 0
+    external = params["external_data"] or None
+    result.save(output, external_data=external)
+    if emit_masked:
+        result.save_masked(emit_masked, external_data=external)
+    rep = {"input": model, "output": output, "masked": emit_masked} | result.report
+    fid_data = params["eval_data"] or params["calib"]
+    if fid_data:
+        images = Path(fid_data).is_dir()
+        rep["fidelity"] = fidelity(load_model(model), result.model, fid_data, samples=options.calib_samples,
+                                   batch_size=options.calib_batch,
+                                   preprocess=options.calib_preprocess if images else None)
+    _write_json(rep, report)
+    if not ctx.obj["quiet"] and report != "-":
+        _print_prune_summary(model, output, options, rep)
+    return 0
+
+
+def _prune_options(ctx: click.Context, params: dict[str, Any]) -> PruneOptions:
+    """The :class:`PruneOptions` of ``spa prune``'s parsed options (recipe overrides included); the
+    provider is resolved only when something is measured."""
+    fields = {k: v for k, v in params.items() if k in field_names() and k not in CLI_ONLY}
+    providers = None
+    if params["target_latency"] is not None or params["consumer_mode"] == "auto":
+        providers = tuple(resolve_provider(params["latency_provider"].lower()))
+    return PruneOptions(calibration=params["calib"], overrides=tuple(ctx.obj.get("overrides", ())),
+                        providers=providers, **fields)
+
+
+def _check_prune_destinations(model: str, output: str | None, extra: dict[str, str | None], *, force: bool) -> None:
+    """Refuse a missing ``-o``, an output that is the input or exists (without ``--force``), and two
+    outputs that are the same file (before any work)."""
     if not output:
         raise UsageError("missing option -o/--output (or use --dry-run)")
     check_paths(Path(model), Path(output), force=force)
     destinations = {"--output": Path(output).resolve()}
-    for opt, dest in (("--emit-masked", emit_masked), ("--report", report)):
+    for opt, dest in extra.items():
         if not dest or dest == "-":
             continue
         check_paths(Path(model), Path(dest), force=force)
@@ -302,61 +313,44 @@ def prune(ctx: click.Context, model: str, output: str | None, ratio: float, crit
             if Path(dest).resolve() == resolved:
                 raise UsageError(f"{opt} must differ from {other}")
         destinations[opt] = Path(dest).resolve()
-    with _working(ctx, f"pruning {model}") as stage:
-        result = api.prune(model, ratio, criterion, global_rank=global_rank, max_ratio=max_ratio,
-                       round_to=round_to, min_channels=min_channels, ignore=ignore, seed=seed,
-                       emit_masked=bool(emit_masked), calibration=calib, calib_samples=calib_samples,
-                       calib_batch=calib_batch, calib_preprocess=calib_preprocess, reduction=reduction,
-                       normalize=normalize, target_macs=target_macs, target_params=target_params,
-                       overrides=overrides, unconstrained=unconstrained, reorder=reorder,
-                       consumer_mode=consumer_mode, prune_heads=prune_heads, head_ratio=head_ratio,
-                       prune_hidden=prune_hidden, hidden_ratio=hidden_ratio, prune_head_dim=prune_head_dim,
-                       target_latency=target_latency, latency_cache=latency_cache, providers=providers,
-                       progress=stage)
-    result.save(output, external_data=external_data or None)
-    if emit_masked:
-        result.save_masked(emit_masked, external_data=external_data or None)
-    rep = {"input": model, "output": output, "masked": emit_masked} | result.report
-    fid_data = eval_data or calib
-    if fid_data:
-        images = Path(fid_data).is_dir()
-        rep["fidelity"] = fidelity(load_model(model), result.model, fid_data, samples=calib_samples,
-                                   batch_size=calib_batch, preprocess=calib_preprocess if images else None)
-    _write_json(rep, report)
-    if ctx.obj["quiet"] or report == "-":
-        return 0
-    r = result.report
-    table = Table(title=f"spa prune {model} --ratio {ratio} --criterion {criterion}")
+
+
+def _print_prune_summary(model: str, output: str, options: PruneOptions, rep: dict[str, Any]) -> None:
+    """Params/MACs before and after, the group counts, the first criterion notes and the fidelity table."""
+    table = Table(title=f"spa prune {model} --ratio {options.ratio} --criterion {options.criterion}")
     for col in ("", "before", "after", "after/before"):
         table.add_column(col, justify="right")
     for key in ("params", "macs"):
-        b, a = float(r[f"{key}_before"]), float(r[f"{key}_after"])  # type: ignore[arg-type]
+        b, a = float(rep[f"{key}_before"]), float(rep[f"{key}_after"])
         table.add_row(key.upper() if key == "macs" else key, _human(b), _human(a), f"{a / b:.3f}" if b else "-")
     console.print(table)
-    console.print(f"groups: {r['num_groups']} found, {r['num_prunable']} prunable, {r['num_pruned']} pruned "
+    console.print(f"groups: {rep['num_groups']} found, {rep['num_prunable']} prunable, {rep['num_pruned']} pruned "
                   f"-> {output}")
-    if not r["num_pruned"]:
-        why = ("no prunable channel groups (see `spa analyze`)" if not r["num_prunable"]
+    if not rep["num_pruned"]:
+        why = ("no prunable channel groups (see `spa analyze`)" if not rep["num_prunable"]
                else "the ratio and options removed no channel")
         console.print(f"[yellow]nothing was pruned: {why}")
-    notes = list(r.get("criterion_notes") or [])  # type: ignore[call-overload]
+    notes = list(rep.get("criterion_notes") or [])
     for note in notes[:5]:
         console.print(f"note: {note}", style="dim", markup=False, highlight=False)
     if len(notes) > 5:
         console.print(f"... and {len(notes) - 5} more notes (see --report)", style="dim", markup=False)
     if "fidelity" in rep:
-        fid = rep["fidelity"]
-        ftable = Table(title=escape(f"fidelity vs the original on {fid['data']} ({fid['samples']} samples)"))
-        for col in ("output", "cosine", "rel L2", "top-1 agreement"):
-            ftable.add_column(col, justify="right")
-        for name, o in fid["outputs"].items():
-            if "error" in o:
-                ftable.add_row(escape(name), escape(o["error"]), "", "")
-                continue
-            top1 = "-" if o["top1_agreement"] is None else f"{o['top1_agreement']:.4f}"
-            ftable.add_row(escape(name), f"{o['cosine']:.6f}", f"{o['rel_l2']:.4g}", top1)
-        console.print(ftable)
-    return 0
+        console.print(_fidelity_table(rep["fidelity"]))
+
+
+def _fidelity_table(fid: dict[str, Any]) -> Table:
+    """The fidelity of the pruned model against the original, one row per output."""
+    table = Table(title=escape(f"fidelity vs the original on {fid['data']} ({fid['samples']} samples)"))
+    for col in ("output", "cosine", "rel L2", "top-1 agreement"):
+        table.add_column(col, justify="right")
+    for name, o in fid["outputs"].items():
+        if "error" in o:
+            table.add_row(escape(name), escape(o["error"]), "", "")
+            continue
+        top1 = "-" if o["top1_agreement"] is None else f"{o['top1_agreement']:.4f}"
+        table.add_row(escape(name), f"{o['cosine']:.6f}", f"{o['rel_l2']:.4g}", top1)
+    return table
 
 
 @cli.command()

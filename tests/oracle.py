@@ -102,7 +102,7 @@ def assert_oracle(
 
     Returns the :class:`~spa.api.PruneResult` for further structural assertions.
     """
-    result = spa.prune(model, ratio, criterion, emit_masked=True, **kwargs)  # type: ignore[arg-type]
+    result = spa.prune(model, ratio=ratio, criterion=criterion, emit_masked=True, **kwargs)  # type: ignore[arg-type]
     onnx.checker.check_model(result.model, full_check=True)
     assert result.masked is not None
     if expect_pruned:

@@ -634,6 +634,6 @@ def test_prune_reports_its_stages_in_order(tmp_path) -> None:  # type: ignore[no
     x = b.input("x", [1, 3, 8, 8])
     b.output(b.conv(b.op("Relu", [b.conv(x, 3, 8)]), 8, 2))  # type: ignore[arg-type]
     stages: list[str] = []
-    spa.prune(b.build(), 0.5, emit_masked=True, progress=stages.append)
+    spa.prune(b.build(), ratio=0.5, emit_masked=True, progress=stages.append)
     expected = ["loading", "analysing", "scoring", "planning", "pruning", "checking", "building the masked twin"]
     assert [next(e for e in expected if s.startswith(e)) for s in stages] == expected

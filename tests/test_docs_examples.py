@@ -91,7 +91,7 @@ def test_spa_command(name: str, line: int, command: str, workdir: Path, capsys: 
     args = shlex.split(command, comments=True)[1:]
     sub = args[0]
     if sub in ("verify", "bench"):  # they read the models an earlier example wrote
-        result = spa.prune("model.onnx", 0.5, emit_masked=True)
+        result = spa.prune("model.onnx", ratio=0.5, emit_masked=True)
         result.save("pruned.onnx")
         result.save_masked("masked.onnx")
     if sub in ("bench", "sweep"):

@@ -229,7 +229,7 @@ def _prune_dense(case: DenseAfterFlatten, ratio: float) -> tuple[np.ndarray, np.
     """(original Dense weight, pruned Dense weight, kept conv channels, kept Dense columns)."""
     m = FIX[case.fixture].model(case.sanitised)
     w0 = _weights(m)[case.dense_weight]
-    result = spa.prune(m, ratio, "l2")
+    result = spa.prune(m, ratio=ratio, criterion="l2")
     w1 = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}[case.dense_weight]
     kept_c = _kept(result, f"{case.conv_weight}[0]")
     kept_h = _kept(result, f"{case.dense_weight}[1]")

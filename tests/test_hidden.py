@@ -142,14 +142,14 @@ def test_random_streams_of_mixed_norm_idioms_pass_the_oracle(case: tuple[onnx.Mo
 
 def test_hidden_is_off_by_default_and_ratio_is_separate() -> None:
     m = _block_net("fused", 17)
-    default = spa.prune(m, 0.5)
+    default = spa.prune(m, ratio=0.5)
     assert all(default.analysis.groups[gp.group].kind != "hidden" for gp in default.plan.groups)
     r = assert_oracle(m, 0.5, prune_hidden=True, hidden_ratio=0.25)
     removed = {r.analysis.groups[gp.group].kind: len(gp.removed) for gp in r.plan.groups}
     assert removed == {"hidden": D // 4, "channel": F // 2}
     assert r.report["prune_hidden"] is True
     with pytest.raises(spa.errors.UsageError, match="prune-hidden"):
-        spa.prune(m, 0.5, hidden_ratio=0.25)
+        spa.prune(m, ratio=0.5, hidden_ratio=0.25)
 
 
 def test_statistics_are_over_the_kept_channels() -> None:
@@ -158,7 +158,7 @@ def test_statistics_are_over_the_kept_channels() -> None:
     import onnxruntime as ort
 
     m = _block_net("fused", 17)
-    r = spa.prune(m, 0.5, prune_hidden=True)
+    r = spa.prune(m, ratio=0.5, prune_hidden=True)
     g = r.model.graph
     ln = next(n for n in g.node if n.op_type == "LayerNormalization")
     one = {t.name: numpy_helper.to_array(t) for t in g.initializer}
@@ -363,7 +363,7 @@ def test_ort_simplified_layer_norm_in_the_default_domain(opset: int) -> None:
     with pytest.raises(Exception):
         onnx.checker.check_model(m, full_check=True)
     assert not _hidden(spa.analyze(m))[0].prunable
-    r = spa.prune(m, 0.5, emit_masked=True, prune_hidden=True)
+    r = spa.prune(m, ratio=0.5, emit_masked=True, prune_hidden=True)
     assert str(r.report["onnx_check"]).startswith("skipped: the ONNX checker rejects the input too")
     assert r.report["ort_check"] == "ok"
     assert {r.analysis.groups[gp.group].kind: len(gp.removed) for gp in r.plan.groups} == {"hidden": D // 2,

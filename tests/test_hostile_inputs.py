@@ -494,7 +494,7 @@ def test_qdq_per_channel_weights_are_sliced_with_their_scales(opset: int) -> Non
 def test_qdq_per_channel_values_follow_the_kept_channels() -> None:
     """Row k of the pruned int8 weight is the kept row's, with its own scale: dequantised weights are a slice."""
     m = qdq_cnn_model(act=False)
-    r = spa.prune(m, 0.5)
+    r = spa.prune(m, ratio=0.5)
     kept = next(g["kept"] for g in r.report["groups"] if g["channels_before"] == 8 and g["kept"])
     (q0, s0, _), (q1, s1, _) = list(_quant_params(m).values())[0], list(_quant_params(r.model).values())[0]
     np.testing.assert_array_equal(q1, q0[kept])
@@ -840,7 +840,7 @@ def test_non_finite_resize_scales_are_refused_before_onnx_runtime(bad: float) ->
     next(t for t in m.graph.initializer if t.name == scales).CopyFrom(
         numpy_helper.from_array(np.asarray([1, 1, bad, bad], np.float32), scales))
     with pytest.raises(spa.errors.InvalidModelError, match="non-finite scales"):
-        spa.prune(m, 0.5)
+        spa.prune(m, ratio=0.5)
 
 
 def test_masked_statistics_need_a_numpy_type() -> None:

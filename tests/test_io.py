@@ -113,7 +113,7 @@ def test_external_data_round_trip(tmp_path: Path) -> None:
     for k in want:
         np.testing.assert_array_equal(want[k], got[k])
     # and the loaded model prunes like the in-memory one
-    r1, r2 = spa.prune(p, 0.5), spa.prune(m, 0.5)
+    r1, r2 = spa.prune(p, ratio=0.5), spa.prune(m, ratio=0.5)
     assert r1.model.SerializeToString() == r2.model.SerializeToString()
     assert not [n for n in _listing(tmp_path) if n.endswith(".tmp")]
 

@@ -231,7 +231,7 @@ def test_target_latency_end_to_end(cache: Path, monkeypatch: pytest.MonkeyPatch)
     assert rec["measured_fraction"] <= 0.6 and rec["predicted_fraction"] == pytest.approx(  # type: ignore[index]
         rec["measured_fraction"], abs=1e-3)  # type: ignore[index]
     assert r.report["macs_after"] <= 0.6 * r.report["macs_before"]  # type: ignore[operator]
-    smaller = spa.prune(_cnn(), max(0.0, r.plan.ratio - 0.05))
+    smaller = spa.prune(_cnn(), ratio=max(0.0, r.plan.ratio - 0.05))
     assert smaller.report["macs_after"] > 0.6 * smaller.report["macs_before"]  # type: ignore[operator]
 
 

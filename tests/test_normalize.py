@@ -65,7 +65,7 @@ def test_old_opset_is_refused_with_a_fix() -> None:
 def test_output_loads_in_onnxruntime_even_when_input_ir_is_newer() -> None:
     m = _conv_chain(17).build()
     m.ir_version = 14  # what onnx.helper.make_model writes; ONNX Runtime 1.31 refuses it
-    r = spa.prune(m, 0.5)
+    r = spa.prune(m, ratio=0.5)
     assert r.model.ir_version <= 13
     from spa.runtime.session import session
 
@@ -99,7 +99,7 @@ def test_computed_reshape_target_is_folded() -> None:
 def test_input_model_is_not_modified() -> None:
     m = _conv_chain(13).build()
     before = m.SerializeToString()
-    spa.prune(m, 0.5, emit_masked=True)
+    spa.prune(m, ratio=0.5, emit_masked=True)
     assert m.SerializeToString() == before
 
 

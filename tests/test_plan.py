@@ -74,7 +74,7 @@ def test_ignore_leaves_matching_group_alone() -> None:
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5])
 def test_ratio_out_of_range(ratio: float) -> None:
     with pytest.raises(UsageError):
-        spa.prune(_net().build(), ratio)
+        spa.prune(_net().build(), ratio=ratio)
 
 
 def test_l2_removes_the_weakest_channels() -> None:
@@ -87,20 +87,20 @@ def test_l2_removes_the_weakest_channels() -> None:
     w1 = numpy_helper.to_array(inits["w1"]).copy()
     w1[3] *= 1e-3
     inits["w1"].CopyFrom(numpy_helper.from_array(w1, "w1"))
-    r = spa.prune(m, 0.125)
+    r = spa.prune(m, ratio=0.125)
     row = next(g for g in r.report["groups"] if g["prunable"])  # type: ignore[union-attr]
     assert 3 not in row["kept"]  # type: ignore[operator]
 
 
 def test_random_criterion_depends_on_seed() -> None:
     m = _net().build()
-    plans = {tuple(spa.prune(m, 0.5, "random", seed=s).plan.groups[0].removed) for s in range(4)}
+    plans = {tuple(spa.prune(m, ratio=0.5, criterion="random", seed=s).plan.groups[0].removed) for s in range(4)}
     assert len(plans) > 1
 
 
 def test_zero_ratio_is_identity() -> None:
     m = _net().build()
-    r = spa.prune(m, 0.0)
+    r = spa.prune(m, ratio=0.0)
     assert not r.plan.groups
     res = spa.verify(r.model, m)
     assert res.ok
@@ -133,7 +133,7 @@ def test_target_macs_fraction_is_met_and_estimate_is_exact(target: float) -> Non
 
 def test_target_params_absolute() -> None:
     m = _net().build()
-    before = spa.prune(m, 0.0).report["params_before"]
+    before = spa.prune(m, ratio=0.0).report["params_before"]
     r = assert_oracle(m, 0.0, target_params=int(before) // 3)  # type: ignore[call-overload]
     assert r.report["params_after"] <= int(before) // 3  # type: ignore[call-overload,operator]
 
@@ -142,7 +142,7 @@ def test_estimate_matches_surgery() -> None:
     from spa.budget import estimate
 
     m = _net().build()
-    r = spa.prune(m, 0.4)
+    r = spa.prune(m, ratio=0.4)
     e = estimate(r.analysis, r.plan)
     assert e.params == r.report["params_after"]
     assert e.macs == r.report["macs_after"]
@@ -152,7 +152,7 @@ def test_impossible_target_is_a_clear_error() -> None:
     from spa.errors import PlanError
 
     with pytest.raises(PlanError, match="cannot be met"):
-        spa.prune(_net().build(), 0.0, target_params=10)
+        spa.prune(_net().build(), ratio=0.0, target_params=10)
 
 
 def test_override_ratio_per_pattern() -> None:
@@ -193,7 +193,7 @@ def test_target_latency_bisects_on_measured_ratio(method: str, monkeypatch: pyte
     assert rec["method"] == method  # type: ignore[index]
     assert rec["measured_fraction"] <= 0.5  # type: ignore[index]
     assert r.report["macs_after"] <= 0.5 * r.report["macs_before"]  # type: ignore[operator]
-    smaller = spa.prune(m, max(0.0, r.plan.ratio - 0.1))
+    smaller = spa.prune(m, ratio=max(0.0, r.plan.ratio - 0.1))
     assert smaller.report["macs_after"] > 0.5 * smaller.report["macs_before"]  # type: ignore[operator]
 
 
@@ -202,7 +202,7 @@ def test_unreachable_latency_target(monkeypatch: pytest.MonkeyPatch, tmp_path) -
 
     monkeypatch.setenv("SPA_CACHE_DIR", str(tmp_path))
     with pytest.raises(PlanError):
-        spa.prune(_net().build(), 0.0, target_latency=1e-6)
+        spa.prune(_net().build(), ratio=0.0, target_latency=1e-6)
 
 
 @pytest.mark.parametrize("how", ["mean", "lamp", "zscore", "none"])

@@ -151,7 +151,7 @@ def test_mlp_groups(export, name: str, exporter: str) -> None:  # type: ignore[n
         producers = [r for r in roles if r.endswith(":producer")]
         assert len(producers) == (2 if name.startswith("llama") else 1)  # gate + up, or fc1
         assert sum(r.endswith(":consumer") for r in roles) == 1
-    r = spa.prune(path, 0.5)
+    r = spa.prune(path, ratio=0.5)
     shapes = [v.shape for v in _inits(r.model).values()]
     assert shapes.count((HIDDEN, width // 2)) == (4 if name.startswith("llama") else 2)
     assert shapes.count((width // 2, HIDDEN)) == 2

@@ -46,8 +46,8 @@ def test_residual_stage_is_exact(mode: str, ratio: float, tmp_path, monkeypatch)
 
 def test_union_is_kept_and_consumers_read_their_own() -> None:
     m = _residual_stage().build()
-    r = spa.prune(m, 0.5, unconstrained=True)
-    con = spa.prune(m, 0.5)
+    r = spa.prune(m, ratio=0.5, unconstrained=True)
+    con = spa.prune(m, ratio=0.5)
     stream = next(gp for gp in r.plan.groups if gp.consumers)
     same = next(gp for gp in con.plan.groups if gp.group == stream.group)
     # the union keeps at least as many channels as each consumer, and each consumer keeps the same count
@@ -59,8 +59,8 @@ def test_union_is_kept_and_consumers_read_their_own() -> None:
 
 def test_reordering_makes_fewer_copies() -> None:
     m = _residual_stage(blocks=4).build()
-    naive = spa.prune(m, 0.5, unconstrained=True, reorder=False).report["consumer_reads"]
-    ordered = spa.prune(m, 0.5, unconstrained=True, reorder=True).report["consumer_reads"]
+    naive = spa.prune(m, ratio=0.5, unconstrained=True, reorder=False).report["consumer_reads"]
+    ordered = spa.prune(m, ratio=0.5, unconstrained=True, reorder=True).report["consumer_reads"]
     assert ordered["gather"] <= naive["gather"]  # type: ignore[index]
     assert ordered["slice"] >= naive["slice"]  # type: ignore[index]
 
@@ -136,8 +136,8 @@ def test_concat_consumers_keep_their_own_count() -> None:
     """Each consumer keeps as many of *its* channels as the constrained plan leaves it, only channels it
     reads, and the shared tensors keep exactly the union (every channel here is read by the last conv)."""
     m = _dense_block(layers=5).build()
-    con = spa.prune(m, 0.5)
-    r = spa.prune(m, 0.5, unconstrained=True)
+    con = spa.prune(m, ratio=0.5)
+    r = spa.prune(m, ratio=0.5, unconstrained=True)
     gid = _concat_group(r)
     classes = r.analysis.classes[gid]
     removed_c = set(con.plan.removed(gid))
@@ -154,8 +154,8 @@ def test_concat_consumers_keep_their_own_count() -> None:
 def test_reordering_concat_makes_fewer_gathers() -> None:
     m = _dense_block(layers=5).build()
     for ratio in (0.25, 0.5):
-        naive = spa.prune(m, ratio, unconstrained=True, reorder=False)
-        ordered = spa.prune(m, ratio, unconstrained=True, reorder=True)
+        naive = spa.prune(m, ratio=ratio, unconstrained=True, reorder=False)
+        ordered = spa.prune(m, ratio=ratio, unconstrained=True, reorder=True)
         n, o = naive.report["consumer_reads"], ordered.report["consumer_reads"]
         assert o["gather"] + o["slice"] == n["gather"] + n["slice"]  # type: ignore[index,operator]
         assert o["gather"] < n["gather"]  # type: ignore[index,operator]
@@ -179,7 +179,7 @@ def test_zoo_densenet_concat_reordered(zoo_export, exporter: str, mode: str, rat
     gp = next(g for g in r.plan.groups if g.group == _concat_group(r))
     assert gp.order, "the dense block's concat group was not reordered"
     if mode == "layout":
-        naive = spa.prune(path, ratio, unconstrained=True, reorder=False).report["consumer_reads"]
+        naive = spa.prune(path, ratio=ratio, unconstrained=True, reorder=False).report["consumer_reads"]
         assert reads["gather"] < naive["gather"]  # type: ignore[index,operator]
         assert reads["slice"] > naive["slice"]  # type: ignore[index,operator]
 
@@ -339,7 +339,7 @@ def test_auto_mode_measures_on_the_provider_and_caches_per_device(tmp_path, monk
     files = list((tmp_path / "consumer_costs").glob("cpu-*.json"))
     assert len(files) == 1 and files[0].read_text().startswith("{")
     n = len(seen)
-    again = spa.prune(m, 0.5, unconstrained=True, consumer_mode="auto", providers=["CPUExecutionProvider"])
+    again = spa.prune(m, ratio=0.5, unconstrained=True, consumer_mode="auto", providers=["CPUExecutionProvider"])
     assert len(seen) == n  # every timing came from the cache
     assert [c.mode for gp in again.plan.groups for c in gp.consumers] == \
         [c.mode for gp in first.plan.groups for c in gp.consumers]

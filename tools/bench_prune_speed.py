@@ -189,7 +189,7 @@ def _warmup() -> None:
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    spa.prune(model, 0.5, check=False)
+    spa.prune(model, ratio=0.5, check=False)
 
 
 def run_worker(path: Path, repeat: int, ratio: float, criterion: str) -> dict[str, Any]:
@@ -236,7 +236,7 @@ def run_worker(path: Path, repeat: int, ratio: float, criterion: str) -> dict[st
         del proto, mg, analysis, scores, plan, pruned
         gc.collect()
         t0 = time.perf_counter()
-        spa.prune(path, ratio, criterion, check=False)
+        spa.prune(path, ratio=ratio, criterion=criterion, check=False)
         t1 = time.perf_counter()
         gc.collect()
         runs.append({"load": t[1] - t[0], "normalize": t[2] - t[1], "load_normalize": t[2] - t[0],

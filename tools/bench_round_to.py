@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             for ratio in [float(r) for r in args.ratios.split(",")]:
                 variants = []
                 for n in [int(m) for m in args.multiples.split(",")]:
-                    result = spa.prune(str(src), ratio, "l2", round_to=n, check=False)
+                    result = spa.prune(str(src), ratio=ratio, criterion="l2", round_to=n, check=False)
                     path = Path(tmp) / f"{name}_{ratio}_{n}.onnx"
                     result.save(path)
                     variants.append((n, path, result.report["macs_after"]))

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 paths, results = [str(src)], []
                 calib = {"calibration": "random", "calib_samples": args.calib_samples} if crit == "obs" else {}
                 for mode, kw in MODES.items():
-                    r = spa.prune(str(src), ratio, crit, check=False, **calib, **kw)  # type: ignore[arg-type]
+                    r = spa.prune(str(src), ratio=ratio, criterion=crit, check=False, **calib, **kw)  # type: ignore[arg-type]
                     out = Path(tmp) / f"{name}_{crit}_{ratio}_{mode.replace('+', '_')}.onnx"
                     r.save(out)
                     paths.append(str(out))

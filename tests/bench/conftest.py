@@ -47,7 +47,7 @@ def small_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         out[name] = d / f"{name}.onnx"
         onnx.save(model, out[name])
         out[f"{name}_p"] = d / f"{name}_p.onnx"
-        spa.prune(str(out[name]), 0.5).save(out[f"{name}_p"])
+        spa.prune(str(out[name]), ratio=0.5).save(out[f"{name}_p"])
     return out
 
 

@@ -16,7 +16,7 @@ def test_bench_api_times_both_models(tmp_path: Path) -> None:
     b.output(b.conv(b.op("Relu", [b.conv(x, 3, 16)]), 16, 4))  # type: ignore[arg-type]
     src = tmp_path / "m.onnx"
     onnx.save(b.build(), str(src))
-    spa.prune(str(src), 0.5).save(tmp_path / "p.onnx")
+    spa.prune(str(src), ratio=0.5).save(tmp_path / "p.onnx")
     report = spa.bench([src, tmp_path / "p.onnx"], iters=3, warmup=1, provider="cpu")
     rows = report["models"]
     assert len(rows) == 2

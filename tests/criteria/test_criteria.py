@@ -73,7 +73,7 @@ def test_tiny_zoo_model_oracle(tiny_zoo_model: Path, criterion: str) -> None:
 @pytest.mark.parametrize("criterion", ["obs", "wanda", "flap"])
 def test_calibrated_criteria_need_data(criterion: str) -> None:
     with pytest.raises(UsageError, match="needs calibration data"):
-        spa.prune(small_cnn(), 0.5, criterion)
+        spa.prune(small_cnn(), ratio=0.5, criterion=criterion)
 
 
 def test_bn_scores_are_abs_gamma() -> None:
@@ -101,12 +101,12 @@ def test_lamp_largest_channel_scores_one() -> None:
 
 
 def test_reduction_and_normalisation_options() -> None:
-    r = spa.prune(small_cnn(), 0.5, "obspa", reduction="max", normalize="zscore", criterion_options=FAST)
+    r = spa.prune(small_cnn(), ratio=0.5, criterion="obspa", reduction="max", normalize="zscore", criterion_options=FAST)
     assert r.report["criterion_options"] == FAST | {"reduction": "max", "normalize": "zscore"}
     with pytest.raises(UsageError, match="unknown reduction"):
-        spa.prune(small_cnn(), 0.5, "l2", reduction="median")
+        spa.prune(small_cnn(), ratio=0.5, criterion="l2", reduction="median")
     with pytest.raises(UsageError, match="unknown normalisation"):
-        spa.prune(small_cnn(), 0.5, "l2", normalize="softmax")
+        spa.prune(small_cnn(), ratio=0.5, criterion="l2", normalize="softmax")
 
 
 def _dense_model(mean_shift: float) -> onnx.ModelProto:
@@ -158,19 +158,19 @@ def test_bias_compensation_keeps_the_mean_output(criterion: str, options: dict[s
 
 
 def test_obspa_modes_and_notes() -> None:
-    r = spa.prune(small_cnn(), 0.5, "obspa", criterion_options=FAST)
+    r = spa.prune(small_cnn(), ratio=0.5, criterion="obspa", criterion_options=FAST)
     assert any("no BatchNorm right upstream" in n for n in r.report["criterion_notes"])  # type: ignore[union-attr]
-    r = spa.prune(small_cnn(), 0.5, "obspa", criterion_options={"obspa_h": "diag"})
+    r = spa.prune(small_cnn(), ratio=0.5, criterion="obspa", criterion_options={"obspa_h": "diag"})
     assert r.report["compensated_weights"]
     with pytest.raises(UsageError, match="obspa_h"):
-        spa.prune(small_cnn(), 0.5, "obspa", criterion_options={"obspa_h": "exact"})
+        spa.prune(small_cnn(), ratio=0.5, criterion="obspa", criterion_options={"obspa_h": "exact"})
 
 
 @pytest.mark.parametrize("criterion", ["obs", "obspa"])
 def test_same_seed_same_bytes(criterion: str) -> None:
     model = _dense_model(0.5)
-    a = spa.prune(model, 0.5, criterion, calibration=CALIB, criterion_options=FAST).model.SerializeToString()
-    b = spa.prune(model, 0.5, criterion, calibration=CALIB, criterion_options=FAST).model.SerializeToString()
+    a = spa.prune(model, ratio=0.5, criterion=criterion, calibration=CALIB, criterion_options=FAST).model.SerializeToString()
+    b = spa.prune(model, ratio=0.5, criterion=criterion, calibration=CALIB, criterion_options=FAST).model.SerializeToString()
     assert a == b
 
 

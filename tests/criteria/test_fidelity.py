@@ -37,7 +37,7 @@ def test_identical_models_agree_fully() -> None:
 def test_pruned_model_report() -> None:
     model = _classifier()
     data = np.random.default_rng(0).standard_normal((20, 3, 6, 6)).astype(np.float32)
-    pruned = spa.prune(model, 0.5, "obs", calibration=ArraySource({"x": data})).model
+    pruned = spa.prune(model, ratio=0.5, criterion="obs", calibration=ArraySource({"x": data})).model
     rep = fidelity(model, pruned, {"x": data})
     for o in rep["outputs"].values():  # type: ignore[union-attr]
         if "error" in o:
