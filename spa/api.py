@@ -17,7 +17,8 @@ from typing import Any
 import onnx
 
 from spa.analysis.groups import Analysis, analyze_graph
-from spa.bench.metrics import count_macs, count_params
+from spa.analysis.cost import count_macs
+from spa.bench.metrics import count_params
 from spa.budget import solve_latency, solve_ratio
 from spa.calibration import load_calibration
 from spa.criteria import CriterionContext, get_criterion

@@ -24,7 +24,8 @@ import onnxruntime as ort
 from spa.bench.feeds import batch_of, input_shapes, make_feeds
 from spa.bench.fp16 import to_fp16
 from spa.bench.latency import ModelLike, Runner, open_session, time_runners
-from spa.bench.metrics import count_macs, count_params, set_input_shapes
+from spa.analysis.cost import count_macs
+from spa.bench.metrics import count_params, set_input_shapes
 from spa.bench.profile import profile_runs
 from spa.bench.providers import Provider, choose_provider
 from spa.errors import InvalidModelError, SpaError, UsageError

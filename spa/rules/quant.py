@@ -36,6 +36,7 @@ from spa.graph.model import Dim
 from spa.rules.base import (
     Barrier,
     ChannelRule,
+    Cost,
     Link,
     Member,
     NodeContext,
@@ -46,6 +47,8 @@ from spa.rules.base import (
     same_dim,
     static,
 )
+from spa.rules.conv import conv_cost
+from spa.rules.gemm_matmul import matmul_cost
 
 MS_DOMAIN = "com.microsoft"
 
@@ -162,6 +165,19 @@ class QOperatorRule(ChannelRule):
             rels += [Barrier(t.name, None, reason)] if shape is None else \
                 [Barrier(t.name, a, reason) for a in range(len(shape))]
         return rels
+
+    def cost(self, ctx: NodeContext) -> Cost | None:
+        """Counted like the float twin (the data input is 0, the weight input 1 or — with the scales and
+        zero points between — 3): ``ConvInteger``/``QLinearConv`` as Conv (``numel(y)·(C/g)·Πk``),
+        ``MatMulInteger``/``QLinearMatMul`` as MatMul (``numel(y)·K``). Every axis is blocked, so the
+        MACs scale with nothing. The contrib kernels are not counted."""
+        op = ctx.node.op
+        if self.domain != "" or op not in QOPERATOR_OPS:
+            return None
+        w_index = 3 if op.startswith("QLinear") else 1
+        if op.endswith("Conv") or op.endswith("ConvInteger"):
+            return conv_cost(ctx, 0, w_index, scale=False)
+        return matmul_cost(ctx, 0, w_index, scale=False)
 
 
 class MsQOperatorRule(QOperatorRule):
