@@ -38,6 +38,7 @@ from spa.rules.base import (
     dims_product,
     static,
 )
+from spa.rules.views import Consumer, conv_view
 
 #: Conv/ConvTranspose attributes that change the computation (the latency-table key)
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape", "pads",
@@ -99,6 +100,10 @@ class ConvRule(ChannelRule):
             kept = rw.kept(x, 1)
             if kept is not None:
                 ctx.node.attrs["group"] = int(len(kept))
+
+    def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
+        """See :func:`spa.rules.views.conv_view`."""
+        return conv_view(ctx.node, slot, labels)
 
     def cost(self, ctx: NodeContext) -> Cost | None:
         """``numel(y) · (C/g) · Πk`` (see :func:`conv_cost`)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.rules.base import (
@@ -33,6 +34,7 @@ from spa.rules.base import (
     static,
 )
 from spa.rules.elementwise import broadcast_links
+from spa.rules.views import Consumer, gemm_view, matmul_view
 
 #: Gemm attributes that change the computation, with their defaults (the latency-table key)
 _GEMM_DEFAULTS: dict[str, AttrValue] = {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}
@@ -99,6 +101,10 @@ class GemmRule(ChannelRule):
             rels += [r for r in broadcast_links(ctx, [c], y) if not (isinstance(r, Link) and r.a.tensor == y.name)]
         return rels
 
+    def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
+        """See :func:`spa.rules.views.gemm_view`."""
+        return gemm_view(ctx.node, slot, labels)
+
     def cost(self, ctx: NodeContext) -> Cost | None:
         """``M·N·K`` (see :func:`gemm_cost`)."""
         return gemm_cost(ctx)
@@ -159,6 +165,10 @@ class MatMulRule(ChannelRule):
             reason = f"MatMul '{ctx.node.name}' contracts two activations"
             rels += [Barrier(a.name, ka, reason), Barrier(b.name, kb, reason)]
         return rels
+
+    def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
+        """See :func:`spa.rules.views.matmul_view`."""
+        return matmul_view(ctx.node, slot, labels)
 
     def cost(self, ctx: NodeContext) -> Cost | None:
         """``numel(y) · K`` (see :func:`matmul_cost`)."""
