@@ -225,7 +225,8 @@ def concrete_shapes(mg: ModelGraph, registry: RuleRegistry | None = None, fill: 
             inferred = onnx.shape_inference.infer_node_outputs(
                 schema, proto, {n: _type(types.get(n, onnx.TensorProto.FLOAT), shapes[n]) for n in names},
                 {n: numpy_helper.from_array(values[n], n) for n in names if n in values}, None, imports)
-        except Exception:  # noqa: BLE001 - no schema or inference refused: outputs stay unknown
+        except Exception as exc:  # noqa: BLE001 - no schema or inference refused: outputs stay unknown
+            log.debug("no shapes for %s '%s': %s", node.op, node.name, exc)
             continue
         for t in node.outputs:
             tp = inferred.get(t.name)

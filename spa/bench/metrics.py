@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analysis.cost import count_macs, node_macs

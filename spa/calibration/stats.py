@@ -17,9 +17,7 @@ accumulators, batch by batch: memory is bounded by the statistics, not by the da
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np

@@ -42,7 +42,6 @@ from spa.errors import UnsupportedModelError
 from spa.graph.model import Dim, const_value, shape_of
 
 if TYPE_CHECKING:
-    from spa.rules.moments import MomentResult, MomentWalk
     from spa.rules.views import Consumer
 
 
@@ -466,12 +465,6 @@ class ChannelRule(ABC):
         latency, sorted by name with defaults filled in — the op-specific part of
         :class:`spa.latency.layers.LayerConfig`. None (the default): the op's latency is not tabulated."""
         return None
-
-    def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: MomentWalk) -> MomentResult:
-        """Per-element mean and variance of ``out`` along ``axis`` from those of the node's inputs
-        (``walk(tensor, axis)``), for the data-free criteria (:mod:`spa.criteria.propagate`); or why not.
-        Default: the node does not transform moments in a known way."""
-        return f"no BatchNormalization before {ctx.node.op} '{ctx.node.name}'"
 
     def shape_value(self, ctx: NodeContext) -> np.ndarray | None:
         """The node's output value when it follows from its inputs' *shapes* alone (Shape, Size), for

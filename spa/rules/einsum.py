@@ -17,7 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from spa.graph.model import Dim
-from spa.rules.base import ChannelRule, Cost, NodeContext, Relation, dims_product, static
+from spa.rules.base import (
+    ChannelRule,
+    Cost,
+    NodeContext,
+    Relation,
+    dims_product,
+    static,
+)
 
 
 def einsum_sizes(equation: str, shapes: Sequence[Sequence[Dim]]) -> dict[str, Dim] | None:

@@ -32,6 +32,9 @@ every axis they touch is blocked, with a reason that says how to get a QDQ model
 
 from __future__ import annotations
 
+import numpy as np
+import onnx_graphsurgeon as gs
+
 from spa.graph.model import Dim
 from spa.rules.base import (
     Barrier,
@@ -128,6 +131,25 @@ class QuantizeDequantizeRule(ChannelRule):
             else:
                 return ctx.barrier_all(f"{label}: scale/zero point '{q.name}' of rank {len(sq)} not understood")
         return rels
+
+
+    def neutral_value(self, ctx: NodeContext, t: gs.Constant, values: np.ndarray) -> np.ndarray | int | None:
+        """DequantizeLinear of ``t``: ``(q - zero_point)·scale`` is 0 at ``q = zero_point`` — the scalar,
+        the per-axis vector broadcast along ``axis``, or a full-shape (blocked) zero point; 0 without one."""
+        if ctx.node.op != "DequantizeLinear" or ctx.node.inputs[0] is not t:
+            return None
+        zp = ctx.node.inputs[2] if len(ctx.node.inputs) > 2 and isinstance(ctx.node.inputs[2], gs.Constant) else None
+        if zp is None:
+            return 0
+        z = np.asarray(zp.values)
+        if z.ndim == 0 or z.size == 1:
+            return int(z.reshape(-1)[0])
+        if z.ndim == 1:  # per-axis zero point along the DequantizeLinear's axis
+            axis = int(ctx.node.attrs.get("axis", 1)) % values.ndim
+            shape = [1] * values.ndim
+            shape[axis] = z.shape[0]
+            return np.broadcast_to(z.reshape(shape), values.shape)
+        return np.broadcast_to(z, values.shape) if z.shape == values.shape else 0
 
 
 class DynamicQuantizeRule(ChannelRule):

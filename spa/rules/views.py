@@ -62,7 +62,7 @@ class ConvUnfold:
     def rows(self, x: np.ndarray) -> np.ndarray:
         """``x`` [N, C, *spatial] → [N·Π(out spatial), C·Π(kernel)]."""
         d = len(self.kernel)
-        n, c = x.shape[:2]
+        c = x.shape[1]
         pads = self._pads(x.shape[2:])
         xp = np.pad(x, [(0, 0), (0, 0), *pads])
         eff = tuple((k - 1) * dl + 1 for k, dl in zip(self.kernel, self.dilations))
