@@ -17,7 +17,8 @@ from typing import Any
 import onnx
 
 from spa.analysis.groups import Analysis, analyze_graph
-from spa.analysis.metrics import count_macs, count_params
+from spa.analysis.cost import count_macs
+from spa.analysis.metrics import count_params
 from spa.bench.report import BenchOptions, bench_models
 from spa.budget import solve_ratio
 from spa.calibration import load_calibration

@@ -24,10 +24,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analysis.groups import Analysis
-from spa.analysis.metrics import count_macs, count_params, node_macs
-from spa.errors import PlanError
+from spa.analysis.cost import count_macs, node_cost, node_costs
+from spa.analysis.metrics import count_params
+from spa.errors import PlanError, UsageError
 from spa.plan import Plan
 from spa.rules.base import Slot
+from spa.rules.registry import RuleRegistry
 from spa.surgery.apply import kept_indices
 from spa.graph.weights import is_float
 
@@ -66,30 +68,25 @@ def kept_fractions(analysis: Analysis, plan: Plan) -> dict[Slot, float]:
     return {s: k / max(1, n) for s, (k, n) in kept_sizes(analysis, plan).items()}
 
 
-def node_fraction(node: gs.Node, fractions: dict[Slot, float]) -> float:
-    """Fraction of a Conv/ConvTranspose/Gemm/MatMul node's MACs left by a plan's kept ``fractions``.
-
-    The cost scales with the kept fraction along each pruned axis of its weight (or, for a MatMul of
-    two activations, of its operands' contraction and free axes).
-    """
-    if node.op in ("Conv", "ConvTranspose", "Gemm") or isinstance(node.inputs[1], gs.Constant):
-        w = node.inputs[1]
-        # every channel axis of the weight scales the cost (depthwise: its size-1 axis never prunes)
-        return _fraction(fractions, w.name, len(w.shape or ()))
-    a, b = node.inputs[0], node.inputs[1]
-    return _fraction(fractions, a.name, len(a.shape or ())) * fractions.get(
-        Slot(b.name, len(b.shape or (0,)) - 1), 1.0)
+def node_fraction(node: gs.Node, fractions: dict[Slot, float], opset: int = 17,
+                  registry: RuleRegistry | None = None) -> float:
+    """Fraction of a node's MACs left by a plan's kept ``fractions``: the product of the kept fractions of
+    the slots its rule's :class:`~spa.rules.base.Cost` scales with (1.0 for a node without MACs)."""
+    cost = node_cost(node, opset, registry)
+    return cost.kept(fractions) / cost.macs if cost is not None and cost.macs else 1.0
 
 
 def estimate(analysis: Analysis, plan: Plan) -> Estimate:
-    """MACs and parameters after applying ``plan`` (parameters exact, MACs exact for Conv/Gemm/MatMul)."""
+    """MACs and parameters after applying ``plan`` (parameters exact; MACs exact for every op whose rule
+    counts them: each node's :meth:`~spa.rules.base.Cost.kept`)."""
     fractions = kept_fractions(analysis, plan)
     graph = analysis.model.graph
+    costs = node_costs(analysis.model, analysis.registry)
     macs = 0.0
     for node in graph.nodes:
-        m = node_macs(node)
-        if m:
-            macs += m * node_fraction(node, fractions)
+        cost = costs.get(id(node))
+        if cost is not None and cost.macs:
+            macs += cost.kept(fractions)
     params = 0.0
     for t in graph.tensors().values():
         if isinstance(t, gs.Constant) and is_float(t):
@@ -125,7 +122,7 @@ def solve_ratio(
     Raises:
         PlanError: the target cannot be met even at the largest ratio.
     """
-    macs0, params0 = count_macs(analysis.model), count_params(analysis.model)
+    macs0, params0 = count_macs(analysis.model, analysis.registry), count_params(analysis.model)
     tm = resolve_target(target_macs, macs0, "macs") if target_macs is not None else None
     tp = resolve_target(target_params, params0, "params") if target_params is not None else None
 

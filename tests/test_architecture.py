@@ -24,8 +24,6 @@ OPTIONAL_EXTRAS = {
     ("spa/bench/fp16.py", "onnxruntime.transformers.float16"),  # --fp16 converters, whichever is installed
     ("spa/bench/fp16.py", "onnxconverter_common.float16"),
     ("spa/calibration/images.py", "PIL"),  # pillow: image folders as calibration data
-    # onnx-graphsurgeon is a hard dependency: this one belongs at module level (left to spa/rules' owners)
-    ("spa/rules/concat_split.py", "onnx_graphsurgeon"),
 }
 #: modules that create an ``onnxruntime.InferenceSession``
 SESSION_FACTORIES = {

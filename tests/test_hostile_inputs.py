@@ -768,7 +768,7 @@ def test_invalid_gemm_rank_counts_no_macs() -> None:
     """A Gemm fed a rank-4 tensor (ONNX Runtime refuses it at run time) used to raise IndexError."""
     import onnx_graphsurgeon as gs
 
-    from spa.analysis.metrics import node_macs
+    from spa.analysis.cost import node_macs
 
     x = gs.Variable("x", np.float32, [1, 8, 1, 1])
     w = gs.Constant("w", np.zeros((4, 8), np.float32))

@@ -59,7 +59,7 @@ def _fake_layer(cfg: LayerConfig, providers: Sequence[str], threads: int = 1) ->
 
 def _fake_whole(models, **_kw):  # type: ignore[no-untyped-def]
     """Whole-model timings proportional to MACs: three identical rounds per model."""
-    from spa.analysis.metrics import count_macs
+    from spa.analysis.cost import count_macs
 
     return [[count_macs(spa.load(m)) / 1e4] * 3 for m in models]
 

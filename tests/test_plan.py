@@ -171,7 +171,7 @@ def test_target_latency_bisects_on_measured_ratio(method: str, monkeypatch: pyte
     """The solver keeps the smallest ratio whose measured latency ratio meets the target (whole-model
     timings and, for the lookup table, per-layer timings faked as proportional to MACs, so the test does
     not depend on the machine; tests/test_latency_lut.py covers the table itself)."""
-    from spa.analysis.metrics import count_macs
+    from spa.analysis.cost import count_macs
     from spa.latency import lut, measure
 
     def whole(models, **_kw):  # type: ignore[no-untyped-def]

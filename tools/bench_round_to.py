@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.export import export_onnx
     from models.registry import LARGE_MODELS
     from spa.runtime.timing import time_models
-    from spa.analysis.metrics import count_macs
+    from spa.analysis.cost import count_macs
     from spa.runtime.providers import choose_provider
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 
 from spa.analysis.graph import ChannelGraph, SlotInfo, build_channel_graph, element_classes
 from spa.graph.model import ModelGraph
-from spa.rules.base import Link, Role, Slot
+from spa.rules.base import ChannelRule, Link, NodeContext, Role, Slot
 from spa.rules.defaults import default_registry
 from spa.rules.registry import RuleRegistry
 from spa.graph.weights import is_float
@@ -84,6 +84,15 @@ class Analysis:
     channel_graph: ChannelGraph | None = None
     hidden: bool = False
     head_dim: bool = False
+    registry: RuleRegistry = field(default_factory=default_registry)
+
+    def rule_for(self, node: gs.Node) -> ChannelRule | None:
+        """The rule of :attr:`registry` that handles ``node`` at the model's opset (None: no rule)."""
+        return self.registry.lookup(node.domain or "", node.op, self.model.opset)
+
+    def context(self, node: gs.Node) -> NodeContext:
+        """The :class:`~spa.rules.base.NodeContext` a rule of this analysis sees for ``node``."""
+        return NodeContext(node, self.model.opset)
 
     @property
     def notes(self) -> list[str]:
@@ -141,7 +150,8 @@ def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None, *, hidde
     Returns:
         The :class:`Analysis`.
     """
-    cg = build_channel_graph(mg, registry or default_registry(), hidden=hidden, head_dim=head_dim)
+    registry = registry or default_registry()
+    cg = build_channel_graph(mg, registry, hidden=hidden, head_dim=head_dim)
     links_by_slot: dict[Slot, list[Link]] = {}
     for link, _ in cg.links:
         links_by_slot.setdefault(link.a, []).append(link)
@@ -190,4 +200,4 @@ def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None, *, hidde
         for si in infos:
             roles[si.slot] = {r for _, r in si.roles}
     log.debug("%d groups, %d prunable", len(groups), sum(g.prunable for g in groups))
-    return Analysis(mg, groups, classes, roles, cg, hidden, head_dim)
+    return Analysis(mg, groups, classes, roles, cg, hidden, head_dim, registry)

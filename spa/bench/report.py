@@ -22,7 +22,8 @@ import onnx
 import onnxruntime as ort
 
 from spa.bench.fp16 import to_fp16
-from spa.analysis.metrics import count_macs, count_params, set_input_shapes
+from spa.analysis.cost import count_macs
+from spa.analysis.metrics import count_params, set_input_shapes
 from spa.bench.profile import profile_runs
 from spa.errors import InvalidModelError, SpaError, UsageError
 from spa.graph.io import load_model

@@ -17,9 +17,7 @@ accumulators, batch by batch: memory is bounded by the statistics, not by the da
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -27,52 +25,12 @@ import onnx
 
 from spa.calibration.data import CalibrationError, CalibrationSource
 from spa.calibration.runner import run_batches
+from spa.rules.views import ConvUnfold, dense_rows
+
+__all__ = ["Accumulator", "ConvUnfold", "FeatureMoments", "SecondMoment", "collect", "dense_rows"]
 
 #: rows·features of one float64 chunk when accumulating XᵀX (about 32 MB)
 CHUNK_ELEMENTS = 4_000_000
-
-
-@dataclass(frozen=True)
-class ConvUnfold:
-    """im2col for an N-d convolution: kernel, strides, dilations, pads ``(begin..., end...)``."""
-
-    kernel: tuple[int, ...]
-    strides: tuple[int, ...]
-    dilations: tuple[int, ...]
-    pads: tuple[int, ...]
-    auto_pad: str = "NOTSET"
-
-    @property
-    def taps(self) -> int:
-        """Kernel positions per channel."""
-        return int(np.prod(self.kernel))
-
-    def _pads(self, spatial: Sequence[int]) -> list[tuple[int, int]]:
-        d = len(self.kernel)
-        if self.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-            out = []
-            for s, k, st, dl in zip(spatial, self.kernel, self.strides, self.dilations):
-                total = max((math.ceil(s / st) - 1) * st + (k - 1) * dl + 1 - s, 0)
-                small, big = total // 2, total - total // 2
-                out.append((small, big) if self.auto_pad == "SAME_UPPER" else (big, small))
-            return out
-        if self.auto_pad == "VALID":
-            return [(0, 0)] * d
-        return [(self.pads[i], self.pads[i + d]) for i in range(d)]
-
-    def rows(self, x: np.ndarray) -> np.ndarray:
-        """``x`` [N, C, *spatial] → [N·Π(out spatial), C·Π(kernel)]."""
-        d = len(self.kernel)
-        n, c = x.shape[:2]
-        pads = self._pads(x.shape[2:])
-        xp = np.pad(x, [(0, 0), (0, 0), *pads])
-        eff = tuple((k - 1) * dl + 1 for k, dl in zip(self.kernel, self.dilations))
-        win = np.lib.stride_tricks.sliding_window_view(xp, eff, axis=tuple(range(2, 2 + d)))
-        index = ((slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.strides)
-                 + tuple(slice(None, None, dl) for dl in self.dilations))
-        win = win[index]  # [N, C, *out, *kernel]
-        order = (0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d))
-        return win.transpose(order).reshape(-1, c * self.taps)
 
 
 class Accumulator(Protocol):
@@ -179,16 +137,6 @@ class SecondMoment:
     def mean(self) -> np.ndarray:
         """Column means of X."""
         return self.colsum / max(self.count, 1)
-
-
-def dense_rows(axis: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Rows of a dense layer's input: ``axis`` holds the features, every other axis is a sample."""
-
-    def rows(x: np.ndarray) -> np.ndarray:
-        x = np.moveaxis(x, axis, -1)
-        return x.reshape(-1, x.shape[-1])
-
-    return rows
 
 
 def collect(

@@ -27,12 +27,17 @@ original tensors still work.
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
 from spa.graph.model import infer_shapes
+from spa.rules.base import NodeContext
+from spa.rules.defaults import default_registry
+from spa.rules.registry import RuleRegistry
 
 
 def _ranks_and_types(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
@@ -52,6 +57,17 @@ def _opset(model: onnx.ModelProto) -> int:
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
 
 
+@functools.lru_cache(maxsize=1)
+def _registry() -> RuleRegistry:
+    return default_registry()
+
+
+def _running_stats(node: onnx.NodeProto, opset: int) -> bool:
+    """Whether the default rules say ``node`` normalises with stored running statistics (BatchNormalization)."""
+    rule = _registry().lookup(node.domain, node.op_type, opset)
+    return rule is not None and rule.running_stats(NodeContext(gs.Node(node.op_type, node.name), opset))
+
+
 def batch_norm_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose inference BatchNormalizations use batch statistics.
 
@@ -60,12 +76,13 @@ def batch_norm_model(model: onnx.ModelProto) -> onnx.ModelProto:
     out = copy.deepcopy(model)
     graph = out.graph
     ranks, types = _ranks_and_types(model)
-    if any(n.op_type == "BatchNormalization" and n.input[0] not in ranks for n in model.graph.node):
+    opset = _opset(model)
+    if any(_running_stats(n, opset) and n.input[0] not in ranks for n in model.graph.node):
         ranks, types = _ranks_and_types(infer_shapes(copy.deepcopy(model)))
     axes_as_input = _opset(model) >= 18
     nodes: list[onnx.NodeProto] = []
     for k, node in enumerate(model.graph.node):
-        rank = ranks.get(node.input[0]) if node.op_type == "BatchNormalization" else None
+        rank = ranks.get(node.input[0]) if _running_stats(node, opset) else None
         floating = types.get(node.input[0], onnx.TensorProto.FLOAT) in _FLOAT_TYPES
         if (rank is None or rank < 2 or not floating or len(node.input) < 5
                 or len(node.output) > 1 and any(node.output[1:])):

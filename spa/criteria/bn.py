@@ -1,6 +1,7 @@
 """``bn``: the BatchNormalization scale |γ| of each channel (Liu et al., Network Slimming, 2017).
 
-A group's BN scales are the ``param`` slots that are input 1 of a BatchNormalization node; a group
+A group's BN scales are the ``param`` slots that are input 1 of a node normalising with running
+statistics (its rule's :meth:`~spa.rules.base.ChannelRule.running_stats`: BatchNormalization); a group
 with several (a residual stream) reduces them (``sum`` by default). Groups without a BN fall back to
 ``l2`` and say so in ``ctx.notes``.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from spa.analysis.groups import Analysis
 from spa.criteria.base import CriterionContext, Scores, Updates
@@ -28,6 +30,12 @@ def abs_gamma(gamma: np.ndarray, labels: np.ndarray, channels: int) -> np.ndarra
     acc = np.zeros(channels)
     np.add.at(acc, labels, np.abs(np.asarray(gamma, dtype=np.float64)))
     return acc
+
+
+def _running_stats(analysis: Analysis, node: gs.Node) -> bool:
+    """Whether ``node`` normalises with running statistics (its rule says so: BatchNormalization)."""
+    rule = analysis.rule_for(node)
+    return rule is not None and rule.running_stats(analysis.context(node))
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,7 @@ class BNScale:
                 t = tensors.get(slot.tensor)
                 if Role.PARAM not in analysis.roles.get(slot, set()) or t is None:
                     continue
-                if any(n.op == "BatchNormalization" and len(n.inputs) > 1 and n.inputs[1] is t for n in t.outputs):
+                if any(len(n.inputs) > 1 and n.inputs[1] is t and _running_stats(analysis, n) for n in t.outputs):
                     found.append(abs_gamma(np.asarray(t.values), labels, channels))
             members[gid] = found or [l2_fallback(analysis, ctx, self.name, gid, "has no BatchNormalization")]
         return finish(members, ctx)

@@ -30,6 +30,8 @@ from spa.plan import ConsumerKeep, Plan
 from spa.reorder.unconstrained import consumer_sites
 from spa.runtime.session import session
 from spa.surgery.apply import kept_indices
+from spa.rules.base import Slot
+from spa.rules.views import Consumer
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +55,26 @@ def _time(model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: Seque
     return float(np.median(samples))
 
 
+def _weight_axis(analysis: Analysis, node: gs.Node, weight: Slot) -> int | None:
+    """The axis of input 1 (a constant) through which ``node`` reads its input 0, from the node's rule's
+    matrix view (:meth:`~spa.rules.base.ChannelRule.matrix_view`); None when the rule has no such view."""
+    rule = analysis.rule_for(node)
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    if rule is None or not isinstance(w, gs.Constant) or w.name != weight.tensor:
+        return None
+    labels = np.arange(int(w.shape[weight.axis])) if weight.axis < len(w.shape) else np.zeros(0, dtype=np.int64)
+    view = rule.matrix_view(analysis.context(node), weight, labels)
+    return view.axis if isinstance(view, Consumer) and view.input == node.inputs[0].name else None
+
+
 def _consumer_model(node: gs.Node, in_shape: list[int], channels: int, select: np.ndarray | None,
-                    axis: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]] | None:
-    """A one-consumer model reading ``in_shape`` (optionally narrowed by ``select`` on ``axis``)."""
+                    axis: int, waxis: int | None) -> tuple[onnx.ModelProto, dict[str, np.ndarray]] | None:
+    """A one-consumer model reading ``in_shape`` (optionally narrowed by ``select`` on ``axis``) through
+    axis ``waxis`` of its weight (:func:`_weight_axis`; None: not measurable this way)."""
     w = node.inputs[1]
-    if not isinstance(w, gs.Constant) or node.op not in ("Conv", "Gemm", "MatMul"):
+    if not isinstance(w, gs.Constant) or waxis is None:
         return None
     wshape = list(w.shape)
-    waxis = 1 if node.op in ("Conv",) else (0 if node.op == "MatMul" or not int(node.attrs.get("transB", 0)) else 1)
     n_in = len(select) if select is not None else channels
     wshape[waxis] = n_in
     nodes, inits = [], [helper.make_tensor("w", TensorProto.FLOAT, wshape, np.zeros(int(np.prod(wshape)), np.float32))]
@@ -127,7 +141,8 @@ def _auto(analysis: Analysis, plan: Plan, providers: list[str]) -> Plan:
                                   {k: str(v) for k, v in sorted(nodes[c.node].attrs.items())},
                                   list(tensors[c.tensor].shape)])
                 if key not in cache:
-                    built = _consumer_model(nodes[c.node], shape, n_union, None if m == "zero" else select, src.axis)
+                    built = _consumer_model(nodes[c.node], shape, n_union, None if m == "zero" else select, src.axis,
+                                            _weight_axis(analysis, nodes[c.node], Slot(c.tensor, c.axis)))
                     if built is None:
                         break
                     cache[key] = _time(*built, providers)

@@ -1,15 +1,16 @@
 """Per-layer configurations of a model (original or pruned by a plan) and their one-node benchmark models.
 
-A *cost-bearing* node is a Conv, ConvTranspose, Gemm or MatMul whose shapes are known; its latency
-depends only on its :class:`LayerConfig`: the op, the concrete shape of every input (batch and channel
-counts included), which inputs are weights (initializers, which ONNX Runtime pre-packs), the attributes
-that change the computation (kernel, strides, pads, dilations, group, ...) and the element type. Cheap
+A *cost-bearing* node is one whose rule declares a latency key (:meth:`ChannelRule.latency_key`: Conv,
+ConvTranspose, Gemm, MatMul) and whose shapes are known; its latency depends only on its
+:class:`LayerConfig`: the op, the concrete shape of every input (batch and channel counts included),
+which inputs are weights (initializers, which ONNX Runtime pre-packs), the attributes that change the
+computation (the rule's key: kernel, strides, pads, dilations, group, ...) and the element type. Cheap
 ops around them (BatchNormalization, activations, Add, pooling) are not tabulated: the latency model of
 :mod:`spa.latency.predict` accounts for them as a residual.
 
 A plan changes configurations without surgery: every tensor's pruned shape is its concrete shape with
 the kept element count of each pruned axis (:func:`spa.budget.kept_sizes`); a grouped Conv's ``group``
-follows from its pruned input and weight (depthwise: one group per kept channel).
+follows from its pruned input and weight (depthwise: one group per kept channel; the rule recomputes it).
 
 >>> cfg = LayerConfig("Conv", "float32", ((1, 8, 4, 4), (16, 8, 3, 3)), (False, True),
 ...                   (("dilations", (1, 1)), ("group", 1), ("pads", (1, 1, 1, 1)), ("strides", (1, 1))),
@@ -33,18 +34,14 @@ import onnx_graphsurgeon as gs
 from onnx import helper, numpy_helper
 
 from spa.graph.model import ModelGraph, infer_shapes
-from spa.rules.base import Slot
+from spa.rules.base import AttrValue, ChannelRule, NodeContext, Slot
+from spa.rules.defaults import default_registry
+from spa.rules.registry import RuleRegistry
 
-#: ops whose latency is tabulated
-COST_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: opset and IR version of the one-node models (ONNX Runtime 1.31 refuses the IR version onnx 1.23 writes)
 OPSET, IR_VERSION = 17, 8
-_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape", "pads",
-               "strides")
-_GEMM_ATTRS = ("alpha", "beta", "transA", "transB")
 
 Shape = tuple[int, ...]
-AttrValue = int | float | str | tuple[int, ...] | tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -75,9 +72,16 @@ class LayerConfig:
                           separators=(",", ":"))
 
 
-def cost_nodes(mg: ModelGraph) -> list[gs.Node]:
-    """The nodes whose latency the table covers, in graph order."""
-    return [n for n in mg.graph.nodes if n.op in COST_OPS and len(n.inputs) >= 2]
+def _tabulating_rule(node: gs.Node, opset: int, registry: RuleRegistry) -> ChannelRule | None:
+    """The node's rule when it declares a latency key (:meth:`ChannelRule.latency_key`), else None."""
+    rule = registry.lookup(node.domain or "", node.op, opset)
+    return rule if rule is not None and type(rule).latency_key is not ChannelRule.latency_key else None
+
+
+def cost_nodes(mg: ModelGraph, registry: RuleRegistry | None = None) -> list[gs.Node]:
+    """The nodes whose latency the table covers (their rule declares a latency key), in graph order."""
+    registry = registry or default_registry()
+    return [n for n in mg.graph.nodes if len(n.inputs) >= 2 and _tabulating_rule(n, mg.opset, registry) is not None]
 
 
 def concrete_shapes(mg: ModelGraph, inputs: Mapping[str, Sequence[int]]) -> dict[str, Shape]:
@@ -111,34 +115,6 @@ def concrete_shapes(mg: ModelGraph, inputs: Mapping[str, Sequence[int]]) -> dict
     return out
 
 
-def _attr(value: object) -> AttrValue:
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return tuple(v.item() if isinstance(v, np.generic) else v for v in value)  # type: ignore[return-value]
-    if isinstance(value, bytes):
-        return value.decode()
-    return value.item() if isinstance(value, np.generic) else value  # type: ignore[return-value]
-
-
-def _attrs(node: gs.Node, rank: int, group: int) -> tuple[tuple[str, AttrValue], ...]:
-    if node.op in ("Conv", "ConvTranspose"):
-        d = rank - 2
-        attrs: dict[str, AttrValue] = {"dilations": (1,) * d, "strides": (1,) * d}
-        attrs |= {k: _attr(v) for k, v in node.attrs.items() if k in _CONV_ATTRS}
-        attrs["group"] = group
-        attrs.pop("kernel_shape", None)  # the weight's shape says it
-        if attrs.get("auto_pad", "NOTSET") in ("NOTSET", ""):
-            attrs.pop("auto_pad", None)
-            attrs.setdefault("pads", (0,) * (2 * d))
-        else:
-            attrs.pop("pads", None)  # ONNX forbids pads next to SAME_UPPER/SAME_LOWER/VALID
-    elif node.op == "Gemm":
-        attrs = {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}
-        attrs |= {k: _attr(v) for k, v in node.attrs.items() if k in _GEMM_ATTRS}
-    else:
-        attrs = {}
-    return tuple(sorted(attrs.items()))
-
-
 def _pruned(name: str, shape: Shape, sizes: Mapping[Slot, tuple[int, int]]) -> Shape:
     return tuple(sizes[Slot(name, a)][0] if Slot(name, a) in sizes else d for a, d in enumerate(shape))
 
@@ -147,6 +123,7 @@ def layer_configs(
     mg: ModelGraph,
     shapes: Mapping[str, Shape],
     sizes: Mapping[Slot, tuple[int, int]] | None = None,
+    registry: RuleRegistry | None = None,
 ) -> dict[str, LayerConfig]:
     """The configuration of every cost-bearing node with known shapes, by node name.
 
@@ -154,28 +131,29 @@ def layer_configs(
         mg: the (original) model.
         shapes: concrete shape of every tensor (:func:`concrete_shapes`).
         sizes: ``(kept, size)`` per pruned slot (:func:`spa.budget.kept_sizes`); ``None``: the original.
+        registry: the rules that say which nodes are tabulated and their attributes (default rules).
     """
     sizes = sizes or {}
+    registry = registry or default_registry()
     out: dict[str, LayerConfig] = {}
-    for node in cost_nodes(mg):
+    for node in cost_nodes(mg, registry):
         ins = list(node.inputs)
         if any(not t.name or t.name not in shapes for t in ins) or node.outputs[0].name not in shapes:
             continue
         in_shapes = tuple(_pruned(t.name, shapes[t.name], sizes) for t in ins)
         y = node.outputs[0]
         out_shape = _pruned(y.name, shapes[y.name], sizes)
-        group = int(node.attrs.get("group", 1))
-        if group > 1 and node.op == "Conv" and len(in_shapes[0]) > 1:
-            group = max(1, in_shapes[0][1] // max(1, in_shapes[1][1]))
-        elif group > 1 and node.op == "ConvTranspose" and len(out_shape) > 1:
-            group = max(1, out_shape[1] // max(1, in_shapes[1][1]))
+        rule = _tabulating_rule(node, mg.opset, registry)
+        attrs = rule.latency_key(NodeContext(node, mg.opset), in_shapes, out_shape) if rule is not None else None
+        if attrs is None:
+            continue
         try:
             dtype = np.dtype(ins[0].dtype if ins[0].dtype is not None else np.float32).name
         except TypeError:  # an element type numpy lacks (bfloat16, float8): left to the residual
             continue
         out[node.name] = LayerConfig(node.op, dtype, in_shapes,
                                      tuple(isinstance(t, gs.Constant) for t in ins),
-                                     _attrs(node, len(in_shapes[0]), group), out_shape)
+                                     attrs, out_shape)
     return out
 
 

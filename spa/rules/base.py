@@ -31,15 +31,18 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.errors import UnsupportedModelError
 from spa.graph.model import Dim, const_value, shape_of
+
+if TYPE_CHECKING:
+    from spa.rules.views import Consumer
 
 
 @dataclass(frozen=True)
@@ -121,12 +124,47 @@ class Statistic:
 Relation = Union[Link, Member, Barrier, Choice, Tag, Statistic]
 
 
-class NodeContext:
-    """What a rule may ask about the graph around one node."""
+@dataclass(frozen=True)
+class Cost:
+    """The multiply–accumulates of one node (see :meth:`ChannelRule.cost`).
 
-    def __init__(self, node: gs.Node, opset: int) -> None:
+    ``macs`` is a product of sizes; every slot of ``scaled_by`` is one factor of it (or proportional to
+    one), so a plan that keeps the fraction ``f_s`` of the elements of each slot ``s`` leaves
+    ``macs · Π_s f_s`` (:meth:`kept`). Slots not pruned count ``f = 1``.
+
+    >>> Cost(100, (Slot("w", 0), Slot("w", 1))).kept({Slot("w", 0): 0.5})
+    50.0
+    """
+
+    macs: int
+    scaled_by: tuple[Slot, ...] = ()
+
+    def kept(self, fractions: Mapping[Slot, float]) -> float:
+        """MACs left when each slot keeps ``fractions[slot]`` of its elements."""
+        f = 1.0
+        for s in self.scaled_by:
+            f *= fractions.get(s, 1.0)
+        return self.macs * f
+
+
+#: an attribute value in a latency-table key (:meth:`ChannelRule.latency_key`)
+AttrValue = Union[int, float, str, tuple[int, ...], tuple[float, ...]]
+
+
+class NodeContext:
+    """What a rule may ask about the graph around one node.
+
+    Args:
+        node: the node.
+        opset: the model's default-domain opset.
+        shapes: concrete shapes that override the graph's (the MAC counter passes the shapes of one run,
+            :func:`spa.analysis.cost.concrete_shapes`); None: the shapes stored on the tensors.
+    """
+
+    def __init__(self, node: gs.Node, opset: int, shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
         self.node = node
         self.opset = opset
+        self.shapes = shapes
 
     # tensors -----------------------------------------------------------------------------------------
     def input(self, k: int) -> gs.Tensor | None:
@@ -143,10 +181,13 @@ class NodeContext:
             return outs[k]
         return None
 
-    @staticmethod
-    def shape(t: gs.Tensor | None) -> tuple[Dim, ...] | None:
-        """Shape of ``t`` (None if unknown)."""
-        return shape_of(t) if t is not None else None
+    def shape(self, t: gs.Tensor | None) -> tuple[Dim, ...] | None:
+        """Shape of ``t`` (None if unknown); from :attr:`shapes` first when given."""
+        if t is None:
+            return None
+        if self.shapes is not None and t.name in self.shapes:
+            return tuple(self.shapes[t.name])
+        return shape_of(t)
 
     def rank(self, t: gs.Tensor | None) -> int | None:
         """Rank of ``t`` (None if unknown)."""
@@ -244,6 +285,37 @@ def norm_axis(axis: int, rank: int) -> int:
 def static(d: Dim) -> int | None:
     """A dimension as an int, or None when symbolic/unknown."""
     return int(d) if isinstance(d, (int, np.integer)) else None
+
+
+def dims_product(dims: Iterable[object]) -> int:
+    """Product of a shape's sizes, counting every dimension that is not a positive int (symbolic,
+    unknown) as 1 — one sample of a dynamic batch.
+
+    >>> dims_product([2, 3, None, "N"])
+    6
+    """
+    p = 1
+    for d in dims:
+        p *= int(d) if isinstance(d, (int, np.integer)) and d > 0 else 1
+    return p
+
+
+def attr_value(value: object) -> AttrValue:
+    """An attribute value as a hashable, JSON-able value (lists → tuples, numpy scalars → Python, bytes → str).
+
+    >>> attr_value([1, 2]), attr_value(b"SAME_UPPER")
+    ((1, 2), 'SAME_UPPER')
+    """
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return tuple(v.item() if isinstance(v, np.generic) else v for v in value)  # type: ignore[return-value]
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if isinstance(value, np.generic) else value  # type: ignore[return-value]
+
+
+def all_axes(t: gs.Tensor, shape: Sequence[Dim] | None) -> tuple[Slot, ...]:
+    """Every axis of ``t`` as a slot (none when the shape is unknown)."""
+    return tuple(Slot(t.name, a) for a in range(len(shape or ())))
 
 
 def same_dim(a: Dim, b: Dim) -> bool:
@@ -372,6 +444,45 @@ class ChannelRule(ABC):
     def twin(self, ctx: NodeContext, tw: TwinContext) -> None:  # noqa: B027 - optional hook
         """Make the node compute, in the masked twin, what the pruned model computes (rules that emit a
         :class:`Statistic` restrict the statistic to kept channels here; default: nothing)."""
+
+    # op knowledge beyond channels --------------------------------------------------------------------
+    def cost(self, ctx: NodeContext) -> Cost | None:
+        """The node's multiply–accumulates at the shapes ``ctx`` sees, and the slots they scale with.
+
+        None (the default): the op does no MAC-counted work (elementwise ops, pooling, data movement).
+        Dimensions that are not positive ints (symbolic, unknown) count as 1.
+        """
+        return None
+
+    def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
+        """The node as ``y = W x`` read through its weight's consumer ``slot`` (channel ``labels`` per
+        element), for the calibrated criteria (:mod:`spa.criteria.consumers`); or why there is none."""
+        return f"no matrix view of {ctx.node.op} '{ctx.node.name}'"
+
+    def latency_key(self, ctx: NodeContext, in_shapes: Sequence[tuple[int, ...]],
+                    out_shape: tuple[int, ...]) -> tuple[tuple[str, AttrValue], ...] | None:
+        """The attributes that, with the op and the concrete (possibly pruned) input shapes, fix the node's
+        latency, sorted by name with defaults filled in — the op-specific part of
+        :class:`spa.latency.layers.LayerConfig`. None (the default): the op's latency is not tabulated."""
+        return None
+
+    def shape_value(self, ctx: NodeContext) -> np.ndarray | None:
+        """The node's output value when it follows from its inputs' *shapes* alone (Shape, Size), for
+        evaluating shape arithmetic at concrete shapes (:func:`spa.analysis.cost.concrete_shapes`).
+        Default: None (the output depends on input values)."""
+        return None
+
+    def running_stats(self, ctx: NodeContext) -> bool:
+        """Whether the node normalises with running statistics stored in the model (an inference-mode
+        BatchNormalization): its input 1 is a per-channel scale γ, inputs 3 and 4 the running mean and
+        variance. Default: False."""
+        return False
+
+    def neutral_value(self, ctx: NodeContext, t: gs.Constant, values: np.ndarray) -> np.ndarray | int | None:
+        """The value of constant input ``t`` (``values``) that contributes nothing through this node —
+        what a removed channel's weight slice is set to. None (the default): the node has no opinion
+        (0 is used)."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(self.op_types)})"

@@ -124,8 +124,6 @@ class SplitRule(ChannelRule):
         elif ctx.input(1) is not None:
             rw.set_const_input(ctx.node, 1, value)
         else:
-            import onnx_graphsurgeon as gs
-
             ctx.node.inputs.append(gs.Constant(f"{ctx.node.name}__spa_split", value))
             ctx.node.attrs.pop("num_outputs", None)
 

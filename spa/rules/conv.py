@@ -17,11 +17,15 @@ Index maps (``C`` input channels, ``M`` output channels, ``g`` groups, ``cg = C/
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from spa.rules.base import (
+    AttrValue,
     Barrier,
     ChannelRule,
+    Cost,
     Link,
     Member,
     NodeContext,
@@ -29,8 +33,16 @@ from spa.rules.base import (
     RewriteContext,
     Role,
     Slot,
+    all_axes,
+    attr_value,
+    dims_product,
     static,
 )
+from spa.rules.views import Consumer, conv_view
+
+#: Conv/ConvTranspose attributes that change the computation (the latency-table key)
+_CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape", "pads",
+               "strides")
 
 
 def _positions(n: int, per_group: int) -> np.ndarray:
@@ -89,6 +101,19 @@ class ConvRule(ChannelRule):
             if kept is not None:
                 ctx.node.attrs["group"] = int(len(kept))
 
+    def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
+        """See :func:`spa.rules.views.conv_view`."""
+        return conv_view(ctx.node, slot, labels)
+
+    def cost(self, ctx: NodeContext) -> Cost | None:
+        """``numel(y) · (C/g) · Πk`` (see :func:`conv_cost`)."""
+        return conv_cost(ctx)
+
+    def latency_key(self, ctx: NodeContext, in_shapes: Sequence[tuple[int, ...]],
+                    out_shape: tuple[int, ...]) -> tuple[tuple[str, AttrValue], ...] | None:
+        """See :func:`conv_latency_key`."""
+        return conv_latency_key(ctx, in_shapes, out_shape, transpose=False)
+
 
 class ConvTransposeRule(ChannelRule):
     """ConvTranspose: weight [C, M/g, k...], bias [M]."""
@@ -137,3 +162,63 @@ class ConvTransposeRule(ChannelRule):
                 ctx.node.attrs["group"] = int(len(kept))
         if "output_shape" in ctx.node.attrs:
             pass  # spatial only: unaffected by channel pruning
+
+    def cost(self, ctx: NodeContext) -> Cost | None:
+        """``numel(x) · (M/g) · Πk`` (see :func:`conv_cost`)."""
+        return conv_cost(ctx, transpose=True)
+
+    def latency_key(self, ctx: NodeContext, in_shapes: Sequence[tuple[int, ...]],
+                    out_shape: tuple[int, ...]) -> tuple[tuple[str, AttrValue], ...] | None:
+        """See :func:`conv_latency_key`."""
+        return conv_latency_key(ctx, in_shapes, out_shape, transpose=True)
+
+
+def conv_cost(ctx: NodeContext, x_index: int = 0, w_index: int = 1, *, transpose: bool = False,
+              scale: bool = True) -> Cost | None:
+    """MACs of a (transposed) convolution.
+
+    Conv, weight ``[M, C/g, k...]``: every output element ``y[n, m, p]`` sums ``C/g · Πk`` products, so
+    ``MACs = N·M·ΠH_out · (C/g)·Πk = numel(y) · Π w.shape[1:]``.
+
+    ConvTranspose, weight ``[C, M/g, k...]``: every input element scatters into ``M/g · Πk`` outputs, so
+    ``MACs = N·C·ΠH_in · (M/g)·Πk = numel(x) · Π w.shape[1:]``.
+
+    The MACs scale with the kept fraction of every axis of the weight (its channel axes ``M`` and ``C/g``
+    — a depthwise weight's size-1 axis and its kernel axes are never pruned): ``scale`` False for the
+    quantised operators, whose axes are all blocked.
+    """
+    x, w, y = ctx.input(x_index), ctx.input(w_index), ctx.output(0)
+    sx, sw, sy = ctx.shape(x), ctx.shape(w), ctx.shape(y)
+    if x is None or w is None or sx is None or sw is None or sy is None:
+        return None
+    per = dims_product(sw[1:2]) * dims_product(sw[2:])
+    macs = (dims_product(sx) if transpose else dims_product(sy)) * per
+    return Cost(macs, all_axes(w, ctx.shape(w)) if scale else ())
+
+
+def conv_latency_key(ctx: NodeContext, in_shapes: Sequence[tuple[int, ...]],
+                     out_shape: tuple[int, ...], *, transpose: bool) -> tuple[tuple[str, AttrValue], ...]:
+    """Conv/ConvTranspose attributes that change the computation, defaults filled in, sorted.
+
+    ``group`` is recomputed at the (pruned) shapes: Conv ``g = C / (C/g)`` (input channels over the
+    weight's axis 1), ConvTranspose ``g = M / (M/g)`` (output channels over the weight's axis 1) — a
+    depthwise layer keeps one group per kept channel. ``kernel_shape`` is dropped (the weight's shape
+    says it); ``pads`` defaults to zeros unless ``auto_pad`` is set (ONNX forbids both).
+    """
+    node = ctx.node
+    group = int(node.attrs.get("group", 1))
+    if group > 1 and not transpose and len(in_shapes[0]) > 1:
+        group = max(1, in_shapes[0][1] // max(1, in_shapes[1][1]))
+    elif group > 1 and transpose and len(out_shape) > 1:
+        group = max(1, out_shape[1] // max(1, in_shapes[1][1]))
+    d = len(in_shapes[0]) - 2
+    attrs: dict[str, AttrValue] = {"dilations": (1,) * d, "strides": (1,) * d}
+    attrs |= {k: attr_value(v) for k, v in node.attrs.items() if k in _CONV_ATTRS}
+    attrs["group"] = group
+    attrs.pop("kernel_shape", None)
+    if attrs.get("auto_pad", "NOTSET") in ("NOTSET", ""):
+        attrs.pop("auto_pad", None)
+        attrs.setdefault("pads", (0,) * (2 * d))
+    else:
+        attrs.pop("pads", None)
+    return tuple(sorted(attrs.items()))

@@ -6,6 +6,7 @@ from spa.rules.base import ChannelRule
 from spa.rules.concat_split import ConcatRule, GatherRule, SliceRule, SplitRule
 from spa.rules.contrib import ContribElementwiseRule, ContribFusedAttentionRule, ContribSkipNormRule, FastGeluRule
 from spa.rules.conv import ConvRule, ConvTransposeRule
+from spa.rules.einsum import EinsumRule
 from spa.rules.elementwise import BroadcastRule, TriluRule, UnaryRule
 from spa.rules.gemm_matmul import GemmRule, MatMulRule
 from spa.rules.norm import HiddenNormRule, PerChannelNormRule, StatsOverAxisRule
@@ -41,6 +42,7 @@ DEFAULT_RULES: tuple[ChannelRule, ...] = (
     TransposeRule(),
     GemmRule(),
     MatMulRule(),
+    EinsumRule(),
     ResizeRule(),
     PadRule(),
     ExpandTileRule(),

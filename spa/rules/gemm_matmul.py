@@ -10,9 +10,16 @@ the first are attention heads: they are tagged ``"head"`` (:class:`~spa.rules.ba
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
 from spa.rules.base import (
+    AttrValue,
     Barrier,
     ChannelRule,
+    Cost,
     Link,
     Member,
     NodeContext,
@@ -20,10 +27,50 @@ from spa.rules.base import (
     Role,
     Slot,
     Tag,
+    all_axes,
+    attr_value,
+    dims_product,
     same_dim,
     static,
 )
 from spa.rules.elementwise import broadcast_links
+from spa.rules.views import Consumer, gemm_view, matmul_view
+
+#: Gemm attributes that change the computation, with their defaults (the latency-table key)
+_GEMM_DEFAULTS: dict[str, AttrValue] = {"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0}
+
+
+def gemm_cost(ctx: NodeContext, a_index: int = 0, b_index: int = 1, *, scale: bool = True) -> Cost | None:
+    """MACs of ``Y[M, N] = A'[M, K] · B'[K, N]``: ``M·N·K = numel(y) · K`` (``K`` is ``A``'s axis 0 when
+    ``transA``, else its axis 1). They scale with every axis of ``B`` (``K`` and ``N``); ``scale`` False
+    for quantised operators, whose axes are all blocked."""
+    a, b, y = ctx.input(a_index), ctx.input(b_index), ctx.output(0)
+    sa, sy = ctx.shape(a), ctx.shape(y)
+    if sa is None or sy is None or len(sa) != 2:  # an invalid Gemm (ONNX Runtime refuses it): nothing to count
+        return None
+    k = sa[0] if int(ctx.attr("transA", 0)) else sa[1]  # type: ignore[call-overload]
+    return Cost(dims_product(sy) * dims_product([k]), all_axes(b, ctx.shape(b)) if scale and b is not None else ())
+
+
+def matmul_cost(ctx: NodeContext, a_index: int = 0, b_index: int = 1, *, scale: bool = True) -> Cost | None:
+    """MACs of a numpy-semantics MatMul: every output element sums ``K`` products (``K`` = ``A``'s last
+    axis, broadcast batch axes included in ``numel(y)``): ``numel(y) · K``.
+
+    With a constant ``B`` the MACs scale with every axis of ``B`` (``K`` and ``N``); otherwise — two
+    activations, e.g. attention's ``q·kᵀ`` and ``p·v`` — with every axis of ``A`` (batch, heads, rows,
+    ``K``) and ``B``'s last axis (``N``). ``scale`` False for quantised operators (all axes blocked).
+    """
+    a, b, y = ctx.input(a_index), ctx.input(b_index), ctx.output(0)
+    sa, sy = ctx.shape(a), ctx.shape(y)
+    if a is None or b is None or not sa or sy is None:
+        return None
+    macs = dims_product(sy) * dims_product([sa[-1]])
+    if not scale:
+        return Cost(macs)
+    if isinstance(b, gs.Constant):
+        return Cost(macs, all_axes(b, ctx.shape(b)))
+    sb = ctx.shape(b)
+    return Cost(macs, all_axes(a, sa) + (Slot(b.name, len(sb or (0,)) - 1),))
 
 
 class GemmRule(ChannelRule):
@@ -53,6 +100,21 @@ class GemmRule(ChannelRule):
         if c is not None:
             rels += [r for r in broadcast_links(ctx, [c], y) if not (isinstance(r, Link) and r.a.tensor == y.name)]
         return rels
+
+    def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
+        """See :func:`spa.rules.views.gemm_view`."""
+        return gemm_view(ctx.node, slot, labels)
+
+    def cost(self, ctx: NodeContext) -> Cost | None:
+        """``M·N·K`` (see :func:`gemm_cost`)."""
+        return gemm_cost(ctx)
+
+    def latency_key(self, ctx: NodeContext, in_shapes: Sequence[tuple[int, ...]],
+                    out_shape: tuple[int, ...]) -> tuple[tuple[str, AttrValue], ...] | None:
+        """``alpha``, ``beta``, ``transA``, ``transB`` (defaults filled in)."""
+        attrs = dict(_GEMM_DEFAULTS)
+        attrs |= {k: attr_value(v) for k, v in ctx.node.attrs.items() if k in _GEMM_DEFAULTS}
+        return tuple(sorted(attrs.items()))
 
 
 class MatMulRule(ChannelRule):
@@ -103,3 +165,16 @@ class MatMulRule(ChannelRule):
             reason = f"MatMul '{ctx.node.name}' contracts two activations"
             rels += [Barrier(a.name, ka, reason), Barrier(b.name, kb, reason)]
         return rels
+
+    def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
+        """See :func:`spa.rules.views.matmul_view`."""
+        return matmul_view(ctx.node, slot, labels)
+
+    def cost(self, ctx: NodeContext) -> Cost | None:
+        """``numel(y) · K`` (see :func:`matmul_cost`)."""
+        return matmul_cost(ctx)
+
+    def latency_key(self, ctx: NodeContext, in_shapes: Sequence[tuple[int, ...]],
+                    out_shape: tuple[int, ...]) -> tuple[tuple[str, AttrValue], ...] | None:
+        """No attributes: the shapes say everything."""
+        return ()

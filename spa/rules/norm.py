@@ -53,6 +53,10 @@ class PerChannelNormRule(ChannelRule):
 
     op_types = ("BatchNormalization", "InstanceNormalization")
 
+    def running_stats(self, ctx: NodeContext) -> bool:
+        """BatchNormalization (inference): ``γ`` is input 1, the running mean and variance inputs 3 and 4."""
+        return ctx.node.op == "BatchNormalization"
+
     def relate(self, ctx: NodeContext) -> list[Relation]:
         if any(o.name and o.outputs for o in ctx.node.outputs[1:]):
             return ctx.barrier_all(f"{ctx.node.op} '{ctx.node.name}' runs in training mode")

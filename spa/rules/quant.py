@@ -32,10 +32,14 @@ every axis they touch is blocked, with a reason that says how to get a QDQ model
 
 from __future__ import annotations
 
+import numpy as np
+import onnx_graphsurgeon as gs
+
 from spa.graph.model import Dim
 from spa.rules.base import (
     Barrier,
     ChannelRule,
+    Cost,
     Link,
     Member,
     NodeContext,
@@ -46,6 +50,8 @@ from spa.rules.base import (
     same_dim,
     static,
 )
+from spa.rules.conv import conv_cost
+from spa.rules.gemm_matmul import matmul_cost
 
 MS_DOMAIN = "com.microsoft"
 
@@ -127,6 +133,25 @@ class QuantizeDequantizeRule(ChannelRule):
         return rels
 
 
+    def neutral_value(self, ctx: NodeContext, t: gs.Constant, values: np.ndarray) -> np.ndarray | int | None:
+        """DequantizeLinear of ``t``: ``(q - zero_point)·scale`` is 0 at ``q = zero_point`` — the scalar,
+        the per-axis vector broadcast along ``axis``, or a full-shape (blocked) zero point; 0 without one."""
+        if ctx.node.op != "DequantizeLinear" or ctx.node.inputs[0] is not t:
+            return None
+        zp = ctx.node.inputs[2] if len(ctx.node.inputs) > 2 and isinstance(ctx.node.inputs[2], gs.Constant) else None
+        if zp is None:
+            return 0
+        z = np.asarray(zp.values)
+        if z.ndim == 0 or z.size == 1:
+            return int(z.reshape(-1)[0])
+        if z.ndim == 1:  # per-axis zero point along the DequantizeLinear's axis
+            axis = int(ctx.node.attrs.get("axis", 1)) % values.ndim
+            shape = [1] * values.ndim
+            shape[axis] = z.shape[0]
+            return np.broadcast_to(z.reshape(shape), values.shape)
+        return np.broadcast_to(z, values.shape) if z.shape == values.shape else 0
+
+
 class DynamicQuantizeRule(ChannelRule):
     """DynamicQuantizeLinear (``x -> y, y_scale, y_zero_point``): per-tensor, identity between x and y."""
 
@@ -162,6 +187,19 @@ class QOperatorRule(ChannelRule):
             rels += [Barrier(t.name, None, reason)] if shape is None else \
                 [Barrier(t.name, a, reason) for a in range(len(shape))]
         return rels
+
+    def cost(self, ctx: NodeContext) -> Cost | None:
+        """Counted like the float twin (the data input is 0, the weight input 1 or — with the scales and
+        zero points between — 3): ``ConvInteger``/``QLinearConv`` as Conv (``numel(y)·(C/g)·Πk``),
+        ``MatMulInteger``/``QLinearMatMul`` as MatMul (``numel(y)·K``). Every axis is blocked, so the
+        MACs scale with nothing. The contrib kernels are not counted."""
+        op = ctx.node.op
+        if self.domain != "" or op not in QOPERATOR_OPS:
+            return None
+        w_index = 3 if op.startswith("QLinear") else 1
+        if op.endswith("Conv") or op.endswith("ConvInteger"):
+            return conv_cost(ctx, 0, w_index, scale=False)
+        return matmul_cost(ctx, 0, w_index, scale=False)
 
 
 class MsQOperatorRule(QOperatorRule):

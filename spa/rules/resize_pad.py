@@ -289,6 +289,18 @@ class ShapeRule(ChannelRule):
         return [Barrier(x.name, a, f"{reason} {a}") for a in sorted(read)] + free + [
             Barrier(y.name, None, "shape value")]
 
+    def shape_value(self, ctx: NodeContext) -> np.ndarray | None:
+        """Shape: ``shape(x)[start:end]``; Size: ``Π shape(x)`` (int64), when that shape is concrete."""
+        sx = ctx.shape(ctx.input(0))
+        if sx is None or any(static(d) is None or int(d) < 0 for d in sx):  # type: ignore[arg-type]
+            return None
+        dims = [int(d) for d in sx]  # type: ignore[arg-type]
+        if ctx.node.op == "Size":
+            return np.asarray(int(np.prod(dims, dtype=np.int64)), dtype=np.int64)
+        r = len(dims)
+        start, end = int(ctx.attr("start", 0)), int(ctx.attr("end", r))  # type: ignore[call-overload]
+        return np.asarray(dims[slice(start, end)], dtype=np.int64)
+
     @staticmethod
     def _read_axes(y, axes: list[int]) -> set[int]:  # type: ignore[no-untyped-def]
         """Axes of the shape vector that consumers actually read.

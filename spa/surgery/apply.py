@@ -155,7 +155,7 @@ def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = 
                 t.values = np.take(source, k, axis=slot.axis)
                 release(source)
             if slot in zeroed and len(zeroed[slot]):
-                _zero(t, slot.axis, zeroed[slot])
+                _zero(t, slot.axis, zeroed[slot], analysis)
         elif t is not None and t.shape is not None and slot.axis < len(t.shape):
             # activation shapes follow from the plan; the checker re-infers and compares them
             shape = list(t.shape)
@@ -165,32 +165,23 @@ def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = 
     return mg
 
 
-def _neutral(t: gs.Constant, values: np.ndarray) -> np.ndarray | int:
-    """The value that contributes nothing: 0, or the zero point when ``t`` feeds a DequantizeLinear."""
+def _neutral(t: gs.Constant, values: np.ndarray, analysis: Analysis) -> np.ndarray | int:
+    """The value that contributes nothing: 0, or what a reader's rule says
+    (:meth:`~spa.rules.base.ChannelRule.neutral_value`: the zero point of a DequantizeLinear)."""
     for node in t.outputs:
-        if node.op != "DequantizeLinear" or node.inputs[0] is not t:
-            continue
-        zp = node.inputs[2] if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant) else None
-        if zp is None:
-            return 0
-        z = np.asarray(zp.values)
-        if z.ndim == 0 or z.size == 1:
-            return int(z.reshape(-1)[0])
-        if z.ndim == 1:  # per-axis zero point along the DequantizeLinear's axis
-            axis = int(node.attrs.get("axis", 1)) % values.ndim
-            shape = [1] * values.ndim
-            shape[axis] = z.shape[0]
-            return np.broadcast_to(z.reshape(shape), values.shape)
-        return np.broadcast_to(z, values.shape) if z.shape == values.shape else 0
+        rule = analysis.rule_for(node)
+        fill = rule.neutral_value(analysis.context(node), t, values) if rule is not None else None
+        if fill is not None:
+            return fill
     return 0
 
 
-def _zero(t: gs.Constant, axis: int, drop: np.ndarray) -> None:
+def _zero(t: gs.Constant, axis: int, drop: np.ndarray, analysis: Analysis) -> None:
     """Make the ``drop`` slices of ``t`` along ``axis`` contribute nothing (0, or the zero point)."""
     values = np.array(t.values, copy=True)
     index: list[object] = [slice(None)] * values.ndim
     index[axis] = drop
-    fill = _neutral(t, values)
+    fill = _neutral(t, values, analysis)
     values[tuple(index)] = fill[tuple(index)] if isinstance(fill, np.ndarray) else fill
     t.values = values
 
@@ -237,6 +228,6 @@ def masked_twin(analysis: Analysis, plan: Plan, updates: dict[str, np.ndarray] |
             continue
         drop = np.setdiff1d(np.arange(t.shape[slot.axis]), k)
         if len(drop):
-            _zero(t, slot.axis, drop)
+            _zero(t, slot.axis, drop, analysis)
     _twin_hooks(mg, kept, registry or default_registry())
     return mg
