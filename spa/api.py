@@ -36,7 +36,7 @@ from spa.plan import Plan, make_plan
 from spa.rules.registry import RuleRegistry
 from spa.reorder.unconstrained import copies, unconstrain
 from spa.surgery import kept_indices, masked_twin, prune_model
-from spa.validate.oracle import DEFAULT_ATOL, DEFAULT_RTOL, VerifyResult, compare_models
+from spa.validate.oracle import verify  # noqa: F401 - re-exported: spa.verify, the mask oracle
 from spa.runtime.session import session
 from spa.version import __version__
 
@@ -309,25 +309,6 @@ def _ort_check(pruned: onnx.ModelProto, original: ModelGraph) -> str:
             log.warning("ONNX Runtime check skipped: it cannot load the input either (%s)", orig_exc)
             return f"skipped: ONNX Runtime cannot load the input either ({orig_exc})"
         raise exc
-
-
-def verify(
-    pruned: ModelInput,
-    reference: ModelInput,
-    *,
-    trials: int = 3,
-    seed: int = 0,
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
-    shapes: dict[str, tuple[int, ...]] | None = None,
-) -> VerifyResult:
-    """Compare a pruned model with its masked twin (the mask oracle) or any reference model."""
-
-    def as_model(m: ModelInput) -> onnx.ModelProto | str | os.PathLike[str]:
-        return m.to_onnx() if isinstance(m, ModelGraph) else m
-
-    return compare_models(as_model(pruned), as_model(reference), trials=trials, seed=seed,
-                          rtol=rtol, atol=atol, shapes=shapes)
 
 
 def bench(models: Sequence[str | os.PathLike[str]], **options: Any) -> dict[str, Any]:

@@ -133,6 +133,94 @@ def _keep_every_slot(removed: set[int], classes: dict, scores: np.ndarray) -> se
     return removed
 
 
+def _check_options(ratio: float, round_to: int, min_channels: int, max_ratio: float) -> None:
+    """Refuse a ratio outside [0, 1), a ``round_to`` or ``min_channels`` below 1, a ``max_ratio`` outside (0, 1)."""
+    if not 0.0 <= ratio < 1.0:
+        raise UsageError(f"--ratio must be in [0, 1), got {ratio}")
+    if round_to < 1 or min_channels < 1:
+        raise UsageError("--round-to and --min-channels must be >= 1")
+    if not 0.0 < max_ratio < 1.0:
+        raise UsageError(f"--max-ratio must be in (0, 1), got {max_ratio}")
+
+
+def _ignored_groups(analysis: Analysis, ignore: Sequence[str],
+                    kind_ratio: Mapping[str, float | None]) -> tuple[int, ...]:
+    """Ids of the prunable groups left alone: matched by an ``ignore`` pattern, or of a kind whose ratio is None."""
+    return tuple(g.id for g in analysis.prunable
+                 if (ignore and _matches(g, ignore)) or (g.kind in kind_ratio and kind_ratio[g.kind] is None))
+
+
+def _override_ratios(candidates: Sequence[Group], overrides: Sequence[tuple[str, float]],
+                     kind_ratio: Mapping[str, float | None]) -> dict[int, float]:
+    """The ratio of every group that does not follow the budget: the first matching pattern's, else its kind's.
+
+    Raises:
+        UsageError: an override or kind ratio outside [0, 1).
+    """
+    override_ratio: dict[int, float] = {}
+    for pattern, r in overrides:
+        if not 0.0 <= r < 1.0:
+            raise UsageError(f"override '{pattern}': ratio must be in [0, 1), got {r}")
+        for g in candidates:
+            if g.id not in override_ratio and _matches(g, [pattern]):
+                override_ratio[g.id] = r
+    for g in candidates:
+        r_kind = kind_ratio.get(g.kind)
+        if r_kind is not None and g.id not in override_ratio:
+            if not 0.0 <= r_kind < 1.0:
+                raise UsageError(f"ratio for {g.kind} groups must be in [0, 1), got {r_kind}")
+            override_ratio[g.id] = r_kind
+    return override_ratio
+
+
+def _kept_count(channels: int, ratio: float) -> int:
+    """Channels a group of ``C`` keeps when it removes its own share: ``C - round(ratio * C)``."""
+    return channels - int(round(ratio * channels))
+
+
+def _global_kept(active: Sequence[Group], scores: Mapping[int, np.ndarray], ratio: float, max_ratio: float,
+                 min_channels: int) -> dict[int, int]:
+    """Channels each group keeps under one global ranking.
+
+    The budget is ``round(ratio * sum C)`` channels, taken lowest score first (ties: group id, then
+    channel index) while a group has lost fewer than ``min(int(max_ratio * C), C - min_channels)``.
+    """
+    entries = []
+    for g in active:
+        entries += [(float(v), g.id, c) for c, v in enumerate(scores[g.id])]
+    entries.sort()
+    budget = int(round(ratio * sum(g.channels for g in active)))
+    cap = {g.id: min(int(max_ratio * g.channels), g.channels - min_channels) for g in active}
+    taken = {g.id: 0 for g in active}
+    for _, gid, _c in entries:
+        if budget <= 0:
+            break
+        if taken[gid] < cap[gid]:
+            taken[gid] += 1
+            budget -= 1
+    return {g.id: g.channels - taken[g.id] for g in active}
+
+
+def _removed_channels(group: Group, target: int, scores: np.ndarray, classes: dict,  # type: ignore[type-arg]
+                      round_to: int, min_channels: int) -> set[int]:
+    """The channels one group removes when it should keep ``target``.
+
+    The kept count is rounded (:func:`_round_kept`) and clamped to ``[max(min_channels, 1), C]``; the
+    lowest-scoring channels go (ties: lower index first), every slot keeps an element, and with
+    ``round_to > 1`` the best removed channels come back until the kept count is a multiple again.
+    """
+    kept = _round_kept(target, group.channels, round_to)
+    kept = min(group.channels, max(kept, min_channels, 1))
+    order = np.lexsort((np.arange(len(scores)), scores))  # ascending score, ties by index
+    removed = set(order[: group.channels - kept].tolist())
+    removed = _keep_every_slot(removed, classes, scores)
+    if round_to > 1:  # restoring a slot's channel may break the multiple: restore up to the next one
+        by_score = sorted(removed, key=lambda c: (-scores[c], c))
+        while by_score and (group.channels - len(removed)) % round_to:
+            removed.discard(by_score.pop(0))
+    return removed
+
+
 def make_plan(
     analysis: Analysis,
     scores: dict[int, np.ndarray],
@@ -167,61 +255,20 @@ def make_plan(
     Raises:
         UsageError: ratio out of range or invalid options.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise UsageError(f"--ratio must be in [0, 1), got {ratio}")
-    if round_to < 1 or min_channels < 1:
-        raise UsageError("--round-to and --min-channels must be >= 1")
-    if not 0.0 < max_ratio < 1.0:
-        raise UsageError(f"--max-ratio must be in (0, 1), got {max_ratio}")
-    kind_ratio = dict(kind_ratio or {})
-    ignored = tuple(g.id for g in analysis.prunable
-                    if (ignore and _matches(g, ignore)) or (g.kind in kind_ratio and kind_ratio[g.kind] is None))
+    _check_options(ratio, round_to, min_channels, max_ratio)
+    kinds = dict(kind_ratio or {})
+    ignored = _ignored_groups(analysis, ignore, kinds)
     candidates = [g for g in analysis.prunable if g.id not in ignored and g.id in scores]
-    override_ratio: dict[int, float] = {}
-    for pattern, r in overrides:
-        if not 0.0 <= r < 1.0:
-            raise UsageError(f"override '{pattern}': ratio must be in [0, 1), got {r}")
-        for g in candidates:
-            if g.id not in override_ratio and _matches(g, [pattern]):
-                override_ratio[g.id] = r
-    for g in candidates:
-        r_kind = kind_ratio.get(g.kind)
-        if r_kind is not None and g.id not in override_ratio:
-            if not 0.0 <= r_kind < 1.0:
-                raise UsageError(f"ratio for {g.kind} groups must be in [0, 1), got {r_kind}")
-            override_ratio[g.id] = r_kind
+    override_ratio = _override_ratios(candidates, overrides, kinds)
     active = [g for g in candidates if g.id not in override_ratio]
-    target_kept: dict[int, int] = {g.id: g.channels - int(round(r * g.channels))
-                                   for g in candidates for gid, r in override_ratio.items() if gid == g.id}
+    target_kept = {g.id: _kept_count(g.channels, override_ratio[g.id]) for g in candidates if g.id in override_ratio}
     if global_rank:
-        entries = []
-        for g in active:
-            entries += [(float(v), g.id, c) for c, v in enumerate(scores[g.id])]
-        entries.sort()
-        budget = int(round(ratio * sum(g.channels for g in active)))
-        cap = {g.id: min(int(max_ratio * g.channels), g.channels - min_channels) for g in active}
-        taken = {g.id: 0 for g in active}
-        for _, gid, _c in entries:
-            if budget <= 0:
-                break
-            if taken[gid] < cap[gid]:
-                taken[gid] += 1
-                budget -= 1
-        target_kept |= {g.id: g.channels - taken[g.id] for g in active}
+        target_kept |= _global_kept(active, scores, ratio, max_ratio, min_channels)
     else:
-        target_kept |= {g.id: g.channels - int(round(ratio * g.channels)) for g in active}
+        target_kept |= {g.id: _kept_count(g.channels, ratio) for g in active}
     plans = []
     for g in candidates:
-        kept = _round_kept(target_kept[g.id], g.channels, round_to)
-        kept = min(g.channels, max(kept, min_channels, 1))
-        s = scores[g.id]
-        order = np.lexsort((np.arange(len(s)), s))  # ascending score, ties by index
-        removed = set(order[: g.channels - kept].tolist())
-        removed = _keep_every_slot(removed, analysis.classes[g.id], s)
-        if round_to > 1:  # restoring a slot's channel may break the multiple: restore up to the next one
-            by_score = sorted(removed, key=lambda c: (-s[c], c))
-            while by_score and (g.channels - len(removed)) % round_to:
-                removed.discard(by_score.pop(0))
+        removed = _removed_channels(g, target_kept[g.id], scores[g.id], analysis.classes[g.id], round_to, min_channels)
         if removed:
             plans.append(GroupPlan(g.id, g.channels, tuple(sorted(removed))))
     return Plan(tuple(plans), ratio, criterion, global_rank, round_to, ignored)

@@ -143,14 +143,11 @@ def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -> dict[str, Any]:
-    """Prune ``model`` at every ratio into ``out_dir``, benchmark, measure fidelity, write the results.
-
-    Returns:
-        The ``sweep.json`` content: settings, ``rows`` (ratio 0 is the original), ``files``.
+def _prepare_output(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -> tuple[Path, dict[float, Path]]:
+    """Check the options, the model and the output folder, create it; the pruned model's path per ratio.
 
     Raises:
-        UsageError: bad options; an output exists and ``force`` is off.
+        UsageError: more than one batch size; ``out_dir`` is a file; an output exists and ``force`` is off.
     """
     if opts.bench.batches and len(opts.bench.batches) > 1:
         raise UsageError("spa sweep times one batch size; give a single --batch")
@@ -165,7 +162,12 @@ def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -
     if existing and not opts.force:
         raise UsageError(f"{existing[0]} exists; pass --force to overwrite the sweep in {out}")
     out.mkdir(parents=True, exist_ok=True)
+    return out, pruned_paths
 
+
+def _prune_rows(model: str, pruned_paths: Mapping[float, Path], opts: SweepOptions) -> list[dict[str, Any]]:
+    """Prune and save the model at every ratio: one row each after the original's (ratio 0); a ratio
+    that fails keeps its row with the error and no model."""
     rows: list[dict[str, Any]] = [{"ratio": 0.0, "model": model, "num_pruned": 0}]
     for r in opts.ratios:
         log.info("pruning %s at ratio %.3f", model, r)
@@ -176,19 +178,56 @@ def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -
             continue
         save_model(res.model, pruned_paths[r], force=True)
         rows.append({"ratio": r, "model": str(pruned_paths[r]), "num_pruned": res.report["num_pruned"]})
+    return rows
 
+
+def _add_fidelity(model: str, row: dict[str, Any], opts: SweepOptions) -> None:
+    """Add a row's fidelity columns: exact for the original, else measured against it (:func:`_fidelity`)."""
+    if row["ratio"] == 0.0:
+        row.update({"cosine": 1.0, "top1_agreement": 1.0, "rel_l2": 0.0, "fidelity_source": "original"})
+        return
+    fid = _fidelity(model, str(row["model"]), opts)
+    row.update({"cosine": fid.get("cosine"), "top1_agreement": fid.get("top1_agreement"),
+                "rel_l2": fid.get("rel_l2"), "fidelity_source": fid["source"]})
+    if fid.get("error"):
+        row["fidelity_error"] = fid["error"]
+
+
+def _bench_rows(model: str, rows: list[dict[str, Any]], opts: SweepOptions) -> dict[str, Any]:
+    """Time every row that has a model in one alternating run and add its timings and fidelity; the
+    benchmark report."""
     timed = [row for row in rows if row.get("model")]
     report = bench_models([str(row["model"]) for row in timed], opts.bench)
     for row, entry in zip(timed, report["models"]):
         row.update({k: v for k, v in entry.items() if k not in ("model", "session_providers")})
-        if row["ratio"] == 0.0:
-            row.update({"cosine": 1.0, "top1_agreement": 1.0, "rel_l2": 0.0, "fidelity_source": "original"})
-        else:
-            fid = _fidelity(model, str(row["model"]), opts)
-            row.update({"cosine": fid.get("cosine"), "top1_agreement": fid.get("top1_agreement"),
-                        "rel_l2": fid.get("rel_l2"), "fidelity_source": fid["source"]})
-            if fid.get("error"):
-                row["fidelity_error"] = fid["error"]
+        _add_fidelity(model, row, opts)
+    return report
+
+
+def _pareto(model: str, out: Path, rows: list[dict[str, Any]], report: Mapping[str, Any], opts: SweepOptions,
+            fid_src: str | None) -> str | None:
+    """Plot ``pareto.png`` when matplotlib is installed (its path), else remove a stale one (None)."""
+    if plot.plotting_available():
+        plot.pareto_plot(rows, out / "pareto.png", title=f"{Path(model).name}: {opts.criterion} sweep, "
+                    f"{report['provider']}, {report['threads']} thread(s)", fidelity_label=fid_src or "")
+        return str(out / "pareto.png")
+    log.info("matplotlib is not installed (pip install 'spa[plot]'): no pareto.png")
+    (out / "pareto.png").unlink(missing_ok=True)  # never leave a stale plot of an earlier sweep
+    return None
+
+
+def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -> dict[str, Any]:
+    """Prune ``model`` at every ratio into ``out_dir``, benchmark, measure fidelity, write the results.
+
+    Returns:
+        The ``sweep.json`` content: settings, ``rows`` (ratio 0 is the original), ``files``.
+
+    Raises:
+        UsageError: bad options; an output exists and ``force`` is off.
+    """
+    out, pruned_paths = _prepare_output(model, out_dir, opts)
+    rows = _prune_rows(model, pruned_paths, opts)
+    report = _bench_rows(model, rows, opts)
     fid_src = next((r["fidelity_source"] for r in rows if r.get("fidelity_source") not in (None, "original")),
                    None)
     files = {"csv": str(out / "sweep.csv"), "json": str(out / "sweep.json"), "png": None}
@@ -204,13 +243,7 @@ def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -
         "rows": rows,
         "files": files,
     }
-    if plot.plotting_available():
-        files["png"] = str(out / "pareto.png")
-        plot.pareto_plot(rows, out / "pareto.png", title=f"{Path(model).name}: {opts.criterion} sweep, "
-                    f"{report['provider']}, {report['threads']} thread(s)", fidelity_label=fid_src or "")
-    else:
-        log.info("matplotlib is not installed (pip install 'spa[plot]'): no pareto.png")
-        (out / "pareto.png").unlink(missing_ok=True)  # never leave a stale plot of an earlier sweep
+    files["png"] = _pareto(model, out, rows, report, opts, fid_src)
     _write_text(out / "sweep.csv", to_csv(rows))
     _write_text(out / "sweep.json", json.dumps(result, indent=2, default=str) + "\n")
     return result

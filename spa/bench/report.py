@@ -117,55 +117,65 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 4) if a and b else None
 
 
-def bench_models(models: Sequence[str], options: BenchOptions | None = None) -> dict[str, Any]:
-    """Benchmark ``models`` (paths; the first is the baseline) and return the JSON-ready report.
+def _row(m: _Model, batch: int | None, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """A model's report entry before timing: batch, input shapes, MACs (total and per sample: MACs / batch),
+    parameters, file size and the session's providers."""
+    macs = count_macs(set_input_shapes(m.graph, shapes)) if m.graph is not None else None
+    b = batch if batch is not None else batch_of(shapes)
+    return {"model": m.path, "batch": b, "input_shapes": {k: list(v) for k, v in shapes.items()},
+            "macs": macs, "macs_per_sample": round(macs / b, 2) if macs is not None else None,
+            "params": m.params, "size_bytes": m.size_bytes,
+            "session_providers": list(m.session.get_providers())}
 
-    Raises:
-        UsageError: bad options, an unusable provider, a static batch that differs from a requested one.
-        InvalidModelError: a file is not a readable model.
-        ValidationError: ONNX Runtime cannot load a model.
-    """
-    opts = options or BenchOptions()
-    opts.check()
-    if not models:
-        raise UsageError("no models to benchmark")
-    provider = choose_provider(opts.provider)
-    prepared = [_prepare(str(m), provider, opts) for m in models]
-    batches: list[int | None] = list(opts.batches) if opts.batches else [None]
-    # every shape first: a static batch that cannot run fails before any timing
-    plan = {(b, m.path): input_shapes(m.session, m.path, batch=b, shapes=opts.shapes)
-            for b in batches for m in prepared}
-    entries: list[dict[str, Any]] = []
-    for batch in batches:
-        runners: list[Runner] = []
-        rows: list[dict[str, Any]] = []
-        feeds_of: list[dict[str, np.ndarray]] = []
-        for m in prepared:
-            shapes = plan[(batch, m.path)]
-            feeds = make_feeds(m.session, shapes, opts.seed)
-            runners.append(Runner(m.session, feeds, provider.device, m.path))
-            macs = count_macs(set_input_shapes(m.graph, shapes)) if m.graph is not None else None
-            b = batch if batch is not None else batch_of(shapes)
-            rows.append({"model": m.path, "batch": b, "input_shapes": {k: list(v) for k, v in shapes.items()},
-                         "macs": macs, "macs_per_sample": round(macs / b, 2) if macs is not None else None,
-                         "params": m.params, "size_bytes": m.size_bytes,
-                         "session_providers": list(m.session.get_providers())})
+
+def _add_speedups(row: dict[str, Any], median_ms: float, base: dict[str, Any]) -> None:
+    """Add throughput (samples/s = batch * 1000 / median ms, from the unrounded median), speedup (base
+    median / median), ideal speedup (base MACs / MACs) and latency efficiency (speedup / ideal speedup)
+    to a timed row."""
+    row["throughput_sps"] = round(row["batch"] * 1e3 / median_ms, 3) if median_ms > 0 else None
+    row["speedup"] = _ratio(base["median_ms"], row["median_ms"])
+    row["ideal_speedup"] = _ratio(base["macs"], row["macs"])
+    row["latency_efficiency"] = _ratio(row["speedup"], row["ideal_speedup"])
+
+
+@dataclass(frozen=True)
+class _Bench:
+    """One benchmark: the prepared models, where they run, the options and every model's input shapes."""
+
+    models: list[_Model]
+    provider: Provider
+    opts: BenchOptions
+    shapes: dict[tuple[int | None, str], dict[str, tuple[int, ...]]]  # (batch, path) -> input shapes
+
+    def batch(self, batch: int | None) -> list[dict[str, Any]]:
+        """Time every model at one batch size (one alternating run on seeded inputs); their entries,
+        with speedups against the first model and, when asked, a profile each."""
+        rows, runners, feeds_of = [], [], []
+        for m in self.models:
+            shapes = self.shapes[(batch, m.path)]
+            feeds = make_feeds(m.session, shapes, self.opts.seed)
+            runners.append(Runner(m.session, feeds, self.provider.device, m.path))
+            rows.append(_row(m, batch, shapes))
             feeds_of.append(feeds)
         log.info("timing %d model(s) at batch %s", len(rows), batch)
-        timings = time_runners(runners, warmup=opts.warmup, iters=opts.iters)
-        base: dict[str, Any] | None = None
-        for m, row, t, feeds in zip(prepared, rows, timings, feeds_of):
+        timings = time_runners(runners, warmup=self.opts.warmup, iters=self.opts.iters)
+        for m, row, t, feeds in zip(self.models, rows, timings, feeds_of):
             row.update(t.to_json())
-            row["throughput_sps"] = round(row["batch"] * 1e3 / t.median_ms, 3) if t.median_ms > 0 else None
-            base = base or row
-            row["speedup"] = _ratio(base["median_ms"], row["median_ms"])
-            row["ideal_speedup"] = _ratio(base["macs"], row["macs"])
-            row["latency_efficiency"] = _ratio(row["speedup"], row["ideal_speedup"])
-            if opts.profile:
-                row["profile"] = profile_runs(m.source, provider.providers, feeds, device=provider.device,
-                                              threads=opts.threads, warmup=min(max(opts.warmup, 1), 5),
-                                              runs=opts.profile_runs, top=opts.profile_top)
-            entries.append(row)
+            _add_speedups(row, t.median_ms, rows[0])
+            if self.opts.profile:
+                row["profile"] = self.profile(m, feeds)
+        return rows
+
+    def profile(self, m: _Model, feeds: dict[str, np.ndarray]) -> Any:
+        """ONNX Runtime's per-operator profile of one model (:func:`spa.bench.profile.profile_runs`)."""
+        o = self.opts
+        return profile_runs(m.source, self.provider.providers, feeds, device=self.provider.device,
+                            threads=o.threads, warmup=min(max(o.warmup, 1), 5), runs=o.profile_runs,
+                            top=o.profile_top)
+
+
+def _settings(provider: Provider, opts: BenchOptions) -> dict[str, Any]:
+    """The report's header: versions, provider, device, options and host."""
     return {
         "schema_version": SCHEMA_VERSION,
         "spa_version": __version__,
@@ -184,5 +194,26 @@ def bench_models(models: Sequence[str], options: BenchOptions | None = None) -> 
         "batches": opts.batches,
         "shapes": {k: list(v) for k, v in (opts.shapes or {}).items()} or None,
         "host": {"machine": platform.machine(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
-        "models": entries,
     }
+
+
+def bench_models(models: Sequence[str], options: BenchOptions | None = None) -> dict[str, Any]:
+    """Benchmark ``models`` (paths; the first is the baseline) and return the JSON-ready report.
+
+    Raises:
+        UsageError: bad options, an unusable provider, a static batch that differs from a requested one.
+        InvalidModelError: a file is not a readable model.
+        ValidationError: ONNX Runtime cannot load a model.
+    """
+    opts = options or BenchOptions()
+    opts.check()
+    if not models:
+        raise UsageError("no models to benchmark")
+    provider = choose_provider(opts.provider)
+    prepared = [_prepare(str(m), provider, opts) for m in models]
+    batches: list[int | None] = list(opts.batches) if opts.batches else [None]
+    # every shape first: a static batch that cannot run fails before any timing
+    shapes = {(b, m.path): input_shapes(m.session, m.path, batch=b, shapes=opts.shapes)
+              for b in batches for m in prepared}
+    bench = _Bench(prepared, provider, opts, shapes)
+    return _settings(provider, opts) | {"models": [row for batch in batches for row in bench.batch(batch)]}

@@ -154,12 +154,9 @@ def _npy_header(fh: IO[bytes], where: str) -> tuple[tuple[int, ...], np.dtype, b
 
 
 @dataclass
-class NpzSource:
-    """A ``.npz`` file with one array per model input (named after it), samples first; streamed.
-
-    Each member is read batch by batch from its (possibly compressed) zip stream, so only one batch of
-    every input is in memory at a time.
-    """
+class _FileSource:
+    """A data file read ``batch_size`` samples at a time, at most ``samples`` in all; checked and opened
+    (:meth:`_open`) when created."""
 
     path: Path
     samples: int | None = None
@@ -168,6 +165,26 @@ class NpzSource:
     def __post_init__(self) -> None:
         _check_counts(self.samples, self.batch_size)
         self.path = Path(self.path)
+        self._open()
+
+    def _open(self) -> None:
+        """Read what the source needs up front; raise :class:`CalibrationError` when the file is unreadable."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return str(self.path)
+
+
+@dataclass
+class NpzSource(_FileSource):
+    """A ``.npz`` file with one array per model input (named after it), samples first; streamed.
+
+    Each member is read batch by batch from its (possibly compressed) zip stream, so only one batch of
+    every input is in memory at a time.
+    """
+
+    def _open(self) -> None:
+        """Read every member's ``.npy`` header."""
         try:
             with zipfile.ZipFile(self.path) as zf:
                 members = [n for n in zf.namelist() if n.endswith(".npy")]
@@ -179,9 +196,6 @@ class NpzSource:
             raise CalibrationError(f"{self.path}: not a readable .npz file ({exc})") from None
         if not self._headers:
             raise CalibrationError(f"{self.path}: the .npz file holds no arrays")
-
-    def describe(self) -> str:
-        return str(self.path)
 
     def _mapping(self, inputs: Sequence[InputSpec]) -> dict[str, str]:
         where = str(self.path)
@@ -228,23 +242,15 @@ class NpzSource:
 
 
 @dataclass
-class NpySource:
+class NpySource(_FileSource):
     """A ``.npy`` array (samples first) for a single-input model; memory-mapped."""
 
-    path: Path
-    samples: int | None = None
-    batch_size: int = DEFAULT_BATCH
-
-    def __post_init__(self) -> None:
-        _check_counts(self.samples, self.batch_size)
-        self.path = Path(self.path)
+    def _open(self) -> None:
+        """Memory-map the array."""
         try:
             self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as exc:
             raise CalibrationError(f"{self.path}: not a readable .npy array ({exc})") from None
-
-    def describe(self) -> str:
-        return str(self.path)
 
     def _source(self, inputs: Sequence[InputSpec]) -> ArraySource:
         if len(inputs) != 1:

@@ -92,6 +92,91 @@ def _progress(show: bool):  # type: ignore[no-untyped-def]
                     disable=not (show and sys.stderr.isatty() and console.is_terminal))
 
 
+@dataclass
+class _Sessions:
+    """The sessions of one calibration run and the tensors it fetches.
+
+    ``fixed`` runs the tapped model as exported; ``dynamic``, when not None, runs its copy with a
+    symbolic batch dimension (dropped when the batched check fails).
+    """
+
+    source: CalibrationSource
+    fetch: list[str]
+    fixed: ort.InferenceSession
+    dynamic: ort.InferenceSession | None = None
+
+    def run(self, sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The fetched tensors of one run of ``sess``.
+
+        Raises:
+            CalibrationError: ONNX Runtime rejects the feeds (its first message line, and the source).
+        """
+        try:
+            return sess.run(self.fetch, feeds)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise CalibrationError(f"ONNX Runtime failed on the calibration data ({self.source.describe()}): "
+                                   f"{str(exc).splitlines()[0]}") from exc
+
+    def per_sample(self, feeds: dict[str, np.ndarray], n: int, step: int) -> list[np.ndarray]:
+        """The fetched tensors of the first ``n - n % step`` samples, run ``step`` at a time on the fixed
+        session and concatenated along the batch axis (scalars are taken from the first run).
+
+        Raises:
+            CalibrationError: fewer than ``step`` samples.
+        """
+        parts = [self.run(self.fixed, {k: v[i:i + step] for k, v in feeds.items()})
+                 for i in range(0, n - n % step, step)]
+        if not parts:
+            raise CalibrationError(f"the model's batch size is fixed to {step}; a batch of {n} samples is too small")
+        return [np.concatenate([p[j] for p in parts]) if np.ndim(parts[0][j]) else parts[0][j]
+                for j in range(len(self.fetch))]
+
+    def batched_ok(self, feeds: dict[str, np.ndarray], n: int) -> bool:
+        """Whether the dynamic-batch copy gives, on the first two samples, what sample-by-sample runs give
+        (same shapes, ``allclose`` with rtol 1e-4, atol 1e-5); any failure means no."""
+        assert self.dynamic is not None
+        try:
+            probe = {k: v[:2] for k, v in feeds.items()}
+            quiet = ort.RunOptions()
+            quiet.log_severity_level = 4  # an expected failure, not an error to print
+            got = self.dynamic.run(self.fetch, probe, quiet)
+            want = self.per_sample(probe, min(n, 2), 1)
+            return all(np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=1e-4, atol=1e-5)
+                       for a, b in zip(got, want))
+        except Exception as exc:  # noqa: BLE001
+            log.debug("dynamic batch check raised %s", exc)
+            return False
+
+    def values(self, feeds: dict[str, np.ndarray], static: int | None
+               ) -> tuple[int, dict[str, np.ndarray], list[np.ndarray]]:
+        """One batch run: its sample count, feeds and fetched tensors.
+
+        With the dynamic copy the batch runs at once; a model whose static batch differs from the
+        batch's size runs ``static`` samples at a time, dropping the ``n % static`` left over.
+        """
+        n = len(next(iter(feeds.values()))) if feeds else 0
+        if self.dynamic is not None:
+            return n, feeds, self.run(self.dynamic, feeds)
+        if static is not None and static != n:
+            values = self.per_sample(feeds, n, static)
+            n = n - n % static
+            return n, {k: v[:n] for k, v in feeds.items()}, values
+        return n, feeds, self.run(self.fixed, feeds)
+
+
+def _sessions(tapped: onnx.ModelProto, source: CalibrationSource, fetch: list[str], static: int | None,
+              threads: int) -> _Sessions:
+    """The fixed session, and a dynamic-batch one when the batch is fixed to 1 and the source batches
+    more (None when that copy does not load)."""
+    sessions = _Sessions(source, fetch, session(tapped, threads=threads))
+    if static == 1 and source.batch_size > 1:
+        try:
+            sessions.dynamic = session(_with_dynamic_batch(tapped), threads=threads)
+        except Exception as exc:  # noqa: BLE001 - any failure means: run sample by sample
+            log.debug("dynamic-batch copy does not load (%s); running one sample at a time", exc)
+    return sessions
+
+
 def run_batches(
     model: onnx.ModelProto,
     source: CalibrationSource,
@@ -127,58 +212,17 @@ def run_batches(
     tapped = tapped_model(model, fetch)
     static = _static_batch(specs)
     total = source.count(specs)
-
-    fixed = session(tapped, threads=threads)
-    dynamic = None
-    if static == 1 and source.batch_size > 1:
-        try:
-            dynamic = session(_with_dynamic_batch(tapped), threads=threads)
-        except Exception as exc:  # noqa: BLE001 - any failure means: run sample by sample
-            log.debug("dynamic-batch copy does not load (%s); running one sample at a time", exc)
-    checked = False
-
-    def run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
-        try:
-            return sess.run(fetch, feeds)  # type: ignore[no-any-return]
-        except Exception as exc:
-            raise CalibrationError(f"ONNX Runtime failed on the calibration data ({source.describe()}): "
-                                   f"{str(exc).splitlines()[0]}") from exc
-
-    def per_sample(feeds: dict[str, np.ndarray], n: int, step: int) -> list[np.ndarray]:
-        parts = [run(fixed, {k: v[i:i + step] for k, v in feeds.items()}) for i in range(0, n - n % step, step)]
-        if not parts:
-            raise CalibrationError(f"the model's batch size is fixed to {step}; a batch of {n} samples is too small")
-        return [np.concatenate([p[j] for p in parts]) if np.ndim(parts[0][j]) else parts[0][j]
-                for j in range(len(fetch))]
-
+    sessions = _sessions(tapped, source, fetch, static, threads)
+    checked = not check_batching
     with _progress(progress) as bar:
         task = bar.add_task(desc, total=total)
         for feeds in source.batches(specs):
-            n = len(next(iter(feeds.values()))) if feeds else 0
-            if dynamic is not None and not checked and check_batching:
+            if sessions.dynamic is not None and not checked:
                 checked = True
-                try:
-                    probe = {k: v[:2] for k, v in feeds.items()}
-                    quiet = ort.RunOptions()
-                    quiet.log_severity_level = 4  # an expected failure, not an error to print
-                    got = dynamic.run(fetch, probe, quiet)
-                    want = per_sample(probe, min(n, 2), 1)
-                    ok = all(np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=1e-4, atol=1e-5)
-                             for a, b in zip(got, want))
-                except Exception as exc:  # noqa: BLE001
-                    log.debug("dynamic batch check raised %s", exc)
-                    ok = False
-                if not ok:
+                if not sessions.batched_ok(feeds, len(next(iter(feeds.values()))) if feeds else 0):
                     log.info("the model does not run batched; calibrating one sample at a time")
-                    dynamic = None
-            if dynamic is not None:
-                values = run(dynamic, feeds)
-            elif static is not None and static != n:
-                values = per_sample(feeds, n, static)
-                n = n - n % static
-                feeds = {k: v[:n] for k, v in feeds.items()}
-            else:
-                values = run(fixed, feeds)
+                    sessions.dynamic = None
+            n, feeds, values = sessions.values(feeds, static)
             got_values = dict(zip(fetch, values))
             got_values.update({t: feeds[t] for t in wanted if t in input_names})
             yield BatchRun(n, feeds, got_values)

@@ -25,22 +25,27 @@ log = logging.getLogger(__name__)
 Dim = int | str | None
 
 
+def _copy_fields(src: onnx.ModelProto | onnx.GraphProto, dst: onnx.ModelProto | onnx.GraphProto, skip: str) -> None:
+    """Copy every set field of the protobuf message ``src`` into ``dst`` but the one named ``skip``
+    (repeated fields extended, messages copied, scalars assigned)."""
+    for field_desc, value in src.ListFields():
+        if field_desc.name == skip:
+            continue
+        if hasattr(value, "extend"):
+            getattr(dst, field_desc.name).extend(value)
+        elif hasattr(value, "CopyFrom"):
+            getattr(dst, field_desc.name).CopyFrom(value)
+        else:
+            setattr(dst, field_desc.name, value)
+
+
 def _lite_copy(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose large initializers carry dims but no data (cheap to copy and infer)."""
     lite = onnx.ModelProto()
     graph = model.graph
     inits = list(graph.initializer)
     graph_copy = onnx.GraphProto()
-    # copy everything but the initializers, then add data-less stand-ins
-    for field_desc, value in graph.ListFields():
-        if field_desc.name == "initializer":
-            continue
-        if hasattr(value, "extend"):
-            getattr(graph_copy, field_desc.name).extend(value)
-        elif hasattr(value, "CopyFrom"):
-            getattr(graph_copy, field_desc.name).CopyFrom(value)
-        else:
-            setattr(graph_copy, field_desc.name, value)
+    _copy_fields(graph, graph_copy, skip="initializer")  # then add data-less stand-ins
     for init in inits:
         if init.HasField("raw_data") and len(init.raw_data) > 4096:
             stub = graph_copy.initializer.add()
@@ -51,15 +56,7 @@ def _lite_copy(model: onnx.ModelProto) -> onnx.ModelProto:
             entry.key, entry.value = "location", "__spa_stripped__"
         else:
             graph_copy.initializer.add().CopyFrom(init)
-    for field_desc, value in model.ListFields():
-        if field_desc.name == "graph":
-            continue
-        if hasattr(value, "extend"):
-            getattr(lite, field_desc.name).extend(value)
-        elif hasattr(value, "CopyFrom"):
-            getattr(lite, field_desc.name).CopyFrom(value)
-        else:
-            setattr(lite, field_desc.name, value)
+    _copy_fields(model, lite, skip="graph")
     lite.graph.CopyFrom(graph_copy)
     return lite
 

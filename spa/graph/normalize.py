@@ -50,6 +50,14 @@ def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
         model.graph.input.extend(keep)
 
 
+def _replace_uses(tensor: gs.Tensor, by: gs.Tensor) -> None:
+    """Make every node that reads ``tensor`` read ``by`` instead (graph outputs are left alone)."""
+    for consumer in list(tensor.outputs):
+        for k, t in enumerate(consumer.inputs):
+            if t is tensor:
+                consumer.inputs[k] = by
+
+
 def bypass_passthrough(graph: gs.Graph) -> bool:
     """Remove Identity and inference-mode Dropout nodes by rewiring their consumers.
 
@@ -69,10 +77,7 @@ def bypass_passthrough(graph: gs.Graph) -> bool:
         src, dst = node.inputs[0], node.outputs[0]
         if id(dst) in outputs:
             continue
-        for consumer in list(dst.outputs):
-            for k, t in enumerate(consumer.inputs):
-                if t is dst:
-                    consumer.inputs[k] = src
+        _replace_uses(dst, src)
         node.outputs.clear()
         changed = True
     if changed:
@@ -106,10 +111,7 @@ def constant_nodes_to_initializers(graph: gs.Graph) -> bool:
             continue
         out = node.outputs[0]
         const = gs.Constant(out.name, value.values)
-        for consumer in list(out.outputs):
-            for k, t in enumerate(consumer.inputs):
-                if t is out:
-                    consumer.inputs[k] = const
+        _replace_uses(out, const)
         for k, t in enumerate(graph.outputs):
             if t is out:
                 graph.outputs[k] = const

@@ -5,6 +5,20 @@
 plan-to-shapes map :func:`spa.budget.estimate` uses), measures the chosen plan against the original
 (:mod:`spa.latency.measure`), and when the measurement misses the target recalibrates the prediction with
 it and searches again (bounded). MACs and parameter targets are solved in :mod:`spa.budget`.
+
+The lookup-table search (``method="lut"``, the default) predicts latency from micro-benchmarks cached on
+disk per provider + device, measured only for the layer shapes the search visits, and the original's
+latency measured once. Latency is not monotone in the channel counts — vector-aligned counts run much
+faster (on the CPU provider a ResNet-50 pruned by 10 % was slower than the original, one pruned by 50 %
+ran in 0.27 of its time, one pruned by 40 % in 0.54) — so the search scans the ratio in steps of 0.05 for
+the first one whose prediction meets the goal and bisects only between it and the step before (``steps``
+times). The chosen plan is then pruned and timed alternately with the original; when the measured
+fraction is not within ``[goal - tol, goal]`` the prediction is recalibrated with the measurement
+(:func:`spa.latency.fit_sensitivity`) and the search redone, at most ``corrections`` times (the grid's
+predictions are reused: only the calibration changes). The answer is the smallest measured ratio whose
+measured fraction meets the goal (else the fastest measured plan); the record says which, with every
+attempt. ``method="measure"`` bisects on whole-model measurements instead (one per step; slow, and it
+assumes latency falls monotonically with the ratio).
 """
 
 from __future__ import annotations
@@ -13,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from spa.analysis.groups import Analysis
 from spa.errors import PlanError, UsageError
@@ -49,20 +63,9 @@ def solve_latency(
 ) -> tuple[Plan, dict[str, object]]:
     """The smallest ratio whose latency meets ``target`` (a fraction of the original's, or milliseconds).
 
-    ``method="lut"`` (default) searches the ratio on the latency *predicted* from a per-layer lookup
-    table (:mod:`spa.latency`: micro-benchmarks cached on disk per provider + device, measured only for
-    the layer shapes the search visits) and the original's latency measured once. Latency is not
-    monotone in the channel counts — vector-aligned counts run much faster (on the CPU provider a
-    ResNet-50 pruned by 10 % was slower than the original, one pruned by 50 % ran in 0.27 of its
-    time, one pruned by 40 % in 0.54) — so the search scans the ratio in steps of 0.05 for the first
-    one whose prediction meets the goal and bisects only between it and the step before (``steps``
-    times). The chosen plan is then pruned and timed alternately with the original; when the measured
-    fraction is not within ``[goal - tol, goal]`` the prediction is recalibrated with the measurement
-    (:func:`spa.latency.fit_sensitivity`) and the search redone, at most ``corrections`` times (the
-    grid's predictions are reused: only the calibration changes). The answer is the smallest measured
-    ratio whose measured fraction meets the goal (else the fastest measured plan); the record says
-    which, with every attempt. ``method="measure"`` bisects on whole-model measurements instead (one per
-    step; slow, and it assumes latency falls monotonically with the ratio).
+    ``method="lut"`` (default) searches the ratio on the latency predicted from a per-layer lookup table,
+    then measures the chosen plan and corrects the prediction; ``method="measure"`` bisects on
+    whole-model measurements (see :mod:`spa.latency.solve` for how and why).
 
     Args:
         analysis: the groups.
@@ -92,17 +95,35 @@ def solve_latency(
         raise PlanError(f"--target-latency must be positive, got {target}")
     if method not in LATENCY_METHODS:
         raise UsageError(f"unknown latency method '{method}'; choose one of {', '.join(LATENCY_METHODS)}")
-    providers = list(providers or ["CPUExecutionProvider"])
+    problem = _Problem(analysis, make, build, target, list(providers or ["CPUExecutionProvider"]), threads, iters)
     start = time.perf_counter()
     if method == "measure":
-        plan, record = _solve_measured(analysis, make, build, target, providers=providers, threads=threads,
-                                       iters=iters, steps=6 if steps is None else steps)
+        plan, record = _solve_measured(problem, 6 if steps is None else steps)
     else:
-        plan, record = _solve_lut(analysis, make, build, target, providers=providers, threads=threads,
-                                  iters=iters, steps=5 if steps is None else steps, cache_dir=cache_dir, tol=tol,
-                                  corrections=corrections)
+        plan, record = _solve_lut(problem, 5 if steps is None else steps, cache_dir, tol, corrections)
     record["solve_s"] = round(time.perf_counter() - start, 3)
     return plan, record
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """What a latency search works on: the groups, plan and model builders, the target and how to time."""
+
+    analysis: Analysis
+    make: Callable[[float], Plan]
+    build: Callable[[Plan], object]
+    target: float
+    providers: list[str]
+    threads: int
+    iters: int
+
+    def measure(self, original: object, plan: Plan) -> tuple[float, float]:
+        """(pruned / original latency, original ms) of ``plan`` built and timed against ``original``."""
+        return _measure(original, self.build(plan), self.providers, self.threads, self.iters)
+
+    def goal(self, base_ms: float) -> float:
+        """The target as a fraction of the original latency (milliseconds above 1 are divided by ``base_ms``)."""
+        return self.target if self.target <= 1 else self.target / base_ms
 
 
 def _measure(original: object, pruned: object, providers: list[str], threads: int, iters: int) -> tuple[float, float]:
@@ -117,22 +138,20 @@ def _unreachable(measured: float, base_ms: float, goal: float) -> PlanError:
         f"{measured:.2f}x the original latency ({base_ms:.2f} ms), target {goal:.2f}x; relax the target")
 
 
-def _solve_measured(analysis: Analysis, make: Callable[[float], Plan], build: Callable[[Plan], object],
-                    target: float, *, providers: list[str], threads: int, iters: int,
-                    steps: int) -> tuple[Plan, dict[str, object]]:
+def _solve_measured(problem: _Problem, steps: int) -> tuple[Plan, dict[str, object]]:
     """Bisect the ratio on measured latency ratios pruned/original (one whole-model timing per step)."""
-    original = analysis.model.to_onnx()
-    hi_plan = make(MAX_LATENCY_RATIO)
-    hi_ratio, base_ms = _measure(original, build(hi_plan), providers, threads, iters)
-    iters = measure.rounds(iters, base_ms)
-    goal = target if target <= 1 else target / base_ms
+    original = problem.analysis.model.to_onnx()
+    hi_plan = problem.make(MAX_LATENCY_RATIO)
+    hi_ratio, base_ms = problem.measure(original, hi_plan)
+    problem = replace(problem, iters=measure.rounds(problem.iters, base_ms))
+    goal = problem.goal(base_ms)
     if hi_ratio > goal:
         raise _unreachable(hi_ratio, base_ms, goal)
     lo, hi, best, best_ratio = 0.0, MAX_LATENCY_RATIO, hi_plan, hi_ratio
     for _ in range(steps):
         mid = (lo + hi) / 2
-        plan = make(mid)
-        r, _ = _measure(original, build(plan), providers, threads, iters)
+        plan = problem.make(mid)
+        r, _ = problem.measure(original, plan)
         if r <= goal:
             hi, best, best_ratio = mid, plan, r
         else:
@@ -159,79 +178,114 @@ class _Trial:
                 "measured_fraction": round(self.measured, 4), "original_ms": round(self.original_ms, 4)}
 
 
-def _solve_lut(analysis: Analysis, make: Callable[[float], Plan], build: Callable[[Plan], object],
-               target: float, *, providers: list[str], threads: int, iters: int, steps: int,
-               cache_dir: str | os.PathLike[str] | None, tol: float,
+#: the ratios the lookup-table search scans first: LATENCY_GRID equal steps up to MAX_LATENCY_RATIO
+_GRID = [MAX_LATENCY_RATIO * i / LATENCY_GRID for i in range(LATENCY_GRID + 1)]
+
+
+@dataclass
+class _LutSearch:
+    """The lookup-table search: table predictions per ratio, the measured trials and the calibration.
+
+    A plan's predicted fraction is ``predicted_fraction(x, sensitivity)`` with ``x = L(plan) / L0`` the
+    table's layer-latency fraction (:mod:`spa.latency.predict`); ``x`` does not depend on the
+    calibration, so the plans and their ``x`` are cached per ratio.
+    """
+
+    problem: _Problem
+    original: object
+    pred: LatencyPredictor
+    goal: float
+    steps: int
+    sensitivity: float = 1.0  # proportional until a measurement says otherwise (see spa.latency.predict)
+    trials: list[_Trial] = field(default_factory=list)
+    points: dict[float, tuple[Plan, float]] = field(default_factory=dict)  # ratio -> (plan, x)
+
+    def point(self, r: float) -> tuple[Plan, float]:
+        """The plan at ratio ``r`` and its table fraction ``x`` (made once)."""
+        if r not in self.points:
+            plan = self.problem.make(r)
+            self.points[r] = (plan, self.pred.x(plan))
+        return self.points[r]
+
+    def meets(self, r: float) -> bool:
+        """Whether the predicted fraction at ratio ``r`` is at most the goal."""
+        return predicted_fraction(self.point(r)[1], self.sensitivity) <= self.goal
+
+    def trial(self, plan: Plan, x: float, why: str) -> _Trial:
+        """Prune and time ``plan`` against the original; record it."""
+        m, orig_ms = self.problem.measure(self.original, plan)
+        self.trials.append(_Trial(why, plan, x, self.sensitivity, m, orig_ms))
+        return self.trials[-1]
+
+    def refit(self) -> float:
+        """The sensitivity fitted to every trial (unchanged when every measured plan is the original)."""
+        try:
+            return fit_sensitivity([(t.x, t.measured) for t in self.trials])
+        except ValueError:  # every measured plan is the original
+            return self.sensitivity
+
+    def search(self) -> tuple[Plan, float]:
+        """The first grid ratio predicted to meet the goal, refined by ``steps`` bisections between it and
+        the grid step before (ratio 0 when the first step meets it, the last grid ratio when none does)."""
+        first = next((i for i, r in enumerate(_GRID) if self.meets(r)), None)
+        if first is None or first == 0:
+            return self.point(_GRID[-1] if first is None else 0.0)
+        lo, hi = _GRID[first - 1], _GRID[first]
+        for _ in range(self.steps):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if self.meets(mid) else (mid, hi)
+        return self.point(hi)
+
+    def check_reachable(self, base_ms: float) -> None:
+        """When the largest ratio is predicted to miss the goal, measure it: raise if it really misses,
+        else recalibrate with it."""
+        top = self.point(_GRID[-1])
+        if predicted_fraction(top[1], self.sensitivity) > self.goal:  # predicted unreachable: make sure
+            t = self.trial(*top, f"reachability at ratio {MAX_LATENCY_RATIO}")
+            if t.measured > self.goal:
+                raise _unreachable(t.measured, base_ms, self.goal)
+            self.sensitivity = self.refit()
+
+    def correct(self, tol: float, corrections: int) -> None:
+        """Search, measure, recalibrate: until a measured fraction lies in ``[goal - tol, goal]``, the
+        search lands on a plan already measured, or ``corrections`` recalibrated searches are done."""
+        for k in range(corrections + 1):
+            plan, x = self.search()
+            if any(t.plan.ratio == plan.ratio for t in self.trials):
+                break  # the recalibrated search lands on a plan already measured
+            if self.goal - tol <= self.trial(plan, x, "search" if k == 0 else f"correction {k}").measured <= self.goal:
+                break
+            self.sensitivity = self.refit()
+
+    def record(self, table: LatencyTable, base_ms: float) -> dict[str, object]:
+        """The record's search fields: original latency, goal, final sensitivity, the table's use."""
+        return {
+            "original_ms": base_ms, "target_fraction": self.goal, "sensitivity": round(self.sensitivity, 4),
+            "lut": {"file": str(table.path), "provider": table.device.provider, "device": table.device.name,
+                    "threads": self.problem.threads, "layers": len(self.pred.original),
+                    "original_layers_ms": round(self.pred.original_layers_ms, 4),
+                    "hits": table.hits, "measured": table.measured},
+        }
+
+
+def _solve_lut(problem: _Problem, steps: int, cache_dir: str | os.PathLike[str] | None, tol: float,
                corrections: int) -> tuple[Plan, dict[str, object]]:
     """Bisect on the table-predicted latency, then measure and correct (see :func:`solve_latency`)."""
-    original = analysis.model.to_onnx()
-    table = LatencyTable.open(providers, threads, cache_dir)
+    original = problem.analysis.model.to_onnx()
+    table = LatencyTable.open(problem.providers, problem.threads, cache_dir)
     try:
-        base_ms, shapes = measure.baseline(original, providers=providers, threads=threads, iters=iters)
-        iters = measure.rounds(iters, base_ms)
-        pred = LatencyPredictor.build(analysis, table, shapes)
-        goal = target if target <= 1 else target / base_ms
-        l0 = pred.original_layers_ms
-        if l0 <= 0:
+        base_ms, shapes = measure.baseline(original, providers=problem.providers, threads=problem.threads,
+                                           iters=problem.iters)
+        problem = replace(problem, iters=measure.rounds(problem.iters, base_ms))
+        pred = LatencyPredictor.build(problem.analysis, table, shapes)
+        if pred.original_layers_ms <= 0:
             log.warning("no layer of this model could be benchmarked alone; measuring whole models instead")
-            plan, record = _solve_measured(analysis, make, build, target, providers=providers, threads=threads,
-                                           iters=iters, steps=6)
+            plan, record = _solve_measured(problem, 6)
             return plan, record | {"note": "no tabulated layers; fell back to whole-model measurements"}
-        sensitivity = 1.0  # proportional until a measurement says otherwise (see spa.latency.predict)
-        trials: list[_Trial] = []
-
-        def trial(plan: Plan, x: float, why: str) -> _Trial:
-            m, orig_ms = _measure(original, build(plan), providers, threads, iters)
-            trials.append(_Trial(why, plan, x, sensitivity, m, orig_ms))
-            return trials[-1]
-
-        def refit() -> float:
-            try:
-                return fit_sensitivity([(t.x, t.measured) for t in trials])
-            except ValueError:  # every measured plan is the original
-                return sensitivity
-
-        points: dict[float, tuple[Plan, float]] = {}  # ratio -> (plan, x); x does not depend on calibration
-
-        def point(r: float) -> tuple[Plan, float]:
-            if r not in points:
-                plan = make(r)
-                points[r] = (plan, pred.x(plan))
-            return points[r]
-
-        def meets(r: float) -> bool:
-            return predicted_fraction(point(r)[1], sensitivity) <= goal
-
-        def search() -> tuple[Plan, float]:
-            first = next((i for i, r in enumerate(grid) if meets(r)), None)
-            if first is None or first == 0:
-                return point(grid[-1] if first is None else 0.0)
-            lo, hi = grid[first - 1], grid[first]
-            for _ in range(steps):
-                mid = (lo + hi) / 2
-                lo, hi = (lo, mid) if meets(mid) else (mid, hi)
-            return point(hi)
-
-        grid = [MAX_LATENCY_RATIO * i / LATENCY_GRID for i in range(LATENCY_GRID + 1)]
-        top = point(grid[-1])
-        if predicted_fraction(top[1], sensitivity) > goal:  # predicted unreachable: make sure
-            t = trial(*top, f"reachability at ratio {MAX_LATENCY_RATIO}")
-            if t.measured > goal:
-                raise _unreachable(t.measured, base_ms, goal)
-            sensitivity = refit()
-        for k in range(corrections + 1):
-            plan, x = search()
-            if any(t.plan.ratio == plan.ratio for t in trials):
-                break  # the recalibrated search lands on a plan already measured
-            if goal - tol <= trial(plan, x, "search" if k == 0 else f"correction {k}").measured <= goal:
-                break
-            sensitivity = refit()
-        return _choose(trials, goal, tol, {
-            "original_ms": base_ms, "target_fraction": goal, "sensitivity": round(sensitivity, 4),
-            "lut": {"file": str(table.path), "provider": table.device.provider, "device": table.device.name,
-                    "threads": threads, "layers": len(pred.original), "original_layers_ms": round(l0, 4),
-                    "hits": table.hits, "measured": table.measured},
-        })
+        search = _LutSearch(problem, original, pred, problem.goal(base_ms), steps)
+        search.check_reachable(base_ms)
+        search.correct(tol, corrections)
+        return _choose(search.trials, search.goal, tol, search.record(table, base_ms))
     finally:
         table.save()
 

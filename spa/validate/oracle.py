@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import onnx
 
 from spa.errors import ValidationError
+from spa.graph.model import ModelGraph
 from spa.runtime.compare import OutputDiff, compare_outputs
 from spa.runtime.feeds import random_inputs
 from spa.runtime.session import session
@@ -34,11 +35,16 @@ class VerifyResult:
         return {"ok": self.ok, "trials": self.trials, "outputs": [d.to_json() for d in self.diffs]}
 
 
-ModelLike = onnx.ModelProto | str | os.PathLike[str]
+ModelLike = onnx.ModelProto | str | os.PathLike[str] | ModelGraph
 
 
-def compare_models(
-    candidate: ModelLike,
+def _exported(model: ModelLike) -> onnx.ModelProto | str | os.PathLike[str]:
+    """What ONNX Runtime loads: a ModelGraph exported, anything else as given."""
+    return model.to_onnx() if isinstance(model, ModelGraph) else model
+
+
+def verify(
+    pruned: ModelLike,
     reference: ModelLike,
     *,
     trials: int = 3,
@@ -47,11 +53,13 @@ def compare_models(
     atol: float = DEFAULT_ATOL,
     shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> VerifyResult:
-    """Run both models on ``trials`` seeded random inputs and compare every output.
+    """Compare a pruned model with its masked twin (the mask oracle) or any reference model.
 
-    The worst difference per output over all trials is reported. Outputs are matched by name.
+    Both run on ``trials`` seeded random inputs (``seed``, ``seed + 1``, ...; ``shapes`` fixes dynamic
+    input dimensions) and every output is compared; the worst difference per output over all trials is
+    reported. Outputs are matched by name. This is :func:`spa.verify`.
     """
-    a, b = session(candidate), session(reference)
+    a, b = session(_exported(pruned)), session(_exported(reference))
     names_a = [o.name for o in a.get_outputs()]
     names_b = [o.name for o in b.get_outputs()]
     if names_a != names_b:
@@ -72,3 +80,7 @@ def compare_models(
                                            min(d.cosine, w.cosine if w else 1.0), d.ok and (w.ok if w else True))
     diffs = tuple(worst[n] for n in names_a)
     return VerifyResult(all(d.ok for d in diffs), diffs, trials)
+
+
+#: the former name of :func:`verify`
+compare_models = verify
