@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from dataclasses import dataclass, field
 from collections.abc import Mapping
 
 import numpy as np
@@ -180,59 +181,88 @@ def concrete_shapes(mg: ModelGraph, registry: RuleRegistry | None = None, fill: 
     concrete input shapes and the known small values (a Reshape's computed target). What cannot be
     proven is left out.
     """
-    registry = registry or default_registry()
-    graph, opset = mg.graph, mg.opset
-    imports = [helper.make_opsetid(o.domain, o.version) for o in mg.opset_imports]
-    shapes: Shapes = {}
-    types: dict[str, int] = {}
-    values: dict[str, np.ndarray] = {}
-    for name, t in graph.tensors().items():
-        if isinstance(t, gs.Constant):
-            shapes[name] = tuple(int(d) for d in t.shape)
-            types[name] = _elem(t)
-            if int(np.prod(t.shape)) <= MAX_VALUE:
-                values[name] = np.asarray(t.values)
-    for t in graph.inputs:
-        if t.shape is not None:
-            shapes[t.name] = tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else fill for d in t.shape)
-        types[t.name] = _elem(t)
-    for node in graph.nodes:
+    ev = _ShapeEval.seeded(mg, registry or default_registry(), fill)
+    for node in mg.graph.nodes:
+        ev.visit(node)
+    return ev.shapes
+
+
+@dataclass
+class _ShapeEval:
+    """What :func:`concrete_shapes` knows so far: shapes, element types and small values by tensor."""
+
+    registry: RuleRegistry
+    opset: int
+    imports: list[onnx.OperatorSetIdProto]
+    shapes: Shapes = field(default_factory=dict)
+    types: dict[str, int] = field(default_factory=dict)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def seeded(cls, mg: ModelGraph, registry: RuleRegistry, fill: int) -> _ShapeEval:
+        """Start from the constants (their values when small) and the graph inputs (dynamic dims = ``fill``)."""
+        ev = cls(registry, mg.opset, [helper.make_opsetid(o.domain, o.version) for o in mg.opset_imports])
+        for name, t in mg.graph.tensors().items():
+            if isinstance(t, gs.Constant):
+                ev.shapes[name] = tuple(int(d) for d in t.shape)
+                ev.types[name] = _elem(t)
+                if int(np.prod(t.shape)) <= MAX_VALUE:
+                    ev.values[name] = np.asarray(t.values)
+        for t in mg.graph.inputs:
+            if t.shape is not None:
+                ev.shapes[t.name] = tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else fill
+                                          for d in t.shape)
+            ev.types[t.name] = _elem(t)
+        return ev
+
+    def visit(self, node: gs.Node) -> None:
+        """Learn the node's output shapes: from its rule's shape value, by evaluating it on known small
+        values, or from ONNX's per-node shape inference; nothing when none of these can tell."""
         names = [t.name for t in node.inputs if t is not None and t.name]
-        if any(n not in shapes for n in names):
-            continue
-        rule = _rule(node, opset, registry)
-        ctx = NodeContext(node, opset, shapes)
-        value = rule.shape_value(ctx) if rule is not None and len(node.outputs) == 1 else None
+        if any(n not in self.shapes for n in names):
+            return
+        rule = _rule(node, self.opset, self.registry)
+        value = rule.shape_value(NodeContext(node, self.opset, self.shapes)) \
+            if rule is not None and len(node.outputs) == 1 else None
         if value is not None:
             out = node.outputs[0].name
-            values[out], shapes[out], types[out] = value, tuple(value.shape), onnx.TensorProto.INT64
-            continue
+            self.values[out], self.shapes[out], self.types[out] = value, tuple(value.shape), onnx.TensorProto.INT64
+            return
         proto = _node_proto(node)
         if proto is None:
-            continue
-        if all(n in values for n in names):
-            results = _evaluate(proto, values, opset)
-            if results is not None and len(results) == len(node.outputs):
-                for t, v in zip(node.outputs, results):
-                    shapes[t.name] = tuple(v.shape)
-                    types[t.name] = helper.np_dtype_to_tensor_dtype(v.dtype) if v.dtype != object else _elem(t)
-                    if v.size <= MAX_VALUE:
-                        values[t.name] = v
-                continue
+            return
+        if all(n in self.values for n in names) and self._evaluated(node, proto):
+            return
+        self._infer(node, proto, names)
+
+    def _evaluated(self, node: gs.Node, proto: onnx.NodeProto) -> bool:
+        """Run the node on its known input values; whether that gave every output."""
+        results = _evaluate(proto, self.values, self.opset)
+        if results is None or len(results) != len(node.outputs):
+            return False
+        for t, v in zip(node.outputs, results):
+            self.shapes[t.name] = tuple(v.shape)
+            self.types[t.name] = helper.np_dtype_to_tensor_dtype(v.dtype) if v.dtype != object else _elem(t)
+            if v.size <= MAX_VALUE:
+                self.values[t.name] = v
+        return True
+
+    def _infer(self, node: gs.Node, proto: onnx.NodeProto, names: list[str]) -> None:
+        """ONNX's shape inference for one node at the concrete input shapes (and known small values)."""
         try:
-            schema = onnx.defs.get_schema(node.op, opset if not node.domain else 1, node.domain or "")
+            schema = onnx.defs.get_schema(node.op, self.opset if not node.domain else 1, node.domain or "")
             inferred = onnx.shape_inference.infer_node_outputs(
-                schema, proto, {n: _type(types.get(n, onnx.TensorProto.FLOAT), shapes[n]) for n in names},
-                {n: numpy_helper.from_array(values[n], n) for n in names if n in values}, None, imports)
+                schema, proto, {n: _type(self.types.get(n, onnx.TensorProto.FLOAT), self.shapes[n]) for n in names},
+                {n: numpy_helper.from_array(self.values[n], n) for n in names if n in self.values}, None,
+                self.imports)
         except Exception as exc:  # noqa: BLE001 - no schema or inference refused: outputs stay unknown
             log.debug("no shapes for %s '%s': %s", node.op, node.name, exc)
-            continue
+            return
         for t in node.outputs:
             tp = inferred.get(t.name)
             if tp is None or not tp.tensor_type.HasField("shape"):
                 continue
             dims = tp.tensor_type.shape.dim
             if all(d.HasField("dim_value") for d in dims):
-                shapes[t.name] = tuple(int(d.dim_value) for d in dims)
-                types[t.name] = tp.tensor_type.elem_type or _elem(t)
-    return shapes
+                self.shapes[t.name] = tuple(int(d.dim_value) for d in dims)
+                self.types[t.name] = tp.tensor_type.elem_type or _elem(t)

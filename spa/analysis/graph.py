@@ -120,6 +120,97 @@ def _mentioned_axes(rels: list[Relation]) -> set[Slot]:
     return seen
 
 
+@dataclass
+class _SlotTable:
+    """The slots met while running the rules: their :class:`SlotInfo`, the nodes that touch each, and
+    reasons that block every axis of a tensor (applied to its slots at the end)."""
+
+    tensors: dict[str, gs.Tensor]
+    order: dict[str, int]
+    hidden: bool
+    slots: dict[Slot, SlotInfo] = field(default_factory=dict)
+    node_of_slot: dict[Slot, set[str]] = field(default_factory=lambda: defaultdict(set))
+    tensor_reasons: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    links: list[tuple[Link, str]] = field(default_factory=list)
+    choices: list[tuple[Choice, str]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, graph: gs.Graph, hidden: bool) -> _SlotTable:
+        """An empty table; tensors are numbered in order of first appearance (graph inputs first)."""
+        order: dict[str, int] = {}
+        for t in graph.inputs:
+            order.setdefault(t.name, len(order))
+        for node in graph.nodes:
+            for t in list(node.inputs) + list(node.outputs):
+                if t.name:
+                    order.setdefault(t.name, len(order))
+        return cls(graph.tensors(), order, hidden)
+
+    def info(self, s: Slot) -> SlotInfo:
+        """The slot's record, made on first use (size from the tensor's shape, None when dynamic)."""
+        si = self.slots.get(s)
+        if si is None:
+            t = self.tensors.get(s.tensor)
+            shape = shape_of(t) if t is not None else None
+            size = static(shape[s.axis]) if shape is not None and 0 <= s.axis < len(shape) else None
+            si = SlotInfo(s, size, isinstance(t, gs.Constant), (self.order.get(s.tensor, len(self.order)), s.axis))
+            self.slots[s] = si
+        return si
+
+    def touch(self, s: Slot, name: str) -> SlotInfo:
+        """The slot's record, noting that node ``name`` relates it."""
+        self.node_of_slot[s].add(name)
+        return self.info(s)
+
+    def add(self, r: Relation, name: str) -> None:
+        """Record one relation that node ``name``'s rule returned."""
+        if isinstance(r, Link):
+            self.links.append((r, name))
+            self.touch(r.a, name), self.touch(r.b, name)
+        elif isinstance(r, Member):
+            self.touch(r.slot, name).roles.add((name, r.role))
+        elif isinstance(r, Barrier):
+            if r.axis is None:
+                self.tensor_reasons[r.tensor].append(r.reason)
+            else:
+                self.info(Slot(r.tensor, r.axis)).reasons.append(r.reason)
+        elif isinstance(r, Choice):
+            self.choices.append((r, name))
+            for o in r.options:
+                self.info(o.a), self.info(o.b)
+        elif isinstance(r, Tag):
+            self.info(r.slot).kinds.add(r.kind)
+        elif isinstance(r, Statistic):
+            si = self.touch(r.slot, name)
+            si.kinds.add("hidden")
+            if not self.hidden:
+                si.reasons.append(r.reason + HIDDEN_HINT)
+
+    def block_unmapped(self, node: gs.Node, name: str, rels: list[Relation]) -> None:
+        """Coverage barriers: every axis of the node's inputs and outputs its rule did not relate (and
+        every axis of a tensor whose shape is unknown) is blocked."""
+        mentioned = _mentioned_axes(rels)
+        for t in list(node.inputs) + list(node.outputs):
+            shape = shape_of(t) if t is not None and t.name else None
+            if shape is None:
+                if t is not None and t.name:
+                    self.tensor_reasons[t.name].append(f"shape of '{t.name}' unknown at {node.op} '{name}'")
+                continue
+            for a in range(len(shape)):
+                if Slot(t.name, a) not in mentioned:
+                    self.info(Slot(t.name, a)).reasons.append(f"{node.op} '{name}' does not map axis {a} of '{t.name}'")
+
+    def block_io(self, graph: gs.Graph) -> None:
+        """Block graph inputs and outputs, then give every slot its tensor's whole-tensor reasons."""
+        for t in graph.inputs:
+            self.tensor_reasons[t.name].append(f"graph input '{t.name}'")
+        for t in graph.outputs:
+            self.tensor_reasons[t.name].append(f"graph output '{t.name}'")
+        for s, si in self.slots.items():
+            if s.tensor in self.tensor_reasons:
+                si.reasons.extend(self.tensor_reasons[s.tensor])
+
+
 def build_channel_graph(mg: ModelGraph, registry: RuleRegistry, *, hidden: bool = False,
                         head_dim: bool = False) -> ChannelGraph:
     """Run the rules and build the slot graph (choices resolved).
@@ -133,86 +224,20 @@ def build_channel_graph(mg: ModelGraph, registry: RuleRegistry, *, hidden: bool 
             the ``head_dim`` factor (a group of kind ``head_dim``) instead of the heads (see the module
             docstring).
     """
-    graph = mg.graph
-    tensors = graph.tensors()
-    order: dict[str, int] = {}
-    for t in graph.inputs:
-        order.setdefault(t.name, len(order))
-    for node in graph.nodes:
-        for t in list(node.inputs) + list(node.outputs):
-            if t.name:
-                order.setdefault(t.name, len(order))
-
-    slots: dict[Slot, SlotInfo] = {}
-    node_of_slot: dict[Slot, set[str]] = defaultdict(set)
-    tensor_reasons: dict[str, list[str]] = defaultdict(list)
-
-    def info(s: Slot) -> SlotInfo:
-        si = slots.get(s)
-        if si is None:
-            t = tensors.get(s.tensor)
-            shape = shape_of(t) if t is not None else None
-            size = static(shape[s.axis]) if shape is not None and 0 <= s.axis < len(shape) else None
-            si = SlotInfo(s, size, isinstance(t, gs.Constant), (order.get(s.tensor, len(order)), s.axis))
-            slots[s] = si
-        return si
-
-    links: list[tuple[Link, str]] = []
-    choices: list[tuple[Choice, str]] = []
-    for node in graph.nodes:
+    table = _SlotTable.of(mg.graph, hidden)
+    for node in mg.graph.nodes:
         rels = _relations_for(node, registry, mg.opset)
         name = node.name or node.op
         for r in rels:
-            if isinstance(r, Link):
-                links.append((r, name))
-                info(r.a), info(r.b)
-                node_of_slot[r.a].add(name)
-                node_of_slot[r.b].add(name)
-            elif isinstance(r, Member):
-                info(r.slot).roles.add((name, r.role))
-                node_of_slot[r.slot].add(name)
-            elif isinstance(r, Barrier):
-                if r.axis is None:
-                    tensor_reasons[r.tensor].append(r.reason)
-                else:
-                    info(Slot(r.tensor, r.axis)).reasons.append(r.reason)
-            elif isinstance(r, Choice):
-                choices.append((r, name))
-                for o in r.options:
-                    info(o.a), info(o.b)
-            elif isinstance(r, Tag):
-                info(r.slot).kinds.add(r.kind)
-            elif isinstance(r, Statistic):
-                si = info(r.slot)
-                si.kinds.add("hidden")
-                if not hidden:
-                    si.reasons.append(r.reason + HIDDEN_HINT)
-                node_of_slot[r.slot].add(name)
-        mentioned = _mentioned_axes(rels)
-        for t in list(node.inputs) + list(node.outputs):
-            shape = shape_of(t) if t is not None and t.name else None
-            if shape is None:
-                if t is not None and t.name:
-                    tensor_reasons[t.name].append(f"shape of '{t.name}' unknown at {node.op} '{name}'")
-                continue
-            for a in range(len(shape)):
-                s = Slot(t.name, a)
-                if s not in mentioned:
-                    info(s).reasons.append(f"{node.op} '{name}' does not map axis {a} of '{t.name}'")
-    for t in graph.inputs:
-        tensor_reasons[t.name].append(f"graph input '{t.name}'")
-    for t in graph.outputs:
-        tensor_reasons[t.name].append(f"graph output '{t.name}'")
-    for s, si in slots.items():
-        if s.tensor in tensor_reasons:
-            si.reasons.extend(tensor_reasons[s.tensor])
-
-    chosen, notes = _resolve_choices(slots, links, choices, head_dim=head_dim)
+            table.add(r, name)
+        table.block_unmapped(node, name, rels)
+    table.block_io(mg.graph)
+    chosen, notes = _resolve_choices(table.slots, table.links, table.choices, head_dim=head_dim)
     g = nx.Graph()
-    g.add_nodes_from(slots)
-    for link, _ in links + chosen:
+    g.add_nodes_from(table.slots)
+    for link, _ in table.links + chosen:
         g.add_edge(link.a, link.b)
-    return ChannelGraph(slots, links + chosen, g, dict(node_of_slot), notes)
+    return ChannelGraph(table.slots, table.links + chosen, g, dict(table.node_of_slot), notes)
 
 
 #: appended to the reason on a head option that head-dim mode did not keep

@@ -155,49 +155,65 @@ def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None, *, hidde
     links_by_slot: dict[Slot, list[Link]] = {}
     for link, _ in cg.links:
         links_by_slot.setdefault(link.a, []).append(link)
-    components = [sorted(c, key=lambda s: cg.slots[s].order) for c in nx.connected_components(cg.nx_graph)]
-    components = [c for c in components if any(cg.slots[s].owned for s in c)]
-    components.sort(key=lambda c: min(cg.slots[s].order for s in c if not cg.slots[s].const)
-                    if any(not cg.slots[s].const for s in c) else cg.slots[c[0]].order)
     groups: list[Group] = []
     classes: dict[int, dict[Slot, np.ndarray]] = {}
     roles: dict[Slot, set[Role]] = {}
-    for comp in components:
+    for comp in _components(cg):
         infos: list[SlotInfo] = [cg.slots[s] for s in comp]
         # activation slots first so channel numbers follow the first activation's channel order
         infos.sort(key=lambda si: (si.const, si.order))
-        reasons = [r for si in infos for r in si.reasons]
-        n_channels = 0
-        cls: dict[Slot, np.ndarray] = {}
-        if any(si.size is None for si in infos):
-            reasons.append("a coupled axis has a dynamic size")
-            n_channels = max((si.size or 0) for si in infos)
-        elif sum(si.size or 0 for si in infos) > MAX_GROUP_ELEMENTS:
-            reasons.append(f"its axes hold more than {MAX_GROUP_ELEMENTS} elements in all (a corrupt shape?)")
-            n_channels = max((si.size or 0) for si in infos)
-        else:
-            comp_set = set(comp)
-            links = [lk for s in comp for lk in links_by_slot.get(s, []) if lk.b in comp_set]
-            try:
-                n_channels, cls = element_classes(infos, links)
-            except ValueError as exc:
-                reasons.append(f"inconsistent channel maps: {exc}")
-                n_channels = max((si.size or 0) for si in infos)
-        if not reasons and n_channels < 2:
-            reasons.append("fewer than two independent channels")
-        gid = len(groups)
-        members = tuple(
-            GroupMember(si.slot.tensor, si.slot.axis, si.size, "weight" if si.const else "activation",
-                        tuple(sorted(f"{n}:{r.value}" for n, r in si.roles)))
-            for si in infos
-        )
-        nodes = sorted({n for si in infos for n in cg.node_of_slot.get(si.slot, ())})
-        kinds = {k for si in infos for k in si.kinds}
-        kind = next((k for k in KIND_PRIORITY if k in kinds), "channel")
-        groups.append(Group(gid, n_channels, not reasons, _dedupe(reasons), members, tuple(nodes), kind))
-        if not reasons:
-            classes[gid] = cls
+        comp_set = set(comp)
+        links = [lk for s in comp for lk in links_by_slot.get(s, []) if lk.b in comp_set]
+        n_channels, cls, reasons = _channels(infos, links)
+        group = _group(len(groups), infos, n_channels, reasons, cg)
+        groups.append(group)
+        if group.prunable:
+            classes[group.id] = cls
         for si in infos:
             roles[si.slot] = {r for _, r in si.roles}
     log.debug("%d groups, %d prunable", len(groups), sum(g.prunable for g in groups))
     return Analysis(mg, groups, classes, roles, cg, hidden, head_dim, registry)
+
+
+def _components(cg: ChannelGraph) -> list[list[Slot]]:
+    """The connected components of the slot graph that own a weight, each sorted by slot order, in the
+    order of their first activation slot (of their first slot when they hold only weights)."""
+    components = [sorted(c, key=lambda s: cg.slots[s].order) for c in nx.connected_components(cg.nx_graph)]
+    components = [c for c in components if any(cg.slots[s].owned for s in c)]
+    components.sort(key=lambda c: min(cg.slots[s].order for s in c if not cg.slots[s].const)
+                    if any(not cg.slots[s].const for s in c) else cg.slots[c[0]].order)
+    return components
+
+
+def _channels(infos: list[SlotInfo], links: list[Link]) -> tuple[int, dict[Slot, np.ndarray], list[str]]:
+    """A component's channel count, its element → channel labels per slot and every reason it cannot be
+    pruned (its slots' reasons, a dynamic axis, too many elements, inconsistent maps, < 2 channels)."""
+    reasons = [r for si in infos for r in si.reasons]
+    widest = max((si.size or 0) for si in infos)
+    n_channels, cls = widest, {}
+    if any(si.size is None for si in infos):
+        reasons.append("a coupled axis has a dynamic size")
+    elif sum(si.size or 0 for si in infos) > MAX_GROUP_ELEMENTS:
+        reasons.append(f"its axes hold more than {MAX_GROUP_ELEMENTS} elements in all (a corrupt shape?)")
+    else:
+        try:
+            n_channels, cls = element_classes(infos, links)
+        except ValueError as exc:
+            reasons.append(f"inconsistent channel maps: {exc}")
+            n_channels, cls = widest, {}
+    if not reasons and n_channels < 2:
+        reasons.append("fewer than two independent channels")
+    return n_channels, cls, reasons
+
+
+def _group(gid: int, infos: list[SlotInfo], n_channels: int, reasons: list[str], cg: ChannelGraph) -> Group:
+    """The :class:`Group` of one component: members, the nodes that touch it, its kind."""
+    members = tuple(
+        GroupMember(si.slot.tensor, si.slot.axis, si.size, "weight" if si.const else "activation",
+                    tuple(sorted(f"{n}:{r.value}" for n, r in si.roles)))
+        for si in infos
+    )
+    nodes = sorted({n for si in infos for n in cg.node_of_slot.get(si.slot, ())})
+    kinds = {k for si in infos for k in si.kinds}
+    kind = next((k for k in KIND_PRIORITY if k in kinds), "channel")
+    return Group(gid, n_channels, not reasons, _dedupe(reasons), members, tuple(nodes), kind)
