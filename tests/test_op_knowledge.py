@@ -17,16 +17,8 @@ SPA = Path(__file__).resolve().parent.parent / "spa"
 EXEMPT = ("rules", "graph")
 DISPATCH_KEYS = {"Conv", "Gemm", "MatMul"}
 
-#: switches still outside the rules, each with the reason it stays (path relative to spa/, line text)
-#: (the data-free criterion's per-op moment transfer: to move behind a ``ChannelRule.moments`` hook)
-ALLOWED: set[tuple[str, str]] = {
-    ("criteria/propagate.py", 'if node.op == "Add":'),
-    ("criteria/propagate.py", 'if node.op == "Sub":'),
-    ("criteria/propagate.py", 'if node.op == "Mul":'),
-    ("criteria/propagate.py", 'if node.op == "Div" and not ca and np.all(k != 0):'),
-    ("criteria/propagate.py", 'if node.op in ("Add", "Sub"):'),
-    ("criteria/propagate.py", 'sign = 1.0 if node.op == "Add" else -1.0'),
-}
+#: switches allowed outside the rules, each with the reason it stays (path relative to spa/, line text)
+ALLOWED: set[tuple[str, str]] = set()
 
 
 def _modules() -> list[Path]:

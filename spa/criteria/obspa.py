@@ -40,7 +40,8 @@ from spa.criteria.consumers import Consumer, Fallback, Views, fallback_errors
 from spa.criteria.flap import compensate_means
 from spa.criteria.obs import Surgeon, l2_fallback
 from spa.criteria.obs_math import DEFAULT_DAMP, diag_rank1_channel_errors
-from spa.criteria.propagate import Moments, tensor_moments
+from spa.criteria.propagate import tensor_moments
+from spa.rules.moments import Moments
 from spa.criteria.reduce import finish
 from spa.errors import UsageError
 from spa.plan import Plan
@@ -74,7 +75,8 @@ class ObsPA:
             if c.input not in tensors:  # e.g. a tensor of a subgraph's outer scope
                 missing[key] = c
                 continue
-            m = tensor_moments(tensors[c.input], c.input_axis, memo)  # type: ignore[arg-type]
+            m = tensor_moments(tensors[c.input], c.input_axis, memo, registry=analysis.registry,  # type: ignore[arg-type]
+                               opset=analysis.model.opset)
             if isinstance(m, Moments):
                 found[key] = m
             else:

@@ -42,6 +42,7 @@ from spa.errors import UnsupportedModelError
 from spa.graph.model import Dim, const_value, shape_of
 
 if TYPE_CHECKING:
+    from spa.rules.moments import Result, Walk
     from spa.rules.views import Consumer
 
 
@@ -483,6 +484,12 @@ class ChannelRule(ABC):
         what a removed channel's weight slice is set to. None (the default): the node has no opinion
         (0 is used)."""
         return None
+
+    def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
+        """Per-element mean and variance of ``out`` along ``axis`` from those of the node's inputs (``walk``
+        gives an input's), for the data-free criterion (:mod:`spa.rules.moments` holds the transfers and
+        their maths). Default: a reason — the op has no moment transfer, the estimate stops here."""
+        return f"no BatchNormalization before {ctx.node.op} '{ctx.node.name}'"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(self.op_types)})"

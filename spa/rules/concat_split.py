@@ -31,6 +31,7 @@ from spa.rules.base import (
     norm_axis,
     static,
 )
+from spa.rules.moments import Result, Walk, concat_transfer
 
 
 def _clamp_range(start: int, end: int, n: int) -> tuple[int, int]:
@@ -49,6 +50,10 @@ class ConcatRule(ChannelRule):
     """Concat: offset maps on the concat axis."""
 
     op_types = ("Concat",)
+
+    def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
+        """Concatenated along the concat axis (other axes: a reason)."""
+        return concat_transfer(ctx.node, out, axis, walk)
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
         y = ctx.output(0)

@@ -40,6 +40,7 @@ from spa.rules.base import (
     TwinContext,
     same_dim,
 )
+from spa.rules.moments import Result, Walk, no_transfer, unary_transfer
 from spa.rules.elementwise import BroadcastRule
 from spa.rules.norm import finish_affine, masked_normalise
 
@@ -58,6 +59,12 @@ class ContribElementwiseRule(BroadcastRule):
 
     op_types: tuple[str, ...] = ("Gelu", "BiasGelu")
     domain = MS_DOMAIN
+
+    def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
+        """Gelu of one input: by quadrature, as the standard Gelu; with a bias (BiasGelu, FastGelu): a reason."""
+        if len(ctx.node.inputs) != 1:
+            return no_transfer(ctx.node)
+        return unary_transfer(ctx.node, out, axis, walk)
 
 
 class FastGeluRule(ContribElementwiseRule):

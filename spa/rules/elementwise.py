@@ -23,6 +23,7 @@ from spa.rules.base import (
     same_dim,
     static,
 )
+from spa.rules.moments import Result, Walk, broadcast_transfer, unary_transfer
 
 UNARY_OPS = (
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Mish",
@@ -42,6 +43,10 @@ class UnaryRule(ChannelRule):
     """Identity on every axis between input 0 and each output (Dropout's mask too)."""
 
     op_types = UNARY_OPS
+
+    def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
+        """Activations (ReLU closed form, others by quadrature); Identity and Dropout unchanged."""
+        return unary_transfer(ctx.node, out, axis, walk)
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
         x = ctx.input(0)
@@ -88,6 +93,10 @@ class BroadcastRule(ChannelRule):
     """Broadcasting n-ary ops: all non-broadcast input axes share the output's slot."""
 
     op_types = BROADCAST_OPS
+
+    def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
+        """PRelu, and Add/Sub/Mul/Div: affine maps with per-channel constants, sums of independent activations, ``x·act(x)`` gates."""
+        return broadcast_transfer(ctx.node, out, axis, walk)
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
         out = ctx.output(0)

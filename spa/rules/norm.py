@@ -32,6 +32,7 @@ from spa.rules.base import (
     TwinContext,
     norm_axis,
 )
+from spa.rules.moments import Result, Walk, norm_transfer
 
 
 def _identity_except(ctx: NodeContext, blocked: set[int], reason: str) -> list[Relation]:
@@ -52,6 +53,10 @@ class PerChannelNormRule(ChannelRule):
     """BatchNormalization (inference) and InstanceNormalization: parameters [C] on axis 1."""
 
     op_types = ("BatchNormalization", "InstanceNormalization")
+
+    def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
+        """A normalisation output is ``N(β, γ²)`` per channel (γ, β constant, channels on axis 1)."""
+        return norm_transfer(ctx.node, out, axis, walk)
 
     def running_stats(self, ctx: NodeContext) -> bool:
         """BatchNormalization (inference): ``γ`` is input 1, the running mean and variance inputs 3 and 4."""

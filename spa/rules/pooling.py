@@ -19,6 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.rules.base import Barrier, ChannelRule, Link, NodeContext, Relation, Slot, Statistic, TwinContext, norm_axis
+from spa.rules.moments import Result, Walk, no_transfer, same_axis_transfer
 
 
 def mask_reduction(ctx: NodeContext, tw: TwinContext, axes: set[int], *, mean: bool) -> None:
@@ -58,6 +59,13 @@ class PoolRule(ChannelRule):
 
     op_types = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
                 "MaxRoiPool")
+
+    def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
+        """Unchanged on the channel axis (an approximation: pooling lowers the variance, max-pooling raises
+        the mean); MaxRoiPool (regions become the batch) is a reason."""
+        if ctx.node.op == "MaxRoiPool":
+            return no_transfer(ctx.node)
+        return same_axis_transfer(ctx.node, out, axis, walk)
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
         if ctx.node.op == "MaxRoiPool":

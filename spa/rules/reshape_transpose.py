@@ -37,6 +37,7 @@ from spa.rules.base import (
     size_spec,
     static,
 )
+from spa.rules.moments import Result, Walk, merge_transfer
 
 Block = tuple[tuple[int, ...], tuple[int, ...]]
 
@@ -216,6 +217,10 @@ class ReshapeRule(ChannelRule):
 
     op_types = ("Reshape",)
 
+    def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
+        """A merge of ``[N, C, *S]`` into ``[N, C·ΠS]`` repeats the moments of each channel over its ``ΠS`` features."""
+        return merge_transfer(ctx.node, out, axis, walk)
+
     def relate(self, ctx: NodeContext) -> list[Relation]:
         x, y = ctx.input(0), ctx.output(0)
         if x is None or y is None:
@@ -262,6 +267,10 @@ class ShapeOnlyRule(ChannelRule):
     """Flatten, Squeeze, Unsqueeze: block maps, nothing to rewrite (their attributes do not name sizes)."""
 
     op_types = ("Flatten", "Squeeze", "Unsqueeze")
+
+    def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
+        """Flatten/Squeeze merging ``[N, C, *S]`` into ``[N, C·ΠS]``: the moments of each channel repeated over ``ΠS``."""
+        return merge_transfer(ctx.node, out, axis, walk)
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
         x, y = ctx.input(0), ctx.output(0)

@@ -30,6 +30,7 @@ from spa.rules.base import (
     size_spec,
     static,
 )
+from spa.rules.moments import Result, Walk, same_axis_transfer
 
 
 def _same_size_links(ctx: NodeContext) -> list[Relation]:
@@ -95,6 +96,10 @@ class ResizeRule(ChannelRule):
 
     op_types = ("Resize", "Upsample")
 
+    def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
+        """Unchanged on the channel axis."""
+        return same_axis_transfer(ctx.node, out, axis, walk)
+
     def relate(self, ctx: NodeContext) -> list[Relation]:
         rels = _same_size_links(ctx)
         if ctx.node.op == "Resize" and ctx.input(3) is not None and not ctx.is_const(ctx.input(3)):
@@ -116,6 +121,10 @@ class PadRule(ChannelRule):
     """Pad: unpadded axes are identity (padding a channel axis is a barrier)."""
 
     op_types = ("Pad",)
+
+    def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
+        """Unchanged on the channel axis (padding values are not modelled)."""
+        return same_axis_transfer(ctx.node, out, axis, walk)
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
         return _same_size_links(ctx)

@@ -11,8 +11,8 @@ import pytest
 
 from spa.calibration import RandomSource, run_batches
 from spa.calibration.synthetic import batch_norm_model
-from spa.criteria.moments import ACTIVATIONS, gaussian_moments, relu_moments
-from spa.criteria.propagate import Moments, tensor_moments
+from spa.criteria.propagate import tensor_moments
+from spa.rules.moments import ACTIVATIONS, Moments, gaussian_moments, relu_moments
 from spa.criteria.reduce import normalize, reduce_members
 from spa.errors import UsageError
 from tests.oracle import GraphBuilder
