@@ -22,6 +22,7 @@ from spa.analysis.metrics import count_params
 from spa.bench.report import BenchOptions, bench_models
 from spa.budget import solve_ratio
 from spa.calibration import load_calibration
+from spa.calibration.data import CalibrationSource
 from spa.criteria import CriterionContext, Scores, Updates, get_criterion
 from spa.criteria.reduce import options as reduce_options
 from spa.errors import UsageError, ValidationError
@@ -272,7 +273,7 @@ def _report(opts: PruneOptions, analysis: Analysis, plan: Plan, original: ModelG
         "target_latency": None,
         "prunable_param_fraction": round(analysis.prunable_param_fraction(), 6),
         "criterion_options": dict(cctx.options),
-        "calibration": source.describe() if source is not None else None,
+        "calibration": source.describe() if isinstance(source, CalibrationSource) else None,
         "criterion_notes": list(cctx.notes),
         "compensated_weights": sorted(updates),
         "groups": _group_report(analysis, plan),

@@ -138,7 +138,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     unknown = sorted(k for k in data if k.replace("-", "_") not in known)
     if unknown:
         raise UsageError(f"--config {value}: unknown option(s) {', '.join(unknown)}")
-    ctx.default_map = (ctx.default_map or {}) | {k.replace("-", "_"): v for k, v in data.items()}
+    ctx.default_map = dict(ctx.default_map or {}) | {k.replace("-", "_"): v for k, v in data.items()}
     try:
         ctx.ensure_object(dict)["overrides"] = [(str(o["pattern"]), float(o["ratio"])) for o in overrides]
     except (KeyError, TypeError, ValueError) as exc:

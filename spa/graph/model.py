@@ -201,7 +201,7 @@ class ModelGraph:
         return model
 
     def _export(self) -> onnx.ModelProto:
-        model = gs.export_onnx(self.graph, do_type_check=False)
+        model: onnx.ModelProto = gs.export_onnx(self.graph, do_type_check=False)
         model.ir_version = self.ir_version
         del model.opset_import[:]
         model.opset_import.extend(self.opset_imports)
@@ -239,7 +239,8 @@ class ModelGraph:
 
     def tensors(self) -> dict[str, gs.Tensor]:
         """All tensors by name."""
-        return self.graph.tensors()
+        tensors: dict[str, gs.Tensor] = self.graph.tensors()
+        return tensors
 
 
 def shape_of(t: gs.Tensor) -> tuple[Dim, ...] | None:
@@ -248,7 +249,7 @@ def shape_of(t: gs.Tensor) -> tuple[Dim, ...] | None:
         return None
     if isinstance(t, gs.Constant):
         return tuple(int(d) for d in t.shape)
-    return tuple(d if isinstance(d, (int, np.integer)) and d >= 0 else (d if isinstance(d, str) else None)
+    return tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else (d if isinstance(d, str) else None)
                  for d in t.shape)
 
 

@@ -81,7 +81,7 @@ def save_graph(mg: ModelGraph, path: str | os.PathLike[str], *, external_data: b
                     fh.write(b"\0" * pad)
                     offset += pad
                     arr = np.ascontiguousarray(t.values)
-                    fh.write(memoryview(arr).cast("B"))
+                    fh.write(arr.data.cast("B"))
                     saved.append((t, t._values))
                     t._values = LazyValues(_ref(t, data_name, offset, arr.nbytes))
                     offset += arr.nbytes

@@ -187,7 +187,7 @@ class _Completer:
         spec = [s_in[b] if (d == 0 and not allowzero and b < len(s_in)) else d for b, d in enumerate(spec)]
         if any(d is None for d in spec):
             return None
-        return _solve_minus_one([(d, 1) for d in s_in], spec)  # type: ignore[misc]
+        return _solve_minus_one([(d, 1) for d in s_in], spec)
 
     def _expand(self, node: onnx.NodeProto) -> list[Dim] | None:
         sx, spec = self.view.shape(node.input[0]), self.vectors.value(self._ins(node, 1))

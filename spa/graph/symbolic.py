@@ -450,7 +450,7 @@ class _GsView:
     """:class:`GraphView` over onnx-graphsurgeon tensors."""
 
     def key(self, h: gs.Tensor) -> str:
-        return h.name
+        return str(h.name)
 
     def const(self, h: gs.Tensor) -> np.ndarray | None:
         if isinstance(h, gs.Constant) and int(np.prod(h.shape)) <= MAX_LEN:

@@ -59,7 +59,8 @@ class MappedValues(LazyValues):  # type: ignore[misc]
         buf = _MAPS.get(self.path)
         if self.offset + count * np.dtype(dtype).itemsize > len(buf):
             raise ValueError(f"external data of '{self.tensor.name}' runs past the end of {self.path}")
-        return np.frombuffer(buf, dtype=dtype, count=count, offset=self.offset).reshape(self.shape)
+        values: np.ndarray = np.frombuffer(buf, dtype=dtype, count=count, offset=self.offset).reshape(self.shape)
+        return values
 
 
 def attach_external(graph: gs.Graph, base_dir: Path) -> int:

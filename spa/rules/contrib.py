@@ -146,7 +146,7 @@ class ContribSkipNormRule(ChannelRule):
             return
         full = node.op == "SkipLayerNormalization"  # the simplified (RMS) form has no beta: bias is input 3
         beta, bias = (ctx.input(3), ctx.input(4)) if full else (None, ctx.input(3))
-        s = tw.op("Add", [x, ctx.input(1)], x)  # type: ignore[list-item]
+        s = tw.op("Add", [x, ctx.input(1)], x)
         if bias is not None:
             s = tw.op("Add", [s, bias], x)
         normed = masked_normalise(tw, s, m, float(node.attrs.get("epsilon", 1e-5)), centre=full)

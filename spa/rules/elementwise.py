@@ -10,6 +10,10 @@ depends on their positions).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import onnx_graphsurgeon as gs
+
 from spa.rules.base import (
     Barrier,
     ChannelRule,
@@ -24,7 +28,7 @@ from spa.rules.base import (
     static,
 )
 
-UNARY_OPS = (
+UNARY_OPS: tuple[str, ...] = (
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Mish",
     "Softplus", "Softsign", "Elu", "Selu", "Celu", "ThresholdedRelu", "Shrink", "Swish",
     "Exp", "Log", "Sqrt", "Neg", "Abs", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
@@ -32,7 +36,7 @@ UNARY_OPS = (
     "Cast", "CastLike", "Not", "IsNaN", "IsInf", "Identity", "Dropout",
 )
 
-BROADCAST_OPS = (
+BROADCAST_OPS: tuple[str, ...] = (
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where", "Mod",
     "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "BitShift",
 )
@@ -55,10 +59,10 @@ class UnaryRule(ChannelRule):
         return rels
 
 
-def broadcast_links(ctx: NodeContext, inputs: list, out) -> list[Relation]:  # type: ignore[no-untyped-def]
+def broadcast_links(ctx: NodeContext, inputs: Sequence[gs.Tensor | None], out: gs.Tensor | None) -> list[Relation]:
     """Links between each input and ``out`` under numpy broadcasting; constants become PARAM members."""
     so = ctx.shape(out)
-    if so is None:
+    if out is None or so is None:
         return ctx.barrier_all(f"{ctx.node.op} '{ctx.node.name}': output shape unknown")
     r = len(so)
     rels: list[Relation] = []

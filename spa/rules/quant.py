@@ -104,8 +104,8 @@ class QuantizeDequantizeRule(ChannelRule):
         rels: list[Relation] = [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(r)]
         if ctx.is_const(x):
             rels += [Member(Slot(x.name, a), Role.CONSUMER) for a in _weight_axes(sx)]
-        block = int(ctx.attr("block_size", 0) or 0)  # type: ignore[call-overload]
-        axis = int(ctx.attr("axis", 1))  # type: ignore[call-overload]
+        block = ctx.int_attr("block_size", 0)
+        axis = ctx.int_attr("axis", 1)
         for q in (scale, zp):
             if q is None:
                 continue
