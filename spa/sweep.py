@@ -170,7 +170,8 @@ def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -
     for r in opts.ratios:
         log.info("pruning %s at ratio %.3f", model, r)
         try:
-            res = prune(model, ratio=r, criterion=opts.criterion, seed=opts.seed, calibration=opts.calib, **opts.prune_kwargs)
+            res = prune(model, ratio=r, criterion=opts.criterion, seed=opts.seed, calibration=opts.calib,
+                        **opts.prune_kwargs)
         except SpaError as exc:
             rows.append({"ratio": r, "model": None, "error": str(exc)})
             continue

@@ -428,7 +428,7 @@ def test_external_data_escaping_the_folder_is_refused(models: dict[str, Path], t
                                                         size_threshold=0)
     external_data_helper.write_external_data_tensors(m, str(tmp_path))  # the data really is at tmp/x.data
     loc = str(tmp_path / "x.data") if location == "ABSOLUTE" else location
-    for t in external_data_helper._get_all_tensors(m):  # noqa: SLF001
+    for t in external_data_helper._get_all_tensors(m):
         if external_data_helper.uses_external_data(t):
             for e in t.external_data:
                 if e.key == "location":

@@ -24,7 +24,7 @@ import spa
 from spa.analysis.groups import Analysis, Group
 from spa.cli import main
 from tests.oracle import GraphBuilder, assert_oracle
-from tests.rules.test_attention_patterns import D, DH, S, _attend, _heads, _i64, _repeat_kv, _rope
+from tests.rules.test_attention_patterns import DH, D, S, _attend, _heads, _i64, _repeat_kv, _rope
 
 EXPORTERS = ["legacy", "dynamo"]
 

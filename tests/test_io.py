@@ -47,7 +47,7 @@ def _write_with_location(folder: Path, location: str, data_file: Path) -> Path:
                                                         size_threshold=0)
     external_data_helper.write_external_data_tensors(m, str(folder))
     os.replace(folder / "x.data", data_file)
-    for t in external_data_helper._get_all_tensors(m):  # noqa: SLF001
+    for t in external_data_helper._get_all_tensors(m):
         if external_data_helper.uses_external_data(t):
             for e in t.external_data:
                 if e.key == "location":

@@ -19,11 +19,11 @@ import pytest
 
 import spa
 from spa.analysis.groups import analyze_graph
-from spa.latency.solve import solve_latency
 from spa.criteria import CriterionContext, get_criterion
 from spa.errors import PlanError, UsageError
 from spa.latency import LatencyPredictor, LatencyTable, layer_configs, lut, measure
 from spa.latency.layers import LayerConfig, concrete_shapes
+from spa.latency.solve import solve_latency
 from spa.plan import Plan, make_plan
 from spa.surgery import prune_model
 from tests.oracle import GraphBuilder, assert_oracle
@@ -304,8 +304,8 @@ def test_cli_provider_for_target_latency(cache: Path, monkeypatch: pytest.Monkey
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """``spa prune --target-latency X --provider P``: CPU works end to end and records its provider; a GPU
     provider that does not work here is a one-line usage error (exit 1), not a silent CPU run."""
-    from spa.runtime.providers import cuda_device_present
     from spa.cli import main
+    from spa.runtime.providers import cuda_device_present
 
     monkeypatch.setattr(lut, "measure_layer", _fake_layer)
     monkeypatch.setattr(measure, "paired_samples", _fake_whole)

@@ -12,7 +12,8 @@ QDQ, control flow, custom ops, fp16, ...) or a random CNN drawn by ``tests/graph
 * on the serialised bytes (last): flip bytes, truncate.
 
 Then it runs ``spa.analyze(path)`` and ``spa.prune(path, ...)`` with random options (ratio, criterion, global
-ranking, round-to, masked twin, hidden-size pruning) in-process, with a per-case time limit (``--timeout``, SIGALRM), and
+ranking, round-to, masked twin, hidden-size pruning) in-process, with a per-case time limit (``--timeout``, SIGALRM),
+and
 classifies the case:
 
 * ``success``: a pruned model that passes the ONNX checker (``spa.prune`` checks it and loads it in ONNX
@@ -569,7 +570,7 @@ def run_case(case: Case, workdir: Path, timeout: float) -> Outcome:
         out.kind, out.error_type, out.message = "hang", "timeout", str(exc)
         out.signature = "hang@" + signature(exc).split("@", 1)[1]
         out.trace = "".join(traceback.format_exception(exc))
-    except (Exception, RecursionError) as exc:  # noqa: B014 - the point of fuzzing
+    except (Exception, RecursionError) as exc:
         out.kind, out.error_type, out.message = "crash", type(exc).__name__, str(exc)[:2000]
         out.signature = signature(exc)
         out.trace = "".join(traceback.format_exception(exc))

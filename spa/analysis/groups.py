@@ -17,10 +17,10 @@ import onnx_graphsurgeon as gs
 
 from spa.analysis.graph import ChannelGraph, SlotInfo, build_channel_graph, element_classes
 from spa.graph.model import ModelGraph
+from spa.graph.weights import is_float
 from spa.rules.base import ChannelRule, Link, NodeContext, Role, Slot
 from spa.rules.defaults import default_registry
 from spa.rules.registry import RuleRegistry
-from spa.graph.weights import is_float
 
 log = logging.getLogger(__name__)
 

@@ -161,7 +161,7 @@ def _two_activations(node: gs.Node, a: gs.Tensor, b: gs.Tensor, axis: int, walk:
                 if isinstance(m, str):
                     return m
                 act = ACTIVATIONS[gate.op](gate)
-                return _through(lambda v: v * act(v), m)
+                return _through(lambda v: v * act(v), m)  # noqa: B023 - called before the loop moves on
         return f"Mul '{node.name}' multiplies two activations (a gate)"
     if node.op in ("Add", "Sub"):
         ma, mb = walk(a, axis), walk(b, axis)
@@ -195,8 +195,8 @@ RULES: dict[str, Rule] = {
     "InstanceNormalization": _norm,
     "Relu": _relu,
     "PRelu": _prelu,
-    **{op: _activation for op in ACTIVATIONS},
-    **{op: _same_axis for op in _SAME_AXIS},
+    **dict.fromkeys(ACTIVATIONS, _activation),
+    **dict.fromkeys(_SAME_AXIS, _same_axis),
     "Flatten": _merge,
     "Reshape": _merge,
     "Squeeze": _merge,

@@ -110,7 +110,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     for _ in range(6):  # inference, then complete what it could not solve, and let that flow on
         try:
             inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
-        except Exception as exc:  # inference failures must not stop analysis: rules see unknown shapes
+        except Exception as exc:  # noqa: BLE001 - inference failures must not stop analysis: rules see unknown shapes
             log.warning("shape inference failed: %s", exc)
             break
         if complete_shapes(inferred):

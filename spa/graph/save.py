@@ -86,7 +86,7 @@ def save_graph(mg: ModelGraph, path: str | os.PathLike[str], *, external_data: b
                     t._values = LazyValues(_ref(t, data_name, offset, arr.nbytes))
                     offset += arr.nbytes
                     release(arr)
-            model = mg._export()  # noqa: SLF001 - references only, no weight bytes
+            model = mg._export()
             with open(tmp_model, "wb") as fh:
                 fh.write(model.SerializeToString())
     except OSError as exc:

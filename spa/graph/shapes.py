@@ -35,7 +35,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
@@ -237,7 +237,7 @@ class _Completer:
     def _constant_of_shape(self, node: onnx.NodeProto) -> list[Dim] | None:
         return self.vectors.value(self._ins(node, 0))
 
-    _OUTPUT: dict[str, Callable[[_Completer, onnx.NodeProto], list[Dim] | None]] = {
+    _OUTPUT: ClassVar[dict[str, Callable[[_Completer, onnx.NodeProto], list[Dim] | None]]] = {
         "Reshape": _reshape, "Expand": _expand, "Tile": _tile, "Slice": _slice,
         "ConstantOfShape": _constant_of_shape,
     }
@@ -358,7 +358,7 @@ class _Pass:
             data = {i: numpy_helper.from_array(np.asarray(self.view.consts[i]), i)
                     for i in node.input if i in self.view.consts}
             out = onnx.shape_inference.infer_node_outputs(schema, node, types, data, opset_imports=self.opsets)
-        except Exception:  # no schema, a missing input type, an inference error: ONNX learns nothing here
+        except Exception:  # noqa: BLE001 - no schema, a missing input type, an inference error: ONNX learns nothing here
             return {}
         return {name: _dims(helper.make_value_info(name, t)) for name, t in out.items()}
 

@@ -33,7 +33,7 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, SupportsInt, TypeGuard, Union, overload
+from typing import TYPE_CHECKING, SupportsInt, TypeGuard, overload
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -121,7 +121,7 @@ class Statistic:
     reason: str
 
 
-Relation = Union[Link, Member, Barrier, Choice, Tag, Statistic]
+Relation = Link | Member | Barrier | Choice | Tag | Statistic
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class Cost:
 
 
 #: an attribute value in a latency-table key (:meth:`ChannelRule.latency_key`)
-AttrValue = Union[int, float, str, tuple[int, ...], tuple[float, ...]]
+AttrValue = int | float | str | tuple[int, ...] | tuple[float, ...]
 
 
 class NodeContext:
@@ -424,7 +424,7 @@ class RewriteContext:
     def new_size(self, tensor: gs.Tensor, axis: int, old: int) -> int:
         """Size of an axis after pruning (``old`` when it is not pruned)."""
         k = self.kept(tensor, axis)
-        return old if k is None else int(len(k))
+        return old if k is None else len(k)
 
     def set_vector(self, node: gs.Node, index: int, values: Sequence[int | None], concat: gs.Node | None) -> None:
         """Write a size vector into ``node``'s input ``index``: a fresh constant, or — when the vector is

@@ -99,7 +99,7 @@ class ConvRule(ChannelRule):
         if g > 1 and sw is not None and static(sw[1]) == 1:
             kept = rw.kept(x, 1)
             if kept is not None:
-                ctx.node.attrs["group"] = int(len(kept))
+                ctx.node.attrs["group"] = len(kept)
 
     def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
         """See :func:`spa.rules.views.conv_view`."""
@@ -159,7 +159,7 @@ class ConvTransposeRule(ChannelRule):
         if g > 1 and sx is not None and static(sx[1]) == g:
             kept = rw.kept(x, 1)
             if kept is not None:
-                ctx.node.attrs["group"] = int(len(kept))
+                ctx.node.attrs["group"] = len(kept)
         if "output_shape" in ctx.node.attrs:
             pass  # spatial only: unaffected by channel pruning
 

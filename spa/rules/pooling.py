@@ -88,7 +88,7 @@ REDUCE_OPS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd",
 MASKABLE = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2")
 
 # opset from which each reduce op takes `axes` as an input rather than an attribute
-_AXES_AS_INPUT = {op: 18 for op in REDUCE_OPS} | {"ReduceSum": 13}
+_AXES_AS_INPUT = dict.fromkeys(REDUCE_OPS, 18) | {"ReduceSum": 13}
 
 
 class ReduceRule(ChannelRule):

@@ -197,7 +197,7 @@ class QOperatorRule(ChannelRule):
         if self.domain != "" or op not in QOPERATOR_OPS:
             return None
         w_index = 3 if op.startswith("QLinear") else 1
-        if op.endswith("Conv") or op.endswith("ConvInteger"):
+        if op.endswith(("Conv", "ConvInteger")):
             return conv_cost(ctx, 0, w_index, scale=False)
         return matmul_cost(ctx, 0, w_index, scale=False)
 

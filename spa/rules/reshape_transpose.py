@@ -111,7 +111,7 @@ def _pair(si: tuple[Dim, ...], so: tuple[Dim, ...]) -> tuple[list[Block], Block 
     if full is not None:
         return full, None
     left, i, j = _pair_prefix(si, so)
-    rev, ri, rj = _pair_prefix(tuple(reversed(si)), tuple(reversed(so)))
+    rev, _, _ = _pair_prefix(tuple(reversed(si)), tuple(reversed(so)))
     right: list[Block] = []
     for ins, outs in rev:
         mi = tuple(sorted(len(si) - 1 - a for a in ins))

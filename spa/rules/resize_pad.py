@@ -320,7 +320,8 @@ class ShapeRule(ChannelRule):
                 starts = getattr(consumer.inputs[1], "values", None)
                 ends = getattr(consumer.inputs[2], "values", None)
                 steps = getattr(consumer.inputs[4], "values", None) if len(consumer.inputs) > 4 else None
-                if starts is not None and ends is not None and (steps is None or int(np.asarray(steps).reshape(-1)[0]) == 1):
+                if (starts is not None and ends is not None
+                        and (steps is None or int(np.asarray(steps).reshape(-1)[0]) == 1)):
                     s0, e0 = int(np.asarray(starts).reshape(-1)[0]), int(np.asarray(ends).reshape(-1)[0])
                     read |= set(axes[slice(s0, e0)])
                     continue

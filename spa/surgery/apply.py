@@ -97,7 +97,7 @@ def _narrow_inputs(mg: ModelGraph, analysis: Analysis, plan: Plan, kept: dict[Sl
             node = nodes[c.node]
             shape = list(x.shape) if x.shape is not None else None
             if shape is not None:
-                shape[src.axis] = int(len(pos))
+                shape[src.axis] = len(pos)
             out = gs.Variable(f"{x.name}__spa_{c.mode}_{node.name}", dtype=x.dtype, shape=shape)
             axis = gs.Constant(f"{out.name}_axes", np.asarray([src.axis], dtype=np.int64))
             if c.mode == "slice" and pos[-1] - pos[0] + 1 == len(pos):
@@ -184,7 +184,7 @@ def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = 
         elif t is not None and t.shape is not None and slot.axis < len(t.shape):
             # activation shapes follow from the plan; the checker re-infers and compares them
             shape = list(t.shape)
-            shape[slot.axis] = int(len(k))
+            shape[slot.axis] = len(k)
             t.shape = shape
     _narrow_inputs(mg, analysis, plan, kept)
     return mg

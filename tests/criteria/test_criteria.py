@@ -15,8 +15,8 @@ from spa.calibration import ArraySource, RandomSource
 from spa.criteria import CRITERIA, CriterionContext, get_criterion
 from spa.errors import UsageError
 from spa.plan import make_plan
-from spa.surgery import prune_model
 from spa.runtime.session import session
+from spa.surgery import prune_model
 from tests.oracle import GraphBuilder, assert_oracle
 
 ALL = ("l1", "l2", "random", "bn", "lamp", "obs", "obspa", "wanda", "flap")

@@ -12,7 +12,6 @@ import pytest
 from onnx import helper, numpy_helper
 
 import spa
-from spa.analysis.groups import Analysis, Group
 from spa.graph.normalize import normalize
 from spa.rules.base import NodeContext, Slot, Tag
 from spa.rules.gemm_matmul import MatMulRule
