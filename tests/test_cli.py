@@ -412,7 +412,7 @@ def test_bad_model_file(models: dict[str, Path], tmp_path: Path, capsys: pytest.
     folder = listing(tmp_path)
     args = ["prune", bad, "-o", "out.onnx", "--report", "r.json"] if command == "prune" else \
         ["analyze", bad, "--json", "a.json"]
-    code, out, err = run(capsys, *args)
+    code, _out, err = run(capsys, *args)
     assert code == 2
     assert_one_line_error(err, needle)
     assert listing(tmp_path) == folder  # nothing written, no temp files
@@ -621,7 +621,7 @@ def test_model_unchanged_by_helper_construction() -> None:
 
 
 def test_no_command_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys)
+    code, _out, err = run(capsys)
     assert code == 1
     assert err.startswith("Usage:") and "prune" in err and "spa: error" not in err
 

@@ -98,7 +98,7 @@ def test_spa_command(name: str, line: int, command: str, workdir: Path, capsys: 
         args += ["--iters", "2", "--warmup", "1"]
     capsys.readouterr()
     code = main(args)
-    out, err = capsys.readouterr()
+    _out, err = capsys.readouterr()
     if code == 1 and _gpu_unavailable(err):
         pytest.skip(f"{name}:{line}: no usable GPU here ({err.strip()})")
     assert code == 0, f"{name}:{line}: `{command}` exited {code}: {err}"

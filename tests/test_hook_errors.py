@@ -61,7 +61,7 @@ def test_failing_twin_hook_is_a_coupling_error_naming_the_node() -> None:
 
 def test_spa_errors_from_hooks_pass_through_unchanged() -> None:
     registry = RuleRegistry([*DEFAULT_RULES, RefusingRewrite()])
-    with pytest.raises(UsageError, match="^my rule refuses$"):
+    with pytest.raises(UsageError, match=r"^my rule refuses$"):
         spa.prune(_grid_model(), ratio=0.5, registry=registry)
 
 

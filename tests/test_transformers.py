@@ -115,7 +115,7 @@ def _head_groups(a: Analysis, name: str) -> list[Group]:
 def test_registered() -> None:
     assert set(FLOAT_MODELS) <= set(TINY_MODELS)
     for name in ALL_MODELS:
-        model, shape = (TOKEN_MODELS if name in TOKEN_MODELS else TINY_MODELS)[name]()
+        model, _shape = (TOKEN_MODELS if name in TOKEN_MODELS else TINY_MODELS)[name]()
         assert not model.training and sum(p.numel() for p in model.parameters()) < 100_000
         again, _ = (TOKEN_MODELS if name in TOKEN_MODELS else TINY_MODELS)[name]()
         for p, q in zip(model.state_dict().values(), again.state_dict().values()):
