@@ -33,6 +33,8 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.test
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check spa tests tools
+	$(VENV)/bin/mypy spa
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(VENV)/.test

@@ -16,28 +16,29 @@ from typing import Any
 
 import onnx
 
-from spa.analysis.groups import Analysis, analyze_graph
 from spa.analysis.cost import count_macs
+from spa.analysis.groups import Analysis, analyze_graph
 from spa.analysis.metrics import count_params
 from spa.bench.report import BenchOptions, bench_models
 from spa.budget import solve_ratio
 from spa.calibration import load_calibration
+from spa.calibration.data import CalibrationSource
 from spa.criteria import CriterionContext, Scores, Updates, get_criterion
 from spa.criteria.reduce import options as reduce_options
 from spa.errors import UsageError, ValidationError
 from spa.graph.io import PROTOBUF_LIMIT, load_model
-from spa.graph.save import graph_bytes, save_graph
 from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
+from spa.graph.save import graph_bytes, save_graph
 from spa.latency.cost import choose_modes
 from spa.latency.solve import solve_latency
 from spa.options import PruneOptions, coerce
 from spa.plan import Plan, make_plan
-from spa.rules.registry import RuleRegistry
 from spa.reorder.unconstrained import copies, unconstrain
+from spa.rules.registry import RuleRegistry
+from spa.runtime.session import session
 from spa.surgery import kept_indices, masked_twin, prune_model
 from spa.validate.oracle import verify  # noqa: F401 - re-exported: spa.verify, the mask oracle
-from spa.runtime.session import session
 from spa.version import __version__
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ def _group_report(analysis: Analysis, plan: Plan) -> list[dict[str, object]]:
             "weights": sorted({f"{m.tensor}[{m.axis}]" for m in g.members if m.kind == "weight"}),
         }
         if removed:
-            row["kept_per_weight"] = {f"{s.tensor}[{s.axis}]": int(len(k)) for s, k in kept.items()
+            row["kept_per_weight"] = {f"{s.tensor}[{s.axis}]": len(k) for s, k in kept.items()
                                       if analysis.classes[g.id].get(s) is not None}
         rows.append(row)
     return rows
@@ -272,7 +273,7 @@ def _report(opts: PruneOptions, analysis: Analysis, plan: Plan, original: ModelG
         "target_latency": None,
         "prunable_param_fraction": round(analysis.prunable_param_fraction(), 6),
         "criterion_options": dict(cctx.options),
-        "calibration": source.describe() if source is not None else None,
+        "calibration": source.describe() if isinstance(source, CalibrationSource) else None,
         "criterion_notes": list(cctx.notes),
         "compensated_weights": sorted(updates),
         "groups": _group_report(analysis, plan),
@@ -289,7 +290,7 @@ def _onnx_check(pruned: onnx.ModelProto, original: ModelGraph) -> str:
     except Exception as exc:
         try:
             onnx.checker.check_model(original.to_onnx(), full_check=True)
-        except Exception as orig_exc:
+        except Exception as orig_exc:  # noqa: BLE001 - the checker raises several types; any failure is the answer
             reason = str(orig_exc).splitlines()[0]
             log.warning("the ONNX checker rejects the pruned model as it rejects the input (%s)", reason)
             return f"skipped: the ONNX checker rejects the input too ({reason})"
@@ -302,13 +303,13 @@ def _ort_check(pruned: onnx.ModelProto, original: ModelGraph) -> str:
     try:
         session(pruned)
         return "ok"
-    except ValidationError as exc:
+    except ValidationError:
         try:
             session(original.to_onnx())
         except ValidationError as orig_exc:
             log.warning("ONNX Runtime check skipped: it cannot load the input either (%s)", orig_exc)
             return f"skipped: ONNX Runtime cannot load the input either ({orig_exc})"
-        raise exc
+        raise
 
 
 def bench(models: Sequence[str | os.PathLike[str]], **options: Any) -> dict[str, Any]:

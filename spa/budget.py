@@ -23,15 +23,15 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from spa.analysis.groups import Analysis
 from spa.analysis.cost import count_macs, node_cost, node_costs
+from spa.analysis.groups import Analysis
 from spa.analysis.metrics import count_params
-from spa.errors import PlanError, UsageError
+from spa.errors import PlanError
+from spa.graph.weights import is_float
 from spa.plan import Plan
 from spa.rules.base import Slot
 from spa.rules.registry import RuleRegistry
 from spa.surgery.apply import kept_indices
-from spa.graph.weights import is_float
 
 log = logging.getLogger(__name__)
 

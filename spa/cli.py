@@ -138,7 +138,7 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     unknown = sorted(k for k in data if k.replace("-", "_") not in known)
     if unknown:
         raise UsageError(f"--config {value}: unknown option(s) {', '.join(unknown)}")
-    ctx.default_map = (ctx.default_map or {}) | {k.replace("-", "_"): v for k, v in data.items()}
+    ctx.default_map = dict(ctx.default_map or {}) | {k.replace("-", "_"): v for k, v in data.items()}
     try:
         ctx.ensure_object(dict)["overrides"] = [(str(o["pattern"]), float(o["ratio"])) for o in overrides]
     except (KeyError, TypeError, ValueError) as exc:
@@ -199,8 +199,10 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Pruned model path (required unless --dry-run).")
 @click.option("--ratio", type=float, default=0.5, show_default=True, help="Fraction of channels to remove, in [0, 1).")
 @click.option("--criterion", default="l2", show_default=True,
-              help="Importance criterion: l1, l2, random, bn, lamp, obspa (data-free); obs, wanda, flap (need --calib).")
-@click.option("--global", "global_rank", is_flag=True, help="Rank channels across groups (scores as --normalize makes them per group).")
+              help="Importance criterion: l1, l2, random, bn, lamp, obspa (data-free); "
+                   "obs, wanda, flap (need --calib).")
+@click.option("--global", "global_rank", is_flag=True,
+              help="Rank channels across groups (scores as --normalize makes them per group).")
 @click.option("--max-ratio", type=float, default=0.9, show_default=True, help="With --global: most a group may lose.")
 @click.option("--round-to", default="1", show_default=True, callback=lambda _c, _p, v: _round_to(v),
               help="Keep channel counts multiples of N; 'auto' picks N for the provider spa bench would use "
@@ -243,7 +245,8 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.option("--head-ratio", type=float, help="Ratio for attention-head groups (default: --ratio).")
 @click.option("--prune-hidden", is_flag=True, help="Also prune the hidden size (transformer residual stream, "
               "coupled through LayerNorm/RMSNorm, whose statistics then run over the kept channels).")
-@click.option("--hidden-ratio", type=float, help="With --prune-hidden: ratio for hidden-size groups (default: --ratio).")
+@click.option("--hidden-ratio", type=float,
+              help="With --prune-hidden: ratio for hidden-size groups (default: --ratio).")
 @click.option("--prune-head-dim", is_flag=True, help="Prune V's head_dim (the same dims of every head, with the output "
               "projection's rows) instead of the heads, in every attention block where that is legal.")
 @click.option("--dry-run", is_flag=True, help="Print the plan as JSON (or to --report) and write no model.")

@@ -172,7 +172,8 @@ def _prune_rows(model: str, pruned_paths: Mapping[float, Path], opts: SweepOptio
     for r in opts.ratios:
         log.info("pruning %s at ratio %.3f", model, r)
         try:
-            res = prune(model, ratio=r, criterion=opts.criterion, seed=opts.seed, calibration=opts.calib, **opts.prune_kwargs)
+            res = prune(model, ratio=r, criterion=opts.criterion, seed=opts.seed, calibration=opts.calib,
+                        **opts.prune_kwargs)
         except SpaError as exc:
             rows.append({"ratio": r, "model": None, "error": str(exc)})
             continue

@@ -18,7 +18,8 @@ classifier head or a raw feature map). Blocks:
 * ``pool``: MaxPool/AveragePool k3, stride 1, same padding (explicit pads or ``SAME_UPPER``)
 * ``se``: GAP → Conv1x1 → Relu → Conv1x1 → Sigmoid → Mul (squeeze-and-excitation)
 * ``shuffle``: Reshape [1,g,C/g,H,W] → Transpose → Reshape (channel shuffle)
-* ``resize``: Resize nearest ×2 (by scales, or by sizes from opset 13), optionally followed by a stride-2 conv or pool back to the size
+* ``resize``: Resize nearest ×2 (by scales, or by sizes from opset 13), optionally followed by a stride-2 conv or pool
+  back to the size
 * ``down``: stride-2 conv or k2/s2 pool (on maps of size >= 8)
 * ``chstat``: a statistic over the channel axis — a channels-first LayerNorm written out (ConvNeXt's
   ``ReduceMean(x, 1)``, ``Sub``, ``ReduceMean(d², 1)``, ``Sqrt``, ``Div``, per-channel affine) or a

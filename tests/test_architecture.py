@@ -108,3 +108,11 @@ def test_function_local_imports_are_optional_extras() -> None:
 def test_sessions_come_from_the_factory() -> None:
     creators = {_rel(f) for f in _files() if "InferenceSession(" in f.read_text()}
     assert creators == SESSION_FACTORIES
+
+
+def test_no_assert_statements_in_spa() -> None:
+    """Input and state checks raise :class:`spa.errors.SpaError` subclasses naming what failed: ``assert`` vanishes
+    under ``python -O`` and ends in a bare traceback (docs/exit-codes.md)."""
+    found = [f"{_rel(f)}:{node.lineno}" for f in _files()
+             for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))) if isinstance(node, ast.Assert)]
+    assert not found, f"assert statements in spa/ (raise a spa.errors subclass instead): {found}"

@@ -412,7 +412,7 @@ def test_bad_model_file(models: dict[str, Path], tmp_path: Path, capsys: pytest.
     folder = listing(tmp_path)
     args = ["prune", bad, "-o", "out.onnx", "--report", "r.json"] if command == "prune" else \
         ["analyze", bad, "--json", "a.json"]
-    code, out, err = run(capsys, *args)
+    code, _out, err = run(capsys, *args)
     assert code == 2
     assert_one_line_error(err, needle)
     assert listing(tmp_path) == folder  # nothing written, no temp files
@@ -428,7 +428,7 @@ def test_external_data_escaping_the_folder_is_refused(models: dict[str, Path], t
                                                         size_threshold=0)
     external_data_helper.write_external_data_tensors(m, str(tmp_path))  # the data really is at tmp/x.data
     loc = str(tmp_path / "x.data") if location == "ABSOLUTE" else location
-    for t in external_data_helper._get_all_tensors(m):  # noqa: SLF001
+    for t in external_data_helper._get_all_tensors(m):
         if external_data_helper.uses_external_data(t):
             for e in t.external_data:
                 if e.key == "location":
@@ -621,7 +621,7 @@ def test_model_unchanged_by_helper_construction() -> None:
 
 
 def test_no_command_shows_help(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(capsys)
+    code, _out, err = run(capsys)
     assert code == 1
     assert err.startswith("Usage:") and "prune" in err and "spa: error" not in err
 

@@ -79,7 +79,7 @@ def test_python_block(name: str, line: int, code: str, workdir: Path, monkeypatc
                       capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.syspath_prepend(str(ROOT))  # examples may use tests.oracle, like the rule tests do
     namespace: dict[str, object] = {"__name__": f"docs_example_{Path(name).stem}_{line}"}
-    exec(compile(code, f"{name}:{line}", "exec"), namespace)  # noqa: S102 - the point of this test
+    exec(compile(code, f"{name}:{line}", "exec"), namespace)
 
 
 def _gpu_unavailable(err: str) -> bool:
@@ -98,7 +98,7 @@ def test_spa_command(name: str, line: int, command: str, workdir: Path, capsys: 
         args += ["--iters", "2", "--warmup", "1"]
     capsys.readouterr()
     code = main(args)
-    out, err = capsys.readouterr()
+    _out, err = capsys.readouterr()
     if code == 1 and _gpu_unavailable(err):
         pytest.skip(f"{name}:{line}: no usable GPU here ({err.strip()})")
     assert code == 0, f"{name}:{line}: `{command}` exited {code}: {err}"

@@ -167,13 +167,15 @@ def _legacy_gqa(opset: int, layers: int = 1) -> tuple[onnx.ModelProto, list[dict
         cos, sin = _slice_rows(b, cos_table, t), _slice_rows(b, sin_table, t)
 
         def heads(name: str, n: int) -> str:
-            r = b.op("Reshape", [b.op("MatMul", [x, w[name]]), b.op("Concat", bt + [_i64(b, [n, DH])], axis=0)])  # type: ignore[list-item]
+            r = b.op("Reshape", [b.op("MatMul", [x, w[name]]),  # noqa: B023 - called inside this iteration
+                                 b.op("Concat", bt + [_i64(b, [n, DH])], axis=0)])  # type: ignore[list-item] # noqa: B023
             return b.op("Transpose", [r], perm=[0, 2, 1, 3])  # type: ignore[return-value]
 
         def rope(q: str) -> str:
-            half = [b.op("Slice", [q, _i64(b, [s]), _i64(b, [e]), _i64(b, [3])]) for s, e in ((0, DH // 2), (DH // 2, DH))]
+            half = [b.op("Slice", [q, _i64(b, [s]), _i64(b, [e]), _i64(b, [3])])
+                    for s, e in ((0, DH // 2), (DH // 2, DH))]
             rot = b.op("Concat", [b.op("Neg", [half[1]]), half[0]], axis=3)  # type: ignore[list-item]
-            return b.op("Add", [b.op("Mul", [q, cos]), b.op("Mul", [rot, sin])])  # type: ignore[list-item,return-value]
+            return b.op("Add", [b.op("Mul", [q, cos]), b.op("Mul", [rot, sin])])  # type: ignore[list-item,return-value] # noqa: B023
 
         def repeat_kv(kv: str) -> str:
             hs = b.op("Shape", [kv])

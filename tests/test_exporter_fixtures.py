@@ -278,7 +278,8 @@ ENCODER_HIDDEN = {
     (_E + "mha_1/query_1/Reshape:0", 0), (_E + "mha_1/key_1/Reshape:0", 0), (_E + "mha_1/value_1/Reshape:0", 0),
     (_E + "mha_1/attention_output_1/Reshape_1:0", 1),
     (_E + "mha_1/attention_output_1/BiasAdd/ReadVariableOp:0", 0),
-    (_E + "ln1_1/Reshape:0", 2), (_E + "ln1_1/Reshape_1:0", 2), (_E + "ln2_1/Reshape:0", 2), (_E + "ln2_1/Reshape_1:0", 2),
+    (_E + "ln1_1/Reshape:0", 2), (_E + "ln1_1/Reshape_1:0", 2),
+    (_E + "ln2_1/Reshape:0", 2), (_E + "ln2_1/Reshape_1:0", 2),
     (_E + "ffn_up_1/Cast/ReadVariableOp:0", 0), (_E + "ffn_down_1/Cast/ReadVariableOp:0", 1),
     (_E + "ffn_down_1/BiasAdd/ReadVariableOp:0", 0), (_E + "logits_1/Cast/ReadVariableOp:0", 0),
 }

@@ -24,7 +24,7 @@ import spa
 from spa.analysis.groups import Analysis, Group
 from spa.cli import main
 from tests.oracle import GraphBuilder, assert_oracle
-from tests.rules.test_attention_patterns import D, DH, S, _attend, _heads, _i64, _repeat_kv, _rope
+from tests.rules.test_attention_patterns import DH, D, S, _attend, _heads, _i64, _repeat_kv, _rope
 
 EXPORTERS = ["legacy", "dynamo"]
 
@@ -136,7 +136,8 @@ def test_synthetic_fused_qkv_keeps_its_heads_with_a_note(opset: int) -> None:
     model, w = _block(opset, 4, 2, fused=True)
     default = spa.analyze(model)
     a = spa.analyze(model, prune_head_dim=True)
-    assert [(g.kind, g.channels, g.prunable) for g in a.groups] == [(g.kind, g.channels, g.prunable) for g in default.groups]
+    assert ([(g.kind, g.channels, g.prunable) for g in a.groups]
+            == [(g.kind, g.channels, g.prunable) for g in default.groups])
     g = _group_of(a, w["qkv"], 1)
     assert g.kind == "head" and g.prunable and g.channels == 2
     assert len(a.notes) == 1 and "heads stay prunable" in a.notes[0] and "contracts two activations" in a.notes[0]
@@ -240,7 +241,8 @@ def test_fused_qkv_transformers_keep_their_heads(export, name: str, exporter: st
     path = str(export(name, exporter))
     default = spa.analyze(path)
     a = spa.analyze(path, prune_head_dim=True)
-    assert [(g.kind, g.channels, g.prunable) for g in a.groups] == [(g.kind, g.channels, g.prunable) for g in default.groups]
+    assert ([(g.kind, g.channels, g.prunable) for g in a.groups]
+            == [(g.kind, g.channels, g.prunable) for g in default.groups])
     assert len(a.notes) == 2 and all("head_dim" in n and "heads stay prunable" in n for n in a.notes), a.notes
     r = assert_oracle(path, 0.5, prune_head_dim=True)
     assert {r.analysis.groups[gp.group].kind for gp in r.plan.groups} == {"head", "channel"}

@@ -496,7 +496,7 @@ def test_qdq_per_channel_values_follow_the_kept_channels() -> None:
     m = qdq_cnn_model(act=False)
     r = spa.prune(m, ratio=0.5)
     kept = next(g["kept"] for g in r.report["groups"] if g["channels_before"] == 8 and g["kept"])
-    (q0, s0, _), (q1, s1, _) = list(_quant_params(m).values())[0], list(_quant_params(r.model).values())[0]
+    (q0, s0, _), (q1, s1, _) = next(iter(_quant_params(m).values())), next(iter(_quant_params(r.model).values()))
     np.testing.assert_array_equal(q1, q0[kept])
     np.testing.assert_array_equal(s1, s0[kept])
 
@@ -505,7 +505,7 @@ def test_qdq_per_tensor_weights_keep_their_scalars() -> None:
     m = qdq_cnn_model(axis=None)
     r = assert_oracle(m, **QDQ_TOL)  # type: ignore[arg-type]
     assert r.report["num_pruned"] == 2
-    for q, s, z in _quant_params(r.model).values():
+    for _q, s, z in _quant_params(r.model).values():
         assert s.shape == z.shape == ()
     assert [q.shape[0] for q, _, _ in _quant_params(r.model).values()] == [4, 4, 4]
 

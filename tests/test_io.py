@@ -47,7 +47,7 @@ def _write_with_location(folder: Path, location: str, data_file: Path) -> Path:
                                                         size_threshold=0)
     external_data_helper.write_external_data_tensors(m, str(folder))
     os.replace(folder / "x.data", data_file)
-    for t in external_data_helper._get_all_tensors(m):  # noqa: SLF001
+    for t in external_data_helper._get_all_tensors(m):
         if external_data_helper.uses_external_data(t):
             for e in t.external_data:
                 if e.key == "location":
@@ -80,7 +80,7 @@ def test_load_directory(tmp_path: Path) -> None:
 def test_load_text_file(tmp_path: Path) -> None:
     p = tmp_path / "notes.onnx"
     p.write_text("this is not a protobuf\n" * 10)
-    with pytest.raises(InvalidModelError, match="notes.onnx"):
+    with pytest.raises(InvalidModelError, match=r"notes\.onnx"):
         load_model(p)
 
 
@@ -88,14 +88,14 @@ def test_load_truncated(tmp_path: Path) -> None:
     whole = _model().SerializeToString()
     p = tmp_path / "half.onnx"
     p.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(InvalidModelError, match="half.onnx"):
+    with pytest.raises(InvalidModelError, match=r"half\.onnx"):
         load_model(p)
 
 
 def test_load_empty(tmp_path: Path) -> None:
     p = tmp_path / "empty.onnx"
     p.write_bytes(b"")
-    with pytest.raises(InvalidModelError, match="empty.onnx"):
+    with pytest.raises(InvalidModelError, match=r"empty\.onnx"):
         load_model(p)
 
 
@@ -250,7 +250,7 @@ def test_save_failure_keeps_old_file_and_leaves_no_temp(tmp_path: Path, monkeypa
             raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(spa_io, "open", _Full, raising=False)
-    with pytest.raises(UsageError, match="could not write .*out.onnx.*No space left"):
+    with pytest.raises(UsageError, match=r"could not write .*out\.onnx.*No space left"):
         save_model(_model(width=16), dest, external_data=external)
     monkeypatch.undo()
     assert {n: _sha(tmp_path / n) for n in _listing(tmp_path)} == before

@@ -8,6 +8,7 @@ real and asserts only the structure of what comes back.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Sequence
@@ -19,11 +20,11 @@ import pytest
 
 import spa
 from spa.analysis.groups import analyze_graph
-from spa.latency.solve import solve_latency
 from spa.criteria import CriterionContext, get_criterion
 from spa.errors import PlanError, UsageError
 from spa.latency import LatencyPredictor, LatencyTable, layer_configs, lut, measure
 from spa.latency.layers import LayerConfig, concrete_shapes
+from spa.latency.solve import solve_latency
 from spa.plan import Plan, make_plan
 from spa.surgery import prune_model
 from tests.oracle import GraphBuilder, assert_oracle
@@ -122,7 +123,7 @@ def test_layer_keys_are_stable_and_follow_the_plan() -> None:
     cfg = pruned[depthwise]
     assert cfg.inputs[0][1] == cfg.inputs[1][0] == dict(cfg.attrs)["group"] == 8  # one group per kept channel
     assert all(p.key != c1[n].key for n, p in pruned.items())
-    model, feeds = lut.benchmark_model(cfg)
+    model, _feeds = lut.benchmark_model(cfg)
     assert model.ir_version == 8
     onnx.checker.check_model(model, full_check=True)
 
@@ -195,7 +196,7 @@ def test_predicted_latency_is_monotone_in_ratio(cache: Path, monkeypatch: pytest
     pred = LatencyPredictor.build(analysis, LatencyTable.open(), {"x": SHAPE})
     xs = [pred.x(make(r)) for r in np.linspace(0, 0.9, 10)]
     assert xs[0] == 1.0 and xs[-1] < 0.2
-    assert all(b <= a for a, b in zip(xs, xs[1:])), xs
+    assert all(b <= a for a, b in itertools.pairwise(xs)), xs
 
 
 def test_real_micro_benchmarks_see_pruning(cache: Path) -> None:
@@ -258,7 +259,7 @@ def test_milliseconds_target_and_the_measure_method(cache: Path, monkeypatch: py
     assert base > 1  # type: ignore[operator]
     plan_ms, rec_ms = _solve(m, 0.6 * base)  # type: ignore[operator]
     assert rec_ms["target_fraction"] == pytest.approx(0.6) and plan_ms.ratio == plan.ratio
-    plan_measure, rec_measure = _solve(m, 0.6, method="measure")
+    _plan_measure, rec_measure = _solve(m, 0.6, method="measure")
     assert rec_measure["method"] == "measure" and rec_measure["measured_fraction"] <= 0.6  # type: ignore[operator]
     with pytest.raises(UsageError, match="unknown latency method"):
         _solve(m, 0.6, method="guess")
@@ -304,8 +305,8 @@ def test_cli_provider_for_target_latency(cache: Path, monkeypatch: pytest.Monkey
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """``spa prune --target-latency X --provider P``: CPU works end to end and records its provider; a GPU
     provider that does not work here is a one-line usage error (exit 1), not a silent CPU run."""
-    from spa.runtime.providers import cuda_device_present
     from spa.cli import main
+    from spa.runtime.providers import cuda_device_present
 
     monkeypatch.setattr(lut, "measure_layer", _fake_layer)
     monkeypatch.setattr(measure, "paired_samples", _fake_whole)

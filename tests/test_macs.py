@@ -178,7 +178,8 @@ def _attention() -> onnx.ModelProto:
         nodes += [helper.make_node("Reshape", [f"{t}0", "shape"], [f"{t}1"]),
                   helper.make_node("Transpose", [f"{t}1"], [f"{t}2"], perm=[0, 2, 3, 1] if t == "k" else [0, 2, 1, 3])]
     nodes += [helper.make_node("MatMul", ["q2", "k2"], ["s"]), helper.make_node("Softmax", ["s"], ["p"], axis=-1),
-              helper.make_node("MatMul", ["p", "v2"], ["c"]), helper.make_node("Transpose", ["c"], ["c1"], perm=[0, 2, 1, 3]),
+              helper.make_node("MatMul", ["p", "v2"], ["c"]),
+              helper.make_node("Transpose", ["c"], ["c1"], perm=[0, 2, 1, 3]),
               helper.make_node("Reshape", ["c1", "back"], ["c2"]), helper.make_node("MatMul", ["c2", "wo"], ["y"])]
     return _model(nodes, [("x", [1, 6, 16])], "y", {"wq": _w(16, 16), "wk": _w(16, 16), "wv": _w(16, 16),
                                                    "wo": _w(16, 16), "shape": shape, "back": np.asarray([1, 6, 16])})
@@ -218,7 +219,7 @@ def test_inline_macs_match_runtime_shapes(name: str) -> None:
     model = INLINE[name]()
     _close(count_macs(spa.load(model)), independent_macs(model))
     dyn = _dynamic_batch(model)
-    shapes = _input_shapes(model, 1) | {k: v for k, v in _input_shapes(model, 1).items()}
+    shapes = _input_shapes(model, 1) | dict(_input_shapes(model, 1).items())
     for vi in model.graph.input:  # the static shapes, given again to the symbolic-batch graph
         shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
     _close(count_macs(set_input_shapes(spa.load(dyn), shapes)), independent_macs(model))

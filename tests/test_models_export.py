@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -46,7 +46,7 @@ TRANSFORMERS = {"bert", "bert_fused_qkv", "vit", "swin", "convnext"}
 def test_tiny_model_is_small_and_deterministic(name: str) -> None:
     model, shape = TINY_MODELS[name]()
     assert not model.training
-    assert shape[0] == 1 and (shape[1] == 3 and shape[2] in (32, 64) or name in TRANSFORMERS)
+    assert shape[0] == 1 and ((shape[1] == 3 and shape[2] in (32, 64)) or name in TRANSFORMERS)
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
     again, _ = TINY_MODELS[name]()
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):

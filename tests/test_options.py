@@ -78,9 +78,9 @@ def test_recipe_loads_into_options(tmp_path: Path) -> None:
     assert (o.ratio, o.round_to, o.global_rank, o.calibration, o.overrides) == (0.4, 8, True, "random",
                                                                                 (("w1", 0.0),))
     cfg.write_text("ratio = 0.4\nrato = 0.5\n")
-    with pytest.raises(UsageError, match="unknown prune option.*rato"):
+    with pytest.raises(UsageError, match=r"unknown prune option.*rato"):
         PruneOptions.from_toml(cfg)
-    with pytest.raises(UsageError, match="missing.toml"):
+    with pytest.raises(UsageError, match=r"missing\.toml"):
         PruneOptions.from_toml(tmp_path / "missing.toml")
 
 

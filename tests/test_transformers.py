@@ -18,11 +18,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from onnx import numpy_helper  # noqa: E402
+from onnx import numpy_helper
 
-import spa  # noqa: E402
-from models.registry import TINY_MODELS  # noqa: E402
-from models.transformers import (  # noqa: E402
+import spa
+from models.registry import TINY_MODELS
+from models.transformers import (
     HIDDEN,
     LLAMA_HEAD_DIM,
     LLAMA_HEADS,
@@ -32,9 +32,9 @@ from models.transformers import (  # noqa: E402
     TOKEN_MODELS,
     export_token_model,
 )
-from spa.analysis.groups import Analysis, Group  # noqa: E402
-from spa.rules.base import Slot  # noqa: E402
-from tests.oracle import assert_oracle  # noqa: E402
+from spa.analysis.groups import Analysis, Group
+from spa.rules.base import Slot
+from tests.oracle import assert_oracle
 
 EXPORTERS = ["legacy", "dynamo"]
 FLOAT_MODELS = ["bert", "bert_fused_qkv", "vit", "swin", "convnext"]
@@ -115,7 +115,7 @@ def _head_groups(a: Analysis, name: str) -> list[Group]:
 def test_registered() -> None:
     assert set(FLOAT_MODELS) <= set(TINY_MODELS)
     for name in ALL_MODELS:
-        model, shape = (TOKEN_MODELS if name in TOKEN_MODELS else TINY_MODELS)[name]()
+        model, _shape = (TOKEN_MODELS if name in TOKEN_MODELS else TINY_MODELS)[name]()
         assert not model.training and sum(p.numel() for p in model.parameters()) < 100_000
         again, _ = (TOKEN_MODELS if name in TOKEN_MODELS else TINY_MODELS)[name]()
         for p, q in zip(model.state_dict().values(), again.state_dict().values()):

@@ -194,7 +194,7 @@ def _blocks(model) -> tuple[object, dict[int, np.ndarray]]:  # type: ignore[no-u
 
 
 def test_blocks_of_a_dense_block_are_its_producers() -> None:
-    a, blocks = _blocks(_dense_block(layers=3, c0=8, growth=4).build())
+    _a, blocks = _blocks(_dense_block(layers=3, c0=8, growth=4).build())
     big = max(blocks.values(), key=len)
     assert big.tolist() == [0] * 8 + [1] * 4 + [2] * 4 + [3] * 4  # stem, then one block per layer
 
@@ -220,7 +220,7 @@ def _concat_then(op: str) -> GraphBuilder:
 @pytest.mark.parametrize("op", ["repeat", "gconv", "gather"])
 def test_blocks_freeze_what_cannot_move(op: str) -> None:
     model = _concat_then(op).build()
-    a, blocks = _blocks(model)
+    _a, blocks = _blocks(model)
     frozen = [gid for gid, bl in blocks.items() if (bl < 0).any()]
     assert frozen, f"{op}: nothing frozen"
     for mode in ("layout", "gather"):
@@ -311,7 +311,7 @@ def concat_models(draw: st.DrawFn) -> tuple[object, list[str]]:
 def test_concat_graphs_pass_mask_oracle(drawn: tuple[object, list[str]], ratio: float, reorder: bool,
                                         mode: str) -> None:
     """UPSCALE export of random Concat-heavy graphs: pruned == masked twin, whatever is reordered."""
-    model, steps = drawn
+    model, _steps = drawn
     r = assert_oracle(model, ratio, unconstrained=True, reorder=reorder, consumer_mode=mode,  # type: ignore[arg-type]
                       expect_pruned=False)
     multi = [gp for gp in r.plan.groups if gp.order

@@ -11,10 +11,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from models.registry import TINY_MODELS  # noqa: E402
-from tests.oracle import assert_oracle  # noqa: E402
-
-import spa  # noqa: E402
+import spa
+from models.registry import TINY_MODELS
+from tests.oracle import assert_oracle
 
 EXPORTERS = ["legacy", "dynamo"]
 

@@ -178,7 +178,8 @@ def bench_dataset(name: str, variants: list[str], ratios: list[float], epochs: i
             for r in ratios:
                 source = ArraySource({"input": calib_x}, batch_size=64, name=f"{ds.name} train[:{calib}]")
                 t = time.perf_counter()
-                res = spa.prune(str(path), ratio=r, criterion=crit, calibration=source, seed=seed, criterion_options=options)
+                res = spa.prune(str(path), ratio=r, criterion=crit, calibration=source, seed=seed,
+                                criterion_options=options)
                 row["seconds"][str(r)] = time.perf_counter() - t
                 row["accuracy"][str(r)] = accuracy(res.model, ds.x_test, ds.y_test)
                 row["params_ratio"][str(r)] = res.report["params_after"] / res.report["params_before"]  # type: ignore[operator]

@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             "exporter": args.exporter, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "platform": platform.platform(), "versions": _versions(),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-            "memory": "peak RSS (VmHWM, reset after warm-up) of a fresh worker process per model; base = RSS before load",
+            "memory": "peak RSS (VmHWM, reset after warm-up) of a fresh worker process per model; "
+                      "base = RSS before load",
             "total": "spa.prune(path, ratio, criterion, check=False), timed separately from the phases"}
     fit = growth(rows)
     print_table(rows, meta, fit)

@@ -32,9 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     import spa
     from models.export import export_onnx
     from models.registry import LARGE_MODELS
-    from spa.runtime.timing import time_models
     from spa.analysis.cost import count_macs
     from spa.runtime.providers import choose_provider
+    from spa.runtime.timing import time_models
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="resnet50,mobilenetv2_full")

@@ -103,10 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             f.unlink()
     what = "MLP channels + attention heads" + (" + hidden size" if args.prune_hidden else "")
     t = Table(title=f"spa prune --ratio 0.25 ({what}) on LLaMA-style decoders, external data")
-    for col in ("model", "params", "size GiB", "prune s", "save s", "wall s", "peak RSS GiB", "RSS/size", "params after"):
+    for col in ("model", "params", "size GiB", "prune s", "save s", "wall s", "peak RSS GiB", "RSS/size",
+                "params after"):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(r["model"], f"{r['params_before'] / 1e6:.0f}M", f"{r['size_bytes'] / 2**30:.2f}", f"{r['prune_s']:.1f}",
+        t.add_row(r["model"], f"{r['params_before'] / 1e6:.0f}M", f"{r['size_bytes'] / 2**30:.2f}",
+                  f"{r['prune_s']:.1f}",
                   f"{r['save_s']:.1f}", f"{r['wall_s']:.1f}", f"{r['peak_rss_bytes'] / 2**30:.2f}",
                   f"{r['rss_over_size']:.2f}", f"{r['params_after'] / 1e6:.0f}M")
     console.print(t)
@@ -114,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     for depth in [int(d) for d in args.depths.split(",") if d]:
         src = args.workdir / f"depth{depth}" / "model.onnx"
         src.parent.mkdir(parents=True, exist_ok=True)
-        _make("tiny", src, ["--layers", str(depth), "--hidden", "256", "--heads", "8", "--kv-heads", "2", "--ffn", "512"])
+        _make("tiny", src, ["--layers", str(depth), "--hidden", "256", "--heads", "8", "--kv-heads", "2", "--ffn",
+                            "512"])
         _, _, out = _child(ANALYZE.format(src=str(src)))
         depth_rows.append({"layers": depth} | json.loads(out.strip().splitlines()[-1]))
     t2 = Table(title="analysis cost vs node count (decoder width 256, growing depth)")

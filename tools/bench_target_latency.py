@@ -79,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     import spa
     from models.export import export_onnx
     from models.registry import LARGE_MODELS
-    from spa.latency.solve import solve_latency
     from spa.criteria import CriterionContext, get_criterion
     from spa.latency import measure
     from spa.latency.lut import cpu_name
+    from spa.latency.solve import solve_latency
     from spa.plan import Plan, make_plan
     from spa.surgery import prune_model
 

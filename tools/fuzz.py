@@ -12,7 +12,8 @@ QDQ, control flow, custom ops, fp16, ...) or a random CNN drawn by ``tests/graph
 * on the serialised bytes (last): flip bytes, truncate.
 
 Then it runs ``spa.analyze(path)`` and ``spa.prune(path, ...)`` with random options (ratio, criterion, global
-ranking, round-to, masked twin, hidden-size pruning) in-process, with a per-case time limit (``--timeout``, SIGALRM), and
+ranking, round-to, masked twin, hidden-size pruning) in-process, with a per-case time limit (``--timeout``, SIGALRM),
+and
 classifies the case:
 
 * ``success``: a pruned model that passes the ONNX checker (``spa.prune`` checks it and loads it in ONNX
@@ -327,7 +328,7 @@ def mut_values(m: onnx.ModelProto, rng: Rng) -> str:
     t = _pick(rng, m.graph.initializer)
     try:
         arr = numpy_helper.to_array(t)
-    except Exception:
+    except Exception:  # noqa: BLE001 - an initializer onnx cannot decode is left alone
         return "noop"
     if arr.dtype.kind == "f":
         how = _pick(rng, ["nan", "inf", "zeros", "huge", "tiny", "one_nan"])
@@ -436,7 +437,7 @@ def make_case(index: int, seed: int, seeds: dict[str, onnx.ModelProto]) -> Case:
         kind = _pick(rng, sorted(PROTO_MUTATIONS))
         try:
             steps.append(PROTO_MUTATIONS[kind](m, rng))
-        except Exception as exc:  # a mutation that cannot apply is simply skipped
+        except Exception as exc:  # noqa: BLE001 - a mutation that cannot apply is simply skipped
             steps.append(f"{kind} skipped ({type(exc).__name__})")
         mutations.append(kind)
     data = m.SerializeToString()
@@ -517,7 +518,7 @@ def oracle_check(result: spa.PruneResult, timeout: float = 20.0) -> tuple[str, s
         got = a.run(None, feeds, run_options)
     except spa.SpaError as exc:
         return "skipped:cannot run", str(exc)[:200]
-    except Exception as exc:  # ORT cannot run this (odd types, run-time shape errors): no verdict
+    except Exception as exc:  # noqa: BLE001 - ORT cannot run this (odd types, run-time shape errors): no verdict
         if run_options.terminate:
             return "skipped:timeout", ""
         return "skipped:cannot run", f"{type(exc).__name__}: {str(exc)[:200]}"
@@ -569,7 +570,7 @@ def run_case(case: Case, workdir: Path, timeout: float) -> Outcome:
         out.kind, out.error_type, out.message = "hang", "timeout", str(exc)
         out.signature = "hang@" + signature(exc).split("@", 1)[1]
         out.trace = "".join(traceback.format_exception(exc))
-    except (Exception, RecursionError) as exc:  # noqa: B014 - the point of fuzzing
+    except (Exception, RecursionError) as exc:  # noqa: BLE001 - the fuzzer records every crash
         out.kind, out.error_type, out.message = "crash", type(exc).__name__, str(exc)[:2000]
         out.signature = signature(exc)
         out.trace = "".join(traceback.format_exception(exc))

@@ -31,10 +31,10 @@ import onnx
 from onnx import TensorProto, helper
 
 PRESETS = {
-    "tiny": dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=160, vocab=256),
-    "125m": dict(hidden=768, layers=12, heads=12, kv_heads=4, ffn=2048, vocab=32000),
-    "350m": dict(hidden=1024, layers=24, heads=16, kv_heads=4, ffn=2816, vocab=32000),
-    "1b": dict(hidden=2048, layers=22, heads=32, kv_heads=4, ffn=5632, vocab=32000),
+    "tiny": {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "ffn": 160, "vocab": 256},
+    "125m": {"hidden": 768, "layers": 12, "heads": 12, "kv_heads": 4, "ffn": 2048, "vocab": 32000},
+    "350m": {"hidden": 1024, "layers": 24, "heads": 16, "kv_heads": 4, "ffn": 2816, "vocab": 32000},
+    "1b": {"hidden": 2048, "layers": 22, "heads": 32, "kv_heads": 4, "ffn": 5632, "vocab": 32000},
 }
 
 

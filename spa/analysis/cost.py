@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import weakref
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -143,7 +144,7 @@ def _elem(t: gs.Tensor) -> int:
 
 
 def _node_proto(node: gs.Node) -> onnx.NodeProto | None:
-    attrs: dict[str, object] = {}
+    attrs: dict[str, Any] = {}  # helper.make_node takes attribute values of any type
     for k, v in node.attrs.items():
         if isinstance(v, gs.Graph):
             return None

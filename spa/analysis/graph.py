@@ -98,7 +98,7 @@ def _relations_for(node: gs.Node, registry: RuleRegistry, opset: int) -> list[Re
         return ctx.barrier_all(f"no channel rule for op {node.op}{where} ('{node.name}')")
     try:
         return rule.relate(ctx)
-    except Exception as exc:  # a buggy or surprised rule must not crash the run: block and say why
+    except Exception as exc:  # noqa: BLE001 - a buggy or surprised rule must not crash the run: block and say why
         log.warning("rule %r failed on %s: %s", rule, label, exc)
         return ctx.barrier_all(f"rule for {label} failed: {type(exc).__name__}: {exc}")
 

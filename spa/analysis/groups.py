@@ -17,10 +17,10 @@ import onnx_graphsurgeon as gs
 
 from spa.analysis.graph import ChannelGraph, SlotInfo, build_channel_graph, element_classes
 from spa.graph.model import ModelGraph
+from spa.graph.weights import is_float
 from spa.rules.base import ChannelRule, Link, NodeContext, Role, Slot
 from spa.rules.defaults import default_registry
 from spa.rules.registry import RuleRegistry
-from spa.graph.weights import is_float
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def _channels(infos: list[SlotInfo], links: list[Link]) -> tuple[int, dict[Slot,
     pruned (its slots' reasons, a dynamic axis, too many elements, inconsistent maps, < 2 channels)."""
     reasons = [r for si in infos for r in si.reasons]
     widest = max((si.size or 0) for si in infos)
-    n_channels, cls = widest, {}
+    n_channels, cls = widest, dict[Slot, np.ndarray]()
     if any(si.size is None for si in infos):
         reasons.append("a coupled axis has a dynamic size")
     elif sum(si.size or 0 for si in infos) > MAX_GROUP_ELEMENTS:

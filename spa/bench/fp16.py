@@ -53,5 +53,6 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             warnings.simplefilter("ignore")  # "values truncated to fp16" for every small weight
             return convert(model, **kwargs)
     except Exception as exc:
-        raise UsageError(f"--fp16: {name} could not convert the model: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        reason = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        raise UsageError(f"--fp16: {name} could not convert the model: {reason}"
                          ) from exc

@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from spa.bench.fp16 import to_fp16
 from spa.analysis.cost import count_macs
 from spa.analysis.metrics import count_params, set_input_shapes
+from spa.bench.fp16 import to_fp16
 from spa.bench.profile import profile_runs
 from spa.errors import InvalidModelError, SpaError, UsageError
 from spa.graph.io import load_model
@@ -74,7 +74,7 @@ def file_size(path: str | os.PathLike[str]) -> int:
     total = p.stat().st_size
     try:
         proto = onnx.load(str(p), load_external_data=False)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a file onnx cannot read has no external data to count
         return total
     seen: set[str] = set()
     for t in proto.graph.initializer:

@@ -64,7 +64,8 @@ def bench_table(report: Mapping[str, Any]) -> Table:
                       human(r["size_bytes"]) + "B", f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
                       human(r["throughput_sps"]), _x(r["speedup"]), _x(r["ideal_speedup"]),
                       _x(r["latency_efficiency"], ""))
-    table.caption = "speedup: vs the first model at the same batch; ideal: MACs ratio; effic. (latency efficiency): speedup / ideal"
+    table.caption = ("speedup: vs the first model at the same batch; ideal: MACs ratio; "
+                     "effic. (latency efficiency): speedup / ideal")
     return table
 
 

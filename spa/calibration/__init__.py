@@ -4,7 +4,8 @@
   inputs;
 * :mod:`~spa.calibration.images` — folders of PNG/JPEG images with preprocessing;
 * :mod:`~spa.calibration.load` — :func:`load_calibration`, which resolves what the user gave into a source;
-* :mod:`~spa.calibration.runner` — ONNX Runtime runs (sessions from :mod:`spa.runtime`) with intermediate tensors exposed as outputs;
+* :mod:`~spa.calibration.runner` — ONNX Runtime runs (sessions from :mod:`spa.runtime`) with intermediate tensors
+  exposed as outputs;
 * :mod:`~spa.calibration.stats` — streaming float64 accumulators (per-feature moments, ``XᵀX``
   with im2col unfolding for convolutions);
 * :mod:`~spa.calibration.synthetic` — a model copy whose BatchNorms use batch statistics, so random

@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -38,6 +38,7 @@ class CalibrationError(UsageError):
     """Calibration data that cannot be used with the model (says which file/input and why)."""
 
 
+@runtime_checkable
 class CalibrationSource(Protocol):
     """What the statistics collector and the fidelity report read data from."""
 

@@ -60,20 +60,28 @@ class FeatureMoments:
     @property
     def mean(self) -> np.ndarray:
         """Per-element mean."""
-        assert self.sum is not None, "no data"
+        if self.sum is None:
+            raise _no_data()
         return self.sum / max(self.count, 1)
 
     @property
     def var(self) -> np.ndarray:
         """Per-element (population) variance."""
-        assert self.sumsq is not None, "no data"
+        if self.sumsq is None:
+            raise _no_data()
         return np.maximum(self.sumsq / max(self.count, 1) - self.mean**2, 0.0)
 
     @property
     def rms(self) -> np.ndarray:
         """Per-element root mean square (the Wanda ‖x‖ up to the constant √n)."""
-        assert self.sumsq is not None, "no data"
+        if self.sumsq is None:
+            raise _no_data()
         return np.sqrt(self.sumsq / max(self.count, 1))
+
+
+def _no_data() -> CalibrationError:
+    return CalibrationError("no calibration batch reached this tensor, so it has no statistics: check that the "
+                            "calibration data has at least one sample for every model input")
 
 
 class SecondMoment:

@@ -85,7 +85,7 @@ def batch_norm_model(model: onnx.ModelProto) -> onnx.ModelProto:
         rank = ranks.get(node.input[0]) if _running_stats(node, opset) else None
         floating = types.get(node.input[0], onnx.TensorProto.FLOAT) in _FLOAT_TYPES
         if (rank is None or rank < 2 or not floating or len(node.input) < 5
-                or len(node.output) > 1 and any(node.output[1:])):
+                or (len(node.output) > 1 and any(node.output[1:]))):
             nodes.append(node)
             continue
         p = f"__spa_bn{k}_"

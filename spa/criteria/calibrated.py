@@ -45,6 +45,18 @@ def source(ctx: CriterionContext, who: str, *, required: bool = True) -> Calibra
     return src  # type: ignore[return-value]
 
 
+def required_source(ctx: CriterionContext, who: str) -> CalibrationSource:
+    """The calibration source of ``ctx``.
+
+    Raises:
+        UsageError: no calibration data was given.
+    """
+    src = source(ctx, who)
+    if src is None:  # source() raises first; this states it for the type checker
+        raise UsageError(f"criterion '{who}' needs calibration data: give --calib PATH or --calib random")
+    return src
+
+
 def fallback_source(ctx: CriterionContext) -> CalibrationSource:
     """The user's calibration data if any, else seeded random inputs."""
     return source(ctx, "", required=False) or RandomSource(samples=32, batch_size=8, seed=ctx.seed)
@@ -116,8 +128,7 @@ def second_moments(analysis: Analysis, ctx: CriterionContext, who: str, views: I
             cache[c.stats_key] = SecondMoment(c.rows_of, c.features, len(c.blocks))
             accs.setdefault(c.input, []).append(cache[c.stats_key])
     if accs:
-        src = synthetic_source(ctx) if synthetic else source(ctx, who)
-        assert src is not None
+        src = synthetic_source(ctx) if synthetic else required_source(ctx, who)
         try:
             collect_stats(analysis, ctx, src, accs, f"{who}: input statistics", synthetic=synthetic)
         except CalibrationError:
@@ -176,7 +187,9 @@ def removed_mask(channels: int, removed: Iterable[int]) -> np.ndarray:
 
 def add_to_bias(analysis: Analysis, c: Consumer, delta: np.ndarray, updates: dict[str, np.ndarray]) -> None:
     """Absorb a shift ``delta`` (one value per output row) of the consumer's output into its bias."""
-    assert c.bias is not None
+    if c.bias is None:
+        raise UsageError(f"{c.op} '{c.node}' has no bias to absorb the removed channels' shift: check "
+                         "`consumer.bias is not None` before calling add_to_bias (see spa.criteria.flap)")
     b = np.array(weight(analysis, c.bias.name, updates), dtype=np.float64, copy=True)
     b += c.bias.scale * delta  # broadcast along the last axis
     updates[c.bias.name] = b.astype(np.asarray(weight(analysis, c.bias.name)).dtype)

@@ -51,8 +51,7 @@ class FLAP:
     def _stats(self, analysis: Analysis, ctx: CriterionContext):  # type: ignore[no-untyped-def]
         views = calibrated.consumers(analysis, ctx, self.name)
         real = [c for vs in views.values() for c in vs if isinstance(c, Consumer)]
-        src = calibrated.source(ctx, self.name)
-        assert src is not None
+        src = calibrated.required_source(ctx, self.name)
         return views, calibrated.feature_moments(analysis, ctx, self.name, real, src)
 
     def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:

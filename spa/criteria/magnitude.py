@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from spa.analysis.groups import Analysis
-from spa.criteria.reduce import normalize, options
 from spa.criteria.base import CriterionContext, Scores, Updates
+from spa.criteria.reduce import normalize, options
 from spa.graph.weights import release
 from spa.plan import Plan
 from spa.rules.base import Role

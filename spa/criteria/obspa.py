@@ -41,10 +41,10 @@ from spa.criteria.flap import compensate_means
 from spa.criteria.obs import Surgeon, l2_fallback
 from spa.criteria.obs_math import DEFAULT_DAMP, diag_rank1_channel_errors
 from spa.criteria.propagate import tensor_moments
-from spa.rules.moments import Moments
 from spa.criteria.reduce import finish
 from spa.errors import UsageError
 from spa.plan import Plan
+from spa.rules.moments import Moments
 
 MODES = ("synthetic", "diag")
 

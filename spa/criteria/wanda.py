@@ -70,8 +70,7 @@ class Wanda:
     def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:
         views = calibrated.consumers(analysis, ctx, self.name)
         real = [c for vs in views.values() for c in vs if isinstance(c, Consumer)]
-        src = calibrated.source(ctx, self.name)
-        assert src is not None
+        src = calibrated.required_source(ctx, self.name)
         stats = calibrated.feature_moments(analysis, ctx, self.name, real, src)
         members = activation_weighted(analysis, ctx, self.name, views,
                                       lambda c: stats[(c.input, c.input_axis)].rms, square=False)

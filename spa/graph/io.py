@@ -40,7 +40,7 @@ def _check_external_locations(model: onnx.ModelProto, base: Path, name: Path | s
         name: the model file, named in error messages.
     """
     base_real = base.resolve()
-    for tensor in external_data_helper._get_all_tensors(model):  # noqa: SLF001 - public helper in practice
+    for tensor in external_data_helper._get_all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
         info = {e.key: e.value for e in tensor.external_data}
@@ -63,7 +63,8 @@ def _check_external_locations(model: onnx.ModelProto, base: Path, name: Path | s
         try:
             offset, length = int(info.get("offset") or 0), int(info.get("length") or 0)
         except ValueError:
-            raise InvalidModelError(f"{name}: tensor '{tensor.name}' has a malformed external-data offset/length") from None
+            raise InvalidModelError(
+                f"{name}: tensor '{tensor.name}' has a malformed external-data offset/length") from None
         if offset < 0 or length < 0 or offset + length > target.stat().st_size:
             raise InvalidModelError(
                 f"{name}: external data of tensor '{tensor.name}' lies outside '{loc}' "
@@ -193,7 +194,7 @@ def save_model(
 
 
 def _set_locations(model: onnx.ModelProto, location: str) -> None:
-    for t in external_data_helper._get_all_tensors(model):  # noqa: SLF001
+    for t in external_data_helper._get_all_tensors(model):
         if external_data_helper.uses_external_data(t):
             for e in t.external_data:
                 if e.key == "location":

@@ -107,7 +107,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     for _ in range(6):  # inference, then complete what it could not solve, and let that flow on
         try:
             inferred = onnx.shape_inference.infer_shapes(inferred, data_prop=True)
-        except Exception as exc:  # inference failures must not stop analysis: rules see unknown shapes
+        except Exception as exc:  # noqa: BLE001 - inference failures must not stop analysis: rules see unknown shapes
             log.warning("shape inference failed: %s", exc)
             break
         if complete_shapes(inferred):
@@ -198,7 +198,7 @@ class ModelGraph:
         return model
 
     def _export(self) -> onnx.ModelProto:
-        model = gs.export_onnx(self.graph, do_type_check=False)
+        model: onnx.ModelProto = gs.export_onnx(self.graph, do_type_check=False)
         model.ir_version = self.ir_version
         del model.opset_import[:]
         model.opset_import.extend(self.opset_imports)
@@ -236,7 +236,8 @@ class ModelGraph:
 
     def tensors(self) -> dict[str, gs.Tensor]:
         """All tensors by name."""
-        return self.graph.tensors()
+        tensors: dict[str, gs.Tensor] = self.graph.tensors()
+        return tensors
 
 
 def shape_of(t: gs.Tensor) -> tuple[Dim, ...] | None:
@@ -245,7 +246,7 @@ def shape_of(t: gs.Tensor) -> tuple[Dim, ...] | None:
         return None
     if isinstance(t, gs.Constant):
         return tuple(int(d) for d in t.shape)
-    return tuple(d if isinstance(d, (int, np.integer)) and d >= 0 else (d if isinstance(d, str) else None)
+    return tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else (d if isinstance(d, str) else None)
                  for d in t.shape)
 
 

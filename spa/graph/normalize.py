@@ -64,7 +64,7 @@ def bypass_passthrough(graph: gs.Graph) -> bool:
     Returns:
         Whether any node was removed.
     """
-    outputs = set(id(t) for t in graph.outputs)
+    outputs = {id(t) for t in graph.outputs}
     changed = False
     for node in list(graph.nodes):
         if node.op not in ("Identity", "Dropout") or (node.domain or "") not in ("", "ai.onnx"):
@@ -93,7 +93,7 @@ def fold_constants(graph: gs.Graph) -> bool:
             error_ok=True,
             should_exclude_node=lambda n: n.op in _NO_FOLD,
         )
-    except Exception as exc:  # graphsurgeon raises plain exceptions on odd graphs: folding is optional
+    except Exception as exc:  # noqa: BLE001 - graphsurgeon raises plain exceptions on odd graphs: folding is optional
         log.warning("constant folding skipped: %s", exc)
         return False
     graph.cleanup()

@@ -81,12 +81,12 @@ def save_graph(mg: ModelGraph, path: str | os.PathLike[str], *, external_data: b
                     fh.write(b"\0" * pad)
                     offset += pad
                     arr = np.ascontiguousarray(t.values)
-                    fh.write(memoryview(arr).cast("B"))
+                    fh.write(arr.data.cast("B"))
                     saved.append((t, t._values))
                     t._values = LazyValues(_ref(t, data_name, offset, arr.nbytes))
                     offset += arr.nbytes
                     release(arr)
-            model = mg._export()  # noqa: SLF001 - references only, no weight bytes
+            model = mg._export()
             with open(tmp_model, "wb") as fh:
                 fh.write(model.SerializeToString())
     except OSError as exc:

@@ -35,7 +35,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx
@@ -187,7 +187,7 @@ class _Completer:
         spec = [s_in[b] if (d == 0 and not allowzero and b < len(s_in)) else d for b, d in enumerate(spec)]
         if any(d is None for d in spec):
             return None
-        return _solve_minus_one([(d, 1) for d in s_in], spec)  # type: ignore[misc]
+        return _solve_minus_one([(d, 1) for d in s_in], spec)
 
     def _expand(self, node: onnx.NodeProto) -> list[Dim] | None:
         sx, spec = self.view.shape(node.input[0]), self.vectors.value(self._ins(node, 1))
@@ -237,7 +237,7 @@ class _Completer:
     def _constant_of_shape(self, node: onnx.NodeProto) -> list[Dim] | None:
         return self.vectors.value(self._ins(node, 0))
 
-    _OUTPUT: dict[str, Callable[[_Completer, onnx.NodeProto], list[Dim] | None]] = {
+    _OUTPUT: ClassVar[dict[str, Callable[[_Completer, onnx.NodeProto], list[Dim] | None]]] = {
         "Reshape": _reshape, "Expand": _expand, "Tile": _tile, "Slice": _slice,
         "ConstantOfShape": _constant_of_shape,
     }
@@ -358,7 +358,7 @@ class _Pass:
             data = {i: numpy_helper.from_array(np.asarray(self.view.consts[i]), i)
                     for i in node.input if i in self.view.consts}
             out = onnx.shape_inference.infer_node_outputs(schema, node, types, data, opset_imports=self.opsets)
-        except Exception:  # no schema, a missing input type, an inference error: ONNX learns nothing here
+        except Exception:  # noqa: BLE001 - no schema, a missing input type, an inference error: ONNX learns nothing here
             return {}
         return {name: _dims(helper.make_value_info(name, t)) for name, t in out.items()}
 

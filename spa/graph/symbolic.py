@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import numpy as np
 import onnx
@@ -431,7 +431,7 @@ class ShapeVectors(Generic[H]):
             return None
         return _Vec(v.values * reps[0], 1, v.kind)
 
-    _HANDLERS: dict[str, Callable[[ShapeVectors[Any], list, dict], _Vec | None]] = {  # type: ignore[type-arg]
+    _HANDLERS: ClassVar[dict[str, Callable[[ShapeVectors[Any], list, dict], _Vec | None]]] = {  # type: ignore[type-arg]
         "Identity": _identity, "Cast": _cast, "Not": _not, "Where": _where, "Shape": _shape, "Size": _size,
         "Gather": _gather, "Unsqueeze": _unsqueeze, "Squeeze": _squeeze, "Concat": _concat,
         "Reshape": _reshape, "Slice": _slice, "ConstantOfShape": _constant_of_shape, "Expand": _expand,
@@ -450,7 +450,7 @@ class _GsView:
     """:class:`GraphView` over onnx-graphsurgeon tensors."""
 
     def key(self, h: gs.Tensor) -> str:
-        return h.name
+        return str(h.name)
 
     def const(self, h: gs.Tensor) -> np.ndarray | None:
         if isinstance(h, gs.Constant) and int(np.prod(h.shape)) <= MAX_LEN:

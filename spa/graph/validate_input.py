@@ -80,14 +80,14 @@ def check_structure(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model)
         return
-    except Exception as exc:  # the checker raises ValidationError and, for odd protos, others
+    except Exception as exc:  # noqa: BLE001 - the checker raises ValidationError and, for odd protos, others
         reason = _one_line(str(exc))
     try:
         opts = ort.SessionOptions()
         opts.log_severity_level = 4
         # the one session outside spa.runtime (which sits above spa.graph): only "does ORT load it?"
         ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    except Exception:
+    except Exception:  # noqa: BLE001 - ONNX Runtime raises its own untyped errors: any refusal is the answer
         raise InvalidModelError(
             f"the model fails the ONNX checker ({reason}) and ONNX Runtime cannot load it either; "
             "re-export it or fix it with onnx.checker's message") from None

@@ -59,7 +59,8 @@ class MappedValues(LazyValues):  # type: ignore[misc]
         buf = _MAPS.get(self.path)
         if self.offset + count * np.dtype(dtype).itemsize > len(buf):
             raise ValueError(f"external data of '{self.tensor.name}' runs past the end of {self.path}")
-        return np.frombuffer(buf, dtype=dtype, count=count, offset=self.offset).reshape(self.shape)
+        values: np.ndarray = np.frombuffer(buf, dtype=dtype, count=count, offset=self.offset).reshape(self.shape)
+        return values
 
 
 def attach_external(graph: gs.Graph, base_dir: Path) -> int:
@@ -95,7 +96,9 @@ def release(array: np.ndarray) -> None:
 
 def onnx_dtype(t: gs.Constant) -> int:
     """ONNX element type of a constant (graphsurgeon keeps the ONNX enum for types numpy lacks, e.g. bf16)."""
-    return int(t.dtype) if isinstance(t.dtype, (int, np.integer)) else onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+    if isinstance(t.dtype, (int, np.integer)):
+        return int(t.dtype)
+    return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
 
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
@@ -164,7 +167,7 @@ def file_size(path: str | os.PathLike[str]) -> int:
     total = p.stat().st_size
     model = onnx.load(str(p), load_external_data=False)
     seen = set()
-    for t in external_data_helper._get_all_tensors(model):  # noqa: SLF001
+    for t in external_data_helper._get_all_tensors(model):
         if external_data_helper.uses_external_data(t):
             loc = {e.key: e.value for e in t.external_data}.get("location")
             if loc and loc not in seen and (p.parent / loc).exists():

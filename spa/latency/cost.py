@@ -28,10 +28,10 @@ from spa.errors import UsageError
 from spa.latency.lut import CPU, Device, cache_root
 from spa.plan import ConsumerKeep, Plan
 from spa.reorder.unconstrained import consumer_sites
-from spa.runtime.session import session
-from spa.surgery.apply import kept_indices
 from spa.rules.base import Slot
 from spa.rules.views import Consumer
+from spa.runtime.session import session
+from spa.surgery.apply import kept_indices
 
 log = logging.getLogger(__name__)
 

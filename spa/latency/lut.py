@@ -2,7 +2,8 @@
 
 Each entry is what one :class:`~spa.latency.layers.LayerConfig` costs per run, measured alone as a
 one-node ONNX model in ONNX Runtime (io-binding, ``threads`` intra-op threads, two warm-up runs, then
-up to ten timed runs, fewer once 0.1 s have passed; the fastest counts). On the CPU provider the cost is the layer's profiled
+up to ten timed runs, fewer once 0.1 s have passed; the fastest counts). On the CPU provider the cost is the layer's
+profiled
 kernel time: ONNX Runtime wraps an isolated NCHWc-eligible conv in ``ReorderInput``/``ReorderOutput``
 copies that a whole model only pays where the layout changes, and a session run has a fixed cost of
 its own; counting either would make wide, vector-aligned layers look dearer than they are inside the

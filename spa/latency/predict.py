@@ -2,14 +2,16 @@
 
 With ``L(plan)`` the sum of the table's latencies over the cost-bearing layers at their pruned shapes,
 ``L0`` the same sum for the original model and ``T0`` the original's measured latency, the predicted
-fraction of the original latency is ``fraction(plan) = 1 - a * (1 - L(plan) / L0)``, where the *sensitivity* ``a`` is the share of ``T0`` that scales with the tabulated layers: ``a = 1``
+fraction of the original latency is ``fraction(plan) = 1 - a * (1 - L(plan) / L0)``, where the *sensitivity* ``a`` is
+the share of ``T0`` that scales with the tabulated layers: ``a = 1``
 is the proportional model ``T0 * L(plan) / L0``, ``a = L0 / T0`` the additive one ``T0 - L0 + L(plan)``
 (everything outside the table stays as it was). The search starts from ``a = 1``: inside a whole model
 the layers take *longer* than alone (ONNX Runtime fuses BatchNormalization and the activation into
 them, caches are colder), and the ops outside the table (BatchNormalization, activations, Add) shrink
 with the channels too, so there is no constant residual to keep. On the CPU provider (one thread, the
 l2 plan at ratio 0.44 profiled against the original), ``a`` came out at 0.94 for a ResNet-50 (where
-``L0 / T0`` = 0.87) and 0.96 for a MobileNetV2 (``L0 / T0`` = 0.49). Starting from a constant also makes the first search depend on the table alone,
+``L0 / T0`` = 0.87) and 0.96 for a MobileNetV2 (``L0 / T0`` = 0.49). Starting from a constant also makes the first
+search depend on the table alone,
 so a second search on the same model looks up exactly the layers the first one measured.
 
 Every plan then measured against the original (fraction ``m`` at ``x = L(plan) / L0``) refits ``a`` by

@@ -32,6 +32,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analysis.groups import Analysis
+from spa.errors import UsageError
 from spa.plan import ConsumerKeep, GroupPlan, Plan, _keep_every_slot
 from spa.reorder.blocks import channel_blocks, exported_order
 from spa.reorder.layout import FIXED_IN, FIXED_OUT, block_orders
@@ -50,7 +51,9 @@ class ConsumerSite:
 def consumer_sites(analysis: Analysis, gid: int) -> list[ConsumerSite]:
     """Consumers of a group that can read their own subset (identity-linked, single node)."""
     cg = analysis.channel_graph
-    assert cg is not None
+    if cg is None:
+        raise UsageError("unconstrained pruning needs the analysis' channel graph: analyse with "
+                         "spa.analysis.groups.analyze_graph, which keeps it")
     members = set(analysis.classes[gid])
     by_node_link: dict[tuple[str, Slot], Link] = {}
     for link, node in cg.links:

@@ -33,12 +33,12 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, SupportsInt, TypeGuard, overload
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from spa.errors import UnsupportedModelError
+from spa.errors import CouplingError, UnsupportedModelError
 from spa.graph.model import Dim, const_value, shape_of
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ class Statistic:
     reason: str
 
 
-Relation = Union[Link, Member, Barrier, Choice, Tag, Statistic]
+Relation = Link | Member | Barrier | Choice | Tag | Statistic
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class Cost:
 
 
 #: an attribute value in a latency-table key (:meth:`ChannelRule.latency_key`)
-AttrValue = Union[int, float, str, tuple[int, ...], tuple[float, ...]]
+AttrValue = int | float | str | tuple[int, ...] | tuple[float, ...]
 
 
 class NodeContext:
@@ -166,6 +166,11 @@ class NodeContext:
         self.node = node
         self.opset = opset
         self.shapes = shapes
+
+    @property
+    def op(self) -> str:
+        """The node's op type (typed: onnx-graphsurgeon's attributes are untyped)."""
+        return str(self.node.op)
 
     # tensors -----------------------------------------------------------------------------------------
     def input(self, k: int) -> gs.Tensor | None:
@@ -220,8 +225,50 @@ class NodeContext:
         return isinstance(t, gs.Constant)
 
     def attr(self, name: str, default: object = None) -> object:
-        """A node attribute."""
+        """A node attribute (any type: prefer the typed :meth:`int_attr`, :meth:`ints_attr`)."""
         return self.node.attrs.get(name, default)
+
+    def int_attr(self, name: str, default: int) -> int:
+        """An integer attribute (``axis``, ``group``, ``keepdims``...), ``default`` when absent or None.
+
+        >>> ctx = NodeContext(gs.Node("Concat", "c", attrs={"axis": -1}), 17)
+        >>> ctx.int_attr("axis", 0), ctx.int_attr("missing", 7)
+        (-1, 7)
+        """
+        v = self.node.attrs.get(name)
+        if v is None:
+            return default
+        if not isinstance(v, SupportsInt):
+            raise UnsupportedModelError(
+                f"{self.node.op} '{self.node.name}': attribute '{name}' is {type(v).__name__} {v!r}, expected an "
+                "integer; fix the model (onnx.checker.check_model reports malformed attributes)"
+            )
+        return int(v)
+
+    @overload
+    def ints_attr(self, name: str) -> list[int] | None: ...
+    @overload
+    def ints_attr(self, name: str, default: Sequence[int]) -> list[int]: ...
+    def ints_attr(self, name: str, default: Sequence[int] | None = None) -> list[int] | None:
+        """An integer-list attribute (``perm``, ``axes``), ``default`` when absent or None.
+
+        >>> ctx = NodeContext(gs.Node("Transpose", "t", attrs={"perm": [0, 2, 1]}), 17)
+        >>> ctx.ints_attr("perm"), ctx.ints_attr("axes"), ctx.ints_attr("axes", [1])
+        ([0, 2, 1], None, [1])
+        """
+        v = self.node.attrs.get(name)
+        if v is None:
+            return None if default is None else list(default)
+        items = v if isinstance(v, (list, tuple, np.ndarray)) else [v]
+        out: list[int] = []
+        for x in items:
+            if not isinstance(x, SupportsInt):
+                raise UnsupportedModelError(
+                    f"{self.node.op} '{self.node.name}': attribute '{name}' holds {type(x).__name__} {x!r}, "
+                    "expected integers; fix the model (onnx.checker.check_model reports malformed attributes)"
+                )
+            out.append(int(x))
+        return out
 
     def ints(self, attr: str, input_index: int | None) -> list[int] | None:
         """Integer list given as attribute (older opsets) or constant input (newer ones).
@@ -246,6 +293,20 @@ class NodeContext:
             if t is not None and t.name:
                 rels.append(Barrier(t.name, None, reason))
         return rels
+
+
+def graph_changed(ctx: NodeContext, what: str) -> CouplingError:
+    """The error a rewrite hook raises when its node no longer looks as the analysis saw it.
+
+    >>> ctx = NodeContext(gs.Node("Split", "s"), 17)
+    >>> str(graph_changed(ctx, "input shape unknown")).split(";")[0]
+    "Split 's': input shape unknown at rewrite time, although the analysis related its channels"
+    """
+    return CouplingError(
+        f"{ctx.op} '{ctx.node.name}': {what} at rewrite time, although the analysis related its channels; "
+        "the graph changed between analysis and pruning: prune the model that was analysed "
+        "(run `spa analyze` on it to see its groups), or report the model"
+    )
 
 
 def size_spec(ctx: NodeContext, index: int) -> tuple[list[int | None], gs.Node | None, bool] | None:
@@ -308,10 +369,26 @@ def attr_value(value: object) -> AttrValue:
     ((1, 2), 'SAME_UPPER')
     """
     if isinstance(value, (list, tuple, np.ndarray)):
-        return tuple(v.item() if isinstance(v, np.generic) else v for v in value)  # type: ignore[return-value]
-    if isinstance(value, bytes):
+        items = [v.item() if isinstance(v, np.generic) else v for v in value]
+        if _all_ints(items):
+            return tuple(items)
+        if _all_floats(items):
+            return tuple(items)
+    elif isinstance(value, bytes):
         return value.decode()
-    return value.item() if isinstance(value, np.generic) else value  # type: ignore[return-value]
+    else:
+        item = value.item() if isinstance(value, np.generic) else value
+        if isinstance(item, (int, float, str)):
+            return item
+    raise UnsupportedModelError(f"attribute value {value!r} is not a number, string or list of numbers")
+
+
+def _all_ints(items: list[object]) -> TypeGuard[list[int]]:
+    return all(isinstance(v, int) for v in items)
+
+
+def _all_floats(items: list[object]) -> TypeGuard[list[float]]:
+    return all(isinstance(v, (int, float)) for v in items)
 
 
 def all_axes(t: gs.Tensor, shape: Sequence[Dim] | None) -> tuple[Slot, ...]:
@@ -348,7 +425,7 @@ class RewriteContext:
     def new_size(self, tensor: gs.Tensor, axis: int, old: int) -> int:
         """Size of an axis after pruning (``old`` when it is not pruned)."""
         k = self.kept(tensor, axis)
-        return old if k is None else int(len(k))
+        return old if k is None else len(k)
 
     def set_vector(self, node: gs.Node, index: int, values: Sequence[int | None], concat: gs.Node | None) -> None:
         """Write a size vector into ``node``'s input ``index``: a fresh constant, or — when the vector is

@@ -28,6 +28,7 @@ from spa.rules.base import (
     RewriteContext,
     Role,
     Slot,
+    graph_changed,
     norm_axis,
     static,
 )
@@ -60,7 +61,7 @@ class ConcatRule(ChannelRule):
         r = ctx.rank(y)
         if y is None or r is None:
             return ctx.barrier_all(f"Concat '{ctx.node.name}': shape unknown")
-        ax = norm_axis(int(ctx.attr("axis", 0)), r)
+        ax = norm_axis(ctx.int_attr("axis", 0), r)
         rels: list[Relation] = []
         off = 0
         for k in range(len(ctx.node.inputs)):
@@ -99,7 +100,7 @@ class SplitRule(ChannelRule):
         if x is None or sx is None:
             return ctx.barrier_all(f"Split '{ctx.node.name}': shape unknown")
         r = len(sx)
-        ax = norm_axis(int(ctx.attr("axis", 0)), r)
+        ax = norm_axis(ctx.int_attr("axis", 0), r)
         n = static(sx[ax])
         sizes = None if n is None else self._sizes(ctx, n)
         if sizes is None or sum(sizes) != n:
@@ -116,12 +117,14 @@ class SplitRule(ChannelRule):
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
         x = ctx.input(0)
         sx = ctx.shape(x)
-        assert x is not None and sx is not None
-        ax = norm_axis(int(ctx.attr("axis", 0)), len(sx))
+        if x is None or sx is None:
+            raise graph_changed(ctx, "input or input shape missing")
+        ax = norm_axis(ctx.int_attr("axis", 0), len(sx))
         if rw.kept(x, ax) is None:
             return
         old = self._sizes(ctx, int(sx[ax]))  # type: ignore[arg-type]
-        assert old is not None
+        if old is None:
+            raise graph_changed(ctx, "split sizes not constant")
         new = [rw.new_size(o, ax, s) for o, s in zip(ctx.node.outputs, old)]
         value = np.asarray(new, dtype=np.int64)
         if ctx.opset < 13:
@@ -221,7 +224,8 @@ class SliceRule(ChannelRule):
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
         x = ctx.input(0)
         sx = ctx.shape(x)
-        assert x is not None and sx is not None
+        if x is None or sx is None:
+            raise graph_changed(ctx, "input or input shape missing")
         params = self._params(ctx, len(sx))
         if params is None:  # computed starts/ends: only unsliced axes can be pruned, nothing to rewrite
             return
@@ -255,7 +259,7 @@ class GatherRule(ChannelRule):
         if x is None or y is None or sx is None or si is None:
             return ctx.barrier_all(f"Gather '{ctx.node.name}': shape unknown")
         r, q = len(sx), len(si)
-        ax = norm_axis(int(ctx.attr("axis", 0)), r)
+        ax = norm_axis(ctx.int_attr("axis", 0), r)
         rels: list[Relation] = [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(ax)]
         rels += [Link(Slot(x.name, a), Slot(y.name, a + q - 1)) for a in range(ax + 1, r)]
         values = ctx.const(idx)
@@ -271,13 +275,15 @@ class GatherRule(ChannelRule):
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
         x, idx = ctx.input(0), ctx.input(1)
         sx = ctx.shape(x)
-        assert x is not None and sx is not None
-        ax = norm_axis(int(ctx.attr("axis", 0)), len(sx))
+        if x is None or sx is None:
+            raise graph_changed(ctx, "input or input shape missing")
+        ax = norm_axis(ctx.int_attr("axis", 0), len(sx))
         kept_in = rw.kept(x, ax)
         if kept_in is None:
             return
         values = ctx.const(idx)
-        assert values is not None
+        if values is None:
+            raise graph_changed(ctx, "indices not constant")
         n = int(sx[ax])  # type: ignore[arg-type]
         v = np.where(values < 0, values + n, values)
         kept_out = rw.kept(ctx.output(0), ax)

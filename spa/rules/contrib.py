@@ -27,6 +27,8 @@ blocked as "shape unknown".
 
 from __future__ import annotations
 
+import onnx_graphsurgeon as gs
+
 from spa.rules.base import (
     Barrier,
     ChannelRule,
@@ -40,8 +42,8 @@ from spa.rules.base import (
     TwinContext,
     same_dim,
 )
-from spa.rules.moments import Result, Walk, no_transfer, unary_transfer
 from spa.rules.elementwise import BroadcastRule
+from spa.rules.moments import Result, Walk, no_transfer, unary_transfer
 from spa.rules.norm import finish_affine, masked_normalise
 
 MS_DOMAIN = "com.microsoft"
@@ -153,7 +155,7 @@ class ContribSkipNormRule(ChannelRule):
             return
         full = node.op == "SkipLayerNormalization"  # the simplified (RMS) form has no beta: bias is input 3
         beta, bias = (ctx.input(3), ctx.input(4)) if full else (None, ctx.input(3))
-        s = tw.op("Add", [x, ctx.input(1)], x)  # type: ignore[list-item]
+        s = tw.op("Add", [x, ctx.input(1)], x)
         if bias is not None:
             s = tw.op("Add", [s, bias], x)
         normed = masked_normalise(tw, s, m, float(node.attrs.get("epsilon", 1e-5)), centre=full)

@@ -64,7 +64,7 @@ class ConvRule(ChannelRule):
         sx, sw = ctx.shape(x), ctx.shape(w)
         if x is None or w is None or y is None or sx is None or sw is None or ctx.rank(y) is None:
             return ctx.barrier_all(f"Conv '{ctx.node.name}': shapes unknown")
-        g = int(ctx.attr("group", 1))
+        g = ctx.int_attr("group", 1)
         c, m = static(sx[1]), static(sw[0])
         cg = static(sw[1])
         if c is None or m is None or cg is None:
@@ -94,12 +94,12 @@ class ConvRule(ChannelRule):
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
         x, w = ctx.input(0), ctx.input(1)
-        g = int(ctx.attr("group", 1))
+        g = ctx.int_attr("group", 1)
         sw = ctx.shape(w)
         if g > 1 and sw is not None and static(sw[1]) == 1:
             kept = rw.kept(x, 1)
             if kept is not None:
-                ctx.node.attrs["group"] = int(len(kept))
+                ctx.node.attrs["group"] = len(kept)
 
     def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
         """See :func:`spa.rules.views.conv_view`."""
@@ -125,7 +125,7 @@ class ConvTransposeRule(ChannelRule):
         sx, sw = ctx.shape(x), ctx.shape(w)
         if x is None or w is None or y is None or sx is None or sw is None or ctx.rank(y) is None:
             return ctx.barrier_all(f"ConvTranspose '{ctx.node.name}': shapes unknown")
-        g = int(ctx.attr("group", 1))
+        g = ctx.int_attr("group", 1)
         c, mg = static(sx[1]), static(sw[1])
         if c is None or mg is None:
             return ctx.barrier_all(f"ConvTranspose '{ctx.node.name}': channel counts unknown")
@@ -154,12 +154,12 @@ class ConvTransposeRule(ChannelRule):
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
         x = ctx.input(0)
-        g = int(ctx.attr("group", 1))
+        g = ctx.int_attr("group", 1)
         sx = ctx.shape(x)
         if g > 1 and sx is not None and static(sx[1]) == g:
             kept = rw.kept(x, 1)
             if kept is not None:
-                ctx.node.attrs["group"] = int(len(kept))
+                ctx.node.attrs["group"] = len(kept)
         if "output_shape" in ctx.node.attrs:
             pass  # spatial only: unaffected by channel pruning
 

@@ -10,6 +10,10 @@ depends on their positions).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import onnx_graphsurgeon as gs
+
 from spa.rules.base import (
     Barrier,
     ChannelRule,
@@ -25,7 +29,7 @@ from spa.rules.base import (
 )
 from spa.rules.moments import Result, Walk, broadcast_transfer, unary_transfer
 
-UNARY_OPS = (
+UNARY_OPS: tuple[str, ...] = (
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Mish",
     "Softplus", "Softsign", "Elu", "Selu", "Celu", "ThresholdedRelu", "Shrink", "Swish",
     "Exp", "Log", "Sqrt", "Neg", "Abs", "Reciprocal", "Floor", "Ceil", "Round", "Sign",
@@ -33,7 +37,7 @@ UNARY_OPS = (
     "Cast", "CastLike", "Not", "IsNaN", "IsInf", "Identity", "Dropout",
 )
 
-BROADCAST_OPS = (
+BROADCAST_OPS: tuple[str, ...] = (
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where", "Mod",
     "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "BitShift",
 )
@@ -60,10 +64,10 @@ class UnaryRule(ChannelRule):
         return rels
 
 
-def broadcast_links(ctx: NodeContext, inputs: list, out) -> list[Relation]:  # type: ignore[no-untyped-def]
+def broadcast_links(ctx: NodeContext, inputs: Sequence[gs.Tensor | None], out: gs.Tensor | None) -> list[Relation]:
     """Links between each input and ``out`` under numpy broadcasting; constants become PARAM members."""
     so = ctx.shape(out)
-    if so is None:
+    if out is None or so is None:
         return ctx.barrier_all(f"{ctx.node.op} '{ctx.node.name}': output shape unknown")
     r = len(so)
     rels: list[Relation] = []
@@ -95,7 +99,8 @@ class BroadcastRule(ChannelRule):
     op_types = BROADCAST_OPS
 
     def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
-        """PRelu, and Add/Sub/Mul/Div: affine maps with per-channel constants, sums of independent activations, ``x·act(x)`` gates."""
+        """PRelu, and Add/Sub/Mul/Div: affine maps with per-channel constants, sums of independent
+        activations, ``x·act(x)`` gates."""
         return broadcast_transfer(ctx.node, out, axis, walk)
 
     def relate(self, ctx: NodeContext) -> list[Relation]:

@@ -48,7 +48,7 @@ def gemm_cost(ctx: NodeContext, a_index: int = 0, b_index: int = 1, *, scale: bo
     sa, sy = ctx.shape(a), ctx.shape(y)
     if sa is None or sy is None or len(sa) != 2:  # an invalid Gemm (ONNX Runtime refuses it): nothing to count
         return None
-    k = sa[0] if int(ctx.attr("transA", 0)) else sa[1]  # type: ignore[call-overload]
+    k = sa[0] if ctx.int_attr("transA", 0) else sa[1]
     return Cost(dims_product(sy) * dims_product([k]), all_axes(b, ctx.shape(b)) if scale and b is not None else ())
 
 
@@ -82,7 +82,7 @@ class GemmRule(ChannelRule):
         a, b, c, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
         if a is None or b is None or y is None or ctx.rank(a) != 2 or ctx.rank(b) != 2:
             return ctx.barrier_all(f"Gemm '{ctx.node.name}': shapes unknown")
-        ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
+        ta, tb = ctx.int_attr("transA", 0), ctx.int_attr("transB", 0)
         a_m, a_k = (1, 0) if ta else (0, 1)
         b_k, b_n = (1, 0) if tb else (0, 1)
         rels: list[Relation] = [

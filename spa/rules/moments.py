@@ -67,13 +67,13 @@ def _hermite(points: int) -> tuple[np.ndarray, np.ndarray]:
 
 def norm_cdf(x: np.ndarray) -> np.ndarray:
     """Standard normal CDF Φ."""
-    return 0.5 * (1.0 + _erf(np.asarray(x, dtype=np.float64) / math.sqrt(2.0)))
+    return np.asarray(0.5 * (1.0 + _erf(np.asarray(x, dtype=np.float64) / math.sqrt(2.0))), dtype=np.float64)
 
 
 def norm_pdf(x: np.ndarray) -> np.ndarray:
     """Standard normal density φ."""
     x = np.asarray(x, dtype=np.float64)
-    return np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return np.asarray(np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi), dtype=np.float64)
 
 
 def relu_moments(mu: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,7 +176,7 @@ def _axis_vector(value: np.ndarray, rank: int, axis: int, size: int) -> np.ndarr
     shape = (1,) * (rank - v.ndim) + v.shape
     if any(d != 1 for k, d in enumerate(shape) if k != axis) or shape[axis] not in (1, size):
         return None
-    return np.broadcast_to(v.reshape(-1), (size,)).copy()
+    return np.array(np.broadcast_to(v.reshape(-1), (size,)), dtype=np.float64)
 
 
 def _through(f: Fn | None, m: Moments) -> Moments:
@@ -270,12 +270,12 @@ def _two_activations(node: gs.Node, a: gs.Tensor, b: gs.Tensor, axis: int, walk:
                 if isinstance(m, str):
                     return m
                 act = ACTIVATIONS[gate.op](gate)
-                return _through(lambda v: v * act(v), m)
+                return _through(lambda v: v * act(v), m)  # noqa: B023 - called before the loop moves on
         return f"Mul '{node.name}' multiplies two activations (a gate)"
     if node.op in ("Add", "Sub"):
         ma, mb = walk(a, axis), walk(b, axis)
         if isinstance(ma, str) or isinstance(mb, str):
-            return ma if isinstance(ma, str) else mb  # type: ignore[return-value]
+            return ma if isinstance(ma, str) else mb
         if len(ma.mean) != len(mb.mean):
             return f"{node.op} '{node.name}': broadcast on axis {axis}"
         sign = 1.0 if node.op == "Add" else -1.0

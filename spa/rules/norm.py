@@ -60,7 +60,7 @@ class PerChannelNormRule(ChannelRule):
 
     def running_stats(self, ctx: NodeContext) -> bool:
         """BatchNormalization (inference): ``γ`` is input 1, the running mean and variance inputs 3 and 4."""
-        return ctx.node.op == "BatchNormalization"
+        return ctx.op == "BatchNormalization"
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
         if any(o.name and o.outputs for o in ctx.node.outputs[1:]):
@@ -83,7 +83,7 @@ def _normalised_axis(ctx: NodeContext) -> int | None:
     r = ctx.rank(ctx.input(0))
     if r is None or r < 2:
         return None
-    axis = norm_axis(int(ctx.attr("axis", -1)), r)
+    axis = norm_axis(ctx.int_attr("axis", -1), r)
     return axis if axis == r - 1 else None
 
 
@@ -177,12 +177,12 @@ class StatsOverAxisRule(ChannelRule):
         if r is None:
             return ctx.barrier_all(f"{op} '{ctx.node.name}': shape unknown")
         if op in ("LayerNormalization", "RMSNormalization", "SimplifiedLayerNormalization"):
-            axis = norm_axis(int(ctx.attr("axis", -1)), r)
+            axis = norm_axis(ctx.int_attr("axis", -1), r)
             blocked = set(range(axis, r))
         elif op == "MeanVarianceNormalization":
-            blocked = {norm_axis(int(a), r) for a in ctx.attr("axes", [0, 2, 3])}  # type: ignore[union-attr]
+            blocked = {norm_axis(a, r) for a in ctx.ints_attr("axes", [0, 2, 3])}
         elif op == "LpNormalization":
-            blocked = {norm_axis(int(ctx.attr("axis", -1)), r)}
+            blocked = {norm_axis(ctx.int_attr("axis", -1), r)}
         else:  # GroupNormalization, LRN: statistics across channels
             blocked = {1}
         reason = f"{op} '{ctx.node.name}' normalises over axis {sorted(blocked)}: channels there are not independent"

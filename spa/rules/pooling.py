@@ -96,7 +96,7 @@ REDUCE_OPS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd",
 MASKABLE = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2")
 
 # opset from which each reduce op takes `axes` as an input rather than an attribute
-_AXES_AS_INPUT = {op: 18 for op in REDUCE_OPS} | {"ReduceSum": 13}
+_AXES_AS_INPUT = dict.fromkeys(REDUCE_OPS, 18) | {"ReduceSum": 13}
 
 
 class ReduceRule(ChannelRule):
@@ -111,7 +111,7 @@ class ReduceRule(ChannelRule):
         if r is None:
             return None
         if op in ("ArgMax", "ArgMin"):
-            axes: list[int] | None = [int(ctx.attr("axis", 0))]
+            axes: list[int] | None = [ctx.int_attr("axis", 0)]
         elif ctx.opset >= _AXES_AS_INPUT[op]:
             axes = ctx.ints("axes", 1) if ctx.input(1) is not None or "axes" in ctx.node.attrs else []
             if axes is None:
@@ -119,7 +119,7 @@ class ReduceRule(ChannelRule):
         else:
             axes = ctx.ints("axes", None) or []
         if not axes:
-            if int(ctx.attr("noop_with_empty_axes", 0)):
+            if ctx.int_attr("noop_with_empty_axes", 0):
                 return set()
             axes = list(range(r))
         return {norm_axis(a, r) for a in axes}
@@ -133,7 +133,7 @@ class ReduceRule(ChannelRule):
         reduced = self._reduced(ctx)
         if reduced is None:
             return ctx.barrier_all(f"{op} '{ctx.node.name}': axes computed at run time")
-        keep = bool(int(ctx.attr("keepdims", 1)))
+        keep = bool(ctx.int_attr("keepdims", 1))
         reason = f"{op} '{ctx.node.name}' reduces over axis"
         rels: list[Relation] = []
         out_axis = 0
@@ -174,9 +174,9 @@ class AxisOpRule(ChannelRule):
                 return ctx.barrier_all("CumSum axis computed at run time")
             blocked = {norm_axis(ax[0], r)}
         elif op in ("Softmax", "LogSoftmax", "Hardmax") and ctx.opset < 13:
-            blocked = set(range(norm_axis(int(ctx.attr("axis", 1)), r), r))  # coerced to 2-D
+            blocked = set(range(norm_axis(ctx.int_attr("axis", 1), r), r))  # coerced to 2-D
         else:
-            blocked = {norm_axis(int(ctx.attr("axis", -1)), r)}
+            blocked = {norm_axis(ctx.int_attr("axis", -1), r)}
         reason = f"{op} '{ctx.node.name}' works across axis {sorted(blocked)}"
         rels: list[Relation] = []
         for out in ctx.node.outputs:

@@ -104,8 +104,8 @@ class QuantizeDequantizeRule(ChannelRule):
         rels: list[Relation] = [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(r)]
         if ctx.is_const(x):
             rels += [Member(Slot(x.name, a), Role.CONSUMER) for a in _weight_axes(sx)]
-        block = int(ctx.attr("block_size", 0) or 0)  # type: ignore[call-overload]
-        axis = int(ctx.attr("axis", 1))  # type: ignore[call-overload]
+        block = ctx.int_attr("block_size", 0)
+        axis = ctx.int_attr("axis", 1)
         for q in (scale, zp):
             if q is None:
                 continue
@@ -197,7 +197,7 @@ class QOperatorRule(ChannelRule):
         if self.domain != "" or op not in QOPERATOR_OPS:
             return None
         w_index = 3 if op.startswith("QLinear") else 1
-        if op.endswith("Conv") or op.endswith("ConvInteger"):
+        if op.endswith(("Conv", "ConvInteger")):
             return conv_cost(ctx, 0, w_index, scale=False)
         return matmul_cost(ctx, 0, w_index, scale=False)
 

@@ -33,6 +33,7 @@ from spa.rules.base import (
     Relation,
     RewriteContext,
     Slot,
+    graph_changed,
     norm_axis,
     size_spec,
     static,
@@ -111,7 +112,7 @@ def _pair(si: tuple[Dim, ...], so: tuple[Dim, ...]) -> tuple[list[Block], Block 
     if full is not None:
         return full, None
     left, i, j = _pair_prefix(si, so)
-    rev, ri, rj = _pair_prefix(tuple(reversed(si)), tuple(reversed(so)))
+    rev, _, _ = _pair_prefix(tuple(reversed(si)), tuple(reversed(so)))
     right: list[Block] = []
     for ins, outs in rev:
         mi = tuple(sorted(len(si) - 1 - a for a in ins))
@@ -240,10 +241,12 @@ class ReshapeRule(ChannelRule):
         x, y = ctx.input(0), ctx.output(0)
         spec = _shape_spec(ctx)
         so = ctx.shape(y)
-        assert x is not None and y is not None and so is not None
+        if x is None or y is None or so is None:
+            raise graph_changed(ctx, "input, output or output shape missing")
         if spec is None:
             target = static_target(ctx, x, y)
-            assert target is not None
+            if target is None:
+                raise graph_changed(ctx, "target shape neither constant nor static")
             if all(rw.kept(y, b) is None for b in range(len(so))):
                 return
             new_target = [v if v in (0, -1) or rw.kept(y, b) is None else rw.new_size(y, b, v)
@@ -269,7 +272,8 @@ class ShapeOnlyRule(ChannelRule):
     op_types = ("Flatten", "Squeeze", "Unsqueeze")
 
     def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
-        """Flatten/Squeeze merging ``[N, C, *S]`` into ``[N, C·ΠS]``: the moments of each channel repeated over ``ΠS``."""
+        """Flatten/Squeeze merging ``[N, C, *S]`` into ``[N, C·ΠS]``: the moments of each channel repeated
+        over ``ΠS``."""
         return merge_transfer(ctx.node, out, axis, walk)
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
@@ -289,5 +293,5 @@ class TransposeRule(ChannelRule):
         r = ctx.rank(x)
         if x is None or y is None or r is None:
             return ctx.barrier_all(f"Transpose '{ctx.node.name}': shape unknown")
-        perm = ctx.attr("perm") or list(reversed(range(r)))
-        return [Link(Slot(x.name, norm_axis(int(p), r)), Slot(y.name, i)) for i, p in enumerate(perm)]  # type: ignore[union-attr]
+        perm = ctx.ints_attr("perm") or list(reversed(range(r)))
+        return [Link(Slot(x.name, norm_axis(p, r)), Slot(y.name, i)) for i, p in enumerate(perm)]

@@ -25,6 +25,7 @@ from spa.rules.base import (
     Relation,
     RewriteContext,
     Slot,
+    graph_changed,
     norm_axis,
     same_dim,
     size_spec,
@@ -104,9 +105,9 @@ class ResizeRule(ChannelRule):
         rels = _same_size_links(ctx)
         if ctx.node.op == "Resize" and ctx.input(3) is not None and not ctx.is_const(ctx.input(3)):
             y = ctx.output(0)
-            assert y is not None
-            for r in list(rels):
-                if isinstance(r, Link) and static(ctx.shape(y)[r.b.axis]) not in (None, 1):  # type: ignore[index]
+            sy = ctx.shape(y)
+            for r in list(rels):  # links exist only when the output's shape is known
+                if isinstance(r, Link) and y is not None and sy is not None and static(sy[r.b.axis]) not in (None, 1):
                     rels.append(Barrier(y.name, r.b.axis, f"Resize '{ctx.node.name}' sizes computed at run time"))
         return rels
 
@@ -152,7 +153,8 @@ def tile_repeats(ctx: NodeContext) -> tuple[list[int | None], gs.Node | None, bo
 def _write_spec(ctx: NodeContext, rw: RewriteContext, index: int, new: list[int | None]) -> None:
     """Write ``new`` back: into the constant input, or into the constant pieces of its Concat."""
     spec = size_spec(ctx, index)
-    assert spec is not None
+    if spec is None:
+        raise graph_changed(ctx, f"input {index} neither constant nor a Concat of constants")
     _, concat, _ = spec
     rw.set_vector(ctx.node, index, new, concat)
 
@@ -240,7 +242,8 @@ class ExpandTileRule(ChannelRule):
                 _rewrite_size_input(ctx, rw, 1, value=value)
                 return
             spec = size_spec(ctx, 1)
-            assert spec is not None
+            if spec is None:
+                raise graph_changed(ctx, "shape input neither constant nor a Concat of constants")
             values = list(spec[0])
             off = len(y.shape) - len(values)
             for e, v in enumerate(values):
@@ -285,8 +288,8 @@ class ShapeRule(ChannelRule):
         if ctx.node.op == "Size":
             read = set(range(r))
         else:
-            start = int(ctx.attr("start", 0))  # type: ignore[call-overload]
-            end = int(ctx.attr("end", r))  # type: ignore[call-overload]
+            start = ctx.int_attr("start", 0)
+            end = ctx.int_attr("end", r)
             start, end = (start + r if start < 0 else start), (end + r if end < 0 else end)
             axes = list(range(max(start, 0), min(end, r)))
             read = self._read_axes(y, axes)
@@ -307,7 +310,7 @@ class ShapeRule(ChannelRule):
         if ctx.node.op == "Size":
             return np.asarray(int(np.prod(dims, dtype=np.int64)), dtype=np.int64)
         r = len(dims)
-        start, end = int(ctx.attr("start", 0)), int(ctx.attr("end", r))  # type: ignore[call-overload]
+        start, end = ctx.int_attr("start", 0), ctx.int_attr("end", r)
         return np.asarray(dims[slice(start, end)], dtype=np.int64)
 
     @staticmethod
@@ -326,7 +329,8 @@ class ShapeRule(ChannelRule):
                 starts = getattr(consumer.inputs[1], "values", None)
                 ends = getattr(consumer.inputs[2], "values", None)
                 steps = getattr(consumer.inputs[4], "values", None) if len(consumer.inputs) > 4 else None
-                if starts is not None and ends is not None and (steps is None or int(np.asarray(steps).reshape(-1)[0]) == 1):
+                if (starts is not None and ends is not None
+                        and (steps is None or int(np.asarray(steps).reshape(-1)[0]) == 1)):
                     s0, e0 = int(np.asarray(starts).reshape(-1)[0]), int(np.asarray(ends).reshape(-1)[0])
                     read |= set(axes[slice(s0, e0)])
                     continue

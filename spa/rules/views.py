@@ -71,7 +71,8 @@ class ConvUnfold:
                  + tuple(slice(None, None, dl) for dl in self.dilations))
         win = win[index]  # [N, C, *out, *kernel]
         order = (0, *range(2, 2 + d), 1, *range(2 + d, 2 + 2 * d))
-        return win.transpose(order).reshape(-1, c * self.taps)
+        rows: np.ndarray = win.transpose(order).reshape(-1, c * self.taps)
+        return rows
 
 
 def dense_rows(axis: int) -> Callable[[np.ndarray], np.ndarray]:

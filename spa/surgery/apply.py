@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analysis.groups import Analysis
+from spa.errors import CouplingError, SpaError, UsageError
 from spa.graph.model import ModelGraph
 from spa.graph.weights import release
 from spa.plan import GroupPlan, Plan
@@ -94,7 +97,7 @@ def _narrow_inputs(mg: ModelGraph, analysis: Analysis, plan: Plan, kept: dict[Sl
             node = nodes[c.node]
             shape = list(x.shape) if x.shape is not None else None
             if shape is not None:
-                shape[src.axis] = int(len(pos))
+                shape[src.axis] = len(pos)
             out = gs.Variable(f"{x.name}__spa_{c.mode}_{node.name}", dtype=x.dtype, shape=shape)
             axis = gs.Constant(f"{out.name}_axes", np.asarray([src.axis], dtype=np.int64))
             if c.mode == "slice" and pos[-1] - pos[0] + 1 == len(pos):
@@ -113,11 +116,33 @@ def _narrow_inputs(mg: ModelGraph, analysis: Analysis, plan: Plan, kept: dict[Sl
         mg.graph.toposort()
 
 
+_HookContext = TypeVar("_HookContext", RewriteContext, TwinContext)
+
+
+def _run_hook(hook: Callable[[NodeContext, _HookContext], None], ctx: NodeContext, hctx: _HookContext,
+              what: str) -> None:
+    """Call a rule's rewrite or twin hook; an unexpected failure becomes a :class:`CouplingError` naming the node.
+
+    :class:`~spa.errors.SpaError` subclasses pass through unchanged.
+    """
+    try:
+        hook(ctx, hctx)
+    except SpaError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+        raise CouplingError(
+            f"{ctx.op} '{ctx.node.name}': {what} failed: {type(exc).__name__}: {exc}; run `spa analyze` on the model "
+            "to see the groups through this node, and report the model (with that output) if the rule is spa's"
+        ) from exc
+
+
 def _apply_updates(mg: ModelGraph, updates: dict[str, np.ndarray] | None) -> None:
     tensors = mg.graph.tensors()
     for name, value in (updates or {}).items():
-        t = tensors[name]
-        assert isinstance(t, gs.Constant), f"update for non-constant '{name}'"
+        t = tensors.get(name)
+        if not isinstance(t, gs.Constant):
+            raise UsageError(f"weight update for '{name}', which is not a constant initializer of the model: a "
+                             "criterion's compensate() may only update the weights of the analysed graph")
         t.values = np.asarray(value, dtype=np.asarray(t.values).dtype).reshape(t.shape)
 
 
@@ -144,7 +169,7 @@ def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = 
         if names & touched:
             rule = registry.lookup(node.domain or "", node.op, mg.opset)
             if rule is not None:
-                rule.rewrite(NodeContext(node, mg.opset), rw)
+                _run_hook(rule.rewrite, NodeContext(node, mg.opset), rw, "rewriting after pruning")
     tensors = mg.graph.tensors()
     zeroed = _zeroed(analysis, plan, kept)
     for slot, k in kept.items():
@@ -159,7 +184,7 @@ def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = 
         elif t is not None and t.shape is not None and slot.axis < len(t.shape):
             # activation shapes follow from the plan; the checker re-infers and compares them
             shape = list(t.shape)
-            shape[slot.axis] = int(len(k))
+            shape[slot.axis] = len(k)
             t.shape = shape
     _narrow_inputs(mg, analysis, plan, kept)
     return mg
@@ -179,7 +204,7 @@ def _neutral(t: gs.Constant, values: np.ndarray, analysis: Analysis) -> np.ndarr
 def _zero(t: gs.Constant, axis: int, drop: np.ndarray, analysis: Analysis) -> None:
     """Make the ``drop`` slices of ``t`` along ``axis`` contribute nothing (0, or the zero point)."""
     values = np.array(t.values, copy=True)
-    index: list[object] = [slice(None)] * values.ndim
+    index: list[slice | np.ndarray] = [slice(None)] * values.ndim
     index[axis] = drop
     fill = _neutral(t, values, analysis)
     values[tuple(index)] = fill[tuple(index)] if isinstance(fill, np.ndarray) else fill
@@ -196,7 +221,7 @@ def _twin_hooks(mg: ModelGraph, kept: dict[Slot, np.ndarray], registry: RuleRegi
             continue
         rule = registry.lookup(node.domain or "", node.op, mg.opset)
         if rule is not None:
-            rule.twin(NodeContext(node, mg.opset), tw)
+            _run_hook(rule.twin, NodeContext(node, mg.opset), tw, "restricting its statistics in the masked twin")
     if len(mg.graph.nodes) != count:
         mg.graph.cleanup().toposort()
 

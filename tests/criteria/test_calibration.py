@@ -31,7 +31,7 @@ SPEC = InputSpec("x", (1, 3, 4, 4), np.dtype("float32"))
 
 
 def _collect(src, specs=(SPEC,)):  # type: ignore[no-untyped-def]
-    return [b for b in src.batches(list(specs))]
+    return list(src.batches(list(specs)))
 
 
 @pytest.mark.parametrize(("compressed", "fortran"), [(False, False), (True, False), (False, True)])

@@ -15,8 +15,8 @@ from spa.calibration import ArraySource, RandomSource
 from spa.criteria import CRITERIA, CriterionContext, get_criterion
 from spa.errors import UsageError
 from spa.plan import make_plan
-from spa.surgery import prune_model
 from spa.runtime.session import session
+from spa.surgery import prune_model
 from tests.oracle import GraphBuilder, assert_oracle
 
 ALL = ("l1", "l2", "random", "bn", "lamp", "obs", "obspa", "wanda", "flap")
@@ -101,7 +101,8 @@ def test_lamp_largest_channel_scores_one() -> None:
 
 
 def test_reduction_and_normalisation_options() -> None:
-    r = spa.prune(small_cnn(), ratio=0.5, criterion="obspa", reduction="max", normalize="zscore", criterion_options=FAST)
+    r = spa.prune(small_cnn(), ratio=0.5, criterion="obspa", reduction="max", normalize="zscore",
+                  criterion_options=FAST)
     assert r.report["criterion_options"] == FAST | {"reduction": "max", "normalize": "zscore"}
     with pytest.raises(UsageError, match="unknown reduction"):
         spa.prune(small_cnn(), ratio=0.5, criterion="l2", reduction="median")
@@ -169,8 +170,10 @@ def test_obspa_modes_and_notes() -> None:
 @pytest.mark.parametrize("criterion", ["obs", "obspa"])
 def test_same_seed_same_bytes(criterion: str) -> None:
     model = _dense_model(0.5)
-    a = spa.prune(model, ratio=0.5, criterion=criterion, calibration=CALIB, criterion_options=FAST).model.SerializeToString()
-    b = spa.prune(model, ratio=0.5, criterion=criterion, calibration=CALIB, criterion_options=FAST).model.SerializeToString()
+    a = spa.prune(model, ratio=0.5, criterion=criterion, calibration=CALIB,
+                  criterion_options=FAST).model.SerializeToString()
+    b = spa.prune(model, ratio=0.5, criterion=criterion, calibration=CALIB,
+                  criterion_options=FAST).model.SerializeToString()
     assert a == b
 
 

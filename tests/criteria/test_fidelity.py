@@ -28,7 +28,7 @@ def test_identical_models_agree_fully() -> None:
     assert rep["samples"] == 12
     outs = rep["outputs"]
     assert len(outs) == 2  # type: ignore[arg-type]
-    for name, o in outs.items():  # type: ignore[union-attr]
+    for _name, o in outs.items():  # type: ignore[union-attr]
         assert o["cosine"] == pytest.approx(1.0) and o["rel_l2"] == pytest.approx(0.0, abs=1e-7)
     logits = next(o for o in outs.values() if o["top1_agreement"] is not None)  # type: ignore[union-attr]
     assert logits["top1_agreement"] == 1.0

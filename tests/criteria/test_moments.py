@@ -12,9 +12,9 @@ import pytest
 from spa.calibration import RandomSource, run_batches
 from spa.calibration.synthetic import batch_norm_model
 from spa.criteria.propagate import tensor_moments
-from spa.rules.moments import ACTIVATIONS, Moments, gaussian_moments, relu_moments
 from spa.criteria.reduce import normalize, reduce_members
 from spa.errors import UsageError
+from spa.rules.moments import ACTIVATIONS, Moments, gaussian_moments, relu_moments
 from tests.oracle import GraphBuilder
 
 MU = np.array([-2.0, -0.5, 0.0, 0.3, 1.5])

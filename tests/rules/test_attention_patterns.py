@@ -12,7 +12,6 @@ import pytest
 from onnx import helper, numpy_helper
 
 import spa
-from spa.analysis.groups import Analysis, Group
 from spa.graph.normalize import normalize
 from spa.rules.base import NodeContext, Slot, Tag
 from spa.rules.gemm_matmul import MatMulRule
@@ -195,7 +194,7 @@ def test_rope_blocks_head_dim_and_keeps_heads(opset: int, mask: str | None) -> N
 @pytest.mark.parametrize("opset", OPSETS)
 def test_matmul_tags_attention_heads(opset: int) -> None:
     """Activation x activation MatMuls of rank 4 tag their head axis; weight MatMuls tag nothing."""
-    model, w = _gqa(opset, 4, 2)
+    model, _w = _gqa(opset, 4, 2)
     mg = normalize(model)
     tags: dict[str, list[Tag]] = {}
     for n in mg.graph.nodes:

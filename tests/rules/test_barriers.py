@@ -10,7 +10,6 @@ import pytest
 from onnx import helper
 
 import spa
-from spa.analysis.groups import Analysis, Group
 from spa.rules.base import ChannelRule, Link, NodeContext, Relation, Slot
 from spa.rules.defaults import DEFAULT_RULES, default_registry
 from spa.rules.elementwise import UnaryRule

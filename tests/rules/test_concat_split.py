@@ -7,7 +7,6 @@ import pytest
 from onnx import numpy_helper
 
 import spa
-from spa.analysis.groups import Analysis, Group
 from tests.oracle import GraphBuilder, assert_oracle
 from tests.rules.helpers import _conv, _dims, _group, _row
 
@@ -46,8 +45,8 @@ def test_concat_of_two_branches(opset: int, bias: bool) -> None:
 def test_concat_with_negative_axis(opset: int) -> None:
     b = GraphBuilder(opset=opset)
     x = b.input("x", [1, 3, 6, 6])
-    left, wl = _conv(b, x, 3, 4)
-    right, wr = _conv(b, x, 3, 6)
+    left, _wl = _conv(b, x, 3, 4)
+    right, _wr = _conv(b, x, 3, 6)
     h = b.op("Concat", [left, right], axis=-3)
     y, wy = _conv(b, h, 10, 2, k=1)  # type: ignore[arg-type]
     b.output(y)
@@ -356,7 +355,8 @@ def test_slice_with_computed_end_keeps_other_axes_free(opset: int, implicit_axes
     x = b.input("x", [1, 3, 6, 6])
     other = b.input("other", [1, 1, "n", 1])
     h, w = _conv(b, x, 3, 8)
-    end = b.op("Slice", [b.op("Shape", [other]), b.const(np.asarray([2], np.int64)), b.const(np.asarray([3], np.int64))])
+    end = b.op("Slice", [b.op("Shape", [other]), b.const(np.asarray([2], np.int64)),
+                         b.const(np.asarray([3], np.int64))])
     if implicit_axes:  # starts/ends over every axis up to 3: only the last one is a real cut
         zeros = b.const(np.asarray([0, 0, 0], np.int64))
         ends = b.op("Concat", [b.const(np.asarray([INT64_MAX, INT64_MAX], np.int64)), end], axis=0)

@@ -10,7 +10,6 @@ import pytest
 from onnx import helper
 
 import spa
-from spa.analysis.groups import Analysis, Group
 from spa.rules.contrib import ContribFusedAttentionRule
 from spa.rules.defaults import default_registry
 from tests.oracle import GraphBuilder, assert_oracle

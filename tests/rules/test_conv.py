@@ -34,7 +34,8 @@ def test_plain_conv_chain(opset: int, bias: bool, dims: int) -> None:
 @pytest.mark.parametrize("opset", OPSETS)
 def test_depthwise_shrinks_group(opset: int) -> None:
     r = assert_oracle(_chain(opset, group=8).build(), 0.5)
-    dw = [n for n in r.model.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    dw = [n for n in r.model.graph.node
+          if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
     assert len(dw) == 1
     assert next(a.i for a in dw[0].attribute if a.name == "group") == 4
 

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import spa
-from spa.analysis.groups import Analysis, Group
 from tests.oracle import GraphBuilder, assert_oracle
 from tests.rules.helpers import _dims, _group
 

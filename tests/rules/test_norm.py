@@ -8,7 +8,6 @@ import pytest
 from onnx import helper
 
 import spa
-from spa.analysis.groups import Analysis, Group
 from tests.oracle import GraphBuilder, assert_oracle
 from tests.rules.helpers import _conv, _group, _row
 
@@ -122,7 +121,7 @@ def test_norm_over_channels_is_blocked(op: str, opset: int) -> None:
     ("op", "opset"), [pytest.param(o, v, marks=()) for o, v in NORM_CASES]
 )
 def test_layers_after_norm_over_channels_still_prune(op: str, opset: int) -> None:
-    model, (w0, w1, w2), _ = _stats_over_channels(op, opset)
+    model, (_w0, _w1, w2), _ = _stats_over_channels(op, opset)
     r = assert_oracle(model)
     assert _row(r, w2)["channels_before"] == 8 and _row(r, w2)["channels_after"] == 4
     assert r.report["num_pruned"] == 2

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import spa
-from spa.analysis.groups import Analysis, Group
 from tests.oracle import GraphBuilder, assert_oracle
 from tests.rules.helpers import _conv, _group, _row
 
@@ -116,7 +115,7 @@ def test_softmax_over_channels_is_blocked(opset: int, op: str) -> None:
     h, w0 = _conv(b, x, 3, 8)
     h, w = _conv(b, b.op("Relu", [h]), 8, 8)  # type: ignore[arg-type]
     h = b.op(op, [h], axis=1)  # type: ignore[assignment]
-    y, w2 = _conv(b, h, 8, 4, k=1)
+    y, _w2 = _conv(b, h, 8, 4, k=1)
     b.output(y)
     model = b.build()
     g = _group(spa.analyze(model), w, 0)

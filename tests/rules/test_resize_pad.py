@@ -7,7 +7,6 @@ import pytest
 from onnx import numpy_helper
 
 import spa
-from spa.analysis.groups import Analysis, Group
 from tests.oracle import GraphBuilder, assert_oracle
 from tests.rules.helpers import _conv, _group, _i64, _row
 
