@@ -140,7 +140,7 @@ def _group_report(analysis: Analysis, plan: Plan) -> list[dict[str, object]]:
         }
         if removed:
             row["kept_per_weight"] = {f"{s.tensor}[{s.axis}]": len(k) for s, k in kept.items()
-                                      if analysis.classes[g.id].get(s) is not None}
+                                      if analysis.labels(g.id).get(s) is not None}
         rows.append(row)
     return rows
 

@@ -60,7 +60,7 @@ def kept_sizes(analysis: Analysis, plan: Plan) -> dict[Slot, tuple[int, int]]:
     """
     kept = kept_indices(analysis, plan)
     return {s: (len(kept[s]), len(labels)) for gp in plan.groups
-            for s, labels in analysis.classes[gp.group].items() if s in kept}
+            for s, labels in analysis.labels(gp.group).items() if s in kept}
 
 
 def kept_fractions(analysis: Analysis, plan: Plan) -> dict[Slot, float]:

@@ -268,7 +268,7 @@ def make_plan(
         target_kept |= {g.id: _kept_count(g.channels, ratio) for g in active}
     plans = []
     for g in candidates:
-        removed = _removed_channels(g, target_kept[g.id], scores[g.id], analysis.classes[g.id], round_to, min_channels)
+        removed = _removed_channels(g, target_kept[g.id], scores[g.id], analysis.labels(g.id), round_to, min_channels)
         if removed:
             plans.append(GroupPlan(g.id, g.channels, tuple(sorted(removed))))
     return Plan(tuple(plans), ratio, criterion, global_rank, round_to, ignored)

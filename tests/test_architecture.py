@@ -9,6 +9,7 @@ only the optional extras listed below; ONNX Runtime sessions come from :mod:`spa
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -116,3 +117,12 @@ def test_no_assert_statements_in_spa() -> None:
     found = [f"{_rel(f)}:{node.lineno}" for f in _files()
              for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))) if isinstance(node, ast.Assert)]
     assert not found, f"assert statements in spa/ (raise a spa.errors subclass instead): {found}"
+
+
+def test_analysis_internals_are_read_through_named_views() -> None:
+    """Outside ``spa/analysis`` the layers read an :class:`~spa.analysis.groups.Analysis` through its named
+    views (``labels``, ``roles_of``, ``links``, ``slot_info``, ``weight``...), not its raw fields."""
+    raw = re.compile(r"\banalysis\.(classes|roles|channel_graph)\b")
+    found = [f"{_rel(f)}:{k}" for f in _files() if not _rel(f).startswith("spa/analysis/")
+             for k, line in enumerate(f.read_text().splitlines(), 1) if raw.search(line)]
+    assert not found, found

@@ -94,6 +94,44 @@ class Analysis:
         """The :class:`~spa.rules.base.NodeContext` a rule of this analysis sees for ``node``."""
         return NodeContext(node, self.model.opset)
 
+    # named views: what the layers above read, instead of the raw fields ------------------------------
+    def labels(self, gid: int) -> dict[Slot, np.ndarray]:
+        """The channel of every element of every slot of group ``gid`` (empty for a blocked group):
+        ``labels(gid)[slot][i]`` is the channel that element ``i`` of ``slot`` belongs to."""
+        return self.classes.get(gid, {})
+
+    def labelled_groups(self) -> list[int]:
+        """Ids of the groups whose channels are labelled (the prunable ones), in order."""
+        return sorted(self.classes)
+
+    def roles_of(self, slot: Slot) -> frozenset[Role]:
+        """The roles the slot's weight plays (producer, consumer, param); empty for activations."""
+        return frozenset(self.roles.get(slot, ()))
+
+    def tensor(self, name: str) -> gs.Tensor | None:
+        """The model's tensor called ``name`` (None when there is none)."""
+        return self.model.graph.tensors().get(name)
+
+    def weight(self, name: str) -> np.ndarray:
+        """The values of the initializer ``name``."""
+        t = self.model.graph.tensors()[name]
+        if not isinstance(t, gs.Constant):
+            raise KeyError(f"'{name}' is not an initializer")
+        return np.asarray(t.values)
+
+    @property
+    def has_channel_graph(self) -> bool:
+        """Whether the slot graph is kept (:func:`analyze_graph` keeps it; unconstrained pruning needs it)."""
+        return self.channel_graph is not None
+
+    def links(self) -> list[tuple[Link, str]]:
+        """Every channel link with the name of the node whose rule made it (empty without a channel graph)."""
+        return list(self.channel_graph.links) if self.channel_graph is not None else []
+
+    def slot_info(self, slot: Slot) -> SlotInfo | None:
+        """What the analysis knows about one slot (size, weight or activation, roles), None if unseen."""
+        return self.channel_graph.slots.get(slot) if self.channel_graph is not None else None
+
     @property
     def notes(self) -> list[str]:
         """What the analysis could not do as asked, and why (e.g. an attention block whose head_dim

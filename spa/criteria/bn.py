@@ -47,12 +47,13 @@ class BNScale:
     def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:
         tensors = analysis.model.graph.tensors()
         members: dict[int, list[np.ndarray]] = {}
-        for gid, classes in analysis.classes.items():
+        for gid in analysis.labelled_groups():
+            classes = analysis.labels(gid)
             channels = analysis.groups[gid].channels
             found = []
             for slot, labels in classes.items():
                 t = tensors.get(slot.tensor)
-                if Role.PARAM not in analysis.roles.get(slot, set()) or t is None:
+                if Role.PARAM not in analysis.roles_of(slot) or t is None:
                     continue
                 if any(len(n.inputs) > 1 and n.inputs[1] is t and _running_stats(analysis, n) for n in t.outputs):
                     found.append(abs_gamma(np.asarray(t.values), labels, channels))

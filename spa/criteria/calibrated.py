@@ -75,7 +75,7 @@ def consumers(analysis: Analysis, ctx: CriterionContext, who: str) -> Views:
     if key not in ctx.cache:
         limit = int(ctx.options.get("max_features") or MAX_FEATURES)  # type: ignore[call-overload]
         out: Views = {}
-        for gid in sorted(analysis.classes):
+        for gid in analysis.labelled_groups():
             views = []
             for c in group_consumers(analysis, gid):
                 if isinstance(c, Consumer) and c.features > limit:
@@ -164,7 +164,7 @@ def weight(analysis: Analysis, name: str, updates: dict[str, np.ndarray] | None 
     """Current value of an initializer (an earlier update if there is one)."""
     if updates and name in updates:
         return updates[name]
-    return np.asarray(analysis.model.graph.tensors()[name].values)
+    return np.asarray(analysis.weight(name))
 
 
 def pruned_consumers(plan: Plan, views: Views) -> Iterator[tuple[Consumer, np.ndarray]]:

@@ -48,8 +48,8 @@ def group_consumers(analysis: Analysis, gid: int) -> list[Consumer | Fallback]:
     """Every consumer of group ``gid``: a :class:`Consumer` view, or a :class:`Fallback` with the reason."""
     tensors = analysis.model.graph.tensors()
     out: list[Consumer | Fallback] = []
-    for slot, labels in analysis.classes[gid].items():
-        if Role.CONSUMER not in analysis.roles.get(slot, set()):
+    for slot, labels in analysis.labels(gid).items():
+        if Role.CONSUMER not in analysis.roles_of(slot):
             continue
         users = list(tensors[slot.tensor].outputs) if slot.tensor in tensors else []
         if not users:
@@ -64,7 +64,7 @@ def group_consumers(analysis: Analysis, gid: int) -> list[Consumer | Fallback]:
 
 def fallback_errors(analysis: Analysis, fb: Fallback, channels: int) -> np.ndarray:
     """Σ w² over the consumer slice of every channel (the OBS error with ``H = I``)."""
-    w = np.asarray(analysis.model.graph.tensors()[fb.weight].values, dtype=np.float64)
+    w = np.asarray(analysis.weight(fb.weight), dtype=np.float64)
     per = np.square(np.moveaxis(w, fb.axis, 0)).reshape(w.shape[fb.axis], -1).sum(axis=1)
     acc = np.zeros(channels)
     np.add.at(acc, fb.labels, per)

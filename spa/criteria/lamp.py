@@ -28,7 +28,7 @@ class LAMP:
 
     def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:
         members: dict[int, list[np.ndarray]] = {}
-        for gid in analysis.classes:
+        for gid in analysis.labelled_groups():
             channels = analysis.groups[gid].channels
             slices = []
             for slot, labels, w in weight_slices(analysis, gid):

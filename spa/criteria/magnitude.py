@@ -41,8 +41,8 @@ def weight_slices(analysis: Analysis, gid: int, roles: set[Role] | None = None):
     """Yield (slot, channel labels, weight array) for the weights of a group with one of ``roles``."""
     tensors = analysis.model.graph.tensors()
     wanted = roles or {Role.PRODUCER, Role.CONSUMER}
-    for slot, labels in analysis.classes[gid].items():
-        if not (wanted & analysis.roles.get(slot, set())):
+    for slot, labels in analysis.labels(gid).items():
+        if not (wanted & analysis.roles_of(slot)):
             continue
         values = getattr(tensors[slot.tensor], "values", None)
         if values is not None:
@@ -52,7 +52,7 @@ def weight_slices(analysis: Analysis, gid: int, roles: set[Role] | None = None):
 def magnitude_scores(analysis: Analysis, kind: str) -> Scores:
     """Σ|w| (``l1``) or the L2 norm (``l2``) over every producer/consumer slice of each channel."""
     out: Scores = {}
-    for gid in analysis.classes:
+    for gid in analysis.labelled_groups():
         acc = np.zeros(analysis.groups[gid].channels, dtype=np.float64)
         for slot, labels, w in weight_slices(analysis, gid):
             np.add.at(acc, labels, _per_element(w, slot.axis, kind))
@@ -84,7 +84,7 @@ class RandomScores:
     def score(self, analysis: Analysis, ctx: CriterionContext) -> Scores:
         rng = np.random.default_rng(ctx.seed)
         _, norm = options(ctx)
-        return {gid: normalize(rng.random(analysis.groups[gid].channels), norm) for gid in sorted(analysis.classes)}
+        return {gid: normalize(rng.random(analysis.groups[gid].channels), norm) for gid in analysis.labelled_groups()}
 
     def compensate(self, analysis: Analysis, plan: Plan, ctx: CriterionContext) -> Updates:
         return {}

@@ -35,7 +35,7 @@ def column_scores(c: Consumer, wm: np.ndarray, per_element: np.ndarray, channels
 
 def magnitude_members(analysis: Analysis, fb: Fallback, channels: int, square: bool) -> np.ndarray:
     """Σ|w| (or Σw²) of a fallback consumer's slice, per channel."""
-    w = np.asarray(analysis.model.graph.tensors()[fb.weight].values, dtype=np.float64)
+    w = np.asarray(analysis.weight(fb.weight), dtype=np.float64)
     mag = np.square(w) if square else np.abs(w)
     per = np.moveaxis(mag, fb.axis, 0).reshape(w.shape[fb.axis], -1).sum(axis=1)
     out = np.zeros(channels)

@@ -131,7 +131,7 @@ def _auto(analysis: Analysis, plan: Plan, providers: list[str]) -> Plan:
             src = site.source
             shape = [int(d) if isinstance(d, (int, np.integer)) else 1 for d in tensors[src.tensor].shape]
             n_union = len(kept[src])
-            labels = analysis.classes[gp.group][src][kept[src]]
+            labels = analysis.labels(gp.group)[src][kept[src]]
             select = np.flatnonzero(np.isin(labels, list(c.kept)))
             shape[src.axis] = n_union
             costs = {}

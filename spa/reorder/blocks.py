@@ -58,7 +58,7 @@ def channel_blocks(analysis: Analysis, gid: int) -> np.ndarray:
     Blocks are numbered in the order of their first channel (see the module docstring for the
     conditions a movable block meets).
     """
-    cls = analysis.classes[gid]
+    cls = analysis.labels(gid)
     n = analysis.groups[gid].channels
     slots = list(cls)
     if not slots or n == 0:
@@ -90,12 +90,9 @@ def channel_blocks(analysis: Analysis, gid: int) -> np.ndarray:
 
 
 def _value_mapped_slots(analysis: Analysis, slots: set[Slot]) -> set[Slot]:
-    cg = analysis.channel_graph
-    if cg is None:
-        return set()
     ops = {n.name or n.op: n.op for n in analysis.model.graph.nodes}
     out: set[Slot] = set()
-    for link, node in cg.links:
+    for link, node in analysis.links():
         if ops.get(node) in VALUE_MAPPED_OPS:
             out |= {s for s in (link.a, link.b) if s in slots}
     return out

@@ -50,19 +50,18 @@ class ConsumerSite:
 
 def consumer_sites(analysis: Analysis, gid: int) -> list[ConsumerSite]:
     """Consumers of a group that can read their own subset (identity-linked, single node)."""
-    cg = analysis.channel_graph
-    if cg is None:
+    if not analysis.has_channel_graph:
         raise UsageError("unconstrained pruning needs the analysis' channel graph: analyse with "
                          "spa.analysis.groups.analyze_graph, which keeps it")
-    members = set(analysis.classes[gid])
+    members = set(analysis.labels(gid))
     by_node_link: dict[tuple[str, Slot], Link] = {}
-    for link, node in cg.links:
+    for link, node in analysis.links():
         by_node_link[(node, link.a)] = link
         by_node_link[(node, link.b)] = link
     sites = []
     tensors = analysis.model.graph.tensors()
-    for slot in analysis.classes[gid]:
-        info = cg.slots.get(slot)
+    for slot in analysis.labels(gid):
+        info = analysis.slot_info(slot)
         if info is None or not info.const:
             continue
         consumers = [n for n, r in info.roles if r is Role.CONSUMER]
@@ -80,11 +79,11 @@ def consumer_sites(analysis: Analysis, gid: int) -> list[ConsumerSite]:
 
 
 def _column_norms(analysis: Analysis, gid: int, slot: Slot) -> np.ndarray:
-    w = np.asarray(analysis.model.graph.tensors()[slot.tensor].values)
+    w = np.asarray(analysis.weight(slot.tensor))
     others = tuple(a for a in range(w.ndim) if a != slot.axis)
     per_elem = np.sqrt(np.square(w).sum(axis=others, dtype=np.float64))
     scores = np.zeros(analysis.groups[gid].channels)
-    np.add.at(scores, analysis.classes[gid][slot], per_elem)
+    np.add.at(scores, analysis.labels(gid)[slot], per_elem)
     return scores
 
 
@@ -103,7 +102,7 @@ def _layout(analysis: Analysis, gid: int, kept: list[int], sources: list[Slot],
     is_kept[kept_arr] = True
     reads: list[tuple[list[int], set[int]]] = []
     for src, sub in zip(sources, subsets):
-        labels = analysis.classes[gid][src]
+        labels = analysis.labels(gid)[src]
         lab = labels[is_kept[labels]]
         inside = np.zeros(n, dtype=bool)
         inside[list(sub)] = True
@@ -140,7 +139,7 @@ def unconstrain(analysis: Analysis, plan: Plan, *, reorder: bool = True) -> Plan
         if len(sites) < 2:
             groups.append(gp)
             continue
-        cls = analysis.classes[gp.group]
+        cls = analysis.labels(gp.group)
         was_removed = np.zeros(gp.channels, dtype=bool)
         was_removed[list(gp.removed)] = True
         subsets: list[set[int]] = []

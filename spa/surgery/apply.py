@@ -53,7 +53,7 @@ def kept_indices(analysis: Analysis, plan: Plan) -> dict[Slot, np.ndarray]:
         rank = _rank(gp)
         block = channel_blocks(analysis, gp.group) if gp.order else None
         own = {Slot(c.tensor, c.axis): c for c in gp.consumers if c.mode != "zero"}
-        for slot, labels in analysis.classes[gp.group].items():
+        for slot, labels in analysis.labels(gp.group).items():
             if slot in own:
                 allowed = np.zeros(gp.channels, dtype=bool)
                 allowed[list(own[slot].kept)] = True
@@ -73,7 +73,7 @@ def _zeroed(analysis: Analysis, plan: Plan, kept: dict[Slot, np.ndarray]) -> dic
             if c.mode != "zero":
                 continue
             slot = Slot(c.tensor, c.axis)
-            labels = analysis.classes[gp.group][slot][kept[slot]]
+            labels = analysis.labels(gp.group)[slot][kept[slot]]
             out[slot] = np.flatnonzero(~np.isin(labels, list(c.kept)))
     return out
 
@@ -89,7 +89,7 @@ def _narrow_inputs(mg: ModelGraph, analysis: Analysis, plan: Plan, kept: dict[Sl
                 continue
             site = sites[(c.tensor, c.axis)]
             src = site.source
-            labels = analysis.classes[gp.group][src][kept[src]]
+            labels = analysis.labels(gp.group)[src][kept[src]]
             pos = np.flatnonzero(np.isin(labels, list(c.kept)))
             if len(pos) == len(labels):
                 continue  # it reads every kept element in exported order: nothing to narrow
@@ -245,11 +245,11 @@ def masked_twin(analysis: Analysis, plan: Plan, updates: dict[str, np.ndarray] |
         for c in gp.consumers:
             if c.mode == "zero":
                 slot = Slot(c.tensor, c.axis)
-                labels = analysis.classes[gp.group][slot]
+                labels = analysis.labels(gp.group)[slot]
                 kept[slot] = np.flatnonzero(np.isin(labels, list(c.kept)))
     for slot, k in kept.items():
         t = tensors.get(slot.tensor)
-        if not isinstance(t, gs.Constant) or Role.CONSUMER not in analysis.roles.get(slot, set()):
+        if not isinstance(t, gs.Constant) or Role.CONSUMER not in analysis.roles_of(slot):
             continue
         drop = np.setdiff1d(np.arange(t.shape[slot.axis]), k)
         if len(drop):
