@@ -22,6 +22,7 @@ collects the same statistics on synthetic inputs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +48,28 @@ def l2_fallback(analysis: Analysis, ctx: CriterionContext, who: str, gid: int,
         cache["l2"] = magnitude_scores(analysis, "l2")
     ctx.note(f"{who}: group {gid} ({analysis.groups[gid].label}) {why}; scored by l2")
     return cache["l2"][gid]  # type: ignore[index,no-any-return]
+
+
+#: a consumer's score of every channel of its group: (consumer, its weight as ``W``, channels) → scores
+ConsumerScore = Callable[[Consumer, np.ndarray, int], np.ndarray]
+
+
+def per_consumer(analysis: Analysis, ctx: CriterionContext, who: str, views: Views, each: ConsumerScore,
+                 fallback: Callable[[Fallback, int], np.ndarray] | None = None) -> dict[int, list[np.ndarray]]:
+    """Per group, ``each(c, W, channels)`` of every consumer ``c`` (``W`` its weight seen as ``y = W x``),
+    ``fallback(fb, channels)`` of every consumer without a view (default: the OBS error with ``H = I``,
+    :func:`~spa.criteria.consumers.fallback_errors`); a group without consumers gets the l2 score."""
+    out: dict[int, list[np.ndarray]] = {}
+    for gid, vs in views.items():
+        channels = analysis.groups[gid].channels
+        parts = []
+        for c in vs:
+            if isinstance(c, Fallback):
+                parts.append(fallback(c, channels) if fallback is not None else fallback_errors(analysis, c, channels))
+            else:
+                parts.append(each(c, c.matrix(calibrated.weight(analysis, c.weight)), channels))
+        out[gid] = parts or [l2_fallback(analysis, ctx, who, gid)]
+    return out
 
 
 @dataclass(frozen=True)
@@ -81,22 +104,15 @@ class Surgeon:
 
     def members(self, analysis: Analysis, ctx: CriterionContext,
                 views: Views) -> dict[int, list[np.ndarray]]:
-        """Per group, every consumer's OBS error of each channel removed alone."""
-        out: dict[int, list[np.ndarray]] = {}
-        for gid, vs in views.items():
-            channels = analysis.groups[gid].channels
-            errs = []
-            for c in vs:
-                if isinstance(c, Fallback):
-                    errs.append(fallback_errors(analysis, c, channels))
-                    continue
-                wm = c.matrix(calibrated.weight(analysis, c.weight))
-                e = np.zeros(channels)
-                for g, block in enumerate(c.blocks):
-                    e += channel_errors(wm[block.rows], self.hinv(ctx, c, g), c.col_labels, channels)
-                errs.append(e)
-            out[gid] = errs or [l2_fallback(analysis, ctx, self.who, gid)]
-        return out
+        """Per group, every consumer's OBS error of each channel removed alone (summed over its blocks)."""
+
+        def errors(c: Consumer, wm: np.ndarray, channels: int) -> np.ndarray:
+            e = np.zeros(channels)
+            for g, block in enumerate(c.blocks):
+                e += channel_errors(wm[block.rows], self.hinv(ctx, c, g), c.col_labels, channels)
+            return e
+
+        return per_consumer(analysis, ctx, self.who, views, errors)
 
     def updates(self, analysis: Analysis, plan: Plan, ctx: CriterionContext,
                 views: Views) -> Updates:

@@ -36,9 +36,9 @@ import numpy as np
 from spa.analysis.groups import Analysis
 from spa.criteria import calibrated
 from spa.criteria.base import CriterionContext, Scores, Updates
-from spa.criteria.consumers import Consumer, Fallback, Views, fallback_errors
+from spa.criteria.consumers import Consumer, Views
 from spa.criteria.flap import compensate_means
-from spa.criteria.obs import Surgeon, l2_fallback
+from spa.criteria.obs import Surgeon, per_consumer
 from spa.criteria.obs_math import DEFAULT_DAMP, diag_rank1_channel_errors
 from spa.criteria.propagate import tensor_moments
 from spa.criteria.reduce import finish
@@ -113,24 +113,17 @@ class ObsPA:
             return finish(self._surgeon(analysis, ctx, views).members(analysis, ctx, views), ctx)
         moments = self._diag_moments(analysis, ctx, views)
         damp = float(ctx.options.get("damp") or DEFAULT_DAMP)  # type: ignore[arg-type]
-        members: dict[int, list[np.ndarray]] = {}
-        for gid, vs in views.items():
-            channels = analysis.groups[gid].channels
-            errs = []
-            for c in vs:
-                if isinstance(c, Fallback):
-                    errs.append(fallback_errors(analysis, c, channels))
-                    continue
-                m = moments[(c.input, c.input_axis)]
-                wm = c.matrix(calibrated.weight(analysis, c.weight))
-                e = np.zeros(channels)
-                for block in c.blocks:
-                    mu, var = m.mean[block.elements], m.var[block.elements]
-                    lam = damp * float(np.mean(var + mu * mu)) or damp
-                    e += diag_rank1_channel_errors(wm[block.rows], var + lam, mu, c.col_labels, channels)
-                errs.append(e)
-            members[gid] = errs or [l2_fallback(analysis, ctx, self.name, gid)]
-        return finish(members, ctx)
+
+        def errors(c: Consumer, wm: np.ndarray, channels: int) -> np.ndarray:
+            m = moments[(c.input, c.input_axis)]
+            e = np.zeros(channels)
+            for block in c.blocks:
+                mu, var = m.mean[block.elements], m.var[block.elements]
+                lam = damp * float(np.mean(var + mu * mu)) or damp
+                e += diag_rank1_channel_errors(wm[block.rows], var + lam, mu, c.col_labels, channels)
+            return e
+
+        return finish(per_consumer(analysis, ctx, self.name, views, errors), ctx)
 
     def compensate(self, analysis: Analysis, plan: Plan, ctx: CriterionContext) -> Updates:
         views = calibrated.consumers(analysis, ctx, self.name)

@@ -17,7 +17,7 @@ from spa.analysis.groups import Analysis
 from spa.criteria import calibrated
 from spa.criteria.base import CriterionContext, Scores, Updates
 from spa.criteria.consumers import Consumer, Fallback, Views
-from spa.criteria.obs import l2_fallback
+from spa.criteria.obs import per_consumer
 from spa.criteria.reduce import finish
 from spa.plan import Plan
 
@@ -47,18 +47,9 @@ def activation_weighted(analysis: Analysis, ctx: CriterionContext, who: str, vie
                         per_element: Callable[[Consumer], np.ndarray], *, square: bool) -> dict[int, list[np.ndarray]]:
     """Per group, every consumer's :func:`column_scores` with the input statistic ``per_element(c)`` (a
     fallback consumer: its weight magnitudes; a group without consumers: the l2 fallback)."""
-    members: dict[int, list[np.ndarray]] = {}
-    for gid, vs in views.items():
-        channels = analysis.groups[gid].channels
-        parts = []
-        for c in vs:
-            if isinstance(c, Fallback):
-                parts.append(magnitude_members(analysis, c, channels, square=square))
-            else:
-                wm = c.matrix(calibrated.weight(analysis, c.weight))
-                parts.append(column_scores(c, wm, per_element(c), channels, square=square))
-        members[gid] = parts or [l2_fallback(analysis, ctx, who, gid)]
-    return members
+    return per_consumer(analysis, ctx, who, views,
+                        lambda c, wm, channels: column_scores(c, wm, per_element(c), channels, square=square),
+                        lambda fb, channels: magnitude_members(analysis, fb, channels, square=square))
 
 
 @dataclass(frozen=True)
