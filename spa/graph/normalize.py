@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 
 from spa.errors import InvalidModelError, SpaError, UnsupportedModelError
 from spa.graph.model import ModelGraph, infer_shapes
-from spa.graph.validate_input import validate_input
+from spa.graph.validate_input import forget_placeholder_dims, validate_input
 from spa.graph.weights import attach_external
 
 log = logging.getLogger(__name__)
@@ -150,9 +150,10 @@ def normalize(model: onnx.ModelProto, *, fold: bool = True, base_dir: Path | Non
         raise UnsupportedModelError(
             f"opset {opset} is newer than this onnx package knows ({newest}); upgrade onnx"
         )
-    validate_input(model)
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    forget_placeholder_dims(m)
+    validate_input(m)
     _drop_initializer_inputs(m)
     m = infer_shapes(m)
     try:

@@ -1,0 +1,34 @@
+"""Issue 14's import walls: placeholder dims, dynamic quantization, control flow, old opsets, shapes.
+
+Every rewrite goes through the mask oracle (:func:`tests.oracle.assert_oracle`) at several opsets.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import spa
+from spa.runtime.session import session
+from tests.import_fixtures import ppocr_classifier
+from tests.oracle import assert_oracle
+
+# -- 1. -1 and 0 dims in value_info ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+def test_ppocr_classifier_with_placeholder_dims_prunes(opset: int) -> None:
+    m = ppocr_classifier(opset)
+    dims = [d.dim_value for vi in m.graph.value_info for d in vi.type.tensor_type.shape.dim[:1]]
+    assert -1 in dims and 0 in dims  # as paddle2onnx writes them
+    r = assert_oracle(m)
+    assert r.report["num_pruned"] == r.report["num_prunable"] >= 5
+    assert r.report["macs_after"] < 0.5 * r.report["macs_before"]  # type: ignore[operator]
+    session(r.model)
+    batch = r.model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert not batch.HasField("dim_value")  # unknown, not -1
+
+
+def test_placeholder_dims_never_reach_shape_inference() -> None:
+    m = ppocr_classifier()
+    m.graph.value_info[0].type.tensor_type.shape.dim[1].dim_value = -1  # a channel dim too
+    a = spa.analyze(m)
+    assert a.prunable
