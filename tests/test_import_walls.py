@@ -5,9 +5,13 @@ Every rewrite goes through the mask oracle (:func:`tests.oracle.assert_oracle`) 
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import onnx
 import pytest
 
 import spa
+from spa.cli import main
 from spa.runtime.session import session
 from tests.import_fixtures import ppocr_classifier
 from tests.oracle import assert_oracle
@@ -32,3 +36,17 @@ def test_placeholder_dims_never_reach_shape_inference() -> None:
     m.graph.value_info[0].type.tensor_type.shape.dim[1].dim_value = -1  # a channel dim too
     a = spa.analyze(m)
     assert a.prunable
+
+
+# -- 6. CLI: -q / -v after the subcommand -------------------------------------------------------------------
+
+def test_quiet_and_verbose_after_the_subcommand(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "m.onnx"
+    onnx.save(ppocr_classifier(), src)
+    assert main(["prune", str(src), "-q", "-o", str(tmp_path / "q.onnx")]) == 0
+    assert capsys.readouterr().out == ""  # quiet: no summary table
+    assert main(["prune", str(src), "-o", str(tmp_path / "n.onnx")]) == 0
+    assert capsys.readouterr().out  # the summary table
+    assert main(["analyze", str(src), "-v", "-q"]) == 0
+    assert main(["-q", "analyze", str(src)]) == 0
+    assert capsys.readouterr().out == ""
