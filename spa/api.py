@@ -25,7 +25,7 @@ from spa.calibration import load_calibration
 from spa.calibration.data import CalibrationSource
 from spa.criteria import CriterionContext, Scores, Updates, get_criterion
 from spa.criteria.reduce import options as reduce_options
-from spa.errors import UsageError, ValidationError
+from spa.errors import UnsupportedModelError, UsageError, ValidationError
 from spa.graph.io import PROTOBUF_LIMIT, load_model
 from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
@@ -38,7 +38,7 @@ from spa.reorder.unconstrained import copies, unconstrain
 from spa.rules.registry import RuleRegistry
 from spa.runtime.session import session
 from spa.surgery import kept_indices, masked_twin, prune_model
-from spa.validate.oracle import verify  # noqa: F401 - re-exported: spa.verify, the mask oracle
+from spa.validate.oracle import verify  # re-exported: spa.verify, the mask oracle
 from spa.version import __version__
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,27 @@ def load(model: ModelInput) -> ModelGraph:
     if isinstance(model, ModelGraph):
         return model
     if isinstance(model, onnx.ModelProto):
-        return normalize(model)
+        return _check_conversion(normalize(model), model)
     proto = load_model(model, external=False)
-    return normalize(proto, base_dir=Path(model).parent)
+    return _check_conversion(normalize(proto, base_dir=Path(model).parent), model)
+
+
+def _check_conversion(mg: ModelGraph, original: onnx.ModelProto | str | os.PathLike[str]) -> ModelGraph:
+    """A model normalisation converted from an old opset must compute what the original computes: both
+    run in ONNX Runtime on random inputs, else :class:`UnsupportedModelError`."""
+    if mg.converted_from_opset is None:
+        return mg
+    what = f"converting opset {mg.converted_from_opset} to {mg.opset} (onnx.version_converter)"
+    try:
+        res = verify(mg, original, trials=2, rtol=1e-4, atol=1e-5)
+    except ValidationError as exc:
+        raise UnsupportedModelError(f"{what} could not be checked in ONNX Runtime: {exc}; re-export the model "
+                                    "at opset 11 or newer") from exc
+    if not res.ok:
+        worst = max(res.diffs, key=lambda d: d.max_abs)
+        raise UnsupportedModelError(f"{what} changes output '{worst.name}' (max abs diff {worst.max_abs:.3g}); "
+                                    "re-export the model at opset 11 or newer")
+    return mg
 
 
 def analyze(model: ModelInput, *, prune_hidden: bool = False, prune_head_dim: bool = False) -> Analysis:
@@ -256,6 +274,7 @@ def _report(opts: PruneOptions, analysis: Analysis, plan: Plan, original: ModelG
         "seed": opts.seed,
         "global": opts.global_rank,
         "round_to": opts.round_to,
+        "converted_from_opset": original.converted_from_opset,
         "macs_before": count_macs(original),
         "macs_after": count_macs(pruned),
         "params_before": count_params(original),

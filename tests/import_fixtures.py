@@ -128,3 +128,14 @@ def old_opset_cnn(opset: int = 9, seed: int = 0) -> onnx.ModelProto:
     h = b.op("Flatten", [b.op("GlobalAveragePool", [h])])  # type: ignore[list-item]
     b.output(str(b.op("Gemm", [h, b.weight(16, 4), b.const(np.zeros(4, np.float32), "fcb")])))
     return b.build()
+
+
+def unconvertible_old_opset() -> onnx.ModelProto:
+    """An opset-8 model with the experimental ``ImageScaler`` (dropped in opset 10): onnx.version_converter
+    has no adapter for it."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])
+    g = helper.make_graph([helper.make_node("ImageScaler", ["x"], ["y"], scale=2.0)], "g", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 8)])
+    m.ir_version = 3
+    return m

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import onnx
 import pytest
+from onnx import numpy_helper
 
 import spa
+import spa.graph.normalize as normalize_module
 from spa.cli import main
+from spa.errors import UnsupportedModelError
 from spa.runtime.session import session
-from tests.import_fixtures import ppocr_classifier
+from tests.import_fixtures import old_opset_cnn, ppocr_classifier, unconvertible_old_opset
 from tests.oracle import assert_oracle
 
 # -- 1. -1 and 0 dims in value_info ------------------------------------------------------------------------
@@ -50,3 +53,37 @@ def test_quiet_and_verbose_after_the_subcommand(tmp_path: Path, capsys: pytest.C
     assert main(["analyze", str(src), "-v", "-q"]) == 0
     assert main(["-q", "analyze", str(src)]) == 0
     assert capsys.readouterr().out == ""
+
+
+# -- 4. old opsets are converted, checked against the original, then pruned ----------------------------------
+
+@pytest.mark.parametrize("opset", [7, 8, 9, 10])
+def test_old_opset_is_converted_and_prunes(opset: int) -> None:
+    r = assert_oracle(old_opset_cnn(opset))
+    assert r.report["converted_from_opset"] == opset
+    assert r.model.opset_import[0].version == 13
+    assert r.report["num_pruned"] == 2
+    session(r.model)
+
+
+def test_current_opset_reports_no_conversion() -> None:
+    assert spa.prune(old_opset_cnn(13)).report["converted_from_opset"] is None
+
+
+def test_unconvertible_old_opset_is_refused_in_one_line() -> None:
+    with pytest.raises(UnsupportedModelError, match=r"opset 8 .*version_converter cannot convert"):
+        spa.analyze(unconvertible_old_opset())
+
+
+def test_conversion_that_changes_outputs_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = normalize_module.convert_opset
+
+    def wrong(model: onnx.ModelProto, target: int = 13) -> onnx.ModelProto:
+        converted = real(model, target)
+        w = next(t for t in converted.graph.initializer if len(t.dims) == 4)
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 2, w.name))  # a converter bug
+        return converted
+
+    monkeypatch.setattr(normalize_module, "convert_opset", wrong)
+    with pytest.raises(UnsupportedModelError, match=r"converting opset 9 to 13 .* changes output"):
+        spa.analyze(old_opset_cnn(9))

@@ -9,6 +9,10 @@ The pipeline (:func:`normalize`) is:
 4. bypass pass-through ``Identity`` and inference ``Dropout`` nodes;
 5. clean up, sort topologically, and infer shapes once more.
 
+A model older than :data:`MIN_OPSET` is first converted to :data:`CONVERT_TO` with
+``onnx.version_converter`` (the result remembers ``converted_from_opset``; :func:`spa.api.load` then
+checks the conversion against the original in ONNX Runtime, which spa.graph does not use).
+
 Each step is a small function ``(graph) -> bool`` that says whether it changed the graph.
 """
 
@@ -27,8 +31,10 @@ from spa.graph.weights import attach_external
 
 log = logging.getLogger(__name__)
 
-#: Oldest default-domain opset spa reads.
+#: Oldest default-domain opset spa reads without converting.
 MIN_OPSET = 11
+#: The opset older models are converted to.
+CONVERT_TO = 13
 #: Ops that constant folding must leave alone (folding them would change the model's meaning).
 _NO_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal", "RandomUniform",
             "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -40,6 +46,28 @@ def default_opset(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
     raise InvalidModelError("model imports no default-domain opset")
+
+
+def convert_opset(model: onnx.ModelProto, target: int = CONVERT_TO) -> onnx.ModelProto:
+    """``model`` converted to opset ``target`` with ``onnx.version_converter`` (IR version raised to what
+    the opset needs).
+
+    Raises:
+        UnsupportedModelError: the converter fails, or its result fails the ONNX checker.
+    """
+    opset = default_opset(model)
+    try:
+        converted = onnx.version_converter.convert_version(model, target)
+        converted.ir_version = max(int(converted.ir_version), 7)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # noqa: BLE001 - the converter raises RuntimeError, ValidationError, ...
+        reason = " ".join(str(exc).split())[:200]
+        raise UnsupportedModelError(
+            f"opset {opset} is older than the oldest spa reads ({MIN_OPSET}) and onnx.version_converter cannot "
+            f"convert it to opset {target} ({type(exc).__name__}: {reason}); re-export the model at opset "
+            f"{MIN_OPSET} or newer") from None
+    log.warning("converted the model from opset %d to %d (onnx.version_converter)", opset, target)
+    return converted
 
 
 def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
@@ -135,16 +163,11 @@ def normalize(model: onnx.ModelProto, *, fold: bool = True, base_dir: Path | Non
         A :class:`~spa.graph.model.ModelGraph` with shapes inferred.
 
     Raises:
-        UnsupportedModelError: the opset is older than :data:`MIN_OPSET`.
+        UnsupportedModelError: the opset is older than :data:`MIN_OPSET` and cannot be converted.
     """
     if not model.graph.node and not model.graph.output:
         raise InvalidModelError("model has an empty graph (no nodes and no outputs); nothing to prune")
     opset = default_opset(model)
-    if opset < MIN_OPSET:
-        raise UnsupportedModelError(
-            f"opset {opset} is older than the oldest spa reads ({MIN_OPSET}); convert it first with "
-            f"onnx.version_converter.convert_version(model, {MIN_OPSET + 2})"
-        )
     newest = onnx.defs.onnx_opset_version()
     if opset > newest:
         raise UnsupportedModelError(
@@ -154,6 +177,10 @@ def normalize(model: onnx.ModelProto, *, fold: bool = True, base_dir: Path | Non
     m.CopyFrom(model)
     forget_placeholder_dims(m)
     validate_input(m)
+    converted_from = None
+    if opset < MIN_OPSET:
+        m, converted_from = convert_opset(m), opset
+        model = m
     _drop_initializer_inputs(m)
     m = infer_shapes(m)
     try:
@@ -165,7 +192,9 @@ def normalize(model: onnx.ModelProto, *, fold: bool = True, base_dir: Path | Non
             fold_constants(graph)
         bypass_passthrough(graph)
         graph.cleanup().toposort()
-        return ModelGraph.from_graph(graph, template=model, base_dir=base_dir)
+        mg = ModelGraph.from_graph(graph, template=model, base_dir=base_dir)
+        mg.converted_from_opset = converted_from
+        return mg
     except SpaError:
         raise
     except Exception as exc:  # graphsurgeon/onnx helpers fail on malformed graphs: say so in one line
