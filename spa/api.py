@@ -203,7 +203,7 @@ def prune(
     stage(f"pruning {len(plan.groups)} groups")
     updates = crit.compensate(analysis, plan, cctx)
     pruned_mg = prune_model(analysis, plan, registry, updates=updates)
-    checks, protos = _check(pruned_mg, mg, opts.check, stage)
+    checks, protos = _check(pruned_mg, model, opts.check, stage)
     if opts.emit_masked:
         stage("building the masked twin")
     masked = masked_twin(analysis, plan, updates, registry) if opts.emit_masked else None
@@ -249,10 +249,12 @@ def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions,
     return plan, record
 
 
-def _check(pruned: ModelGraph, original: ModelGraph, check: bool,
+def _check(pruned: ModelGraph, original: ModelInput, check: bool,
            stage: Callable[[str], None]) -> tuple[dict[str, object], dict[str, onnx.ModelProto]]:
     """The ONNX checker's and ONNX Runtime's verdicts on the pruned model (``"not run"`` when not asked
-    or when the model is too large to check in memory), and the exported proto to reuse."""
+    or when the model is too large to check in memory), and the exported proto to reuse. ``original``
+    is the model as the caller gave it (a path, a proto), never its normalised graph: a check is only
+    skipped when the *input* fails it."""
     if not check or graph_bytes(pruned) >= PROTOBUF_LIMIT // 2:
         return {"onnx_check": "not run", "ort_check": "not run"}, {}
     proto = pruned.to_onnx()
@@ -299,7 +301,12 @@ def _report(opts: PruneOptions, analysis: Analysis, plan: Plan, original: ModelG
     }
 
 
-def _onnx_check(pruned: onnx.ModelProto, original: ModelGraph) -> str:
+def _as_given(model: ModelInput) -> onnx.ModelProto | str | os.PathLike[str]:
+    """What the checks load as the input: the file or proto as given (a ModelGraph exported)."""
+    return model.to_onnx() if isinstance(model, ModelGraph) else model
+
+
+def _onnx_check(pruned: onnx.ModelProto, original: ModelInput) -> str:
     """Run the ONNX checker on the pruned model. A failure is an error unless the checker rejects the input
     too (ONNX Runtime ops it does not know, e.g. ``SimplifiedLayerNormalization``, which spa accepted because
     ONNX Runtime loads the input): then ONNX Runtime's load is the check, and the report says so."""
@@ -308,7 +315,9 @@ def _onnx_check(pruned: onnx.ModelProto, original: ModelGraph) -> str:
         return "ok"
     except Exception as exc:
         try:
-            onnx.checker.check_model(original.to_onnx(), full_check=True)
+            given = _as_given(original)
+            onnx.checker.check_model(given if isinstance(given, onnx.ModelProto) else os.fspath(given),
+                                     full_check=True)
         except Exception as orig_exc:  # noqa: BLE001 - the checker raises several types; any failure is the answer
             reason = str(orig_exc).splitlines()[0]
             log.warning("the ONNX checker rejects the pruned model as it rejects the input (%s)", reason)
@@ -316,19 +325,21 @@ def _onnx_check(pruned: onnx.ModelProto, original: ModelGraph) -> str:
         raise ValidationError(f"pruned model fails the ONNX checker: {exc}") from exc
 
 
-def _ort_check(pruned: onnx.ModelProto, original: ModelGraph) -> str:
-    """Load the pruned model in ONNX Runtime; if ORT cannot load even the original (custom ops, kernels
-    it lacks), say the check was skipped instead of failing."""
+def _ort_check(pruned: onnx.ModelProto, original: ModelInput) -> str:
+    """Load the pruned model in ONNX Runtime; if ORT cannot load even the input as given (custom ops,
+    kernels it lacks), say the check was skipped instead of failing. A pruned model ONNX Runtime refuses
+    while it loads the input is a :class:`ValidationError`."""
     try:
         session(pruned)
         return "ok"
-    except ValidationError:
+    except ValidationError as exc:
         try:
-            session(original.to_onnx())
+            session(_as_given(original))
         except ValidationError as orig_exc:
             log.warning("ONNX Runtime check skipped: it cannot load the input either (%s)", orig_exc)
             return f"skipped: ONNX Runtime cannot load the input either ({orig_exc})"
-        raise
+        raise ValidationError(f"the pruned model does not load in ONNX Runtime, though the input does: "
+                              f"{str(exc).removeprefix('ONNX Runtime cannot load the model: ')}") from exc
 
 
 def bench(models: Sequence[str | os.PathLike[str]], **options: Any) -> dict[str, Any]:

@@ -90,13 +90,18 @@ def float_mlp(opset: int = 13, seed: int = 0) -> onnx.ModelProto:
     return b.build()
 
 
-def if_model(opset: int = 15, seed: int = 0) -> onnx.ModelProto:
-    """Conv stack → an ``If`` (condition from a graph input) whose branches read an outer-scope tensor
-    and return two outputs each; both feed the main graph, which continues with more Convs — the shape
-    of torch 2.3's export of a voice-activity model."""
+def if_model(opset: int = 15, seed: int = 0, *, shape_condition: bool = False) -> onnx.ModelProto:
+    """Conv stack → an ``If`` whose branches read an outer-scope tensor and return two outputs each;
+    both feed the main graph, which continues with more Convs — the shape of torch 2.3's export of a
+    voice-activity model. The condition is a graph input, or (``shape_condition``) computed from the
+    input's shape, so it folds to a constant."""
     b = GraphBuilder(opset=opset, seed=seed)
     x = b.input("x", [1, 3, 8, 8])
-    flag = b.input("flag", [], TensorProto.BOOL)
+    if shape_condition:
+        width = b.op("Gather", [b.op("Shape", [x]), b.const(np.array(3, np.int64))], axis=0)
+        flag = b.op("Greater", [width, b.const(np.array(4, np.int64))])
+    else:
+        flag = b.input("flag", [], TensorProto.BOOL)
     h = b.op("Relu", [b.conv(x, 3, 8)])
     h2 = b.op("Relu", [b.conv(h, 8, 8)])  # type: ignore[arg-type]
     scale = b.const(np.float32(2.0), "scale")

@@ -8,16 +8,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import numpy_helper
 
 import spa
 import spa.graph.normalize as normalize_module
+from spa import api
 from spa.cli import main
-from spa.errors import UnsupportedModelError
+from spa.errors import UnsupportedModelError, ValidationError
 from spa.runtime.session import session
-from tests.import_fixtures import old_opset_cnn, ppocr_classifier, unconvertible_old_opset
+from tests.import_fixtures import if_model, old_opset_cnn, ppocr_classifier, unconvertible_old_opset
 from tests.oracle import assert_oracle
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+DEMO = ROOT / "models" / "demo_cnn.onnx"
+
 
 # -- 1. -1 and 0 dims in value_info ------------------------------------------------------------------------
 
@@ -87,3 +94,69 @@ def test_conversion_that_changes_outputs_is_refused(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(normalize_module, "convert_opset", wrong)
     with pytest.raises(UnsupportedModelError, match=r"converting opset 9 to 13 .* changes output"):
         spa.analyze(old_opset_cnn(9))
+
+
+# -- 3. control flow: subgraph outputs survive normalisation; the output check never skips wrongly --------------
+
+@pytest.mark.parametrize("opset", [13, 15, 17])
+def test_if_branches_feeding_the_main_graph_prune_outside(opset: int) -> None:
+    m = if_model(opset)
+    r = assert_oracle(m)
+    assert r.report["ort_check"] == "ok"
+    assert [n.op_type for n in r.model.graph.node].count("If") == 1
+    a = spa.analyze(m)
+    assert any("If" in reason for g in a.groups if not g.prunable for reason in g.reasons)
+    assert r.report["num_pruned"] == 2  # the Convs before and after the If
+
+
+@pytest.mark.parametrize("opset", [13, 15, 17])
+def test_if_with_a_constant_condition_is_inlined(opset: int) -> None:
+    r = assert_oracle(if_model(opset, shape_condition=True))
+    assert r.report["ort_check"] == "ok"
+    assert not any(n.op_type == "If" for n in r.model.graph.node)
+    assert r.report["num_pruned"] == 3
+
+
+def _graphsurgeon_flattening(graph: gs.Graph) -> bool:
+    """What normalisation did before: graphsurgeon's own If flattening, which loses a branch output."""
+    graph.fold_constants(error_ok=True, flatten_subgraphs=True)
+    graph.cleanup()
+    return True
+
+
+def test_an_output_onnxruntime_refuses_is_a_validation_error(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = if_model(15, shape_condition=True)
+    session(m)  # the input loads
+    monkeypatch.setattr(normalize_module, "fold_constants", _graphsurgeon_flattening)
+    with pytest.raises(ValidationError, match="pruned model fails the ONNX checker"):
+        spa.prune(m)  # the checker catches it first: the input as given passes it
+    broken = spa.prune(m, check=False).model
+    with pytest.raises(ValidationError, match="does not load in ONNX Runtime, though the input does"):
+        api._ort_check(broken, m)
+    src, out = tmp_path / "if.onnx", tmp_path / "out.onnx"
+    onnx.save(m, src)
+    assert main(["prune", str(src), "-o", str(out)]) == 4
+    assert "fails the ONNX checker" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValidationError, match="though the input does"):
+        api._ort_check(broken, str(src))
+
+
+def _fixture_files(tmp: Path) -> list[Path]:
+    built = {"ppocr_cls": ppocr_classifier(), "if_input": if_model(15), "if_shape": if_model(15, shape_condition=True),
+             "opset9": old_opset_cnn(9)}
+    for name, m in built.items():
+        onnx.save(m, tmp / f"{name}.onnx")
+    return sorted(FIXTURES.glob("*.onnx")) + [DEMO] + [tmp / f"{n}.onnx" for n in built]
+
+
+def test_prune_never_exits_0_with_an_output_onnxruntime_cannot_load(tmp_path: Path) -> None:
+    for src in _fixture_files(tmp_path):
+        out = tmp_path / f"pruned_{src.name}"
+        code = main(["-q", "prune", str(src), "-o", str(out), "--force"])
+        if code == 0:
+            session(str(out))  # raises if ONNX Runtime refuses it
+        else:
+            assert code in (2, 3, 4), (src.name, code)
+            assert not out.exists(), src.name

@@ -5,7 +5,9 @@ The pipeline (:func:`normalize`) is:
 1. drop initializers listed as graph inputs (old exporters) so weights are not taken for inputs;
 2. infer shapes (with data propagation, so computed Reshape targets get shapes);
 3. fold constant subgraphs with onnx-graphsurgeon (``Constant`` nodes become initializers, shape
-   subgraphs become constants) — quantisation nodes are never folded;
+   subgraphs become constants, inside ``If``/``Loop``/``Scan`` bodies too) — quantisation nodes are
+   never folded; an ``If`` whose condition folds to a constant is replaced by its branch
+   (:func:`inline_constant_ifs`; graphsurgeon's own flattening loses branch outputs);
 4. bypass pass-through ``Identity`` and inference ``Dropout`` nodes;
 5. clean up, sort topologically, and infer shapes once more.
 
@@ -119,6 +121,7 @@ def fold_constants(graph: gs.Graph) -> bool:
     try:
         graph.fold_constants(
             error_ok=True,
+            flatten_subgraphs=False,  # graphsurgeon's own flattening loses branch outputs: inline_constant_ifs
             should_exclude_node=lambda n: n.op in _NO_FOLD,
         )
     except Exception as exc:  # noqa: BLE001 - graphsurgeon raises plain exceptions on odd graphs: folding is optional
@@ -126,6 +129,46 @@ def fold_constants(graph: gs.Graph) -> bool:
         return False
     graph.cleanup()
     return len(graph.nodes) != before
+
+
+def inline_constant_ifs(graph: gs.Graph) -> bool:
+    """Replace every ``If`` of ``graph`` whose condition is a constant by the branch it takes.
+
+    The branch's nodes move into ``graph`` (their own tensors renamed so they cannot collide with the
+    outer graph's), and each ``If`` output is produced by an ``Identity`` of the branch output, which
+    :func:`bypass_passthrough` removes later: a branch output may be a node's output, a branch
+    constant or an outer-scope tensor, and each way the ``If``'s consumers keep a producer.
+
+    Returns:
+        Whether any ``If`` was inlined.
+    """
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "If" or not node.inputs or not isinstance(node.inputs[0], gs.Constant):
+            continue
+        cond = bool(node.inputs[0].values.reshape(-1)[0]) if node.inputs[0].values.size else False
+        branch = node.attrs.get("then_branch" if cond else "else_branch")
+        if not isinstance(branch, gs.Graph) or len(branch.outputs) != len(node.outputs):
+            continue
+        outer = {id(t) for t in graph.tensors().values()} - {id(t) for n in branch.nodes for t in n.outputs}
+        suffix = f"__{node.name or 'if'}_{'then' if cond else 'else'}"
+        for t in branch.tensors().values():
+            if id(t) not in outer and t.name:
+                t.name += suffix
+        outs = list(node.outputs)
+        node.inputs.clear()
+        node.outputs.clear()
+        moved = list(branch.nodes) + [
+            gs.Node("Identity", name=f"{o.name}{suffix}_out", inputs=[b], outputs=[o])
+            for b, o in zip(branch.outputs, outs)]
+        branch.nodes.clear()
+        at = graph.nodes.index(node)
+        graph.nodes[at:at + 1] = moved
+        log.info("If '%s' has a constant condition (%s): inlined its branch", node.name, cond)
+        changed = True
+    if changed:
+        graph.cleanup()
+    return changed
 
 
 def constant_nodes_to_initializers(graph: gs.Graph) -> bool:
@@ -190,6 +233,8 @@ def normalize(model: onnx.ModelProto, *, fold: bool = True, base_dir: Path | Non
         constant_nodes_to_initializers(graph)
         if fold:
             fold_constants(graph)
+            if inline_constant_ifs(graph):
+                fold_constants(graph)
         bypass_passthrough(graph)
         graph.cleanup().toposort()
         mg = ModelGraph.from_graph(graph, template=model, base_dir=base_dir)
