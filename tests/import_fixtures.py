@@ -144,3 +144,17 @@ def unconvertible_old_opset() -> onnx.ModelProto:
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 8)])
     m.ir_version = 3
     return m
+
+
+def dynamic_quantized(float_model: onnx.ModelProto, folder: str, *, per_channel: bool) -> onnx.ModelProto:
+    """``float_model`` quantized with ONNX Runtime's ``quantize_dynamic`` (int8 weights; ConvInteger /
+    MatMulInteger fed by DynamicQuantizeLinear), written through files in ``folder``."""
+    from pathlib import Path
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, dst = Path(folder) / "float.onnx", Path(folder) / f"dynq{int(per_channel)}.onnx"
+    onnx.save(float_model, src)
+    quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    return onnx.load(str(dst))

@@ -18,7 +18,15 @@ from spa import api
 from spa.cli import main
 from spa.errors import UnsupportedModelError, ValidationError
 from spa.runtime.session import session
-from tests.import_fixtures import if_model, old_opset_cnn, ppocr_classifier, unconvertible_old_opset
+from tests.import_fixtures import (
+    dynamic_quantized,
+    float_cnn,
+    float_mlp,
+    if_model,
+    old_opset_cnn,
+    ppocr_classifier,
+    unconvertible_old_opset,
+)
 from tests.oracle import assert_oracle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,3 +168,39 @@ def test_prune_never_exits_0_with_an_output_onnxruntime_cannot_load(tmp_path: Pa
         else:
             assert code in (2, 3, 4), (src.name, code)
             assert not out.exists(), src.name
+
+
+# -- 2. dynamic-quantized models (ConvInteger / MatMulInteger fed by DynamicQuantizeLinear) -----------------------
+
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("family", ["cnn", "mlp"])
+def test_dynamic_quantized_model_prunes_like_its_float_twin(
+        family: str, per_channel: bool, opset: int, tmp_path: Path) -> None:
+    float_model = (float_cnn if family == "cnn" else float_mlp)(opset)
+    q = dynamic_quantized(float_model, str(tmp_path), per_channel=per_channel)
+    ops = {n.op_type for n in q.graph.node}
+    assert "DynamicQuantizeLinear" in ops and ops & {"ConvInteger", "MatMulInteger"}
+    r = assert_oracle(q)  # pruned == masked twin (removed weight slices at the zero point)
+    f = spa.prune(float_model)
+    assert r.report["num_prunable"] == f.report["num_prunable"]
+    assert r.report["num_pruned"] == f.report["num_pruned"] > 0
+    assert r.report["macs_before"] == f.report["macs_before"]  # counted as the float twin
+    assert r.report["macs_after"] == f.report["macs_after"]
+    assert r.report["ort_check"] == "ok"
+    ints = {i.name: list(i.dims) for i in r.model.graph.initializer}
+    for node in r.model.graph.node:  # the int8 weights and per-channel zero points were sliced
+        if node.op_type in ("ConvInteger", "MatMulInteger") and len(node.input) > 3 and ints.get(node.input[3]):
+            w, zp = ints[node.input[1]], ints[node.input[3]]
+            assert zp[0] == (w[0] if node.op_type == "ConvInteger" else w[-1])
+
+
+def test_dynamic_quantize_twin_masks_the_removed_channels(tmp_path: Path) -> None:
+    """Without the DynamicQuantizeLinear twin hook the masked twin would quantise over removed channels
+    too (another scale), and the oracle would not be exact."""
+    q = dynamic_quantized(float_cnn(13), str(tmp_path), per_channel=True)
+    r = spa.prune(q, emit_masked=True)
+    assert r.masked is not None
+    dql = [n for n in r.masked.graph.node if n.op_type == "DynamicQuantizeLinear"]
+    producers = {o: n.op_type for n in r.masked.graph.node for o in n.output}
+    assert any(producers.get(n.input[0]) == "Mul" and "__spa_twin" in n.input[0] for n in dql)
