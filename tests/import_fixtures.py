@@ -158,3 +158,19 @@ def dynamic_quantized(float_model: onnx.ModelProto, folder: str, *, per_channel:
     quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
                      op_types_to_quantize=["Conv", "MatMul", "Gemm"])
     return onnx.load(str(dst))
+
+
+def text_detector(opset: int = 13, seed: int = 0) -> onnx.ModelProto:
+    """A DB-style text detector with dynamic H, W: five stride-2 convs, a ×32 Resize back to the input
+    resolution and an Add with the full-resolution features — it runs only at H, W multiples of 32."""
+    b = GraphBuilder(opset=opset, seed=seed)
+    x = b.input("x", ["N", 3, "H", "W"])
+    f0 = b.op("Relu", [b.conv(x, 3, 8)])
+    h = f0
+    for _ in range(5):
+        h = b.op("Relu", [b.conv(h, 8, 8, stride=2)])  # type: ignore[arg-type]
+    scales = b.const(np.array([1, 1, 32, 32], np.float32), "scales")
+    up = b.op("Resize", [h, "", scales], mode="nearest")  # type: ignore[list-item]
+    s = b.op("Add", [f0, up])  # type: ignore[list-item]
+    b.output(str(b.op("Sigmoid", [b.conv(s, 8, 1, k=1)])))  # type: ignore[arg-type]
+    return b.build()

@@ -17,6 +17,7 @@ import spa.graph.normalize as normalize_module
 from spa import api
 from spa.cli import main
 from spa.errors import UnsupportedModelError, ValidationError
+from spa.runtime.feeds import runnable_shapes
 from spa.runtime.session import session
 from tests.import_fixtures import (
     dynamic_quantized,
@@ -25,6 +26,7 @@ from tests.import_fixtures import (
     if_model,
     old_opset_cnn,
     ppocr_classifier,
+    text_detector,
     unconvertible_old_opset,
 )
 from tests.oracle import assert_oracle
@@ -204,3 +206,22 @@ def test_dynamic_quantize_twin_masks_the_removed_channels(tmp_path: Path) -> Non
     dql = [n for n in r.masked.graph.node if n.op_type == "DynamicQuantizeLinear"]
     producers = {o: n.op_type for n in r.masked.graph.node for o in n.output}
     assert any(producers.get(n.input[0]) == "Mul" and "__spa_twin" in n.input[0] for n in dql)
+
+
+# -- 5. shapes: sizes the model accepts, --shape, MACs at stated shapes ---------------------------------------
+
+def test_verify_and_random_calibration_find_sizes_a_text_detector_accepts() -> None:
+    m = text_detector()
+    sess = session(m)
+    assert runnable_shapes(sess)["x"] == (2, 3, 32, 32)  # 8 is refused: H, W multiples of 32
+    for criterion, calib in (("l2", None), ("obspa", None), ("obs", "random")):
+        r = spa.prune(m, criterion=criterion, calibration=calib, emit_masked=True)
+        assert r.report["num_pruned"] == 5
+        assert r.masked is not None
+        assert spa.verify(r.model, r.masked).ok
+
+
+def test_runnable_shapes_keep_given_and_static_sizes() -> None:
+    sess = session(ppocr_classifier())
+    assert runnable_shapes(sess, batch=3)["x"] == (3, 3, 48, 192)
+    assert runnable_shapes(sess, {"x": (1, 3, 48, 192)})["x"] == (1, 3, 48, 192)
