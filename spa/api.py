@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
-from spa.analysis.cost import count_macs
 from spa.analysis.groups import Analysis, analyze_graph
-from spa.analysis.metrics import count_params
+from spa.analysis.metrics import REPRESENTATIVE, count_params, macs_at, representative_shapes
 from spa.bench.report import BenchOptions, bench_models
 from spa.budget import solve_ratio
 from spa.calibration import load_calibration
-from spa.calibration.data import CalibrationSource
+from spa.calibration.data import CalibrationSource, RandomSource
 from spa.criteria import CriterionContext, Scores, Updates, get_criterion
 from spa.criteria.reduce import options as reduce_options
 from spa.errors import UnsupportedModelError, UsageError, ValidationError
@@ -36,6 +36,7 @@ from spa.options import PruneOptions, coerce
 from spa.plan import Plan, make_plan
 from spa.reorder.unconstrained import copies, unconstrain
 from spa.rules.registry import RuleRegistry
+from spa.runtime.feeds import InputSpec
 from spa.runtime.session import session
 from spa.surgery import kept_indices, masked_twin, prune_model
 from spa.validate.oracle import verify  # re-exported: spa.verify, the mask oracle
@@ -89,6 +90,46 @@ def analyze(model: ModelInput, *, prune_hidden: bool = False, prune_head_dim: bo
             projection's rows) as a group of kind ``head_dim`` instead of the block's heads.
     """
     return analyze_graph(load(model), hidden=prune_hidden, head_dim=prune_head_dim)
+
+
+def mac_shapes(model: ModelInput, shapes: Mapping[str, Sequence[int]] | None = None,
+               calibration: CalibrationSource | None = None) -> tuple[dict[str, tuple[int, ...]], str]:
+    """The input shapes MACs are counted at, and where they come from: ``shapes`` (``--shape``) when
+    given, else the first batch of ``calibration`` data (one sample; not random data), else the declared
+    shapes when all are static, else :func:`spa.analysis.metrics.representative_shapes`.
+
+    Raises:
+        UsageError: ``shapes`` names an input the model does not have, or has the wrong rank.
+    """
+    mg = load(model)
+    default = representative_shapes(mg)
+    if shapes:
+        unknown = sorted(set(shapes) - set(default))
+        if unknown:
+            raise UsageError(f"--shape {unknown[0]}: the model has no such input (inputs: {', '.join(default)})")
+        for name, dims in shapes.items():
+            if len(dims) != len(default[name]):
+                raise UsageError(f"--shape {name}: {len(dims)} dimensions given, the model's input has "
+                                 f"{len(default[name])}")
+        return default | {k: tuple(int(d) for d in v) for k, v in shapes.items()}, "--shape"
+    if calibration is not None and not isinstance(calibration, RandomSource):
+        specs = [InputSpec(t.name, tuple(t.shape or ()), np.dtype(t.dtype or np.float32)) for t in mg.graph.inputs]
+        try:
+            batch = next(iter(calibration.batches(specs)))
+            return default | {k: (1, *v.shape[1:]) for k, v in batch.items() if k in default}, "calibration data"
+        except Exception as exc:  # noqa: BLE001 - the criterion reports bad data itself: count at the default
+            log.debug("no shapes from the calibration data (%s)", exc)
+    dynamic = any(not isinstance(d, int) for t in mg.graph.inputs for d in (t.shape or ()))
+    return default, REPRESENTATIVE if dynamic else "declared"
+
+
+def macs(model: ModelInput, shapes: Mapping[str, Sequence[int]] | None = None,
+         calibration: CalibrationSource | None = None) -> dict[str, object]:
+    """MACs of one run of ``model`` and the input shapes they were counted at (see :func:`mac_shapes`):
+    ``{"macs", "mac_shapes", "mac_shapes_from"}``."""
+    mg = load(model)
+    at, source = mac_shapes(mg, shapes, calibration)
+    return {"macs": macs_at(mg, at), "mac_shapes": {k: list(v) for k, v in at.items()}, "mac_shapes_from": source}
 
 
 @dataclass
@@ -267,6 +308,7 @@ def _report(opts: PruneOptions, analysis: Analysis, plan: Plan, original: ModelG
             cctx: CriterionContext, updates: Updates) -> dict[str, object]:
     """The JSON report of one prune (its keys are documented in ``docs/cli.md``)."""
     source = cctx.calibration
+    at, shapes_from = mac_shapes(original, opts.shapes, source if isinstance(source, CalibrationSource) else None)
     return {
         "spa_version": __version__,
         "criterion": opts.criterion,
@@ -277,8 +319,10 @@ def _report(opts: PruneOptions, analysis: Analysis, plan: Plan, original: ModelG
         "global": opts.global_rank,
         "round_to": opts.round_to,
         "converted_from_opset": original.converted_from_opset,
-        "macs_before": count_macs(original),
-        "macs_after": count_macs(pruned),
+        "macs_before": macs_at(original, at),
+        "macs_after": macs_at(pruned, at),
+        "mac_shapes": {k: list(v) for k, v in at.items()},
+        "mac_shapes_from": shapes_from,
         "params_before": count_params(original),
         "params_after": count_params(pruned),
         "num_groups": len(analysis.groups),

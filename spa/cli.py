@@ -189,15 +189,18 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option("--prune-hidden", is_flag=True, help="Report the hidden size (LayerNorm/RMSNorm-coupled) as prunable.")
 @click.option("--prune-head-dim", is_flag=True, help="Report V's head_dim (with the output projection) as prunable "
               "instead of the heads, in every attention block where that is legal.")
+@click.option("--shape", "shape_opts", multiple=True, metavar="NAME=1x3x224x224",
+              help="Concrete input shape to count MACs at (default: a stated representative one).")
 @_verbosity
 @click.pass_context
 def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool, prune_hidden: bool,
-            prune_head_dim: bool) -> int:
+            prune_head_dim: bool, shape_opts: tuple[str, ...]) -> int:
     """Show the groups of coupled channels of MODEL, prunable or blocked (with the reason)."""
     _check_json_dest(json_out, model)
     with _working(ctx, f"analysing {model}"):
         analysis = api.analyze(model, prune_hidden=prune_hidden, prune_head_dim=prune_head_dim)
-    data = {"model": model, "spa_version": __version__} | analysis.to_json()
+        counted = api.macs(analysis.model, _parse_shapes(shape_opts))
+    data = {"model": model, "spa_version": __version__} | counted | analysis.to_json()
     _write_json(data, json_out)
     if ctx.obj["quiet"] or json_out == "-":
         return 0
@@ -212,6 +215,9 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
     console.print(table)
     console.print(f"prunable parameter fraction: {analysis.prunable_param_fraction():.1%} of weights lie in "
                   "prunable channel slices")
+    n_macs = counted["macs"]
+    console.print(f"MACs: {_human(n_macs if isinstance(n_macs, int) else 0)} at {counted['mac_shapes']} "
+                  f"({counted['mac_shapes_from']})", highlight=False)
     return 0
 
 
@@ -270,6 +276,9 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
               help="With --prune-hidden: ratio for hidden-size groups (default: --ratio).")
 @click.option("--prune-head-dim", is_flag=True, help="Prune V's head_dim (the same dims of every head, with the output "
               "projection's rows) instead of the heads, in every attention block where that is legal.")
+@click.option("--shape", "shape_opts", multiple=True, metavar="NAME=1x3x640x640",
+              help="Concrete input shape to count MACs at (default: the calibration data's, else a stated "
+              "representative one).")
 @click.option("--dry-run", is_flag=True, help="Print the plan as JSON (or to --report) and write no model.")
 @click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=True, callback=_load_config,
               help="TOML file with option defaults and [[override]] pattern/ratio tables.")
@@ -319,8 +328,9 @@ def _prune_options(ctx: click.Context, params: dict[str, Any]) -> PruneOptions:
     providers = None
     if params["target_latency"] is not None or params["consumer_mode"] == "auto":
         providers = tuple(resolve_provider(params["latency_provider"].lower()))
+    shapes = _parse_shapes(params["shape_opts"]) or fields.pop("shapes", None)
     return PruneOptions(calibration=params["calib"], overrides=tuple(ctx.obj.get("overrides", ())),
-                        providers=providers, **fields)
+                        providers=providers, shapes=shapes, **fields)
 
 
 def _check_prune_destinations(model: str, output: str | None, extra: dict[str, str | None], *, force: bool) -> None:

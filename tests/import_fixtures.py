@@ -174,3 +174,15 @@ def text_detector(opset: int = 13, seed: int = 0) -> onnx.ModelProto:
     s = b.op("Add", [f0, up])  # type: ignore[list-item]
     b.output(str(b.op("Sigmoid", [b.conv(s, 8, 1, k=1)])))  # type: ignore[arg-type]
     return b.build()
+
+
+def dynamic_sequence_attention(opset: int = 13, seed: int = 0) -> onnx.ModelProto:
+    """One self-attention block over a dynamic sequence (``[1, S, 16]``, one head): counted at S = 1 its
+    attention costs nothing."""
+    b = GraphBuilder(opset=opset, seed=seed)
+    x = b.input("x", [1, "S", 16])
+    q, k, v = (b.op("MatMul", [x, b.weight(16, 16)]) for _ in range(3))
+    scores = b.op("Softmax", [b.op("MatMul", [q, b.op("Transpose", [k], perm=[0, 2, 1])])], axis=-1)  # type: ignore[list-item]
+    h = b.op("MatMul", [scores, v])  # type: ignore[list-item]
+    b.output(str(b.op("MatMul", [b.op("Relu", [b.op("MatMul", [h, b.weight(16, 32)])]), b.weight(32, 16)])))  # type: ignore[list-item]
+    return b.build()

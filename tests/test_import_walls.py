@@ -5,8 +5,10 @@ Every rewrite goes through the mask oracle (:func:`tests.oracle.assert_oracle`) 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
@@ -16,11 +18,12 @@ import spa
 import spa.graph.normalize as normalize_module
 from spa import api
 from spa.cli import main
-from spa.errors import UnsupportedModelError, ValidationError
+from spa.errors import UnsupportedModelError, UsageError, ValidationError
 from spa.runtime.feeds import runnable_shapes
 from spa.runtime.session import session
 from tests.import_fixtures import (
     dynamic_quantized,
+    dynamic_sequence_attention,
     float_cnn,
     float_mlp,
     if_model,
@@ -29,6 +32,7 @@ from tests.import_fixtures import (
     text_detector,
     unconvertible_old_opset,
 )
+from tests.macs_reference import independent_macs
 from tests.oracle import assert_oracle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,3 +229,49 @@ def test_runnable_shapes_keep_given_and_static_sizes() -> None:
     sess = session(ppocr_classifier())
     assert runnable_shapes(sess, batch=3)["x"] == (3, 3, 48, 192)
     assert runnable_shapes(sess, {"x": (1, 3, 48, 192)})["x"] == (1, 3, 48, 192)
+
+
+def _close(spa_count: object, reference: int) -> None:
+    assert isinstance(spa_count, int) and reference > 0
+    assert abs(spa_count - reference) <= 0.01 * reference, (spa_count, reference)
+
+
+def test_macs_are_counted_at_stated_shapes(tmp_path: Path) -> None:
+    m = text_detector()
+    r = spa.prune(m)
+    assert r.report["mac_shapes"] == {"x": [1, 3, 224, 224]}
+    assert str(r.report["mac_shapes_from"]).startswith("representative default")
+    _close(r.report["macs_before"], independent_macs(m, {"x": [1, 3, 224, 224]}))
+    _close(r.report["macs_after"], independent_macs(r.model, {"x": [1, 3, 224, 224]}))
+    r = spa.prune(m, shapes={"x": (1, 3, 640, 640)})
+    assert (r.report["mac_shapes"], r.report["mac_shapes_from"]) == ({"x": [1, 3, 640, 640]}, "--shape")
+    _close(r.report["macs_before"], independent_macs(m, {"x": [1, 3, 640, 640]}))
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((4, 3, 96, 96)).astype(np.float32))
+    r = spa.prune(m, criterion="obs", calibration=str(data))
+    assert (r.report["mac_shapes"], r.report["mac_shapes_from"]) == ({"x": [1, 3, 96, 96]}, "calibration data")
+    _close(r.report["macs_before"], independent_macs(m, {"x": [1, 3, 96, 96]}))
+    with pytest.raises(UsageError, match="--shape y"):
+        spa.prune(m, shapes={"y": (1, 3, 32, 32)})
+
+
+def test_dynamic_sequence_attention_is_counted_at_a_real_sequence() -> None:
+    m = dynamic_sequence_attention()
+    counted = api.macs(m)
+    assert counted["mac_shapes"] == {"x": [1, 128, 16]}
+    _close(counted["macs"], independent_macs(m, {"x": [1, 128, 16]}))
+    at_one = api.macs(m, {"x": (1, 1, 16)})["macs"]
+    assert isinstance(at_one, int) and at_one * 100 < counted["macs"]  # type: ignore[operator]
+
+
+def test_shape_on_analyze_and_prune_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "td.onnx"
+    onnx.save(text_detector(), src)
+    assert main(["analyze", str(src), "--shape", "x=1x3x640x640", "--json", "-"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["mac_shapes"] == {"x": [1, 3, 640, 640]} and data["mac_shapes_from"] == "--shape"
+    assert main(["prune", str(src), "-q", "-o", str(tmp_path / "p.onnx"), "--shape", "x=1x3x320x320",
+                 "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mac_shapes"] == {"x": [1, 3, 320, 320]}
+    _close(report["macs_after"], independent_macs(onnx.load(str(tmp_path / "p.onnx")), {"x": [1, 3, 320, 320]}))
