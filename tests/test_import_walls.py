@@ -6,6 +6,8 @@ Every rewrite goes through the mask oracle (:func:`tests.oracle.assert_oracle`) 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +277,15 @@ def test_shape_on_analyze_and_prune_cli(tmp_path: Path, capsys: pytest.CaptureFi
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["mac_shapes"] == {"x": [1, 3, 320, 320]}
     _close(report["macs_after"], independent_macs(onnx.load(str(tmp_path / "p.onnx")), {"x": [1, 3, 320, 320]}))
+
+
+# -- 7. tools/bench_exporters.py -------------------------------------------------------------------------------
+
+def test_bench_exporters_runs_without_the_zoo(tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    res = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_exporters.py"), "--no-zoo", "--json", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.read_text())
+    s = data["summary"]
+    assert s["models"] == s["pruned_ok"] == s["oracle_exact"] == s["macs_within_1pct"] >= 17
