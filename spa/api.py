@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
-from spa.analysis.cost import count_macs
 from spa.analysis.groups import Analysis, analyze_graph
-from spa.analysis.metrics import count_params
+from spa.analysis.metrics import REPRESENTATIVE, count_params, macs_at, representative_shapes
 from spa.bench.report import BenchOptions, bench_models
 from spa.budget import solve_ratio
 from spa.calibration import load_calibration
-from spa.calibration.data import CalibrationSource
+from spa.calibration.data import CalibrationSource, RandomSource
 from spa.criteria import CriterionContext, Scores, Updates, get_criterion
 from spa.criteria.reduce import options as reduce_options
-from spa.errors import UsageError, ValidationError
+from spa.errors import UnsupportedModelError, UsageError, ValidationError
 from spa.graph.io import PROTOBUF_LIMIT, load_model
 from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
@@ -36,9 +36,10 @@ from spa.options import PruneOptions, coerce
 from spa.plan import Plan, make_plan
 from spa.reorder.unconstrained import copies, unconstrain
 from spa.rules.registry import RuleRegistry
+from spa.runtime.feeds import InputSpec
 from spa.runtime.session import session
 from spa.surgery import kept_indices, masked_twin, prune_model
-from spa.validate.oracle import verify  # noqa: F401 - re-exported: spa.verify, the mask oracle
+from spa.validate.oracle import verify  # re-exported: spa.verify, the mask oracle
 from spa.version import __version__
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,27 @@ def load(model: ModelInput) -> ModelGraph:
     if isinstance(model, ModelGraph):
         return model
     if isinstance(model, onnx.ModelProto):
-        return normalize(model)
+        return _check_conversion(normalize(model), model)
     proto = load_model(model, external=False)
-    return normalize(proto, base_dir=Path(model).parent)
+    return _check_conversion(normalize(proto, base_dir=Path(model).parent), model)
+
+
+def _check_conversion(mg: ModelGraph, original: onnx.ModelProto | str | os.PathLike[str]) -> ModelGraph:
+    """A model normalisation converted from an old opset must compute what the original computes: both
+    run in ONNX Runtime on random inputs, else :class:`UnsupportedModelError`."""
+    if mg.converted_from_opset is None:
+        return mg
+    what = f"converting opset {mg.converted_from_opset} to {mg.opset} (onnx.version_converter)"
+    try:
+        res = verify(mg, original, trials=2, rtol=1e-4, atol=1e-5)
+    except ValidationError as exc:
+        raise UnsupportedModelError(f"{what} could not be checked in ONNX Runtime: {exc}; re-export the model "
+                                    "at opset 11 or newer") from exc
+    if not res.ok:
+        worst = max(res.diffs, key=lambda d: d.max_abs)
+        raise UnsupportedModelError(f"{what} changes output '{worst.name}' (max abs diff {worst.max_abs:.3g}); "
+                                    "re-export the model at opset 11 or newer")
+    return mg
 
 
 def analyze(model: ModelInput, *, prune_hidden: bool = False, prune_head_dim: bool = False) -> Analysis:
@@ -71,6 +90,46 @@ def analyze(model: ModelInput, *, prune_hidden: bool = False, prune_head_dim: bo
             projection's rows) as a group of kind ``head_dim`` instead of the block's heads.
     """
     return analyze_graph(load(model), hidden=prune_hidden, head_dim=prune_head_dim)
+
+
+def mac_shapes(model: ModelInput, shapes: Mapping[str, Sequence[int]] | None = None,
+               calibration: CalibrationSource | None = None) -> tuple[dict[str, tuple[int, ...]], str]:
+    """The input shapes MACs are counted at, and where they come from: ``shapes`` (``--shape``) when
+    given, else the first batch of ``calibration`` data (one sample; not random data), else the declared
+    shapes when all are static, else :func:`spa.analysis.metrics.representative_shapes`.
+
+    Raises:
+        UsageError: ``shapes`` names an input the model does not have, or has the wrong rank.
+    """
+    mg = load(model)
+    default = representative_shapes(mg)
+    if shapes:
+        unknown = sorted(set(shapes) - set(default))
+        if unknown:
+            raise UsageError(f"--shape {unknown[0]}: the model has no such input (inputs: {', '.join(default)})")
+        for name, dims in shapes.items():
+            if len(dims) != len(default[name]):
+                raise UsageError(f"--shape {name}: {len(dims)} dimensions given, the model's input has "
+                                 f"{len(default[name])}")
+        return default | {k: tuple(int(d) for d in v) for k, v in shapes.items()}, "--shape"
+    if calibration is not None and not isinstance(calibration, RandomSource):
+        specs = [InputSpec(t.name, tuple(t.shape or ()), np.dtype(t.dtype or np.float32)) for t in mg.graph.inputs]
+        try:
+            batch = next(iter(calibration.batches(specs)))
+            return default | {k: (1, *v.shape[1:]) for k, v in batch.items() if k in default}, "calibration data"
+        except Exception as exc:  # noqa: BLE001 - the criterion reports bad data itself: count at the default
+            log.debug("no shapes from the calibration data (%s)", exc)
+    dynamic = any(not isinstance(d, int) for t in mg.graph.inputs for d in (t.shape or ()))
+    return default, REPRESENTATIVE if dynamic else "declared"
+
+
+def macs(model: ModelInput, shapes: Mapping[str, Sequence[int]] | None = None,
+         calibration: CalibrationSource | None = None) -> dict[str, object]:
+    """MACs of one run of ``model`` and the input shapes they were counted at (see :func:`mac_shapes`):
+    ``{"macs", "mac_shapes", "mac_shapes_from"}``."""
+    mg = load(model)
+    at, source = mac_shapes(mg, shapes, calibration)
+    return {"macs": macs_at(mg, at), "mac_shapes": {k: list(v) for k, v in at.items()}, "mac_shapes_from": source}
 
 
 @dataclass
@@ -185,7 +244,7 @@ def prune(
     stage(f"pruning {len(plan.groups)} groups")
     updates = crit.compensate(analysis, plan, cctx)
     pruned_mg = prune_model(analysis, plan, registry, updates=updates)
-    checks, protos = _check(pruned_mg, mg, opts.check, stage)
+    checks, protos = _check(pruned_mg, model, opts.check, stage)
     if opts.emit_masked:
         stage("building the masked twin")
     masked = masked_twin(analysis, plan, updates, registry) if opts.emit_masked else None
@@ -231,10 +290,12 @@ def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions,
     return plan, record
 
 
-def _check(pruned: ModelGraph, original: ModelGraph, check: bool,
+def _check(pruned: ModelGraph, original: ModelInput, check: bool,
            stage: Callable[[str], None]) -> tuple[dict[str, object], dict[str, onnx.ModelProto]]:
     """The ONNX checker's and ONNX Runtime's verdicts on the pruned model (``"not run"`` when not asked
-    or when the model is too large to check in memory), and the exported proto to reuse."""
+    or when the model is too large to check in memory), and the exported proto to reuse. ``original``
+    is the model as the caller gave it (a path, a proto), never its normalised graph: a check is only
+    skipped when the *input* fails it."""
     if not check or graph_bytes(pruned) >= PROTOBUF_LIMIT // 2:
         return {"onnx_check": "not run", "ort_check": "not run"}, {}
     proto = pruned.to_onnx()
@@ -247,6 +308,7 @@ def _report(opts: PruneOptions, analysis: Analysis, plan: Plan, original: ModelG
             cctx: CriterionContext, updates: Updates) -> dict[str, object]:
     """The JSON report of one prune (its keys are documented in ``docs/cli.md``)."""
     source = cctx.calibration
+    at, shapes_from = mac_shapes(original, opts.shapes, source if isinstance(source, CalibrationSource) else None)
     return {
         "spa_version": __version__,
         "criterion": opts.criterion,
@@ -256,8 +318,11 @@ def _report(opts: PruneOptions, analysis: Analysis, plan: Plan, original: ModelG
         "seed": opts.seed,
         "global": opts.global_rank,
         "round_to": opts.round_to,
-        "macs_before": count_macs(original),
-        "macs_after": count_macs(pruned),
+        "converted_from_opset": original.converted_from_opset,
+        "macs_before": macs_at(original, at),
+        "macs_after": macs_at(pruned, at),
+        "mac_shapes": {k: list(v) for k, v in at.items()},
+        "mac_shapes_from": shapes_from,
         "params_before": count_params(original),
         "params_after": count_params(pruned),
         "num_groups": len(analysis.groups),
@@ -280,7 +345,12 @@ def _report(opts: PruneOptions, analysis: Analysis, plan: Plan, original: ModelG
     }
 
 
-def _onnx_check(pruned: onnx.ModelProto, original: ModelGraph) -> str:
+def _as_given(model: ModelInput) -> onnx.ModelProto | str | os.PathLike[str]:
+    """What the checks load as the input: the file or proto as given (a ModelGraph exported)."""
+    return model.to_onnx() if isinstance(model, ModelGraph) else model
+
+
+def _onnx_check(pruned: onnx.ModelProto, original: ModelInput) -> str:
     """Run the ONNX checker on the pruned model. A failure is an error unless the checker rejects the input
     too (ONNX Runtime ops it does not know, e.g. ``SimplifiedLayerNormalization``, which spa accepted because
     ONNX Runtime loads the input): then ONNX Runtime's load is the check, and the report says so."""
@@ -289,7 +359,9 @@ def _onnx_check(pruned: onnx.ModelProto, original: ModelGraph) -> str:
         return "ok"
     except Exception as exc:
         try:
-            onnx.checker.check_model(original.to_onnx(), full_check=True)
+            given = _as_given(original)
+            onnx.checker.check_model(given if isinstance(given, onnx.ModelProto) else os.fspath(given),
+                                     full_check=True)
         except Exception as orig_exc:  # noqa: BLE001 - the checker raises several types; any failure is the answer
             reason = str(orig_exc).splitlines()[0]
             log.warning("the ONNX checker rejects the pruned model as it rejects the input (%s)", reason)
@@ -297,19 +369,21 @@ def _onnx_check(pruned: onnx.ModelProto, original: ModelGraph) -> str:
         raise ValidationError(f"pruned model fails the ONNX checker: {exc}") from exc
 
 
-def _ort_check(pruned: onnx.ModelProto, original: ModelGraph) -> str:
-    """Load the pruned model in ONNX Runtime; if ORT cannot load even the original (custom ops, kernels
-    it lacks), say the check was skipped instead of failing."""
+def _ort_check(pruned: onnx.ModelProto, original: ModelInput) -> str:
+    """Load the pruned model in ONNX Runtime; if ORT cannot load even the input as given (custom ops,
+    kernels it lacks), say the check was skipped instead of failing. A pruned model ONNX Runtime refuses
+    while it loads the input is a :class:`ValidationError`."""
     try:
         session(pruned)
         return "ok"
-    except ValidationError:
+    except ValidationError as exc:
         try:
-            session(original.to_onnx())
+            session(_as_given(original))
         except ValidationError as orig_exc:
             log.warning("ONNX Runtime check skipped: it cannot load the input either (%s)", orig_exc)
             return f"skipped: ONNX Runtime cannot load the input either ({orig_exc})"
-        raise
+        raise ValidationError(f"the pruned model does not load in ONNX Runtime, though the input does: "
+                              f"{str(exc).removeprefix('ONNX Runtime cannot load the model: ')}") from exc
 
 
 def bench(models: Sequence[str | os.PathLike[str]], **options: Any) -> dict[str, Any]:

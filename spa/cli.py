@@ -146,6 +146,26 @@ def _load_config(ctx: click.Context, _param: click.Parameter, value: str | None)
     return value
 
 
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: int | bool) -> None:
+    """``-q``/``-v`` given after the subcommand (``spa prune -q ...``): the same as before it."""
+    if not value:
+        return
+    obj = ctx.ensure_object(dict)
+    if param.name == "quiet":
+        obj["quiet"] = True
+        logging.getLogger().setLevel(logging.ERROR)
+    elif not obj.get("quiet"):
+        logging.getLogger().setLevel(logging.WARNING - 10 * min(int(value), 2))
+
+
+def _verbosity(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The group's ``-v``/``-q``, accepted on a subcommand too."""
+    f = click.option("-v", "--verbose", count=True, expose_value=False, callback=_set_verbosity,
+                     help="More logging (-v info, -vv debug).")(f)
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=_set_verbosity,
+                        help="Print nothing but errors.")(f)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spa")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
@@ -169,14 +189,18 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option("--prune-hidden", is_flag=True, help="Report the hidden size (LayerNorm/RMSNorm-coupled) as prunable.")
 @click.option("--prune-head-dim", is_flag=True, help="Report V's head_dim (with the output projection) as prunable "
               "instead of the heads, in every attention block where that is legal.")
+@click.option("--shape", "shape_opts", multiple=True, metavar="NAME=1x3x224x224",
+              help="Concrete input shape to count MACs at (default: a stated representative one).")
+@_verbosity
 @click.pass_context
 def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool, prune_hidden: bool,
-            prune_head_dim: bool) -> int:
+            prune_head_dim: bool, shape_opts: tuple[str, ...]) -> int:
     """Show the groups of coupled channels of MODEL, prunable or blocked (with the reason)."""
     _check_json_dest(json_out, model)
     with _working(ctx, f"analysing {model}"):
         analysis = api.analyze(model, prune_hidden=prune_hidden, prune_head_dim=prune_head_dim)
-    data = {"model": model, "spa_version": __version__} | analysis.to_json()
+        counted = api.macs(analysis.model, _parse_shapes(shape_opts))
+    data = {"model": model, "spa_version": __version__} | counted | analysis.to_json()
     _write_json(data, json_out)
     if ctx.obj["quiet"] or json_out == "-":
         return 0
@@ -191,6 +215,9 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
     console.print(table)
     console.print(f"prunable parameter fraction: {analysis.prunable_param_fraction():.1%} of weights lie in "
                   "prunable channel slices")
+    n_macs = counted["macs"]
+    console.print(f"MACs: {_human(n_macs if isinstance(n_macs, int) else 0)} at {counted['mac_shapes']} "
+                  f"({counted['mac_shapes_from']})", highlight=False)
     return 0
 
 
@@ -249,9 +276,13 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
               help="With --prune-hidden: ratio for hidden-size groups (default: --ratio).")
 @click.option("--prune-head-dim", is_flag=True, help="Prune V's head_dim (the same dims of every head, with the output "
               "projection's rows) instead of the heads, in every attention block where that is legal.")
+@click.option("--shape", "shape_opts", multiple=True, metavar="NAME=1x3x640x640",
+              help="Concrete input shape to count MACs at (default: the calibration data's, else a stated "
+              "representative one).")
 @click.option("--dry-run", is_flag=True, help="Print the plan as JSON (or to --report) and write no model.")
 @click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=True, callback=_load_config,
               help="TOML file with option defaults and [[override]] pattern/ratio tables.")
+@_verbosity
 @click.pass_context
 def prune(ctx: click.Context, model: str, **params: Any) -> int:
     """Prune MODEL and write the result to OUTPUT.
@@ -297,8 +328,9 @@ def _prune_options(ctx: click.Context, params: dict[str, Any]) -> PruneOptions:
     providers = None
     if params["target_latency"] is not None or params["consumer_mode"] == "auto":
         providers = tuple(resolve_provider(params["latency_provider"].lower()))
+    shapes = _parse_shapes(params["shape_opts"]) or fields.pop("shapes", None)
     return PruneOptions(calibration=params["calib"], overrides=tuple(ctx.obj.get("overrides", ())),
-                        providers=providers, **fields)
+                        providers=providers, shapes=shapes, **fields)
 
 
 def _check_prune_destinations(model: str, output: str | None, extra: dict[str, str | None], *, force: bool) -> None:
@@ -367,6 +399,7 @@ def _fidelity_table(fid: dict[str, Any]) -> Table:
               help="Absolute tolerance, in units of max(1, max|output|) per output.")
 @click.option("--shape", "shape_opts", multiple=True, metavar="NAME=1x3x224x224", help="Concrete input shape.")
 @click.option("--json", "json_out", metavar="PATH|-", help="Write the comparison as JSON.")
+@_verbosity
 @click.pass_context
 def verify(ctx: click.Context, original: str, pruned: str, masked: str | None, trials: int, seed: int,
            rtol: float, atol: float, shape_opts: tuple[str, ...], json_out: str | None) -> int:
@@ -428,6 +461,7 @@ _PROVIDER_CHOICE = click.Choice(["auto", "cpu", "cuda", "tensorrt"], case_sensit
 @click.option("--profile", is_flag=True, help="Also profile each model: top nodes and op types by time.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--json", "json_out", metavar="PATH|-", help="Write the measurements as JSON (docs/bench.md).")
+@_verbosity
 @click.pass_context
 def bench(ctx: click.Context, models: tuple[str, ...], provider: str, batch_opt: str | None,
           shape_opts: tuple[str, ...], warmup: int, iters: int, threads: int, fp16: bool, profile: bool,
@@ -482,6 +516,7 @@ def bench(ctx: click.Context, models: tuple[str, ...], provider: str, batch_opt:
 @click.option("--samples", type=int, help="Samples for the fidelity (default: all of the data, 8 random).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite the results of an earlier sweep in the folder.")
+@_verbosity
 @click.pass_context
 def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: str, global_rank: bool,
           round_to: int, provider: str, batch_opt: int | None, shape_opts: tuple[str, ...], warmup: int,

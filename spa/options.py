@@ -85,6 +85,8 @@ class PruneOptions:
         providers: ONNX Runtime providers ``target_latency`` and ``consumer_mode="auto"`` measure on
             (None: CPU).
         latency_cache: folder of the per-layer latency tables (default ``$SPA_CACHE_DIR/latency``).
+        shapes: concrete input shapes ``{input: (1, 3, 640, 640)}`` (``--shape``) the report counts MACs
+            at (default: the calibration data's, else a stated representative default).
     """
 
     ratio: float = 0.5
@@ -118,6 +120,7 @@ class PruneOptions:
     prune_head_dim: bool = False
     providers: tuple[str, ...] | None = None
     latency_cache: str | os.PathLike[str] | None = None
+    shapes: Mapping[str, tuple[int, ...]] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the containers once, here
@@ -126,6 +129,14 @@ class PruneOptions:
         set_(self, "criterion_options", MappingProxyType(dict(self.criterion_options)))
         if self.providers is not None:
             set_(self, "providers", tuple(self.providers))
+        if self.shapes is not None:
+            try:
+                shapes = {str(k): tuple(int(d) for d in v) for k, v in dict(self.shapes).items()}
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"shapes (--shape) must map input names to dimension lists ({exc})") from None
+            if any(d < 1 for v in shapes.values() for d in v):
+                raise UsageError(f"shapes (--shape) must be positive, got {shapes}")
+            set_(self, "shapes", MappingProxyType(shapes))
         _check_fraction("ratio (--ratio)", self.ratio)
         for name, value in (("head_ratio (--head-ratio)", self.head_ratio),
                             ("hidden_ratio (--hidden-ratio)", self.hidden_ratio)):

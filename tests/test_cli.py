@@ -23,6 +23,7 @@ from onnx import external_data_helper, numpy_helper
 from spa.cli import cli, main
 from spa.graph.io import save_model
 from spa.version import __version__
+from tests.import_fixtures import unconvertible_old_opset
 from tests.oracle import GraphBuilder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,8 @@ def single_conv_model() -> onnx.ModelProto:
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("models")
     out = {}
-    for name, m in (("m", branchy_model()), ("single", single_conv_model()), ("op9", branchy_model(opset=9))):
+    for name, m in (("m", branchy_model()), ("single", single_conv_model()), ("op9", branchy_model(opset=9)),
+                    ("op8x", unconvertible_old_opset())):
         out[name] = d / f"{name}.onnx"
         onnx.save(m, out[name])
     return out
@@ -298,7 +300,7 @@ def test_subprocess_exit_codes(model: Path, models: dict[str, Path], tmp_path: P
     Path(tmp_path / "text.onnx").write_text("hello")
     cases = [
         (["prune", "text.onnx", "-o", "x.onnx"], 2, "text.onnx"),
-        (["prune", str(models["op9"]), "-o", "x.onnx"], 3, "opset 9"),
+        (["prune", str(models["op8x"]), "-o", "x.onnx"], 3, "opset 8"),
         (["prune", str(model), "-o", "x.onnx", "--ratio", "1.0"], 1, "--ratio"),
         (["prune", str(model), "-o", "p.onnx"], 1, "--force"),
         (["prune", str(model)], 1, "--output"),
@@ -482,11 +484,14 @@ def test_output_into_missing_folder(model: Path, capsys: pytest.CaptureFixture[s
     assert listing(tmp_path) == ["m.onnx"]  # checked before any work: no model written without its report
 
 
-def test_old_opset_is_unsupported(models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "prune", models["op9"], "-o", "p.onnx")
+def test_old_opset_is_converted(models: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "-q", "prune", models["op9"], "-o", "p.onnx", "--report", "r.json")
+    assert code == 0, err
+    assert json.loads(Path("r.json").read_text())["converted_from_opset"] == 9
+    code, _, err = run(capsys, "prune", models["op8x"], "-o", "x.onnx")
     assert code == 3
-    assert_one_line_error(err, "opset 9", "version_converter")
-    assert not Path("p.onnx").exists()
+    assert_one_line_error(err, "opset 8", "version_converter")
+    assert not Path("x.onnx").exists()
 
 
 def test_unknown_criterion(model: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -606,17 +606,18 @@ def qoperator_model() -> onnx.ModelProto:
 
 
 def test_qoperator_ops_are_barriers_with_a_reason() -> None:
+    """QLinearConv/QLinearMatMul are barriers; ConvInteger/MatMulInteger prune like Conv/MatMul (issue 14)."""
     m = qoperator_model()
     a = spa.analyze(m)
     assert a.channel_graph is not None
     for node in m.graph.node:
-        if node.op_type in ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger"):
+        if node.op_type in ("QLinearConv", "QLinearMatMul"):
             info = a.channel_graph.slots[Slot(node.input[0], 1)]  # the quantised input's channel axis
             assert any(node.op_type in r and "QOperator" in r and "QDQ" in r for r in info.reasons), info.reasons
-    for op in ("QLinearConv", "ConvInteger", "QLinearMatMul"):  # the float convs before them are blocked
+    for op in ("QLinearConv", "QLinearMatMul"):  # the float convs before them are blocked
         assert any(not g.prunable and g.reasons[0].startswith(op) for g in a.groups), op
     r = assert_oracle(m, **QDQ_TOL)  # type: ignore[arg-type]
-    assert r.report["num_pruned"] == 2  # the float convs not next to a quantised operator on both sides
+    assert r.report["num_pruned"] == 4  # and the groups on both sides of the ConvInteger
 
 
 def test_qoperator_reason_in_cli_analyze_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,6 @@ import pytest
 from onnx import helper, numpy_helper
 
 import spa
-from spa.errors import UnsupportedModelError
 from tests.oracle import GraphBuilder, assert_oracle
 
 
@@ -55,11 +54,12 @@ def test_identity_and_dropout_are_bypassed() -> None:
     assert not any(n.op_type in ("Identity", "Dropout") for n in r.model.graph.node)
 
 
-def test_old_opset_is_refused_with_a_fix() -> None:
+def test_old_opset_is_converted() -> None:
     m = _conv_chain(11).build()
     m.opset_import[0].version = 9
-    with pytest.raises(UnsupportedModelError, match="version_converter"):
-        spa.analyze(m)
+    r = assert_oracle(m)
+    assert r.report["converted_from_opset"] == 9
+    assert r.model.opset_import[0].version == 13
 
 
 def test_output_loads_in_onnxruntime_even_when_input_ir_is_newer() -> None:

@@ -2,7 +2,13 @@
 
 MACs (multiply–accumulates) are counted by each op's rule (Conv, ConvTranspose, Gemm, MatMul, Einsum,
 the quantised twins) through :func:`spa.analysis.cost.count_macs`. Dynamic dimensions count as 1 (one
-sample); :func:`set_input_shapes` re-infers every shape so that MACs are counted at other concrete shapes.
+sample); :func:`set_input_shapes` re-infers every shape so that MACs are counted at other concrete shapes,
+and :func:`macs_at` counts at given input shapes without changing the graph. When nobody says which
+shapes, :func:`representative_shapes` states a default: batch 1, the height and width of an image input
+224, every other dynamic dimension (a sequence) 128.
+
+>>> representative_dim(0, 4), representative_dim(2, 4), representative_dim(1, 2)
+(1, 224, 128)
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import onnx_graphsurgeon as gs
 
-from spa.graph.model import ModelGraph, infer_shapes
+from spa.analysis.cost import count_macs
+from spa.graph.model import ModelGraph, infer_shapes, shape_of
 from spa.graph.weights import is_float
 from spa.rules.base import dims_product
 
@@ -49,3 +56,39 @@ def set_input_shapes(mg: ModelGraph, shapes: Mapping[str, Sequence[int]]) -> Mod
         if isinstance(t, gs.Variable) and id(t) not in inputs:
             t.shape = dims.get(name)
     return mg
+
+
+#: what :func:`representative_shapes` says it did (the prune report's ``mac_shapes_from``)
+REPRESENTATIVE = "representative default: dynamic batch 1, image height/width 224, other dynamic dims 128"
+
+
+def representative_dim(axis: int, rank: int) -> int:
+    """The size a dynamic dimension is counted at when nobody says: the first axis (batch) 1, axes 2 and
+    3 of a rank-4 input (an image's height and width) 224, any other (a sequence) 128."""
+    if axis == 0:
+        return 1
+    return 224 if rank == 4 and axis >= 2 else 128
+
+
+def representative_shapes(mg: ModelGraph) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes of ``mg``'s inputs: static dimensions as declared, dynamic ones
+    :func:`representative_dim`."""
+    out: dict[str, tuple[int, ...]] = {}
+    for t in mg.graph.inputs:
+        shape = shape_of(t) or ()
+        out[t.name] = tuple(d if isinstance(d, int) else representative_dim(k, len(shape)) for k, d in enumerate(shape))
+    return out
+
+
+def macs_at(mg: ModelGraph, shapes: Mapping[str, Sequence[int]]) -> int:
+    """MACs of one run of ``mg`` at these input shapes; ``mg``'s own shapes are restored afterwards."""
+    declared = {t.name: shape_of(t) for t in mg.graph.inputs}
+    if all(tuple(shapes.get(n, ())) == s for n, s in declared.items()):
+        return count_macs(mg)  # already concrete at exactly these shapes
+    saved = {id(t): (t, None if t.shape is None else list(t.shape))
+             for t in mg.graph.tensors().values() if isinstance(t, gs.Variable)}
+    try:
+        return count_macs(set_input_shapes(mg, shapes))
+    finally:
+        for t, shape in saved.values():
+            t.shape = shape

@@ -12,6 +12,7 @@ sample at a time. A progress bar (rich, on stderr) shows while a terminal is att
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -24,8 +25,8 @@ from onnx import helper
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from spa.calibration.data import CalibrationError, CalibrationSource
-from spa.runtime.feeds import InputSpec, input_specs
+from spa.calibration.data import CalibrationError, CalibrationSource, RandomSource
+from spa.runtime.feeds import InputSpec, input_specs, runnable_shapes
 from spa.runtime.session import session
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,9 @@ def run_batches(
     static = _static_batch(specs)
     total = source.count(specs)
     sessions = _sessions(tapped, source, fetch, static, threads)
+    if isinstance(source, RandomSource) and source.shapes is None:  # sizes the model accepts, not always 8
+        fitted = runnable_shapes(sessions.fixed, batch=1, seed=source.seed)
+        source = dataclasses.replace(source, shapes={k: v[1:] for k, v in fitted.items() if v})
     checked = not check_batching
     with _progress(progress) as bar:
         task = bar.add_task(desc, total=total)

@@ -146,6 +146,8 @@ class ModelGraph:
     metadata: dict[str, str] = field(default_factory=dict)
     producer_name: str = ""
     base_dir: Path | None = None
+    #: the opset of the input when normalisation converted it (None: not converted)
+    converted_from_opset: int | None = None
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
@@ -223,6 +225,7 @@ class ModelGraph:
             metadata=dict(self.metadata),
             producer_name=self.producer_name,
             base_dir=self.base_dir,
+            converted_from_opset=self.converted_from_opset,
         )
 
     # -- queries used by rules -----------------------------------------------------------------------

@@ -5,9 +5,15 @@ The pipeline (:func:`normalize`) is:
 1. drop initializers listed as graph inputs (old exporters) so weights are not taken for inputs;
 2. infer shapes (with data propagation, so computed Reshape targets get shapes);
 3. fold constant subgraphs with onnx-graphsurgeon (``Constant`` nodes become initializers, shape
-   subgraphs become constants) — quantisation nodes are never folded;
+   subgraphs become constants, inside ``If``/``Loop``/``Scan`` bodies too) — quantisation nodes are
+   never folded; an ``If`` whose condition folds to a constant is replaced by its branch
+   (:func:`inline_constant_ifs`; graphsurgeon's own flattening loses branch outputs);
 4. bypass pass-through ``Identity`` and inference ``Dropout`` nodes;
 5. clean up, sort topologically, and infer shapes once more.
+
+A model older than :data:`MIN_OPSET` is first converted to :data:`CONVERT_TO` with
+``onnx.version_converter`` (the result remembers ``converted_from_opset``; :func:`spa.api.load` then
+checks the conversion against the original in ONNX Runtime, which spa.graph does not use).
 
 Each step is a small function ``(graph) -> bool`` that says whether it changed the graph.
 """
@@ -22,13 +28,15 @@ import onnx_graphsurgeon as gs
 
 from spa.errors import InvalidModelError, SpaError, UnsupportedModelError
 from spa.graph.model import ModelGraph, infer_shapes
-from spa.graph.validate_input import validate_input
+from spa.graph.validate_input import forget_placeholder_dims, validate_input
 from spa.graph.weights import attach_external
 
 log = logging.getLogger(__name__)
 
-#: Oldest default-domain opset spa reads.
+#: Oldest default-domain opset spa reads without converting.
 MIN_OPSET = 11
+#: The opset older models are converted to.
+CONVERT_TO = 13
 #: Ops that constant folding must leave alone (folding them would change the model's meaning).
 _NO_FOLD = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "RandomNormal", "RandomUniform",
             "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -40,6 +48,28 @@ def default_opset(model: onnx.ModelProto) -> int:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
     raise InvalidModelError("model imports no default-domain opset")
+
+
+def convert_opset(model: onnx.ModelProto, target: int = CONVERT_TO) -> onnx.ModelProto:
+    """``model`` converted to opset ``target`` with ``onnx.version_converter`` (IR version raised to what
+    the opset needs).
+
+    Raises:
+        UnsupportedModelError: the converter fails, or its result fails the ONNX checker.
+    """
+    opset = default_opset(model)
+    try:
+        converted = onnx.version_converter.convert_version(model, target)
+        converted.ir_version = max(int(converted.ir_version), 7)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # noqa: BLE001 - the converter raises RuntimeError, ValidationError, ...
+        reason = " ".join(str(exc).split())[:200]
+        raise UnsupportedModelError(
+            f"opset {opset} is older than the oldest spa reads ({MIN_OPSET}) and onnx.version_converter cannot "
+            f"convert it to opset {target} ({type(exc).__name__}: {reason}); re-export the model at opset "
+            f"{MIN_OPSET} or newer") from None
+    log.warning("converted the model from opset %d to %d (onnx.version_converter)", opset, target)
+    return converted
 
 
 def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
@@ -91,6 +121,7 @@ def fold_constants(graph: gs.Graph) -> bool:
     try:
         graph.fold_constants(
             error_ok=True,
+            flatten_subgraphs=False,  # graphsurgeon's own flattening loses branch outputs: inline_constant_ifs
             should_exclude_node=lambda n: n.op in _NO_FOLD,
         )
     except Exception as exc:  # noqa: BLE001 - graphsurgeon raises plain exceptions on odd graphs: folding is optional
@@ -98,6 +129,46 @@ def fold_constants(graph: gs.Graph) -> bool:
         return False
     graph.cleanup()
     return len(graph.nodes) != before
+
+
+def inline_constant_ifs(graph: gs.Graph) -> bool:
+    """Replace every ``If`` of ``graph`` whose condition is a constant by the branch it takes.
+
+    The branch's nodes move into ``graph`` (their own tensors renamed so they cannot collide with the
+    outer graph's), and each ``If`` output is produced by an ``Identity`` of the branch output, which
+    :func:`bypass_passthrough` removes later: a branch output may be a node's output, a branch
+    constant or an outer-scope tensor, and each way the ``If``'s consumers keep a producer.
+
+    Returns:
+        Whether any ``If`` was inlined.
+    """
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "If" or not node.inputs or not isinstance(node.inputs[0], gs.Constant):
+            continue
+        cond = bool(node.inputs[0].values.reshape(-1)[0]) if node.inputs[0].values.size else False
+        branch = node.attrs.get("then_branch" if cond else "else_branch")
+        if not isinstance(branch, gs.Graph) or len(branch.outputs) != len(node.outputs):
+            continue
+        outer = {id(t) for t in graph.tensors().values()} - {id(t) for n in branch.nodes for t in n.outputs}
+        suffix = f"__{node.name or 'if'}_{'then' if cond else 'else'}"
+        for t in branch.tensors().values():
+            if id(t) not in outer and t.name:
+                t.name += suffix
+        outs = list(node.outputs)
+        node.inputs.clear()
+        node.outputs.clear()
+        moved = list(branch.nodes) + [
+            gs.Node("Identity", name=f"{o.name}{suffix}_out", inputs=[b], outputs=[o])
+            for b, o in zip(branch.outputs, outs)]
+        branch.nodes.clear()
+        at = graph.nodes.index(node)
+        graph.nodes[at:at + 1] = moved
+        log.info("If '%s' has a constant condition (%s): inlined its branch", node.name, cond)
+        changed = True
+    if changed:
+        graph.cleanup()
+    return changed
 
 
 def constant_nodes_to_initializers(graph: gs.Graph) -> bool:
@@ -135,24 +206,24 @@ def normalize(model: onnx.ModelProto, *, fold: bool = True, base_dir: Path | Non
         A :class:`~spa.graph.model.ModelGraph` with shapes inferred.
 
     Raises:
-        UnsupportedModelError: the opset is older than :data:`MIN_OPSET`.
+        UnsupportedModelError: the opset is older than :data:`MIN_OPSET` and cannot be converted.
     """
     if not model.graph.node and not model.graph.output:
         raise InvalidModelError("model has an empty graph (no nodes and no outputs); nothing to prune")
     opset = default_opset(model)
-    if opset < MIN_OPSET:
-        raise UnsupportedModelError(
-            f"opset {opset} is older than the oldest spa reads ({MIN_OPSET}); convert it first with "
-            f"onnx.version_converter.convert_version(model, {MIN_OPSET + 2})"
-        )
     newest = onnx.defs.onnx_opset_version()
     if opset > newest:
         raise UnsupportedModelError(
             f"opset {opset} is newer than this onnx package knows ({newest}); upgrade onnx"
         )
-    validate_input(model)
     m = onnx.ModelProto()
     m.CopyFrom(model)
+    forget_placeholder_dims(m)
+    validate_input(m)
+    converted_from = None
+    if opset < MIN_OPSET:
+        m, converted_from = convert_opset(m), opset
+        model = m
     _drop_initializer_inputs(m)
     m = infer_shapes(m)
     try:
@@ -162,9 +233,13 @@ def normalize(model: onnx.ModelProto, *, fold: bool = True, base_dir: Path | Non
         constant_nodes_to_initializers(graph)
         if fold:
             fold_constants(graph)
+            if inline_constant_ifs(graph):
+                fold_constants(graph)
         bypass_passthrough(graph)
         graph.cleanup().toposort()
-        return ModelGraph.from_graph(graph, template=model, base_dir=base_dir)
+        mg = ModelGraph.from_graph(graph, template=model, base_dir=base_dir)
+        mg.converted_from_opset = converted_from
+        return mg
     except SpaError:
         raise
     except Exception as exc:  # graphsurgeon/onnx helpers fail on malformed graphs: say so in one line

@@ -5,7 +5,9 @@ is wrong, never in a crash deep inside onnx, onnx-graphsurgeon or numpy (or an a
 inference). The checks are cheap and run on every model:
 
 * every initializer's data matches its dims and type (external data is checked when it is mapped);
-* no declared dimension is negative (onnx's shape inference aborts the process on some of them);
+* no declared dimension is negative (onnx's shape inference aborts the process on some of them) —
+  :func:`forget_placeholder_dims` first turns the ``-1`` (and, on intermediate tensors, ``0``) that
+  exporters such as paddle2onnx write for "unknown" into unknown dimensions;
 * constant Resize/Upsample scales and roi are finite (ONNX Runtime aborts the process on a NaN scale);
 * the ONNX checker (structure, SSA, topological order, attribute types); a model the checker rejects
   but ONNX Runtime loads is accepted with a warning — exporters ship such models.
@@ -57,6 +59,37 @@ def check_initializers(model: onnx.ModelProto) -> None:
                 raise InvalidModelError(
                     f"initializer '{t.name}' holds {stored} values but dims {list(t.dims)} need {n}; "
                     "the file is corrupt or was edited — re-export the model")
+
+
+def forget_placeholder_dims(model: onnx.ModelProto) -> int:
+    """Make placeholder dimensions unknown, in place; returns how many were changed.
+
+    paddle2onnx (and some hand-written graphs) declare ``-1`` for a dimension they do not know, on
+    graph inputs, outputs and ``value_info``, and ``0`` on intermediate tensors. Neither is a size:
+    both become unknown (no ``dim_value``, no ``dim_param``), so shape inference recomputes them. A
+    ``0`` on a graph input is left alone (an empty input is a size, whatever its use).
+
+    >>> m = onnx.helper.make_model(onnx.helper.make_graph([], "g",
+    ...     [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [-1, 3])],
+    ...     [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [0, 3])]))
+    >>> forget_placeholder_dims(m), m.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
+    (2, False)
+    """
+    g = model.graph
+    inputs = {vi.name for vi in g.input}
+    changed = 0
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            continue
+        placeholder_zero = vi.name not in inputs
+        for d in tt.shape.dim:
+            if d.HasField("dim_value") and (d.dim_value < 0 or (d.dim_value == 0 and placeholder_zero)):
+                d.Clear()
+                changed += 1
+    if changed:
+        log.info("%d placeholder dimensions (-1 or 0) declared in the model are treated as unknown", changed)
+    return changed
 
 
 def check_dims(model: onnx.ModelProto) -> None:

@@ -12,7 +12,9 @@ from spa.rules.gemm_matmul import GemmRule, MatMulRule
 from spa.rules.norm import HiddenNormRule, PerChannelNormRule, StatsOverAxisRule
 from spa.rules.pooling import AxisOpRule, PoolRule, ReduceRule
 from spa.rules.quant import (
+    ConvIntegerRule,
     DynamicQuantizeRule,
+    MatMulIntegerRule,
     MsQOperatorRule,
     MsQuantizeDequantizeRule,
     QOperatorRule,
@@ -55,6 +57,8 @@ DEFAULT_RULES: tuple[ChannelRule, ...] = (
     QuantizeDequantizeRule(),
     MsQuantizeDequantizeRule(),
     DynamicQuantizeRule(),
+    ConvIntegerRule(),
+    MatMulIntegerRule(),
     QOperatorRule(),
     MsQOperatorRule(),
 )

@@ -19,11 +19,22 @@ pairs (and its weights in a ``DequantizeLinear`` of an int8 initializer). Channe
   kernel axes (2 and up of a constant of rank >= 3) are linked but are not members: they never carry
   channels (a float Conv weight's kernel axes are not members either).
 
-``DynamicQuantizeLinear`` (per-tensor, computed scale) is identity between ``x`` and ``y``.
+``DynamicQuantizeLinear`` (per-tensor, computed scale) is identity between ``x`` and ``y``. Its scale
+comes from ``min(0, min x)`` and ``max(0, max x)`` over the whole tensor, so the masked twin multiplies
+the removed channels of ``x`` by 0 first (:meth:`DynamicQuantizeRule.twin`): the pruned model, which does
+not have them, then quantises with exactly the same scale and zero point.
 
-``QLinearConv``, ``QLinearMatMul``, ``ConvInteger``, ``MatMulInteger`` and ORT's ``com.microsoft``
-QOperator kernels hold their weights quantised inside one node with scales that spa does not rewrite:
-every axis they touch is blocked, with a reason that says how to get a QDQ model instead.
+``ConvInteger`` and ``MatMulInteger`` (what ONNX Runtime's ``quantize_dynamic`` writes, fed by
+``DynamicQuantizeLinear``) compute ``Σ (x - x_zp)·(w - w_zp)`` in integers: they couple channels as their
+float twins Conv and MatMul do, a per-output-channel ``w_zero_point`` is a ``param`` member sliced with
+its channel, and a removed input channel's weight slice is set to the zero point in the masked twin
+(:meth:`~spa.rules.base.ChannelRule.neutral_value`), so its products are 0. Their MACs are the float
+twins' and scale with the kept channels. The float scale of the result (``Mul`` by
+``x_scale · w_scale``, per channel for per-channel quantisation) is an ordinary elementwise ``Mul``.
+
+``QLinearConv``, ``QLinearMatMul`` and ORT's ``com.microsoft`` QOperator kernels hold their weights
+quantised inside one node with output scales that spa does not rewrite: every axis they touch is
+blocked, with a reason that says how to get a QDQ model instead.
 
 >>> from spa.rules.base import Slot
 >>> [r.slot for r in _param_links("s", 0, "y", 1, const=True) if isinstance(r, Member)]
@@ -39,6 +50,7 @@ from spa.graph.model import Dim
 from spa.rules.base import (
     Barrier,
     ChannelRule,
+    Choice,
     Cost,
     Link,
     Member,
@@ -46,17 +58,21 @@ from spa.rules.base import (
     Relation,
     Role,
     Slot,
+    Statistic,
+    Tag,
+    TwinContext,
     norm_axis,
     same_dim,
     static,
 )
-from spa.rules.conv import conv_cost
-from spa.rules.gemm_matmul import matmul_cost
+from spa.rules.conv import ConvRule, conv_cost
+from spa.rules.gemm_matmul import MatMulRule, matmul_cost
+from spa.rules.views import Consumer
 
 MS_DOMAIN = "com.microsoft"
 
-#: quantised operators of the default domain (QOperator format)
-QOPERATOR_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
+#: quantised operators of the default domain (QOperator format) that stay barriers
+QOPERATOR_OPS = ("QLinearConv", "QLinearMatMul")
 #: ORT's quantised contrib kernels (com.microsoft)
 MS_QOPERATOR_OPS = (
     "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QLinearConcat",
@@ -164,6 +180,129 @@ class DynamicQuantizeRule(ChannelRule):
             return ctx.barrier_all(f"DynamicQuantizeLinear '{ctx.node.name}': shapes unknown")
         return [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(r)]
 
+    def twin(self, ctx: NodeContext, tw: TwinContext) -> None:
+        """Zero the removed elements of ``x`` before quantising: the scale is computed over the whole
+        tensor (and always spans 0), so the twin then quantises exactly as the pruned model does."""
+        x = ctx.input(0)
+        shape = ctx.shape(x)
+        if x is None or shape is None:
+            return
+        mask: np.ndarray | None = None
+        for axis, d in enumerate(shape):
+            if not isinstance(d, int):
+                continue
+            m = tw.mask(x, axis, d)
+            if m is None:
+                continue
+            view = [1] * len(shape)
+            view[axis] = d
+            mask = m.reshape(view) if mask is None else mask & m.reshape(view)
+        if mask is not None:
+            ctx.node.inputs[0] = tw.op("Mul", [x, tw.constant(mask.astype(np.float32), x)], x)
+
+
+def _mentions(rel: Relation, name: str) -> bool:
+    """Whether a relation touches tensor ``name``."""
+    if isinstance(rel, Link):
+        return name in (rel.a.tensor, rel.b.tensor)
+    if isinstance(rel, Barrier):
+        return rel.tensor == name
+    if isinstance(rel, Choice):
+        return any(_mentions(o, name) for o in rel.options)
+    if isinstance(rel, (Member, Tag, Statistic)):
+        return rel.slot.tensor == name
+    return False
+
+
+def _zero_point(ctx: NodeContext, zp: gs.Tensor | None, out: str, o_axis: int, what: str) -> list[Relation] | str:
+    """A zero point of a ConvInteger/MatMulInteger: per-tensor couples nothing; a vector is linked to
+    ``out``'s axis ``o_axis`` (a ``param`` member when constant); anything else is a reason."""
+    if zp is None:
+        return []
+    sz = ctx.shape(zp)
+    if sz is None:
+        return f"shape of {what} '{zp.name}' unknown"
+    if len(sz) == 0 or (len(sz) == 1 and static(sz[0]) == 1):
+        return []
+    if len(sz) == 1 and o_axis >= 0:
+        return _param_links(zp.name, 0, out, o_axis, const=ctx.is_const(zp))
+    return f"{what} '{zp.name}' of shape {list(sz)} not understood"
+
+
+def _integer_neutral(ctx: NodeContext, t: gs.Constant, values: np.ndarray, axis: int) -> np.ndarray | int | None:
+    """The weight ``w`` (input 1) of ConvInteger/MatMulInteger contributes nothing at ``w = w_zero_point``:
+    the scalar, or the per-channel vector broadcast along ``axis`` of ``w``; 0 without a zero point."""
+    if len(ctx.node.inputs) < 2 or ctx.node.inputs[1] is not t:
+        return None
+    zp = ctx.node.inputs[3] if len(ctx.node.inputs) > 3 else None
+    if zp is None or not zp.name:
+        return 0
+    if not isinstance(zp, gs.Constant):
+        return None
+    z = np.asarray(zp.values)
+    if z.size == 1:
+        return int(z.reshape(-1)[0])
+    shape = [1] * values.ndim
+    shape[axis % values.ndim] = z.size
+    return np.broadcast_to(z.reshape(shape), values.shape)
+
+
+class ConvIntegerRule(ConvRule):
+    """ConvInteger (``x, w[, x_zero_point, w_zero_point] -> y`` int32): channels as the float Conv; a
+    per-output-channel ``w_zero_point`` is linked to ``y``'s channel axis."""
+
+    op_types = ("ConvInteger",)
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        x_zp, w_zp, y = ctx.input(2), ctx.input(3), ctx.output(0)
+        rels = ConvRule.relate(self, ctx)  # reads input 2 as a bias: drop what it said about x_zero_point
+        if x_zp is not None:  # x_zero_point is a scalar (the spec's ConvInteger): nothing of it is channelled
+            rels = [r for r in rels if not _mentions(r, x_zp.name)]
+        if y is None:
+            return rels
+        for zp, axis, what in ((x_zp, -1, "x_zero_point"), (w_zp, 1, "w_zero_point")):
+            more = _zero_point(ctx, zp, y.name, axis, what)
+            if isinstance(more, str):
+                return ctx.barrier_all(f"ConvInteger '{ctx.node.name}': {more}")
+            rels += more
+        return rels
+
+    def neutral_value(self, ctx: NodeContext, t: gs.Constant, values: np.ndarray) -> np.ndarray | int | None:
+        """A weight slice set to ``w_zero_point`` (per output channel: along axis 0)."""
+        return _integer_neutral(ctx, t, values, 0)
+
+    def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
+        """None: the weight holds integers whose float value needs the scales of another node."""
+        return f"ConvInteger '{ctx.node.name}' holds quantized weights"
+
+
+class MatMulIntegerRule(MatMulRule):
+    """MatMulInteger (``a, b[, a_zero_point, b_zero_point] -> y`` int32): channels as the float MatMul;
+    a per-column ``b_zero_point`` is linked to ``y``'s last axis."""
+
+    op_types = ("MatMulInteger",)
+
+    def relate(self, ctx: NodeContext) -> list[Relation]:
+        rels = MatMulRule.relate(self, ctx)
+        a_zp, b_zp, y = ctx.input(2), ctx.input(3), ctx.output(0)
+        ry = ctx.rank(y)
+        if y is None or ry is None:
+            return rels
+        for zp, axis, what in ((a_zp, -1, "a_zero_point"), (b_zp, ry - 1, "b_zero_point")):
+            more = _zero_point(ctx, zp, y.name, axis, what)
+            if isinstance(more, str):
+                return ctx.barrier_all(f"MatMulInteger '{ctx.node.name}': {more}")
+            rels += more
+        return rels
+
+    def neutral_value(self, ctx: NodeContext, t: gs.Constant, values: np.ndarray) -> np.ndarray | int | None:
+        """A weight slice set to ``b_zero_point`` (per column: along the last axis)."""
+        return _integer_neutral(ctx, t, values, -1)
+
+    def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
+        """None: the weight holds integers whose float value needs the scales of another node."""
+        return f"MatMulInteger '{ctx.node.name}' holds quantized weights"
+
 
 class MsQuantizeDequantizeRule(QuantizeDequantizeRule):
     """ORT's ``com.microsoft`` QuantizeLinear / DequantizeLinear (16-bit types): same semantics."""
@@ -189,17 +328,16 @@ class QOperatorRule(ChannelRule):
         return rels
 
     def cost(self, ctx: NodeContext) -> Cost | None:
-        """Counted like the float twin (the data input is 0, the weight input 1 or — with the scales and
-        zero points between — 3): ``ConvInteger``/``QLinearConv`` as Conv (``numel(y)·(C/g)·Πk``),
-        ``MatMulInteger``/``QLinearMatMul`` as MatMul (``numel(y)·K``). Every axis is blocked, so the
-        MACs scale with nothing. The contrib kernels are not counted."""
+        """Counted like the float twin (the data input is 0, the weight input — with the scales and zero
+        points between — 3): ``QLinearConv`` as Conv (``numel(y)·(C/g)·Πk``), ``QLinearMatMul`` as MatMul
+        (``numel(y)·K``). Every axis is blocked, so the MACs scale with nothing. The contrib kernels are
+        not counted."""
         op = ctx.node.op
         if self.domain != "" or op not in QOPERATOR_OPS:
             return None
-        w_index = 3 if op.startswith("QLinear") else 1
-        if op.endswith(("Conv", "ConvInteger")):
-            return conv_cost(ctx, 0, w_index, scale=False)
-        return matmul_cost(ctx, 0, w_index, scale=False)
+        if op == "QLinearConv":
+            return conv_cost(ctx, 0, 3, scale=False)
+        return matmul_cost(ctx, 0, 3, scale=False)
 
 
 class MsQOperatorRule(QOperatorRule):

@@ -29,6 +29,9 @@ from spa.errors import UsageError, ValidationError
 
 Shapes = dict[str, tuple[int, ...]]
 DYNAMIC_DIM = 8
+#: sizes tried, in order, for the dynamic non-batch dimensions of a model's inputs by :func:`runnable_shapes`
+#: (text detectors need multiples of 32, face-proposal nets at least 12, FPNs a multiple of their stride)
+PROBE_DIMS = (8, 32, 64, 128, 224, 320, 640)
 
 #: numpy dtypes of ONNX Runtime's input type strings
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
@@ -110,6 +113,39 @@ def random_inputs(
         else:
             raise ValidationError(f"input '{name}' has type {typ}; spa cannot make random data for it")
     return feeds
+
+
+def runnable_shapes(sess: ort.InferenceSession, shapes: Mapping[str, tuple[int, ...]] | None = None, *,
+                    batch: int = 2, seed: int = 0) -> Shapes:
+    """Concrete input shapes ``sess`` really runs at.
+
+    Shapes in ``shapes`` are kept; a dynamic first dimension is ``batch``; every other dynamic dimension
+    takes the first size of :data:`PROBE_DIMS` at which ONNX Runtime runs the model on random inputs
+    (one run per size tried; none when nothing is dynamic). When no size runs, the first is returned
+    and the caller's own run reports the error.
+    """
+    specs = input_specs(sess)
+
+    def dynamic(d: object) -> bool:
+        return not (isinstance(d, int) and d >= 0)
+
+    def at(dim: int) -> Shapes:
+        return {s.name: tuple(shapes[s.name]) if shapes and s.name in shapes else
+                tuple(d if isinstance(d, int) and d >= 0 else (batch if k == 0 else dim)
+                      for k, d in enumerate(s.shape)) for s in specs}
+
+    if not any(dynamic(d) for s in specs if not (shapes and s.name in shapes) for d in s.shape[1:]):
+        return at(DYNAMIC_DIM)
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # a refused size is expected here: no ONNX Runtime error log
+    for dim in PROBE_DIMS:
+        candidate = at(dim)
+        try:
+            sess.run(None, random_inputs(sess, seed=seed, shapes=candidate), quiet)
+        except Exception:  # noqa: BLE001 - ONNX Runtime refuses a size with untyped errors: try the next one
+            continue
+        return candidate
+    return at(DYNAMIC_DIM)
 
 
 def _concrete(model: str, name: str, declared: Sequence[object], given: tuple[int, ...] | None,
