@@ -126,3 +126,24 @@ def test_stale_cache_is_rebuilt_with_a_warning(tmp_path: Path, caplog: pytest.Lo
     assert "rebuilding" in caplog.text
     assert result.report["latency_counts"]["table_ms_original"] < 1e5  # type: ignore[index]
     assert json.loads(path.read_text())["format"] == lut.FORMAT
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_concat_groups_keep_an_even_share_per_producer_block(zoo_export, exporter: str) -> None:  # type: ignore[no-untyped-def]
+    from spa.reorder.blocks import channel_blocks
+
+    result = assert_oracle(str(zoo_export("densenet", exporter)), ratio=0.5)
+    checked = 0
+    for gp in result.plan.groups:
+        blocks = channel_blocks(result.analysis, gp.group)
+        ids = sorted(set(blocks.tolist()) - {-1})
+        if len(ids) < 2:
+            continue
+        removed = np.zeros(len(blocks), dtype=bool)
+        removed[list(gp.removed)] = True
+        for b in ids:
+            n = int(np.sum(blocks == b))
+            kept = n - int(np.sum(removed[blocks == b]))
+            assert kept % (8 if n >= 16 else 2) == 0 or kept in (1, n), (gp.group, b, n, kept)
+        checked += 1
+    assert checked

@@ -18,6 +18,10 @@ is cheaper, while the budget stays where the exact counts put it:
    latency first), as long as the model's MACs stay within the exact plan's (plus :data:`MACS_SLACK` of
    the original's). So the MACs budget goes where it costs the least time: a group whose next block is
    almost free grows, one whose extra channels are dear shrinks.
+   In a Concat group (DenseNet, Inception, FPN: :func:`spa.reorder.blocks.channel_blocks` finds one block
+   per producer) a candidate count is shared out evenly: every producer block keeps the same fraction of
+   its channels, in multiples of 8 (:func:`block_removed`), so every consumer's input is a sum of regular
+   counts rather than whatever the criterion's global ranking left of each block.
 3. **Never worse.** If the table predicts the exact counts faster (it never should), they are kept.
 
 Only the table is consulted (layers measured on first use, then cached per provider + device), so a
@@ -50,6 +54,7 @@ from spa.analysis.groups import Analysis
 from spa.latency.layers import LayerConfig, Shape, concrete_shapes, cost_nodes, node_config
 from spa.latency.lut import CPU, LatencyTable
 from spa.plan import Plan, removed_for_count, with_removed
+from spa.reorder.blocks import channel_blocks
 from spa.rules.base import NodeContext, Slot
 from spa.rules.defaults import default_registry
 from spa.rules.registry import RuleRegistry
@@ -167,10 +172,17 @@ class CountChooser:
         channels = self.analysis.groups[gid].channels
         hard = [s for s in labels if s in self._aligned]
         counts = candidates(exact, channels, self.block, aligned_only=bool(hard), floor=self.min_channels)
+        blocks = channel_blocks(self.analysis, gid)
+        per_block = len(set(blocks.tolist()) - {-1}) > 1 and not hard
         out: list[_Option] = []
         seen: set[tuple[int, ...]] = set()
         for k in counts:
-            removed = removed_for_count(self.analysis, gid, k, scores, self.min_channels) if k < channels else ()
+            if k >= channels:
+                removed: tuple[int, ...] = ()
+            elif per_block:
+                removed = block_removed(blocks, k, scores)
+            else:
+                removed = removed_for_count(self.analysis, gid, k, scores, self.min_channels)
             if removed in seen:
                 continue
             gone = np.asarray(removed, dtype=np.int64)
@@ -226,6 +238,28 @@ class CountChooser:
         if cfg is None:
             return None
         return self.table.layer_ms(cfg)
+
+
+def block_removed(blocks: np.ndarray, kept: int, scores: np.ndarray) -> tuple[int, ...]:
+    """A Concat group's removed channels when every producer block keeps the same share ``kept / C`` of
+    its channels, in multiples of 8 (of 2 in blocks under 16 channels; at least one), its best-scored.
+
+    >>> blocks = np.array([0] * 32 + [1] * 16 + [2] * 6)
+    >>> gone = block_removed(blocks, 27, np.arange(54.0))
+    >>> [int(np.sum(blocks[list(gone)] == b)) for b in range(3)], gone[-2:]   # removed per block
+    ([16, 8, 2], (48, 49))
+    """
+    share = kept / len(blocks)
+    removed: list[int] = []
+    for b in np.unique(blocks):
+        idx = np.flatnonzero(blocks == b)
+        n = len(idx)
+        step = 8 if n >= 16 else 2
+        k = min(n, max(1, step * int(round(share * n / step)))) if b >= 0 else n - int(round((1 - share) * n))
+        k = max(1, k)
+        order = idx[np.lexsort((idx, -scores[idx]))]  # best first, ties by index
+        removed += order[k:].tolist()
+    return tuple(sorted(removed))
 
 
 def _exact_sizes(analysis: Analysis, plan: Plan) -> dict[int, dict[Slot, tuple[int, int]]]:
