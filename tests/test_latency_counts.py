@@ -147,3 +147,17 @@ def test_concat_groups_keep_an_even_share_per_producer_block(zoo_export, exporte
             assert kept % (8 if n >= 16 else 2) == 0 or kept in (1, n), (gp.group, b, n, kept)
         checked += 1
     assert checked
+
+
+def test_a_budget_search_reuses_the_chooser_without_stale_latencies() -> None:
+    """One chooser serves every plan of a --target-latency/--target-macs search: same choices as fresh ones."""
+    from spa.analysis.groups import analyze_graph
+    from spa.latency.counts import LatencyCounts
+    from spa.plan import make_plan
+
+    analysis = analyze_graph(spa.load(_cnn()))
+    scores = {g.id: np.arange(g.channels, dtype=float) for g in analysis.prunable}
+    shared = LatencyCounts(analysis)
+    for r in (0.3, 0.6, 0.45):
+        plan = make_plan(analysis, scores, r, round_to="latency")
+        assert shared(plan, scores) == LatencyCounts(analysis)(plan, scores)

@@ -7,7 +7,8 @@ cost what 80 cost, and a depthwise convolution off the block falls back to a slo
 moves each group's count to a nearby one that the per-layer latency table (:mod:`spa.latency.lut`) says
 is cheaper, while the budget stays where the exact counts put it:
 
-1. **Candidates.** Per pruned group: ``k`` itself and the multiples of the SIMD block (and of 8) around
+1. **Candidates.** Per pruned channel group (attention-head and hidden-size groups keep their exact
+   counts): ``k`` itself and the multiples of the SIMD block (and of 8) around
    it, at most :data:`STEPS` blocks either side and within :data:`SPAN` of ``k`` (always at least the
    nearest multiple below and above). Groups feeding a depthwise or grouped convolution (the rules'
    :meth:`~spa.rules.base.ChannelRule.aligned_slots`) keep only counts whose slots are whole blocks —
@@ -144,7 +145,6 @@ class CountChooser:
     min_channels: int = 1
     _nodes: dict[str, gs.Node] = field(default_factory=dict)
     _aligned: frozenset[Slot] = frozenset()
-    _cache: dict[tuple[str, tuple[int, ...]], float] = field(default_factory=dict)
 
     @classmethod
     def build(cls, analysis: Analysis, table: LatencyTable, input_shapes: Mapping[str, Sequence[int]],
@@ -206,7 +206,8 @@ class CountChooser:
                progress: Callable[[str], None] | None = None) -> tuple[Plan, dict[str, object]]:
         """``plan`` (exact counts) with every constrained group's count chosen by latency; and a record
         (per group: exact and chosen count; predicted table latency and MACs of both)."""
-        groups = [gp for gp in plan.groups if not gp.consumers and gp.group in scores]
+        groups = [gp for gp in plan.groups if not gp.consumers and gp.group in scores
+                  and self.analysis.groups[gp.group].kind == "channel"]  # heads and the hidden size stay exact
         if not groups:
             return plan, {"block": self.block, "groups": 0, "moved": 0}
         opts = {gp.group: self._options(gp.group, gp.kept, scores[gp.group]) for gp in groups}
@@ -285,6 +286,8 @@ class _Problem:
     by_group_macs: dict[int, list[int]]
     macs0: float
     exact_kept: dict[int, int]
+    #: layer latency by (layer, option index of each group touching it): option lists are this plan's
+    cache: dict[tuple[str, tuple[int, ...]], float] = field(default_factory=dict)
 
     @classmethod
     def build(cls, chooser: CountChooser, opts: dict[int, list[_Option]],
@@ -329,11 +332,11 @@ class _Problem:
     def _layer(self, name: str, state: Mapping[int, int]) -> float:
         groups = self.layers[name]
         key = (name, tuple(state[g] for g in groups))
-        hit = self.chooser._cache.get(key)
+        hit = self.cache.get(key)
         if hit is None:
             ms = self.chooser.layer_ms(name, self._sizes(state, groups))
             hit = ms if ms is not None else 0.0
-            self.chooser._cache[key] = hit
+            self.cache[key] = hit
         return hit
 
     def _macs(self, i: int, state: Mapping[int, int]) -> float:
