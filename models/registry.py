@@ -17,8 +17,9 @@ from models.densenet import densenet121_like, densenet_tiny
 from models.efficientnet import efficientnet_b0_like, efficientnet_tiny
 from models.fpn import fpn_tiny
 from models.mobilenet import mobilenetv2_full, mobilenetv2_tiny, mobilenetv3_tiny
+from models.regnet import regnety_400mf_like, regnety_tiny
 from models.resnet import resnet50_like, resnet_basic_tiny, resnet_bottleneck_tiny
-from models.resnext import resnext_tiny
+from models.resnext import resnext50_32x4d_like, resnext_tiny
 from models.shufflenet import shufflenetv2_tiny
 from models.transformers import TOKEN_FEATURES, bert_fused_tiny, bert_tiny, convnext_tiny, swin_tiny, vit_tiny
 from models.unet import unet_tiny
@@ -48,6 +49,7 @@ TINY_MODELS: dict[str, ModelFactory] = {
     "mobilenetv3": _entry(mobilenetv3_tiny, SHAPE_32),
     "densenet": _entry(densenet_tiny, SHAPE_32),
     "resnext": _entry(resnext_tiny, SHAPE_32),
+    "regnety": _entry(regnety_tiny, SHAPE_32),
     "shufflenetv2": _entry(shufflenetv2_tiny, SHAPE_32),
     "efficientnet": _entry(efficientnet_tiny, SHAPE_32),
     "unet": _entry(unet_tiny, SHAPE_32),
@@ -67,6 +69,8 @@ LARGE_MODELS: dict[str, ModelFactory] = {
     "mobilenetv2_full": _entry(mobilenetv2_full, SHAPE_224),
     "densenet121": _entry(densenet121_like, SHAPE_224),
     "efficientnet_b0_like": _entry(efficientnet_b0_like, SHAPE_224),
+    "resnext50_32x4d": _entry(resnext50_32x4d_like, SHAPE_224),
+    "regnety_400mf": _entry(regnety_400mf_like, SHAPE_224),
 }
 
 

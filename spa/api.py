@@ -31,12 +31,14 @@ from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
 from spa.graph.save import graph_bytes, save_graph
 from spa.latency.cost import choose_modes
+from spa.latency.counts import LatencyCounts
 from spa.latency.solve import solve_latency
 from spa.options import PruneOptions, coerce
 from spa.plan import Plan, make_plan
 from spa.reorder.unconstrained import copies, unconstrain
 from spa.rules.registry import RuleRegistry
 from spa.runtime.feeds import InputSpec
+from spa.runtime.providers import cuda_device_present
 from spa.runtime.session import session
 from spa.surgery import kept_indices, masked_twin, prune_model
 from spa.validate.oracle import verify  # re-exported: spa.verify, the mask oracle
@@ -240,7 +242,7 @@ def prune(
     stage(f"scoring {len(analysis.prunable)} groups ({opts.criterion})")
     scores = crit.score(analysis, cctx)
     stage("planning" + (" (measuring latencies)" if opts.target_latency is not None else ""))
-    plan, latency_record = _solve_plan(analysis, scores, opts, registry)
+    plan, latency_record, counts_record = _solve_plan(analysis, scores, opts, registry, stage)
     stage(f"pruning {len(plan.groups)} groups")
     updates = crit.compensate(analysis, plan, cctx)
     pruned_mg = prune_model(analysis, plan, registry, updates=updates)
@@ -249,6 +251,7 @@ def prune(
         stage("building the masked twin")
     masked = masked_twin(analysis, plan, updates, registry) if opts.emit_masked else None
     report = _report(opts, analysis, plan, mg, pruned_mg, cctx, updates) | checks | {"target_latency": latency_record}
+    report |= _predicted_latency(report, counts_record)
     return PruneResult(pruned_mg, plan, analysis, report, masked, _protos=protos)
 
 
@@ -264,30 +267,58 @@ def _criterion_context(opts: PruneOptions) -> CriterionContext:
     return cctx
 
 
-def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions,
-                registry: RuleRegistry | None = None) -> tuple[Plan, dict[str, object] | None]:
-    """The plan the budget asks for (a ratio, a MACs/params target or a latency target), made
-    unconstrained when asked; also the latency search's record (None without ``target_latency``)."""
+def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions, registry: RuleRegistry | None = None,
+                stage: Callable[[str], None] | None = None
+                ) -> tuple[Plan, dict[str, object] | None, dict[str, object]]:
+    """The plan the budget asks for (a ratio, a MACs/params target or a latency target), with channel
+    counts chosen by latency (``round_to="latency"``), made unconstrained when asked; also the latency
+    search's record (None without ``target_latency``) and the count choice's (empty unless
+    ``round_to="latency"``)."""
     kinds = opts.kind_ratios()
+    providers = list(opts.providers) if opts.providers is not None else None
+    round_to = opts.round_to if opts.round_to != "auto" else (8 if cuda_device_present() else 16)
+    say = (lambda what: stage(f"planning: {what}")) if stage is not None else None
+    counts = LatencyCounts(analysis, providers, opts.latency_cache, registry, opts.min_channels, say)
 
     def plan_for(r: float) -> Plan:
-        return make_plan(analysis, scores, r, criterion=opts.criterion, global_rank=opts.global_rank,
-                         max_ratio=opts.max_ratio, round_to=opts.round_to, min_channels=opts.min_channels,
+        plan = make_plan(analysis, scores, r, criterion=opts.criterion, global_rank=opts.global_rank,
+                         max_ratio=opts.max_ratio, round_to=round_to, min_channels=opts.min_channels,
                          ignore=opts.ignore, overrides=opts.overrides, kind_ratio=kinds)
+        return counts(plan, scores) if round_to == "latency" else plan
 
-    providers = list(opts.providers) if opts.providers is not None else None
     record: dict[str, object] | None = None
-    if opts.target_latency is not None:
-        plan, record = solve_latency(analysis, plan_for, lambda p: prune_model(analysis, p, registry).to_onnx(),
-                                     opts.target_latency, providers=providers, cache_dir=opts.latency_cache)
-    elif opts.target_macs is not None or opts.target_params is not None:
-        plan = solve_ratio(analysis, plan_for, target_macs=opts.target_macs, target_params=opts.target_params)
-    else:
-        plan = plan_for(opts.ratio)
+    try:
+        if opts.target_latency is not None:
+            plan, record = solve_latency(analysis, plan_for, lambda p: prune_model(analysis, p, registry).to_onnx(),
+                                         opts.target_latency, providers=providers, cache_dir=opts.latency_cache)
+        elif opts.target_macs is not None or opts.target_params is not None:
+            plan = solve_ratio(analysis, plan_for, target_macs=opts.target_macs, target_params=opts.target_params)
+        else:
+            plan = plan_for(opts.ratio)
+    finally:
+        counts.save()
+    counts_record = counts.record_for(plan)
     if opts.unconstrained:
         plan = unconstrain(analysis, plan, reorder=opts.reorder)
         plan = choose_modes(analysis, plan, opts.consumer_mode, providers=providers)
-    return plan, record
+    return plan, record, counts_record
+
+
+def _predicted_latency(report: dict[str, object], counts: dict[str, object]) -> dict[str, object]:
+    """The report's ``latency_counts`` (what ``--round-to latency`` chose) and ``predicted_latency``: the
+    per-layer table's latency of the pruned graph's layers as a fraction of the original's, and the
+    efficiency it implies (MACs fraction ÷ latency fraction; 1 = every MAC removed saves its share of
+    time). Both None when no table was used (``--round-to`` an integer)."""
+    if not counts or not counts.get("table_ms_original"):
+        return {"latency_counts": None, "predicted_latency": None}
+    original = float(counts["table_ms_original"])  # type: ignore[arg-type]
+    pruned = float(counts.get("table_ms_chosen", original))  # type: ignore[arg-type]
+    macs = float(report["macs_after"]) / max(1.0, float(report["macs_before"]))  # type: ignore[arg-type]
+    fraction = pruned / original
+    return {"latency_counts": counts,
+            "predicted_latency": {"table_ms_original": original, "table_ms_pruned": pruned,
+                                  "fraction": round(fraction, 4), "macs_fraction": round(macs, 4),
+                                  "efficiency": round(macs / fraction, 4) if fraction > 0 else None}}
 
 
 def _check(pruned: ModelGraph, original: ModelInput, check: bool,

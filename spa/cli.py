@@ -111,15 +111,18 @@ def _working(ctx: click.Context, what: str) -> Iterator[Callable[[str], None]]:
         yield lambda stage: log.info("%s: %s", what, stage)
 
 
-def _round_to(value: object) -> int:
-    """``--round-to``: an integer, or ``auto`` (measured on this project's CPU: multiples of 16 raised
-    MobileNetV2's latency efficiency at 50 % from 0.61 to 0.81; CUDA tensor cores want 8)."""
+def _round_to(value: object) -> int | str:
+    """``--round-to``: ``latency`` (counts chosen with the per-layer latency table), an integer, or ``auto``
+    (measured on this project's CPU: multiples of 16 raised MobileNetV2's latency efficiency at 50 % from
+    0.61 to 0.81; CUDA tensor cores want 8)."""
+    if str(value).lower() == "latency":
+        return "latency"
     if str(value).lower() == "auto":
         return 8 if cuda_device_present() else 16
     try:
         n = int(str(value))
     except ValueError:
-        raise UsageError(f"--round-to must be an integer or 'auto', got {value!r}") from None
+        raise UsageError(f"--round-to must be 'latency', an integer or 'auto', got {value!r}") from None
     if n < 1:
         raise UsageError(f"--round-to must be >= 1, got {n}")
     return n
@@ -231,9 +234,10 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.option("--global", "global_rank", is_flag=True,
               help="Rank channels across groups (scores as --normalize makes them per group).")
 @click.option("--max-ratio", type=float, default=0.9, show_default=True, help="With --global: most a group may lose.")
-@click.option("--round-to", default="1", show_default=True, callback=lambda _c, _p, v: _round_to(v),
-              help="Keep channel counts multiples of N; 'auto' picks N for the provider spa bench would use "
-              "(16 on CPU, 8 on CUDA).")
+@click.option("--round-to", default="latency", show_default=True, callback=lambda _c, _p, v: _round_to(v),
+              help="'latency': per group, the kept count near the criterion's that the per-layer latency table "
+              "says is fastest, the budget kept (depthwise/grouped convs in whole SIMD blocks); N: multiples of N "
+              "(1: exact counts); 'auto': N for the provider spa bench would use (16 on CPU, 8 on CUDA).")
 @click.option("--min-channels", type=int, default=1, show_default=True, help="Keep at least N channels per group.")
 @click.option("--ignore", multiple=True, metavar="GLOB", help="Leave groups touching these node/tensor names alone.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
@@ -502,9 +506,10 @@ def bench(ctx: click.Context, models: tuple[str, ...], provider: str, batch_opt:
               help="Pruning ratios (STOP included).")
 @click.option("--criterion", default="l2", show_default=True, help="Importance criterion (as for `spa prune`).")
 @click.option("--global", "global_rank", is_flag=True, help="Rank channels across groups.")
-@click.option("--round-to", default="1", show_default=True, callback=lambda _c, _p, v: _round_to(v),
-              help="Keep channel counts multiples of N; 'auto' picks N for the provider spa bench would use "
-              "(16 on CPU, 8 on CUDA).")
+@click.option("--round-to", default="latency", show_default=True, callback=lambda _c, _p, v: _round_to(v),
+              help="'latency': per group, the kept count near the criterion's that the per-layer latency table "
+              "says is fastest, the budget kept (depthwise/grouped convs in whole SIMD blocks); N: multiples of N "
+              "(1: exact counts); 'auto': N for the provider spa bench would use (16 on CPU, 8 on CUDA).")
 @click.option("--provider", type=_PROVIDER_CHOICE, default="auto", show_default=True, help="As for `spa bench`.")
 @click.option("--batch", "batch_opt", type=int, help="Batch size (sets the first dim of every input).")
 @click.option("--shape", "shape_opts", multiple=True, metavar="NAME=1x3x224x224", help="Concrete input shape.")
@@ -519,7 +524,7 @@ def bench(ctx: click.Context, models: tuple[str, ...], provider: str, batch_opt:
 @_verbosity
 @click.pass_context
 def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: str, global_rank: bool,
-          round_to: int, provider: str, batch_opt: int | None, shape_opts: tuple[str, ...], warmup: int,
+          round_to: int | str, provider: str, batch_opt: int | None, shape_opts: tuple[str, ...], warmup: int,
           iters: int, threads: int, calib: str | None, eval_data: str | None, samples: int | None, seed: int,
           force: bool) -> int:
     """Prune MODEL at several ratios and benchmark every result against it in one alternating run.

@@ -6,7 +6,9 @@ from keywords, from a TOML recipe (the same file ``spa prune --config`` reads) o
 
 >>> o = PruneOptions(ratio=0.25, criterion="obs", calibration="random")
 >>> o.ratio, o.round_to, o.budget
-(0.25, 1, 'ratio')
+(0.25, 'latency', 'ratio')
+>>> PruneOptions(round_to="8").round_to, PruneOptions(round_to=1).round_to
+(8, 1)
 >>> PruneOptions(ratio=1.0)
 Traceback (most recent call last):
 ...
@@ -24,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
 from spa.errors import UsageError
 
@@ -32,6 +34,10 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the backport (a dependency there)
     import tomli as tomllib
+
+#: ``round_to`` values other than an integer: ``latency`` (channel counts chosen with the per-layer latency
+#: table, the default) and ``auto`` (16 on CPU, 8 when CUDA is usable; resolved by the API)
+ROUND_TO_MODES = ("latency", "auto")
 
 #: how a consumer of an unconstrained group reads its channels
 CONSUMER_MODES = ("layout", "gather", "zero", "auto")
@@ -55,7 +61,10 @@ class PruneOptions:
             ``calibration``.
         global_rank: rank channels across groups (scores normalised per group by ``normalize``).
         max_ratio: with ``global_rank``, the largest fraction one group may lose.
-        round_to: keep channel counts multiples of this.
+        round_to: ``"latency"`` (default): per group, pick the kept count near the criterion's whose layers the
+            per-layer latency table (:mod:`spa.latency.counts`) says are fastest, with the budget kept
+            (depthwise/grouped convolutions in whole SIMD blocks); an integer ``N``: counts are multiples of
+            ``N`` (``1``: exactly what the criterion asks); ``"auto"``: 16 on CPU, 8 when CUDA is usable.
         min_channels: keep at least this many channels per group.
         ignore: glob patterns of node/tensor names whose groups are left alone.
         seed: seed of every random choice (same input + options + seed → byte-identical output).
@@ -93,7 +102,7 @@ class PruneOptions:
     criterion: str = "l2"
     global_rank: bool = False
     max_ratio: float = 0.9
-    round_to: int = 1
+    round_to: int | Literal["latency", "auto"] = "latency"
     min_channels: int = 1
     ignore: tuple[str, ...] = ()
     seed: int = 0
@@ -146,8 +155,7 @@ class PruneOptions:
             _check_fraction(f"the override ratio of '{pattern}'", r)
         if not 0.0 < self.max_ratio < 1.0:
             raise UsageError(f"max_ratio (--max-ratio) must be in (0, 1), got {self.max_ratio}")
-        if self.round_to < 1:
-            raise UsageError(f"round_to (--round-to) must be >= 1, got {self.round_to}")
+        set_(self, "round_to", _round_to(self.round_to))
         if self.min_channels < 1:
             raise UsageError(f"min_channels (--min-channels) must be >= 1, got {self.min_channels}")
         if self.consumer_mode not in CONSUMER_MODES:
@@ -242,6 +250,20 @@ def _check_names(values: Mapping[str, Any]) -> None:
     unknown = sorted(set(values) - set(field_names()))
     if unknown:
         raise UsageError(f"unknown prune option(s) {', '.join(unknown)}; known: {', '.join(field_names())}")
+
+
+def _round_to(value: object) -> int | Literal["latency", "auto"]:
+    """``round_to`` validated: an integer >= 1 (digits in a string too), ``latency`` or ``auto``."""
+    text = str(value).strip().lower()
+    if text == "latency":
+        return "latency"
+    if text == "auto":
+        return "auto"
+    if isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise UsageError(f"round_to (--round-to) must be an integer >= 1, 'latency' or 'auto', got {value!r}")
+    return int(text)
 
 
 def _check_fraction(name: str, value: float) -> None:

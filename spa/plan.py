@@ -83,7 +83,7 @@ class Plan:
     ratio: float
     criterion: str
     global_rank: bool
-    round_to: int
+    round_to: int | str
     ignored: tuple[int, ...]
 
     def removed(self, gid: int) -> tuple[int, ...]:
@@ -131,6 +131,16 @@ def _keep_every_slot(removed: set[int], classes: dict, scores: np.ndarray) -> se
                 removed.discard(best)
                 changed = True
     return removed
+
+
+def _rounding(round_to: int | str) -> int:
+    """The multiple counts are rounded to here: ``round_to`` itself, or 1 for ``"latency"`` (the exact
+    counts, which :mod:`spa.latency.counts` then moves by the latency table)."""
+    if isinstance(round_to, str):
+        if round_to != "latency":
+            raise UsageError(f"--round-to must be an integer or 'latency' here, got {round_to!r}")
+        return 1
+    return round_to
 
 
 def _check_options(ratio: float, round_to: int, min_channels: int, max_ratio: float) -> None:
@@ -229,7 +239,7 @@ def make_plan(
     criterion: str = "l2",
     global_rank: bool = False,
     max_ratio: float = 0.9,
-    round_to: int = 1,
+    round_to: int | str = 1,
     min_channels: int = 1,
     ignore: Sequence[str] = (),
     overrides: Sequence[tuple[str, float]] = (),
@@ -244,7 +254,8 @@ def make_plan(
         criterion: name recorded in the plan.
         global_rank: rank across groups instead of per group.
         max_ratio: with ``global_rank``, the most any one group may lose.
-        round_to: keep channel counts multiples of this.
+        round_to: keep channel counts multiples of this (``"latency"``: exact counts here, recorded as
+            ``latency`` for :func:`spa.latency.counts.choose_counts` to move).
         min_channels: keep at least this many channels per group.
         ignore: glob patterns of node or tensor names whose groups are left alone.
         overrides: (glob, ratio) pairs: matching groups use that ratio (uniformly, outside any
@@ -255,7 +266,8 @@ def make_plan(
     Raises:
         UsageError: ratio out of range or invalid options.
     """
-    _check_options(ratio, round_to, min_channels, max_ratio)
+    multiple = _rounding(round_to)
+    _check_options(ratio, multiple, min_channels, max_ratio)
     kinds = dict(kind_ratio or {})
     ignored = _ignored_groups(analysis, ignore, kinds)
     candidates = [g for g in analysis.prunable if g.id not in ignored and g.id in scores]
@@ -268,7 +280,25 @@ def make_plan(
         target_kept |= {g.id: _kept_count(g.channels, ratio) for g in active}
     plans = []
     for g in candidates:
-        removed = _removed_channels(g, target_kept[g.id], scores[g.id], analysis.labels(g.id), round_to, min_channels)
+        removed = _removed_channels(g, target_kept[g.id], scores[g.id], analysis.labels(g.id), multiple, min_channels)
         if removed:
             plans.append(GroupPlan(g.id, g.channels, tuple(sorted(removed))))
     return Plan(tuple(plans), ratio, criterion, global_rank, round_to, ignored)
+
+
+def removed_for_count(analysis: Analysis, gid: int, kept: int, scores: np.ndarray,
+                      min_channels: int = 1) -> tuple[int, ...]:
+    """The channels group ``gid`` removes when it keeps ``kept`` (its lowest-scoring ones; every slot
+    keeps an element, so the count kept may come out higher), sorted."""
+    group = analysis.groups[gid]
+    return tuple(sorted(_removed_channels(group, kept, scores, analysis.labels(gid), 1, min_channels)))
+
+
+def with_removed(plan: Plan, removed: Mapping[int, tuple[int, ...]]) -> Plan:
+    """``plan`` with the removed channels of some groups replaced (a group removing nothing is dropped)."""
+    groups = []
+    for gp in plan.groups:
+        r = removed.get(gp.group, gp.removed)
+        if r:
+            groups.append(GroupPlan(gp.group, gp.channels, tuple(r), gp.consumers, gp.order))
+    return Plan(tuple(groups), plan.ratio, plan.criterion, plan.global_rank, plan.round_to, plan.ignored)

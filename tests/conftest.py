@@ -1,11 +1,16 @@
-"""Shared fixtures: a session-wide cache of zoo exports (dynamo exports are slow, export once)."""
+"""Shared fixtures: a session-wide cache of zoo exports (dynamo exports are slow, export once), and a
+fake per-layer latency table for every test not marked ``real_latency``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from spa.latency import lut
+from spa.latency.layers import LayerConfig
 
 ZooExport = Callable[..., Path]
 
@@ -67,3 +72,29 @@ def model_export(zoo_export: ZooExport, tmp_path_factory: pytest.TempPathFactory
         return cache[(name, exporter)]
 
     return get
+
+
+def fake_layer_ms(cfg: LayerConfig, providers: Sequence[str], threads: int = 1) -> float:
+    """A deterministic stand-in for a micro-benchmark: milliseconds proportional to the layer's MACs,
+    25 % dearer when a channel count is off the 8-channel block (what NCHWc kernels show)."""
+    if cfg.op in ("Conv", "ConvTranspose"):
+        macs = float(np.prod(cfg.output) * np.prod(cfg.inputs[1][1:]))
+        channels = (cfg.inputs[0][1], cfg.output[1]) if len(cfg.output) > 1 else ()
+    else:
+        attrs = dict(cfg.attrs)
+        k = cfg.inputs[0][-2] if attrs.get("transA") else cfg.inputs[0][-1]
+        macs = float(np.prod(cfg.output) * k)
+        channels = (k, cfg.output[-1])
+    off = any(c % 8 for c in channels)
+    return macs / 1e6 * (1.25 if off else 1.0) + 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _fake_latency_table(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never time layers (``--round-to latency`` is the default): a fake table in a private cache,
+    unless the test is marked ``real_latency``."""
+    if request.node.get_closest_marker("real_latency") is not None:
+        return
+    monkeypatch.setenv("SPA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "spa_fake_cache"))
+    monkeypatch.setattr(lut, "measure_layer", fake_layer_ms)

@@ -199,6 +199,7 @@ def test_predicted_latency_is_monotone_in_ratio(cache: Path, monkeypatch: pytest
     assert all(b <= a for a, b in itertools.pairwise(xs)), xs
 
 
+@pytest.mark.real_latency
 def test_real_micro_benchmarks_see_pruning(cache: Path) -> None:
     """The real table (no fakes): a heavily pruned plan's layers cost less than the original's."""
     analysis, make = _setup(_cnn(width=32))
@@ -210,6 +211,7 @@ def test_real_micro_benchmarks_see_pruning(cache: Path) -> None:
 
 # -- the solver --------------------------------------------------------------------------------------
 
+@pytest.mark.real_latency
 def test_second_solve_runs_no_micro_benchmark(cache: Path, counted: list[str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(measure, "paired_samples", _fake_whole)
@@ -272,6 +274,7 @@ def test_unreachable_target_is_a_clear_error(cache: Path, monkeypatch: pytest.Mo
         _solve(_cnn(), 1e-4)
 
 
+@pytest.mark.real_latency
 def test_real_timings_smoke(tmp_path: Path) -> None:
     """Nothing faked: the record has every field and the pruned model passes the mask oracle (no
     assertion on the numbers, which depend on this machine)."""

@@ -26,7 +26,7 @@ def _kept(result: spa.PruneResult) -> dict[str, int]:
 
 
 def test_uniform_ratio_removes_round_r_c() -> None:
-    r = assert_oracle(_net().build(), 0.25)
+    r = assert_oracle(_net().build(), 0.25, round_to=1)  # exact counts (the default moves them by latency)
     assert sorted(_kept(r).values()) == [6, 12, 24]
 
 

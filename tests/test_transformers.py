@@ -151,7 +151,7 @@ def test_mlp_groups(export, name: str, exporter: str) -> None:  # type: ignore[n
         producers = [r for r in roles if r.endswith(":producer")]
         assert len(producers) == (2 if name.startswith("llama") else 1)  # gate + up, or fc1
         assert sum(r.endswith(":consumer") for r in roles) == 1
-    r = spa.prune(path, ratio=0.5)
+    r = spa.prune(path, ratio=0.5, round_to=1)  # exact counts (the default moves them by latency)
     shapes = [v.shape for v in _inits(r.model).values()]
     assert shapes.count((HIDDEN, width // 2)) == (4 if name.startswith("llama") else 2)
     assert shapes.count((width // 2, HIDDEN)) == 2
@@ -272,7 +272,7 @@ def test_llama_dynamic_batch_and_sequence(token_export, name: str, exporter: str
     path = str(token_export(name, exporter, dynamic=True))
     a = spa.analyze(path)
     assert sorted(g.channels for g in a.prunable) == EXPECT[name]["groups"]
-    r = assert_oracle(path, 0.5)
+    r = assert_oracle(path, 0.5, round_to=1)  # exact counts: the shapes below are counted
     inits = _inits(r.model)
     kept, dh = LLAMA_KV_HEADS // 2, LLAMA_HEAD_DIM
     shapes = [v.shape for v in inits.values()]

@@ -110,6 +110,32 @@ def summarize_profile(trace: Trace, *, top: int = 10, skip_runs: int = 0) -> dic
     }
 
 
+def profile_diff(base: Mapping[str, Any], other: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Where the time moved between two profiles (:func:`summarize_profile`), op type by op type.
+
+    One row per op type in either, largest change first: ``op_type``, ``base_ms`` and ``ms`` (median
+    time per run), ``delta_ms``, ``ratio`` (``ms / base_ms``; None for an op type new in ``other``) and
+    ``share`` (this op type's part of the total change, in %). An op type whose ratio is far above the
+    model's MACs fraction (or that appears only after pruning: ``Gather``, ``ReorderInput``) is where an
+    efficiency is lost.
+
+    >>> a = {"op_types": [{"op_type": "Conv", "median_ms": 4.0}, {"op_type": "Relu", "median_ms": 1.0}]}
+    >>> b = {"op_types": [{"op_type": "Conv", "median_ms": 2.0}, {"op_type": "Gather", "median_ms": 0.5}]}
+    >>> [(r["op_type"], r["delta_ms"], r["ratio"]) for r in profile_diff(a, b)]
+    [('Conv', -2.0, 0.5), ('Relu', -1.0, 0.0), ('Gather', 0.5, None)]
+    """
+    before = {str(o["op_type"]): float(o["median_ms"]) for o in base.get("op_types", [])}
+    after = {str(o["op_type"]): float(o["median_ms"]) for o in other.get("op_types", [])}
+    total = sum(after.values()) - sum(before.values())
+    rows = []
+    for op in sorted(set(before) | set(after)):
+        b, a = before.get(op, 0.0), after.get(op, 0.0)
+        rows.append({"op_type": op, "base_ms": round(b, 4), "ms": round(a, 4), "delta_ms": round(a - b, 4),
+                     "ratio": round(a / b, 3) if b > 0 else None,
+                     "share": round(100.0 * (a - b) / total, 1) if abs(total) > 1e-12 else 0.0})
+    return sorted(rows, key=lambda r: (-abs(r["delta_ms"]), r["op_type"]))
+
+
 def profile_runs(model: ModelLike, providers: Sequence[str], feeds: Mapping[str, np.ndarray], *,
                  device: str = "cpu", threads: int = 1, warmup: int = 3, runs: int = 20,
                  top: int = 10) -> dict[str, Any]:

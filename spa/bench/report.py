@@ -24,7 +24,7 @@ import onnxruntime as ort
 from spa.analysis.cost import count_macs
 from spa.analysis.metrics import count_params, set_input_shapes
 from spa.bench.fp16 import to_fp16
-from spa.bench.profile import profile_runs
+from spa.bench.profile import profile_diff, profile_runs
 from spa.errors import InvalidModelError, SpaError, UsageError
 from spa.graph.io import load_model
 from spa.graph.model import ModelGraph
@@ -164,6 +164,8 @@ class _Bench:
             _add_speedups(row, t.median_ms, rows[0])
             if self.opts.profile:
                 row["profile"] = self.profile(m, feeds)
+                if row is not rows[0] and rows[0].get("profile"):
+                    row["profile_diff"] = profile_diff(rows[0]["profile"], row["profile"])
         return rows
 
     def profile(self, m: _Model, feeds: dict[str, np.ndarray]) -> Any:

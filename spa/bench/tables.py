@@ -90,7 +90,28 @@ def profile_tables(report: Mapping[str, Any]) -> list[Table]:
             t.add_row(f"[dim]all {o['nodes']} node(s)", f"[bold]{o['op_type']}", f"{o['ms_per_run']:.4f}",
                       f"{o['median_ms']:.4f}", f"{o['pct']:.1f}", str(o["count"]))
         tables.append(t)
+    base = report["models"][0] if report["models"] else None
+    for r in report["models"]:
+        diff = r.get("profile_diff")
+        if diff and base is not None:
+            tables.append(profile_diff_table(r, base, diff))
     return tables
+
+
+def profile_diff_table(row: Mapping[str, Any], base: Mapping[str, Any], diff: Sequence[Mapping[str, Any]]) -> Table:
+    """Where the time moved from the first model to ``row``'s, op type by op type (median ms per run)."""
+    macs = row["macs"] / base["macs"] if base.get("macs") and row.get("macs") else None
+    t = Table(title=f"where the time moved: {base['model']} -> {row['model']} batch {row['batch']}"
+                    + (f" (MACs x{macs:.3f})" if macs is not None else ""))
+    for c in ("op type", "before ms", "after ms", "change ms", "after/before", "% of change"):
+        t.add_column(c, justify="left" if c == "op type" else "right")
+    for d in diff:
+        ratio = d["ratio"]
+        flag = "[bold red]" if ratio is None or (macs is not None and ratio > macs + 0.25) else ""
+        t.add_row(f"{flag}{d['op_type']}", f"{d['base_ms']:.4f}", f"{d['ms']:.4f}", f"{d['delta_ms']:+.4f}",
+                  f"{flag}{ratio:.3f}" if ratio is not None else f"{flag}new", f"{d['share']:.1f}")
+    t.caption = "red: op types that shrank much less than the MACs (or appeared): where efficiency is lost"
+    return t
 
 
 def sweep_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:

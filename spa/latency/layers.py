@@ -137,24 +137,31 @@ def layer_configs(
     registry = registry or default_registry()
     out: dict[str, LayerConfig] = {}
     for node in cost_nodes(mg, registry):
-        ins = list(node.inputs)
-        if any(not t.name or t.name not in shapes for t in ins) or node.outputs[0].name not in shapes:
-            continue
-        in_shapes = tuple(_pruned(t.name, shapes[t.name], sizes) for t in ins)
-        y = node.outputs[0]
-        out_shape = _pruned(y.name, shapes[y.name], sizes)
-        rule = _tabulating_rule(node, mg.opset, registry)
-        attrs = rule.latency_key(NodeContext(node, mg.opset), in_shapes, out_shape) if rule is not None else None
-        if attrs is None:
-            continue
-        try:
-            dtype = np.dtype(ins[0].dtype if ins[0].dtype is not None else np.float32).name
-        except TypeError:  # an element type numpy lacks (bfloat16, float8): left to the residual
-            continue
-        out[node.name] = LayerConfig(node.op, dtype, in_shapes,
-                                     tuple(isinstance(t, gs.Constant) for t in ins),
-                                     attrs, out_shape)
+        cfg = node_config(node, mg.opset, shapes, sizes, registry)
+        if cfg is not None:
+            out[node.name] = cfg
     return out
+
+
+def node_config(node: gs.Node, opset: int, shapes: Mapping[str, Shape],
+                sizes: Mapping[Slot, tuple[int, int]], registry: RuleRegistry) -> LayerConfig | None:
+    """The configuration of one cost-bearing node at the pruned ``sizes`` (None: shapes unknown, no latency
+    key, or an element type numpy lacks)."""
+    ins = list(node.inputs)
+    if any(not t.name or t.name not in shapes for t in ins) or node.outputs[0].name not in shapes:
+        return None
+    in_shapes = tuple(_pruned(t.name, shapes[t.name], sizes) for t in ins)
+    y = node.outputs[0]
+    out_shape = _pruned(y.name, shapes[y.name], sizes)
+    rule = _tabulating_rule(node, opset, registry)
+    attrs = rule.latency_key(NodeContext(node, opset), in_shapes, out_shape) if rule is not None else None
+    if attrs is None:
+        return None
+    try:
+        dtype = np.dtype(ins[0].dtype if ins[0].dtype is not None else np.float32).name
+    except TypeError:  # an element type numpy lacks (bfloat16, float8): left to the residual
+        return None
+    return LayerConfig(node.op, dtype, in_shapes, tuple(isinstance(t, gs.Constant) for t in ins), attrs, out_shape)
 
 
 def benchmark_model(cfg: LayerConfig, seed: int = 0) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

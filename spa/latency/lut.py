@@ -223,6 +223,7 @@ class LatencyTable:
         entries: milliseconds by :attr:`LayerConfig.key` (``None``: ONNX Runtime could not run it).
         hits: lookups answered from the table since it was opened.
         measured: micro-benchmarks run since it was opened.
+        on_measure: called with ``measured`` after each micro-benchmark (a progress display).
     """
 
     path: Path
@@ -231,6 +232,7 @@ class LatencyTable:
     entries: dict[str, float | None] = field(default_factory=dict)
     hits: int = 0
     measured: int = 0
+    on_measure: Callable[[int], None] | None = None
 
     @classmethod
     def open(cls, providers: Sequence[str] | None = None, threads: int = 1,
@@ -259,6 +261,8 @@ class LatencyTable:
         else:
             self.entries[key] = measure_layer(cfg, self.providers, self.device.threads)
             self.measured += 1
+            if self.on_measure is not None:
+                self.on_measure(self.measured)
         return self.entries[key]
 
     def save(self) -> None:

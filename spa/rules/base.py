@@ -544,6 +544,13 @@ class ChannelRule(ABC):
         :class:`spa.latency.layers.LayerConfig`. None (the default): the op's latency is not tabulated."""
         return None
 
+    def aligned_slots(self, ctx: NodeContext) -> tuple[Slot, ...]:
+        """Slots whose kept element counts should be whole SIMD blocks (ONNX Runtime's NCHWc kernels of
+        depthwise and grouped convolutions: 8 channels with AVX2, 16 with AVX-512; 8 for CUDA fp16 tensor
+        cores) — a hard rule for the latency-chosen channel counts (:mod:`spa.latency.counts`). Default:
+        none."""
+        return ()
+
     def shape_value(self, ctx: NodeContext) -> np.ndarray | None:
         """The node's output value when it follows from its inputs' *shapes* alone (Shape, Size), for
         evaluating shape arithmetic at concrete shapes (:func:`spa.analysis.cost.concrete_shapes`).

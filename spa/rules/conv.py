@@ -101,6 +101,13 @@ class ConvRule(ChannelRule):
             if kept is not None:
                 ctx.node.attrs["group"] = len(kept)
 
+    def aligned_slots(self, ctx: NodeContext) -> tuple[Slot, ...]:
+        """A depthwise or grouped Conv's input and output channels: its NCHWc kernels need whole blocks."""
+        x, y = ctx.input(0), ctx.output(0)
+        if ctx.int_attr("group", 1) <= 1 or x is None or y is None:
+            return ()
+        return (Slot(x.name, 1), Slot(y.name, 1))
+
     def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
         """See :func:`spa.rules.views.conv_view`."""
         return conv_view(ctx.node, slot, labels)

@@ -42,7 +42,7 @@ def test_json_fields_and_relations(small_models: dict[str, Path], capsys: pytest
     rows = data["models"]
     assert [r["model"] for r in rows] == [str(small_models["static"]), str(small_models["static_p"])]
     for r in rows:
-        assert set(r) == doc_fields("Entries (`models[]`)") - {"profile"}
+        assert set(r) == doc_fields("Entries (`models[]`)") - {"profile", "profile_diff"}
         assert r["runs"] == 3 and r["batch"] == 1 and r["input_shapes"] == {"x": [1, 3, 16, 16]}
         assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["macs"] > 0 and r["params"] > 0 and r["size_bytes"] == Path(r["model"]).stat().st_size
@@ -126,9 +126,17 @@ def test_profile_lists_the_models_ops(small_models: dict[str, Path], capsys: pyt
             assert n["count"] % 20 == 0 and 0 <= n["pct"] <= 100 and n["op_type"] in types
         # node names are ORT's, derived from the model's (a fused Conv+Relu is named after the Relu)
         assert any(any(n["node"].startswith(m) for m in model_nodes) for n in prof["top_nodes"])
+    base, pruned = data["models"]
+    assert "profile_diff" not in base
+    diff = pruned["profile_diff"]
+    assert {d["op_type"] for d in diff} >= {o["op_type"] for o in base["profile"]["op_types"]}
+    assert sum(d["share"] for d in diff) == pytest.approx(100, abs=1.0)
     code, out, err = run_cli(capsys, "bench", small_models["static"], "--profile", *FAST)
     assert code == 0, err
-    assert "profile: " in out and "Conv" in out
+    assert "profile: " in out and "Conv" in out and "where the time moved" not in out
+    code, out, err = run_cli(capsys, "bench", small_models["static"], small_models["static_p"], "--profile", *FAST)
+    assert code == 0, err
+    assert "where the time moved" in out
 
 
 @pytest.mark.skipif(fp16_converter_name() is None, reason="no float16 converter installed")

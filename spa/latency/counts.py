@@ -1,0 +1,470 @@
+"""Channel counts chosen by latency (``--round-to latency``, the default).
+
+The criterion says how many channels each group keeps (``k``, exact counts: ``--round-to 1``). Exact
+counts are rarely the fastest: ONNX Runtime's CPU kernels work on blocks of channels (NCHWc: 8 with
+AVX2, 16 with AVX-512), GEMMs on register tiles, CUDA tensor cores on multiples of 8, so 72 channels can
+cost what 80 cost, and a depthwise convolution off the block falls back to a slow kernel. This module
+moves each group's count to a nearby one that the per-layer latency table (:mod:`spa.latency.lut`) says
+is cheaper, while the budget stays where the exact counts put it:
+
+1. **Candidates.** Per pruned channel group (attention-head and hidden-size groups keep their exact
+   counts): ``k`` itself and the multiples of the SIMD block (and of 8) around
+   it, at most :data:`STEPS` blocks either side and within :data:`SPAN` of ``k`` (always at least the
+   nearest multiple below and above). Groups feeding a depthwise or grouped convolution (the rules'
+   :meth:`~spa.rules.base.ChannelRule.aligned_slots`) keep only counts whose slots are whole blocks —
+   the hardware rule, not a preference. A candidate's channels are the criterion's best ``k'``
+   (:func:`spa.plan.removed_for_count`).
+2. **Greedy fill.** Every group starts at its smallest candidate; then, repeatedly, the move of one group
+   to a larger candidate with the least added table latency per added MAC is taken (a move that saves
+   latency first), as long as the model's MACs stay within the exact plan's (plus :data:`MACS_SLACK` of
+   the original's). So the MACs budget goes where it costs the least time: a group whose next block is
+   almost free grows, one whose extra channels are dear shrinks.
+   In a Concat group (DenseNet, Inception, FPN: :func:`spa.reorder.blocks.channel_blocks` finds one block
+   per producer) a candidate count is shared out evenly: every producer block keeps the same fraction of
+   its channels, in multiples of 8 (:func:`block_removed`), so every consumer's input is a sum of regular
+   counts rather than whatever the criterion's global ranking left of each block.
+3. **Never worse.** If the table predicts the exact counts faster (it never should), they are kept.
+
+Only the table is consulted (layers measured on first use, then cached per provider + device), so a
+second prune on the same machine measures nothing. The result records, per group, the exact and the
+chosen count, and the predicted table latency of both.
+
+>>> candidates(37, 64, block=16)
+[32, 37, 40, 48]
+>>> candidates(37, 64, block=16, aligned_only=True)
+[32, 48]
+>>> candidates(5, 12, block=16)
+[5, 12]
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from spa.analysis.cost import node_costs
+from spa.analysis.groups import Analysis
+from spa.latency.layers import LayerConfig, Shape, concrete_shapes, cost_nodes, node_config
+from spa.latency.lut import CPU, LatencyTable
+from spa.plan import Plan, removed_for_count, with_removed
+from spa.reorder.blocks import channel_blocks
+from spa.rules.base import NodeContext, Slot
+from spa.rules.defaults import default_registry
+from spa.rules.registry import RuleRegistry
+
+log = logging.getLogger(__name__)
+
+#: how far (a fraction of the exact count) a chosen count may move
+SPAN = 0.25
+#: SIMD blocks considered either side of the exact count
+STEPS = 2
+#: MACs the chosen counts may add over the exact plan's, as a fraction of the original's
+MACS_SLACK = 0.005
+#: when the fill ends more than this (a fraction of the original's MACs) below the exact plan, it grows
+#: on, up to :data:`MACS_OVER` above it: coarse blocks must not turn into a budget overshoot downwards
+MACS_UNDER, MACS_OVER = 0.01, 0.02
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def simd_block(providers: Sequence[str] | None = None) -> int:
+    """Channels per SIMD block of the target: ONNX Runtime's NCHWc block on the CPU provider (16 with
+    AVX-512, 8 otherwise), 8 on GPU providers (fp16 tensor cores)."""
+    if providers and providers[0] != CPU:
+        return 8
+    return 16 if "avx512f" in cpu_flags() else 8
+
+
+def candidates(k: int, channels: int, block: int, *, aligned_only: bool = False, floor: int = 1) -> list[int]:
+    """Kept counts considered for a group asking for ``k`` of ``channels`` (sorted).
+
+    Multiples of ``block`` and of 8 within :data:`SPAN` of ``k`` and :data:`STEPS` blocks of it, the
+    nearest multiple of ``block`` below and above, ``channels`` when within reach, and ``k`` itself unless
+    ``aligned_only``. A group no larger than one block keeps exact counts.
+    """
+    if channels <= block:
+        return sorted({k, channels} if not aligned_only else {channels})
+    lo = max(floor, math.floor(k * (1 - SPAN)), k - STEPS * block)
+    hi = min(channels, math.ceil(k * (1 + SPAN)), k + STEPS * block)
+    steps = [block] if aligned_only else sorted({block, 8})
+    out = {m for step in steps for m in range(step * math.ceil(lo / step), hi + 1, step) if m >= max(floor, 1)}
+    below = block * (k // block)
+    out |= {m for m in (below, below + block) if max(floor, 1) <= m <= channels}
+    if not out or hi >= channels - (0 if aligned_only else block // 2):
+        out.add(channels)
+    if not aligned_only:
+        out.add(k)
+    return sorted(out)
+
+
+@dataclass
+class _Option:
+    """One candidate count of one group: its removed channels and the slot sizes they leave."""
+
+    kept: int
+    removed: tuple[int, ...]
+    sizes: dict[Slot, tuple[int, int]]
+
+
+@dataclass
+class CountChooser:
+    """Chooses latency-cheap channel counts for plans of one analysed model (see the module docstring).
+
+    Attributes:
+        analysis: the groups (its model is the original).
+        table: the per-layer latency table.
+        shapes: concrete shape of every tensor at the timed input shapes.
+        block: the SIMD block (:func:`simd_block`).
+        registry: the rules (latency keys, aligned slots).
+        min_channels: the smallest count a group may keep.
+    """
+
+    analysis: Analysis
+    table: LatencyTable
+    shapes: Mapping[str, Shape]
+    block: int
+    registry: RuleRegistry
+    min_channels: int = 1
+    _nodes: dict[str, gs.Node] = field(default_factory=dict)
+    _aligned: frozenset[Slot] = frozenset()
+
+    @classmethod
+    def build(cls, analysis: Analysis, table: LatencyTable, input_shapes: Mapping[str, Sequence[int]],
+              *, block: int | None = None, registry: RuleRegistry | None = None,
+              min_channels: int = 1) -> CountChooser:
+        """A chooser for ``analysis`` timed at ``input_shapes`` (block: :func:`simd_block` of the table's
+        provider unless given)."""
+        registry = registry or default_registry()
+        mg = analysis.model
+        shapes = concrete_shapes(mg, input_shapes)
+        chooser = cls(analysis, table, shapes, block or simd_block(table.providers), registry, min_channels)
+        chooser._nodes = {n.name: n for n in cost_nodes(mg, registry)}
+        aligned: set[Slot] = set()
+        for node in mg.graph.nodes:
+            rule = registry.lookup(node.domain or "", node.op, mg.opset)
+            if rule is not None:
+                aligned |= set(rule.aligned_slots(NodeContext(node, mg.opset)))
+        chooser._aligned = frozenset(aligned)
+        return chooser
+
+    # -- options of one group ---------------------------------------------------------------------------
+
+    def _options(self, gid: int, exact: int, scores: np.ndarray) -> list[_Option]:
+        labels = self.analysis.labels(gid)
+        channels = self.analysis.groups[gid].channels
+        hard = [s for s in labels if s in self._aligned]
+        counts = candidates(exact, channels, self.block, aligned_only=bool(hard), floor=self.min_channels)
+        blocks = channel_blocks(self.analysis, gid)
+        per_block = len(set(blocks.tolist()) - {-1}) > 1 and not hard
+        out: list[_Option] = []
+        seen: set[tuple[int, ...]] = set()
+        for k in counts:
+            if k >= channels:
+                removed: tuple[int, ...] = ()
+            elif per_block:
+                removed = block_removed(blocks, k, scores)
+            else:
+                removed = removed_for_count(self.analysis, gid, k, scores, self.min_channels)
+            if removed in seen:
+                continue
+            gone = np.asarray(removed, dtype=np.int64)
+            sizes = {s: (int(np.count_nonzero(~np.isin(lab, gone))), len(lab)) for s, lab in labels.items()}
+            if hard and any(sizes[s][0] % self.block and sizes[s][0] != sizes[s][1] for s in hard):
+                continue
+            seen.add(removed)
+            out.append(_Option(channels - len(removed), removed, sizes))
+        if not out or (all(o.kept != exact for o in out) and not hard):
+            removed = removed_for_count(self.analysis, gid, exact, scores, self.min_channels)
+            gone = np.asarray(removed, dtype=np.int64)
+            sizes = {s: (int(np.count_nonzero(~np.isin(lab, gone))), len(lab)) for s, lab in labels.items()}
+            out.append(_Option(channels - len(removed), removed, sizes))
+        if not out:
+            raise ValueError(f"group {gid}: no candidate count")
+        return sorted(out, key=lambda o: o.kept)
+
+    # -- the choice -------------------------------------------------------------------------------------
+
+    def choose(self, plan: Plan, scores: Mapping[int, np.ndarray],
+               progress: Callable[[str], None] | None = None) -> tuple[Plan, dict[str, object]]:
+        """``plan`` (exact counts) with every constrained group's count chosen by latency; and a record
+        (per group: exact and chosen count; predicted table latency and MACs of both)."""
+        groups = [gp for gp in plan.groups if not gp.consumers and gp.group in scores
+                  and self.analysis.groups[gp.group].kind == "channel"]  # heads and the hidden size stay exact
+        if not groups:
+            return plan, {"block": self.block, "groups": 0, "moved": 0}
+        opts = {gp.group: self._options(gp.group, gp.kept, scores[gp.group]) for gp in groups}
+        exact_sizes = _exact_sizes(self.analysis, plan)
+        problem = _Problem.build(self, opts, exact_sizes, {gp.group: gp.kept for gp in plan.groups})
+        exact_state = dict.fromkeys(opts, -1)  # -1: the plan's own (exact) channels
+        exact_ms, exact_macs = problem.total(exact_state)
+        state = dict.fromkeys(opts, 0)
+        state = problem.fill(state, exact_macs + MACS_SLACK * problem.macs0, progress)
+        if problem.total(state)[1] < exact_macs - MACS_UNDER * problem.macs0:
+            state = problem.fill(state, exact_macs + MACS_OVER * problem.macs0, progress,
+                                 until=exact_macs - MACS_UNDER * problem.macs0)
+        chosen_ms, chosen_macs = problem.total(state)
+        if chosen_ms > exact_ms:
+            log.info("latency-chosen counts predicted slower than the exact ones (%.3f > %.3f ms); kept exact",
+                     chosen_ms, exact_ms)
+            return plan, problem.record(exact_state, exact_state, exact_ms, exact_ms, exact_macs, exact_macs)
+        new = with_removed(plan, {g: opts[g][i].removed for g, i in state.items()})
+        return new, problem.record(exact_state, state, exact_ms, chosen_ms, exact_macs, chosen_macs)
+
+    def original_ms(self) -> float:
+        """Table latency of the original's tabulated layers."""
+        return sum(ms for name in self._nodes if (ms := self.layer_ms(name, {})) is not None)
+
+    def layer_ms(self, name: str, sizes: Mapping[Slot, tuple[int, int]]) -> float | None:
+        """Table latency of layer ``name`` at pruned ``sizes`` (None: not tabulated)."""
+        node = self._nodes[name]
+        cfg: LayerConfig | None = node_config(node, self.analysis.model.opset, self.shapes, sizes, self.registry)
+        if cfg is None:
+            return None
+        return self.table.layer_ms(cfg)
+
+
+def block_removed(blocks: np.ndarray, kept: int, scores: np.ndarray) -> tuple[int, ...]:
+    """A Concat group's removed channels when every producer block keeps the same share ``kept / C`` of
+    its channels, in multiples of 8 (of 2 in blocks under 16 channels; at least one), its best-scored.
+
+    >>> blocks = np.array([0] * 32 + [1] * 16 + [2] * 6)
+    >>> gone = block_removed(blocks, 27, np.arange(54.0))
+    >>> [int(np.sum(blocks[list(gone)] == b)) for b in range(3)], gone[-2:]   # removed per block
+    ([16, 8, 2], (48, 49))
+    """
+    share = kept / len(blocks)
+    removed: list[int] = []
+    for b in np.unique(blocks):
+        idx = np.flatnonzero(blocks == b)
+        n = len(idx)
+        step = 8 if n >= 16 else 2
+        k = min(n, max(1, step * int(round(share * n / step)))) if b >= 0 else n - int(round((1 - share) * n))
+        k = max(1, k)
+        order = idx[np.lexsort((idx, -scores[idx]))]  # best first, ties by index
+        removed += order[k:].tolist()
+    return tuple(sorted(removed))
+
+
+def _exact_sizes(analysis: Analysis, plan: Plan) -> dict[int, dict[Slot, tuple[int, int]]]:
+    out: dict[int, dict[Slot, tuple[int, int]]] = {}
+    for gp in plan.groups:
+        gone = np.asarray(gp.removed, dtype=np.int64)
+        out[gp.group] = {s: (int(np.count_nonzero(~np.isin(lab, gone))), len(lab))
+                         for s, lab in analysis.labels(gp.group).items()}
+    return out
+
+
+@dataclass
+class _Problem:
+    """The greedy fill's bookkeeping: which layers and MAC terms each group touches."""
+
+    chooser: CountChooser
+    opts: dict[int, list[_Option]]
+    exact: dict[int, dict[Slot, tuple[int, int]]]
+    fixed: dict[Slot, tuple[int, int]]
+    layers: dict[str, tuple[int, ...]]          # tabulated layer -> groups touching it
+    mac_terms: list[tuple[int, tuple[Slot, ...], tuple[int, ...]]]  # (MACs, scaled slots, groups)
+    by_group_layers: dict[int, list[str]]
+    by_group_macs: dict[int, list[int]]
+    macs0: float
+    exact_kept: dict[int, int]
+    #: layer latency by (layer, option index of each group touching it): option lists are this plan's
+    cache: dict[tuple[str, tuple[int, ...]], float] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, chooser: CountChooser, opts: dict[int, list[_Option]],
+              exact: dict[int, dict[Slot, tuple[int, int]]], exact_kept: dict[int, int]) -> _Problem:
+        analysis = chooser.analysis
+        owner: dict[str, set[int]] = {}
+        slot_owner: dict[Slot, int] = {}
+        for g in opts:
+            for s in analysis.labels(g):
+                owner.setdefault(s.tensor, set()).add(g)
+                slot_owner[s] = g
+        fixed = {s: v for g, sizes in exact.items() if g not in opts for s, v in sizes.items()}
+        layers: dict[str, tuple[int, ...]] = {}
+        for name, node in chooser._nodes.items():
+            touching: set[int] = set()
+            for t in list(node.inputs) + list(node.outputs):
+                touching |= owner.get(t.name, set())
+            layers[name] = tuple(sorted(touching))
+        terms = []
+        macs0 = 0.0
+        for cost in node_costs(analysis.model, chooser.registry).values():
+            macs0 += cost.macs
+            gs_ = tuple(sorted({slot_owner[s] for s in cost.scaled_by if s in slot_owner}))
+            terms.append((cost.macs, tuple(cost.scaled_by), gs_))
+        by_layers: dict[int, list[str]] = {g: [] for g in opts}
+        for name, gs_ in layers.items():
+            for g in gs_:
+                by_layers[g].append(name)
+        by_macs: dict[int, list[int]] = {g: [] for g in opts}
+        for i, (_m, _s, gs_) in enumerate(terms):
+            for g in gs_:
+                by_macs[g].append(i)
+        return cls(chooser, opts, exact, fixed, layers, terms, by_layers, by_macs, macs0, exact_kept)
+
+    def _sizes(self, state: Mapping[int, int], groups: Sequence[int]) -> dict[Slot, tuple[int, int]]:
+        sizes = dict(self.fixed)
+        for g in groups:
+            i = state[g]
+            sizes |= self.exact[g] if i < 0 else self.opts[g][i].sizes
+        return sizes
+
+    def _layer(self, name: str, state: Mapping[int, int]) -> float:
+        groups = self.layers[name]
+        key = (name, tuple(state[g] for g in groups))
+        hit = self.cache.get(key)
+        if hit is None:
+            ms = self.chooser.layer_ms(name, self._sizes(state, groups))
+            hit = ms if ms is not None else 0.0
+            self.cache[key] = hit
+        return hit
+
+    def _macs(self, i: int, state: Mapping[int, int]) -> float:
+        macs, scaled, groups = self.mac_terms[i]
+        if not groups:
+            return float(macs)
+        sizes = self._sizes(state, groups)
+        f = 1.0
+        for s in scaled:
+            if s in sizes:
+                k, n = sizes[s]
+                f *= k / max(1, n)
+        return macs * f
+
+    def total(self, state: Mapping[int, int]) -> tuple[float, float]:
+        """(table ms, MACs) of the model with these choices."""
+        ms = sum(self._layer(n, state) for n in self.layers)
+        macs = sum(self._macs(i, state) for i in range(len(self.mac_terms)))
+        return ms, macs
+
+    def delta(self, state: dict[int, int], g: int, j: int) -> tuple[float, float]:
+        """(added ms, added MACs) of moving group ``g`` to option ``j``."""
+        new = dict(state)
+        new[g] = j
+        dms = sum(self._layer(n, new) - self._layer(n, state) for n in self.by_group_layers[g])
+        dmacs = sum(self._macs(i, new) - self._macs(i, state) for i in self.by_group_macs[g])
+        return dms, dmacs
+
+    def fill(self, state: dict[int, int], budget: float, progress: Callable[[str], None] | None,
+             until: float = math.inf) -> dict[int, int]:
+        """Greedy: take the cheapest move (least ms per added MAC) that keeps MACs within ``budget``
+        (stopping once MACs reach ``until``)."""
+        _, macs = self.total(state)
+        moves: dict[int, list[tuple[float, float]]] = {}
+
+        def refresh(g: int) -> None:
+            moves[g] = [self.delta(state, g, j) for j in range(len(self.opts[g]))]
+
+        for g in self.opts:
+            refresh(g)
+        neighbours = {g: {h for n in self.by_group_layers[g] for h in self.layers[n]}
+                      | {h for i in self.by_group_macs[g] for h in self.mac_terms[i][2]} for g in self.opts}
+        steps = 0
+        while macs < until:
+            best: tuple[float, int, int] | None = None
+            for g, ds in moves.items():
+                for j in range(state[g] + 1, len(ds)):
+                    dms, dmacs = ds[j]
+                    if macs + dmacs > budget:
+                        continue
+                    key = dms / dmacs if dmacs > 0 else (-math.inf if dms < 0 else math.inf)
+                    if key == math.inf:
+                        continue
+                    if best is None or key < best[0]:
+                        best = (key, g, j)
+            if best is None:
+                break
+            _, g, j = best
+            macs += moves[g][j][1]
+            state[g] = j
+            steps += 1
+            for h in neighbours[g]:
+                refresh(h)
+            if progress is not None and steps % 10 == 0:
+                progress(f"choosing channel counts ({steps} moves, {self.chooser.table.measured} layers measured)")
+        return state
+
+    def record(self, exact: Mapping[int, int], state: Mapping[int, int], exact_ms: float, chosen_ms: float,
+               exact_macs: float, chosen_macs: float) -> dict[str, object]:
+        """The choice's record for the report."""
+        rows = [{"group": g, "exact": self.exact_kept[g],
+                 "chosen": self.exact_kept[g] if i < 0 else self.opts[g][i].kept} for g, i in state.items()]
+        return {"block": self.chooser.block, "groups": len(rows),
+                "moved": sum(r["exact"] != r["chosen"] for r in rows),
+                "table_ms_exact": round(exact_ms, 4), "table_ms_chosen": round(chosen_ms, 4),
+                "macs_exact": int(exact_macs), "macs_chosen": int(chosen_macs), "counts": rows}
+
+
+def input_shapes_of(analysis: Analysis) -> dict[str, tuple[int, ...]]:
+    """The graph inputs' shapes with every dynamic dimension 1 (what the table is looked up at)."""
+    return {t.name: tuple(int(d) if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in (t.shape or ()))
+            for t in analysis.model.graph.inputs}
+
+
+@dataclass
+class LatencyCounts:
+    """``--round-to latency`` for one prune: opens the table on first use, applies
+    :meth:`CountChooser.choose` to every plan a budget search makes, and keeps the last record.
+
+    Attributes:
+        analysis: the groups.
+        providers: the provider the table is for (None: CPU).
+        cache_dir: the table's folder (None: the default).
+        registry: the rules.
+        min_channels: the smallest count a group may keep.
+        progress: told what is happening (measuring layers, choosing).
+        records: each choice's record (with ``table_ms_original``), by the plan it returned.
+    """
+
+    analysis: Analysis
+    providers: Sequence[str] | None = None
+    cache_dir: str | os.PathLike[str] | None = None
+    registry: RuleRegistry | None = None
+    min_channels: int = 1
+    progress: Callable[[str], None] | None = None
+    records: list[tuple[Plan, dict[str, object]]] = field(default_factory=list)
+    _chooser: CountChooser | None = None
+
+    def __call__(self, plan: Plan, scores: Mapping[int, np.ndarray]) -> Plan:
+        """``plan`` with latency-chosen counts."""
+        if self._chooser is None:
+            if self.progress is not None:
+                self.progress("reading the latency table (layers not in it are measured once, then cached)")
+            table = LatencyTable.open(list(self.providers) if self.providers else None, 1, self.cache_dir)
+            if self.progress is not None:
+                say = self.progress
+                table.on_measure = lambda n: say(f"measuring the latency table: {n} layer(s) so far")
+            self._chooser = CountChooser.build(self.analysis, table, input_shapes_of(self.analysis),
+                                               registry=self.registry, min_channels=self.min_channels)
+        new, record = self._chooser.choose(plan, scores, self.progress)
+        self.records.append((new, record | {"table_ms_original": round(self._chooser.original_ms(), 4)}))
+        return new
+
+    def record_for(self, plan: Plan) -> dict[str, object]:
+        """The record of the choice that returned ``plan`` (empty when none did)."""
+        return next((r for p, r in self.records if p is plan), {})
+
+    def save(self) -> None:
+        """Write what the table measured (nothing when unused)."""
+        if self._chooser is not None:
+            self._chooser.table.save()

@@ -1,0 +1,163 @@
+"""``--round-to latency`` (the default): channel counts chosen with the per-layer latency table.
+
+Every test here runs on the fake table of ``tests/conftest.py`` (MAC-proportional, 25 % dearer off the
+8-channel block), so nothing depends on this machine's speed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import spa
+from spa.errors import UsageError
+from spa.latency import lut
+from spa.latency.counts import candidates, simd_block
+from spa.options import PruneOptions
+from tests.oracle import GraphBuilder, assert_oracle
+
+SHAPE = (1, 3, 16, 16)
+
+
+def _cnn(width: int = 40, depthwise: bool = True) -> onnx.ModelProto:
+    """Stem, a (depthwise-)separable block with a residual, a wide 3x3 conv, pooling and a Gemm head."""
+    b = GraphBuilder(opset=13)
+    x = b.input("x", list(SHAPE))
+    s = b.op("Relu", [b.bn(b.conv(x, 3, width), width)])
+    d = b.op("Relu", [b.conv(s, width, width, group=width if depthwise else 1)])  # type: ignore[arg-type]
+    s = b.op("Add", [s, b.conv(d, width, width, k=1)])  # type: ignore[list-item]
+    h = b.op("Relu", [b.conv(s, width, 3 * width, stride=2)])  # type: ignore[arg-type]
+    h = b.op("Relu", [b.conv(h, 3 * width, 3 * width)])  # type: ignore[arg-type]
+    p = b.op("Flatten", [b.op("GlobalAveragePool", [h])])  # type: ignore[list-item]
+    b.output(b.op("Gemm", [p, b.weight(10, 3 * width), b.const(np.zeros(10, np.float32))], transB=1))  # type: ignore[arg-type]
+    return b.build()
+
+
+def test_round_to_option_values() -> None:
+    assert PruneOptions().round_to == "latency"
+    assert PruneOptions(round_to="LATENCY").round_to == "latency"
+    assert PruneOptions(round_to="auto").round_to == "auto"
+    assert PruneOptions(round_to="8").round_to == 8 and PruneOptions(round_to=16.0).round_to == 16
+    for bad in (0, -2, "fast", 2.5, True):
+        with pytest.raises(UsageError, match="round_to"):
+            PruneOptions(round_to=bad)  # type: ignore[arg-type]
+
+
+def test_candidates_stay_near_and_aligned() -> None:
+    assert candidates(37, 64, 16) == [32, 37, 40, 48]
+    assert candidates(37, 64, 16, aligned_only=True) == [32, 48]
+    assert candidates(6, 12, 16) == [6, 12]                   # a group within one block: exact or whole
+    for k in (10, 50, 100, 333, 1000):
+        c = candidates(k, 2 * k, 16)
+        assert k in c and all(abs(m - k) <= max(k * 0.25, 16) + 16 for m in c), (k, c)
+    assert simd_block(["CUDAExecutionProvider"]) == 8 and simd_block() in (8, 16)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+def test_latency_counts_keep_the_budget_and_are_faster(ratio: float) -> None:
+    model = _cnn()
+    exact = spa.prune(model, ratio=ratio, round_to=1)
+    chosen = spa.prune(model, ratio=ratio)
+    macs0 = exact.report["macs_before"]
+    d = abs(chosen.report["macs_after"] - exact.report["macs_after"]) / macs0  # type: ignore[operator]
+    assert d <= 0.03, d
+    counts = chosen.report["latency_counts"]
+    assert isinstance(counts, dict) and counts["table_ms_chosen"] <= counts["table_ms_exact"]
+    pred = chosen.report["predicted_latency"]
+    assert isinstance(pred, dict) and 0 < pred["fraction"] < 1 and pred["efficiency"] > 0
+    assert exact.report["predicted_latency"] is None  # no table was opened for exact counts
+
+
+def test_depthwise_groups_are_whole_simd_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("spa.latency.counts.cpu_flags", lambda: frozenset({"avx2"}))
+    result = assert_oracle(_cnn(width=40), ratio=0.45)
+    dw = next(n for n in result.model.graph.node if n.op_type == "Conv"
+              and any(a.name == "group" and a.i > 1 for a in n.attribute))
+    group = next(a.i for a in dw.attribute if a.name == "group")
+    assert group % 8 == 0, group
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_mask_oracle_with_latency_counts(opset: int) -> None:
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 12, 12])
+    a = b.op("Relu", [b.conv(x, 3, 36)])
+    c = b.op("Relu", [b.conv(a, 36, 36, group=36)])  # type: ignore[arg-type]
+    y = b.conv(b.op("Add", [a, b.conv(c, 36, 36, k=1)]), 36, 20)  # type: ignore[list-item, arg-type]
+    b.output(y)
+    assert_oracle(b.build(), ratio=0.4)
+
+
+def test_second_prune_measures_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[str] = []
+    fake = lut.measure_layer
+
+    def counting(cfg, providers, threads=1):  # type: ignore[no-untyped-def]
+        calls.append(cfg.key)
+        return fake(cfg, providers, threads)
+
+    monkeypatch.setattr(lut, "measure_layer", counting)
+    first = spa.prune(_cnn(), ratio=0.5, latency_cache=tmp_path)
+    assert calls and first.report["latency_counts"]["moved"] > 0  # type: ignore[index]
+    calls.clear()
+    again = spa.prune(_cnn(), ratio=0.5, latency_cache=tmp_path)
+    assert calls == [] and again.plan == first.plan
+
+
+@pytest.mark.parametrize("change", ["ort_version", "format"])
+def test_stale_cache_is_rebuilt_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str) -> None:
+    spa.prune(_cnn(), ratio=0.5, latency_cache=tmp_path)
+    (path,) = tmp_path.iterdir()
+    data = json.loads(path.read_text())
+    if change == "format":
+        data["format"] = lut.FORMAT - 1
+    else:
+        data["device"] = asdict(lut.Device(**data["device"])) | {"ort_version": "0.0"}
+    data["entries"] = dict.fromkeys(data["entries"], 1000000.0)  # would make every layer absurdly slow
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="spa.latency.lut"):
+        result = spa.prune(_cnn(), ratio=0.5, latency_cache=tmp_path)
+    assert "rebuilding" in caplog.text
+    assert result.report["latency_counts"]["table_ms_original"] < 1e5  # type: ignore[index]
+    assert json.loads(path.read_text())["format"] == lut.FORMAT
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_concat_groups_keep_an_even_share_per_producer_block(zoo_export, exporter: str) -> None:  # type: ignore[no-untyped-def]
+    from spa.reorder.blocks import channel_blocks
+
+    result = assert_oracle(str(zoo_export("densenet", exporter)), ratio=0.5)
+    checked = 0
+    for gp in result.plan.groups:
+        blocks = channel_blocks(result.analysis, gp.group)
+        ids = sorted(set(blocks.tolist()) - {-1})
+        if len(ids) < 2:
+            continue
+        removed = np.zeros(len(blocks), dtype=bool)
+        removed[list(gp.removed)] = True
+        for b in ids:
+            n = int(np.sum(blocks == b))
+            kept = n - int(np.sum(removed[blocks == b]))
+            assert kept % (8 if n >= 16 else 2) == 0 or kept in (1, n), (gp.group, b, n, kept)
+        checked += 1
+    assert checked
+
+
+def test_a_budget_search_reuses_the_chooser_without_stale_latencies() -> None:
+    """One chooser serves every plan of a --target-latency/--target-macs search: same choices as fresh ones."""
+    from spa.analysis.groups import analyze_graph
+    from spa.latency.counts import LatencyCounts
+    from spa.plan import make_plan
+
+    analysis = analyze_graph(spa.load(_cnn()))
+    scores = {g.id: np.arange(g.channels, dtype=float) for g in analysis.prunable}
+    shared = LatencyCounts(analysis)
+    for r in (0.3, 0.6, 0.45):
+        plan = make_plan(analysis, scores, r, round_to="latency")
+        assert shared(plan, scores) == LatencyCounts(analysis)(plan, scores)
