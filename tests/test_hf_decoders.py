@@ -48,7 +48,7 @@ def _kv(case: str) -> int:
 
 
 def test_every_fixture_is_there_with_its_provenance() -> None:
-    for case in CASES:
+    for case in CASES + ["llama_optimum-past", "gpt2_optimum-past"]:
         path = FIXTURES / f"{case}.onnx"
         assert path.stat().st_size < 1_000_000, case
         m = onnx.load(str(path), load_external_data=False)
@@ -96,3 +96,59 @@ def test_oracle_at_other_batch_and_sequence_sizes(case: str, shape: tuple[int, i
     shapes = {i.name: shape for i in r.model.graph.input}
     res = spa.verify(r.model, r.masked, shapes=shapes)  # type: ignore[arg-type]
     assert res.ok, res.to_json()
+
+
+# -- with a KV cache (optimum's text-generation-with-past) ---------------------------------------------------
+def _cache_shapes(model: onnx.ModelProto, batch: int, new: int, past: int) -> dict[str, tuple[int, ...]]:
+    """Consistent feeds: ids and positions ``[B, new]``, the mask over ``past + new``, caches ``[B, kv, past, Dh]``."""
+    from spa.runtime.feeds import input_specs
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for s in input_specs(model):
+        if s.name == "attention_mask":
+            shapes[s.name] = (batch, past + new)
+        elif s.name.startswith("past_key_values"):
+            shapes[s.name] = (batch,) + tuple(d if isinstance(d, int) else past for d in s.shape[1:])
+        else:
+            shapes[s.name] = (batch, new)
+    return shapes
+
+
+def test_gqa_with_a_kv_cache_prunes_query_heads_within_their_groups() -> None:
+    """The KV heads are in the cache (graph inputs and outputs: the model's interface), so they stay,
+    named by the cache input; the query heads sharing a KV head prune (one of the two per KV head), and
+    the pruned model equals its masked twin with caches of several lengths (empty included)."""
+    path = _path("llama_optimum-past")
+    a = spa.analyze(path)
+    heads = _heads(a)
+    assert len(heads) == LAYERS and all(g.channels == HEADS // KV_HEADS for g in heads)
+    for g in heads:  # Wq's columns and Wo's rows only: K and V are fixed by the cache
+        sizes = sorted(m.size for m in g.members if m.kind == "weight")  # type: ignore[type-var]
+        assert sizes == [HEADS * DH, HEADS * DH]
+    blocked = [r for g in a.groups if not g.prunable for r in g.reasons]
+    assert any(r.startswith("graph input 'past_key_values.") for r in blocked)
+    r = spa.prune(path, ratio=0.5, emit_masked=True)
+    assert r.masked is not None
+    assert r.report["macs_after"] < r.report["macs_before"]  # type: ignore[operator]
+    for batch, new, past in ((2, 3, 5), (1, 4, 0), (3, 1, 7)):
+        res = spa.verify(r.model, r.masked, shapes=_cache_shapes(r.model, batch, new, past))
+        assert res.ok, res.to_json()
+
+
+def test_mha_with_a_kv_cache_keeps_its_heads_and_says_why() -> None:
+    """GPT-2 with a cache: every head is a KV head, so the heads stay, and the reason names the cache
+    tensors (export with task ``text-generation``, without past key values, to prune them); the MLPs
+    prune exactly."""
+    path = _path("gpt2_optimum-past")
+    a = spa.analyze(path)
+    assert not _heads(a)
+    c_attn = [g for g in a.groups if any(m.tensor.endswith("attn.c_attn.weight") and m.axis == 1 for m in g.members)]
+    assert len(c_attn) == LAYERS
+    for g in c_attn:
+        assert not g.prunable
+        assert any(r.startswith(("graph input 'past_key_values.", "graph output 'present.")) for r in g.reasons)
+    r = spa.prune(path, ratio=0.5, emit_masked=True)
+    assert r.masked is not None
+    for batch, new, past in ((2, 3, 5), (1, 4, 0)):
+        res = spa.verify(r.model, r.masked, shapes=_cache_shapes(r.model, batch, new, past))
+        assert res.ok, res.to_json()

@@ -7,6 +7,8 @@ with
 
 * ``optimum``: optimum's ``main_export`` (task ``text-generation``: inputs ``input_ids``,
   ``attention_mask`` and, for rotary models, ``position_ids``; dynamic batch and sequence),
+* ``optimum-past``: the same with task ``text-generation-with-past`` (the KV cache is a graph input
+  ``past_key_values.*`` and output ``present.*``; the mask covers past + new tokens),
 * ``dynamo``: ``torch.onnx.export(..., dynamo=True)`` of the model called on ``input_ids``,
 * ``legacy``: ``torch.onnx.export(..., dynamo=False)`` (TorchScript), the same call — only on request:
   it fails on every family with torch 2.13 / transformers 4.57 (see :data:`DEFAULT_EXPORTERS`),
@@ -41,14 +43,15 @@ COMMIT_DIR = REPO / "tests" / "fixtures" / "hf"
 MAX_BYTES = 1_000_000
 HIDDEN, LAYERS, HEADS, KV_HEADS, FFN, VOCAB, POSITIONS = 32, 2, 4, 2, 64, 64, 64
 SEED = 0
-EXPORTERS = ("optimum", "dynamo", "legacy")
+EXPORTERS = ("optimum", "optimum-past", "dynamo", "legacy")
 #: what ``--out`` builds by default: the TorchScript exporter fails on every family with torch 2.13 and
 #: transformers 4.57 (the vmap in the causal-mask helpers: "unordered_map::at"); optimum's own patched
 #: TorchScript export is the ``optimum`` column. ``--exporter legacy`` still tries it.
 DEFAULT_EXPORTERS = ("optimum", "dynamo")
-#: what ``--commit`` writes: every family from optimum and from torch's dynamo exporter
+#: what ``--commit`` writes: every family from optimum and from torch's dynamo exporter, and the KV-cache
+#: export of one GQA and one MHA family
 FAMILIES = ("llama", "mistral", "qwen2", "phi3", "gemma", "gpt2", "gpt_neox")
-COMMITTED = [(f, e) for f in FAMILIES for e in DEFAULT_EXPORTERS]
+COMMITTED = [(f, e) for f in FAMILIES for e in DEFAULT_EXPORTERS] + [(f, "optimum-past") for f in ("llama", "gpt2")]
 
 
 def _configs() -> dict[str, Callable[[], object]]:
@@ -109,14 +112,15 @@ def export(family: str, exporter: str, path: Path, seq: int = 8) -> Path:
 
     model = build_model(family)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if exporter == "optimum":
+    if exporter in ("optimum", "optimum-past"):
         from optimum.exporters.onnx import main_export
 
         with tempfile.TemporaryDirectory() as tmp:
             src, out = Path(tmp) / "src", Path(tmp) / "out"
             model.save_pretrained(src)
             with contextlib.redirect_stdout(io.StringIO()):
-                main_export(str(src), out, task="text-generation", do_validation=True, library_name="transformers")
+                task = "text-generation-with-past" if exporter == "optimum-past" else "text-generation"
+                main_export(str(src), out, task=task, do_validation=True, library_name="transformers")
             m = onnx.load(str(out / "model.onnx"))
     else:
         ids = torch.randint(0, VOCAB, (2, seq))
@@ -158,7 +162,7 @@ def export(family: str, exporter: str, path: Path, seq: int = 8) -> Path:
 
 
 def _check(m, model, family: str, exporter: str) -> None:  # type: ignore[no-untyped-def]
-    """ONNX Runtime must reproduce the PyTorch logits at two sequence lengths."""
+    """ONNX Runtime must reproduce the PyTorch logits at two sequence lengths (an empty KV cache)."""
     import onnxruntime as ort
     import torch
 
@@ -169,6 +173,9 @@ def _check(m, model, family: str, exporter: str) -> None:  # type: ignore[no-unt
         ids = rng.integers(0, VOCAB, (batch, seq), dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
                  "position_ids": np.broadcast_to(np.arange(seq), ids.shape).copy()}
+        for i in sess.get_inputs():
+            if i.name.startswith("past_key_values"):
+                feeds[i.name] = np.zeros([batch] + [d if isinstance(d, int) else 0 for d in i.shape[1:]], np.float32)
         (got, *_) = sess.run(None, {n: feeds[n] for n in names})
         with torch.no_grad():
             want = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()

@@ -19,6 +19,7 @@ import pytest
 from onnx import helper
 
 import spa
+from spa.rules.base import Slot
 from tests.oracle import GraphBuilder, assert_oracle
 from tests.rules.helpers import _group, _i64, _unsqueeze
 
@@ -171,3 +172,26 @@ def test_size_read_for_arithmetic_still_blocks(opset: int) -> None:
     assert a.channel_graph is not None
     reasons = [r for s in a.channel_graph.slots.values() for r in s.reasons]
     assert any("Shape" in r and "reads the size of axis 2" in r for r in reasons)
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+def test_concat_along_a_dynamic_axis_maps_the_others(opset: int) -> None:
+    """A KV cache's ``Concat(past, new)`` along the (dynamic) sequence axis: no offsets exist on that axis,
+    but the channel axis is the same in both inputs and the output, so it prunes (both producers' columns
+    and the consumer's rows), and the sequence axis is blocked with the Concat named."""
+    b = GraphBuilder(opset=opset)
+    x, old = b.input("x", ["B", "S", D]), b.input("old", ["B", "P", D])
+    w1, w0, w2 = b.weight(D, F), b.weight(D, F), b.weight(F, D)
+    cat = b.op("Concat", [b.op("MatMul", [old, w0]), b.op("MatMul", [x, w1])], axis=1)  # type: ignore[list-item]
+    b.output(b.op("MatMul", [b.op("Relu", [cat]), w2]), ["B", "Q", D])  # type: ignore[arg-type,list-item]
+    model = b.build()
+    a = spa.analyze(model)
+    g = _group(a, w1, 1)
+    assert g.prunable and g.channels == F, g.reasons
+    assert {(m.tensor, m.axis) for m in g.members if m.kind == "weight"} == {(w1, 1), (w0, 1), (w2, 0)}
+    assert a.channel_graph is not None
+    assert any("Concat" in r and "axis 1 unknown" in r for r in a.channel_graph.slots[Slot(cat, 1)].reasons)  # type: ignore[arg-type]
+    r = assert_oracle(model, 0.5)
+    for s, p in ((1, 3), (2, 0)):
+        res = spa.verify(r.model, r.masked, shapes={"x": (2, s, D), "old": (2, p, D)})
+        assert res.ok, res.to_json()
