@@ -66,8 +66,10 @@ class Fixture:
 FIX = {
     # residual stream (stem, res_b, depthwise), res_a, pw, head: every conv output is prunable
     "keras_cnn": Fixture("keras_cnn.onnx", (16, 16, 24, 32), 4, 6),
-    # only the FFN hidden size: heads and the LayerNorm-coupled hidden size are not prunable yet
-    "keras_attention": Fixture("keras_attention.onnx", (64,), 0, 0),
+    # the FFN hidden size and V's head_dim with the output projection's rows (V's Dh never meets Q·Kᵀ;
+    # the dims of the B·H merge are read off two probes, spa.analysis.probe); heads merged into the
+    # dynamic batch and the LayerNorm-coupled hidden size are not prunable
+    "keras_attention": Fixture("keras_attention.onnx", (16, 64), 0, 0),
     # residual stream (+ depthwise), res_a, pw (NHWC Flatten), fc1 hidden
     "tf2onnx_cnn": Fixture("tf2onnx_cnn.onnx", (16, 16, 32, 32), 3, 5),
     "jax2onnx_cnn": Fixture("jax2onnx_cnn.onnx", (16, 16, 32, 32), 3, 5, _strip_value_info),
@@ -305,11 +307,11 @@ def test_keras_encoder_is_small_and_documented() -> None:
 
 
 def test_keras_encoder_default_analysis_finds_the_ffn() -> None:
-    """Without prune_hidden only the FFN is prunable; the hidden group is blocked by the LayerNorm
-    statistics (naming --prune-hidden); the per-head-dim Q/K/V groups are blocked by tf2onnx's
-    head-into-batch Reshape / the attention MatMul, as in keras_attention."""
+    """Without prune_hidden the FFN and V's head_dim (with the output projection's rows) are prunable;
+    the hidden group is blocked by the LayerNorm statistics (naming --prune-hidden); the heads and Q/K's
+    head_dim are blocked by tf2onnx's head-into-batch Reshape / the attention MatMul, as in keras_attention."""
     a = spa.analyze(ENCODER)
-    assert sorted(g.channels for g in a.prunable) == [64]
+    assert sorted(g.channels for g in a.prunable) == [16, 64]
     hidden = _owner(a, TOK_EMB, 1)
     assert not hidden.prunable and hidden.channels == 32
     assert any("prune-hidden" in r for r in hidden.reasons)
@@ -318,7 +320,7 @@ def test_keras_encoder_default_analysis_finds_the_ffn() -> None:
 def test_keras_encoder_hidden_size_is_prunable_with_prune_hidden() -> None:
     """prune_hidden: one prunable 32-channel hidden group from the embedding tables to the classifier rows."""
     a = spa.analyze(ENCODER, prune_hidden=True)
-    assert sorted(g.channels for g in a.prunable) == [32, 64]
+    assert sorted(g.channels for g in a.prunable) == [16, 32, 64]
     hidden = _owner(a, TOK_EMB, 1)
     assert hidden.prunable and hidden.channels == 32 and hidden.kind == "hidden"
     weights = {(m.tensor, m.axis) for m in hidden.members if m.kind == "weight"}
@@ -341,4 +343,4 @@ def test_keras_encoder_oracle_with_prune_hidden(ratio: float) -> None:
     groups = cast("list[dict[str, int]]", r.report["groups"])
     changed = sorted((g["channels_before"], g["channels_after"]) for g in groups
                      if g["channels_after"] < g["channels_before"])
-    assert changed == [(32, kept), (64, round(64 * (1 - ratio)))]
+    assert changed == [(16, round(16 * (1 - ratio))), (32, kept), (64, round(64 * (1 - ratio)))]

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analysis.graph import ChannelGraph, SlotInfo, build_channel_graph, element_classes
+from spa.analysis.probe import probe_shapes
 from spa.graph.model import ModelGraph
 from spa.graph.weights import is_float
 from spa.rules.base import ChannelRule, Link, NodeContext, Role, Slot
@@ -189,6 +190,7 @@ def analyze_graph(mg: ModelGraph, registry: RuleRegistry | None = None, *, hidde
         The :class:`Analysis`.
     """
     registry = registry or default_registry()
+    probe_shapes(mg, registry)
     cg = build_channel_graph(mg, registry, hidden=hidden, head_dim=head_dim)
     links_by_slot: dict[Slot, list[Link]] = {}
     for link, _ in cg.links:

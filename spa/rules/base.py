@@ -410,11 +410,20 @@ Kept = Callable[[Slot], "np.ndarray | None"]
 
 
 class RewriteContext:
-    """What a rule may use to rewrite its node after pruning."""
+    """What a rule may use to rewrite its node after pruning.
 
-    def __init__(self, kept: Kept, sizes: Callable[[Slot], int | None]) -> None:
+    Args:
+        kept: kept element indices of a pruned slot, None when not pruned.
+        sizes: new size of a pruned slot.
+        graph: the graph being rewritten, where a rewrite may add nodes (a private copy of a shared size
+            vector, :meth:`set_vector`); :attr:`added` says whether one did (the caller re-sorts).
+    """
+
+    def __init__(self, kept: Kept, sizes: Callable[[Slot], int | None], graph: gs.Graph | None = None) -> None:
         self._kept = kept
         self._sizes = sizes
+        self.graph = graph
+        self.added = False
 
     def kept(self, tensor: gs.Tensor | None, axis: int) -> np.ndarray | None:
         """Kept element indices of a pruned slot; None when the slot is not pruned."""
@@ -427,18 +436,36 @@ class RewriteContext:
         k = self.kept(tensor, axis)
         return old if k is None else len(k)
 
-    def set_vector(self, node: gs.Node, index: int, values: Sequence[int | None], concat: gs.Node | None) -> None:
+    def set_vector(self, node: gs.Node, index: int, values: Sequence[int | None], concat: gs.Node | None,
+                   *, private: bool = False) -> None:
         """Write a size vector into ``node``'s input ``index``: a fresh constant, or — when the vector is
-        built by ``concat`` at run time — into that Concat's constant pieces (run-time pieces kept)."""
+        built by ``concat`` at run time — into that Concat's constant pieces (run-time pieces kept). With
+        ``private``, ``concat`` (shared with other nodes) is copied for ``node`` alone first."""
         if concat is None:
             self.set_const_input(node, index, np.asarray(values, dtype=np.int64))
             return
+        if private:
+            concat = self._private_copy(node, index, concat)
         pos = 0
         for k, piece in enumerate(list(concat.inputs)):
             n = int(np.prod(piece.shape)) if piece.shape is not None else 0
             if isinstance(piece, gs.Constant):
                 self.set_const_input(concat, k, np.asarray(values[pos:pos + n], dtype=np.int64))
             pos += n
+
+    def _private_copy(self, node: gs.Node, index: int, concat: gs.Node) -> gs.Node:
+        """A copy of ``concat`` (same inputs) that feeds ``node``'s input ``index`` only."""
+        if self.graph is None:
+            raise CouplingError(f"{node.op} '{node.name}': its size vector is shared with other nodes and this "
+                                "rewrite has no graph to add a private copy to; prune through spa.prune")
+        old = concat.outputs[0]
+        out = gs.Variable(f"{old.name}__spa_{node.name or id(node)}", dtype=old.dtype, shape=old.shape)
+        copy = gs.Node("Concat", name=f"{concat.name}__spa_{node.name or id(node)}", attrs=dict(concat.attrs),
+                       inputs=list(concat.inputs), outputs=[out])
+        self.graph.nodes.append(copy)
+        node.inputs[index] = out
+        self.added = True
+        return copy
 
     @staticmethod
     def set_const_input(node: gs.Node, index: int, value: np.ndarray) -> None:

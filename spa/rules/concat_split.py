@@ -1,6 +1,8 @@
 """Concat, Split, Slice and Gather along a channel axis.
 
-* Concat: input ``k``'s channel ``i`` is output channel ``offset_k + i``; other axes identity.
+* Concat: input ``k``'s channel ``i`` is output channel ``offset_k + i``; other axes identity (also when a
+  size on the concat axis is unknown — a KV cache's past ++ new along the sequence —, the concat axis
+  then blocked).
 * Split: output ``k``'s channel ``i`` is input channel ``offset_k + i``; split sizes are rewritten.
 * Slice (step 1): output channel ``j`` is input channel ``start + j``; starts/ends are rewritten to the
   compacted positions. Input channels outside the slice are free. Steps other than 1 are barriers.
@@ -62,19 +64,29 @@ class ConcatRule(ChannelRule):
         if y is None or r is None:
             return ctx.barrier_all(f"Concat '{ctx.node.name}': shape unknown")
         ax = norm_axis(ctx.int_attr("axis", 0), r)
-        rels: list[Relation] = []
+        ins = [ctx.input(k) for k in range(len(ctx.node.inputs))]
+        shapes = [ctx.shape(t) for t in ins]
+        unknown = next((k for k, st in enumerate(shapes) if st is None or static(st[ax]) is None), None)
+        if unknown is not None:
+            # a KV cache (past ++ new along the sequence): the concat axis has no offsets, the others
+            # are still the same channels in every input and the output
+            if any(t is None or st is None or len(st) != r for t, st in zip(ins, shapes)):
+                return ctx.barrier_all(f"Concat '{ctx.node.name}': shape of input {unknown} unknown")
+            reason = f"Concat '{ctx.node.name}': size of input {unknown} on axis {ax} unknown"
+            rels: list[Relation] = [Barrier(y.name, ax, reason)]
+            for t in ins:
+                rels.append(Barrier(t.name, ax, reason))  # type: ignore[union-attr]
+                rels += _others(t.name, y.name, r, ax)  # type: ignore[union-attr]
+            return rels
+        rels = []
         off = 0
-        for k in range(len(ctx.node.inputs)):
-            t = ctx.input(k)
-            st = ctx.shape(t)
-            if t is None or st is None or static(st[ax]) is None:
-                return ctx.barrier_all(f"Concat '{ctx.node.name}': size of input {k} on axis {ax} unknown")
-            n = int(st[ax])  # type: ignore[arg-type]
+        for t, st in zip(ins, shapes):
+            n = int(st[ax])  # type: ignore[arg-type,index]
             if n:
-                rels.append(Link(Slot(t.name, ax), Slot(y.name, ax), np.arange(n), off + np.arange(n)))
-            rels += _others(t.name, y.name, r, ax)
+                rels.append(Link(Slot(t.name, ax), Slot(y.name, ax), np.arange(n), off + np.arange(n)))  # type: ignore[union-attr]
+            rels += _others(t.name, y.name, r, ax)  # type: ignore[union-attr]
             if ctx.is_const(t):
-                rels += [Member(Slot(t.name, a), Role.PARAM) for a in range(r)]
+                rels += [Member(Slot(t.name, a), Role.PARAM) for a in range(r)]  # type: ignore[union-attr]
             off += n
         return rels
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from spa.graph.model import Dim
+from spa.graph.model import Dim, shape_of
 from spa.rules.base import (
     Barrier,
     ChannelRule,
@@ -39,6 +39,7 @@ from spa.rules.base import (
     static,
 )
 from spa.rules.moments import Result, Walk, merge_transfer
+from spa.rules.shape_reads import entry_sources
 
 Block = tuple[tuple[int, ...], tuple[int, ...]]
 
@@ -169,11 +170,32 @@ def reshape_relations(ctx: NodeContext, x: gs.Tensor, y: gs.Tensor) -> list[Rela
     return rels
 
 
-def _shape_spec(ctx: NodeContext) -> tuple[list[int | None], gs.Node | None] | None:
-    """The Reshape target as a list (None = computed at run time) and the Concat that builds it, if any
-    (None when that Concat also feeds other nodes: its pieces could not be rewritten for this one)."""
-    spec = size_spec(ctx, 1)
-    return (spec[0], spec[1]) if spec is not None and spec[2] else None
+def pairs_of(node: gs.Node) -> set[tuple[int, int]] | None:
+    """The input → output axis pairs a Reshape-like node maps one to one (None when its shapes do not pair)."""
+    si, so = shape_of(node.inputs[0]), shape_of(node.outputs[0])
+    if si is None or so is None:
+        return None
+    paired = _pair(si, so)
+    if paired is None:
+        return None
+    return {(ins[0], outs[0]) for ins, outs in paired[0] if len(ins) == 1 and len(outs) == 1}
+
+
+def _self_reads(ctx: NodeContext) -> set[int]:
+    """Output axes whose target entry is the run-time size of the input axis mapped onto them
+    (``x.view(-1, x.size(-1))``: right whatever that axis is pruned to; see :mod:`spa.rules.shape_reads`)."""
+    src = entry_sources(ctx.input(1))
+    x, pairs = ctx.input(0), pairs_of(ctx.node)
+    if src is None or x is None or pairs is None:
+        return set()
+    return {b for b, e in enumerate(src) if e is not None and e[0] == x.name and (e[1], b) in pairs}
+
+
+def _private(ctx: NodeContext, concat: gs.Node | None) -> bool:
+    """The target is built by ``concat`` directly (no Cast between), so a rewrite can give this Reshape a
+    private copy of it when the Concat is shared with other nodes."""
+    t = ctx.input(1)
+    return concat is not None and t is not None and len(t.inputs) == 1 and t.inputs[0] is concat
 
 
 def static_target(ctx: NodeContext, x: gs.Tensor, y: gs.Tensor) -> list[int] | None:
@@ -227,28 +249,31 @@ class ReshapeRule(ChannelRule):
         if x is None or y is None:
             return ctx.barrier_all("Reshape without data")
         rels = reshape_relations(ctx, x, y)
-        spec = _shape_spec(ctx)
-        if spec is None:
+        spec = size_spec(ctx, 1)
+        name = ctx.node.name
+        if spec is None or not spec[2]:
             if static_target(ctx, x, y) is not None:
                 return rels
-            return rels + [Barrier(y.name, None, f"Reshape '{ctx.node.name}' target computed at run time")]
+            if spec is None or not _private(ctx, spec[1]):
+                return rels + [Barrier(y.name, None, f"Reshape '{name}' target computed at run time (neither a "
+                                                     "constant nor a Concat spa can rewrite)")]
+        own = _self_reads(ctx)
         for b, v in enumerate(spec[0]):
-            if v is None:
-                rels.append(Barrier(y.name, b, f"Reshape '{ctx.node.name}' target axis {b} computed at run time"))
+            if v is None and b not in own:
+                rels.append(Barrier(y.name, b, f"Reshape '{name}' target axis {b} computed at run time (not from "
+                                               "the size of the input axis it maps)"))
         return rels
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
         x, y = ctx.input(0), ctx.output(0)
-        spec = _shape_spec(ctx)
+        spec = size_spec(ctx, 1)
         so = ctx.shape(y)
         if x is None or y is None or so is None:
             raise graph_changed(ctx, "input, output or output shape missing")
-        if spec is None:
-            target = static_target(ctx, x, y)
-            if target is None:
-                raise graph_changed(ctx, "target shape neither constant nor static")
-            if all(rw.kept(y, b) is None for b in range(len(so))):
-                return
+        if all(rw.kept(y, b) is None for b in range(len(so))):
+            return
+        target = static_target(ctx, x, y) if spec is None or not spec[2] else None
+        if target is not None:
             new_target = [v if v in (0, -1) or rw.kept(y, b) is None else rw.new_size(y, b, v)
                           for b, v in enumerate(target)]
             ctx.node.inputs[1] = gs.Constant(f"{ctx.node.name or id(ctx.node)}__spa_shape",
@@ -256,14 +281,16 @@ class ReshapeRule(ChannelRule):
             if "allowzero" in ctx.node.attrs:
                 ctx.node.attrs["allowzero"] = 0
             return
-        values, concat = spec
+        if spec is None or not (spec[2] or _private(ctx, spec[1])):
+            raise graph_changed(ctx, "target shape neither constant nor static nor a Concat")
+        values, concat, editable = spec
         new = []
         for b, v in enumerate(values):
             if v is None or v == -1 or rw.kept(y, b) is None:
                 new.append(v)
             else:
                 new.append(rw.new_size(y, b, int(so[b])))  # type: ignore[arg-type]
-        rw.set_vector(ctx.node, 1, new, concat)
+        rw.set_vector(ctx.node, 1, new, concat, private=not editable)
 
 
 class ShapeOnlyRule(ChannelRule):

@@ -32,6 +32,8 @@ from spa.rules.base import (
     static,
 )
 from spa.rules.moments import Result, Walk, same_axis_transfer
+from spa.rules.reshape_transpose import pairs_of
+from spa.rules.shape_reads import self_consistent_reads
 
 
 def _same_size_links(ctx: NodeContext) -> list[Relation]:
@@ -275,7 +277,10 @@ class ExpandTileRule(ChannelRule):
 class ShapeRule(ChannelRule):
     """Shape: the axes whose sizes are read become barriers (only those actually used, when known).
 
-    The other axes are self-linked: mapped, but coupled to nothing.
+    The other axes are self-linked: mapped, but coupled to nothing. Sizes read only to be kept — every
+    use ends in the target of a Reshape of the same tensor that maps the read axis onto itself
+    (:func:`spa.rules.shape_reads.self_consistent_reads`) — are not barriers: the Reshape reads the
+    pruned size at run time.
     """
 
     op_types = ("Shape", "Size")
@@ -292,7 +297,8 @@ class ShapeRule(ChannelRule):
             end = ctx.int_attr("end", r)
             start, end = (start + r if start < 0 else start), (end + r if end < 0 else end)
             axes = list(range(max(start, 0), min(end, r)))
-            read = self._read_axes(y, axes)
+            # sizes read only to keep them (``x.view(-1, x.size(-1))``) stay right after pruning
+            read = set() if self_consistent_reads(y, x, pairs_of) else self._read_axes(y, axes)
         reason = f"{ctx.node.op} '{ctx.node.name}' reads the size of axis"
         # Axes whose size is not read must still count as mapped, or the analysis's coverage check
         # blocks them ("does not map axis"), which made every ``x.view(x.size(0), -1)`` block the

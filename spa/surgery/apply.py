@@ -163,13 +163,15 @@ def prune_model(analysis: Analysis, plan: Plan, registry: RuleRegistry | None = 
     kept = kept_indices(analysis, plan)
     touched = {s.tensor for s in kept}
     sizes = {s: len(k) for s, k in kept.items()}
-    rw = RewriteContext(kept.get, sizes.get)
-    for node in mg.graph.nodes:
+    rw = RewriteContext(kept.get, sizes.get, mg.graph)
+    for node in list(mg.graph.nodes):
         names = {t.name for t in list(node.inputs) + list(node.outputs) if t is not None}
         if names & touched:
             rule = registry.lookup(node.domain or "", node.op, mg.opset)
             if rule is not None:
                 _run_hook(rule.rewrite, NodeContext(node, mg.opset), rw, "rewriting after pruning")
+    if rw.added:  # private copies of shared size vectors
+        mg.graph.cleanup().toposort()
     tensors = mg.graph.tensors()
     zeroed = _zeroed(analysis, plan, kept)
     for slot, k in kept.items():
