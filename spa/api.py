@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,12 @@ import onnx
 from spa.analysis.groups import Analysis, analyze_graph
 from spa.analysis.metrics import REPRESENTATIVE, count_params, macs_at, representative_shapes
 from spa.bench.report import BenchOptions, bench_models
-from spa.budget import solve_ratio
+from spa.budget import estimate, solve_ratio
 from spa.calibration import load_calibration
 from spa.calibration.data import CalibrationSource, RandomSource
 from spa.criteria import CriterionContext, Scores, Updates, get_criterion
 from spa.criteria.reduce import options as reduce_options
-from spa.errors import UnsupportedModelError, UsageError, ValidationError
+from spa.errors import SpaError, UnsupportedModelError, UsageError, ValidationError
 from spa.graph.io import PROTOBUF_LIMIT, load_model
 from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
@@ -36,6 +37,8 @@ from spa.latency.solve import solve_latency
 from spa.options import PruneOptions, coerce
 from spa.plan import Plan, make_plan
 from spa.reorder.unconstrained import copies, unconstrain
+from spa.rules.conv import has_grouped_conv, whole_group_rules
+from spa.rules.defaults import default_registry
 from spa.rules.registry import RuleRegistry
 from spa.runtime.feeds import InputSpec
 from spa.runtime.providers import cuda_device_present
@@ -241,8 +244,11 @@ def prune(
     cctx = _criterion_context(opts)
     stage(f"scoring {len(analysis.prunable)} groups ({opts.criterion})")
     scores = crit.score(analysis, cctx)
+    analysis, scores, registry, grouped = _grouped_conv_mode(mg, analysis, scores, opts, registry,
+                                                             lambda a: crit.score(a, cctx), stage)
     stage("planning" + (" (measuring latencies)" if opts.target_latency is not None else ""))
-    plan, latency_record, counts_record = _solve_plan(analysis, scores, opts, registry, stage)
+    plan_opts = opts if not grouped or grouped["mode"] != "whole_groups" else replace(opts, ratio=grouped["ratio"])
+    plan, latency_record, counts_record = _solve_plan(analysis, scores, plan_opts, registry, stage)
     stage(f"pruning {len(plan.groups)} groups")
     updates = crit.compensate(analysis, plan, cctx)
     pruned_mg = prune_model(analysis, plan, registry, updates=updates)
@@ -251,7 +257,7 @@ def prune(
         stage("building the masked twin")
     masked = masked_twin(analysis, plan, updates, registry) if opts.emit_masked else None
     report = _report(opts, analysis, plan, mg, pruned_mg, cctx, updates) | checks | {"target_latency": latency_record}
-    report |= _predicted_latency(report, counts_record)
+    report |= _predicted_latency(report, counts_record) | {"grouped_convs": grouped}
     return PruneResult(pruned_mg, plan, analysis, report, masked, _protos=protos)
 
 
@@ -302,6 +308,49 @@ def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions, registry
         plan = unconstrain(analysis, plan, reorder=opts.reorder)
         plan = choose_modes(analysis, plan, opts.consumer_mode, providers=providers)
     return plan, record, counts_record
+
+
+def _grouped_conv_mode(mg: ModelGraph, analysis: Analysis, scores: Scores, opts: PruneOptions,
+                       registry: RuleRegistry | None, score: Callable[[Analysis], Scores],
+                       stage: Callable[[str], None]
+                       ) -> tuple[Analysis, Scores, RuleRegistry | None, dict[str, Any] | None]:
+    """With ``round_to="latency"`` and grouped (not depthwise) convolutions: whether to prune them by
+    in-group positions (same groups, narrower) or by whole groups (fewer groups, same width), whichever
+    the latency table predicts faster at the same MACs (those of the exact in-group plan at
+    ``opts.ratio``). Returns the analysis, scores and rules to prune with, and the comparison (None when
+    there was nothing to compare; its ``ratio`` is the whole-group ratio with those MACs, what a ``ratio``
+    budget plans at)."""
+    if opts.round_to != "latency" or opts.unconstrained or not has_grouped_conv(mg.graph.nodes):
+        return analysis, scores, registry, None
+    stage("comparing grouped convolutions pruned by whole groups")
+    whole_reg = RuleRegistry(whole_group_rules((registry or default_registry()).rules()))
+    whole = analyze_graph(mg, whole_reg, hidden=opts.prune_hidden, head_dim=opts.prune_head_dim)
+    whole_scores = score(whole)
+    providers = list(opts.providers) if opts.providers is not None else None
+
+    def exact(a: Analysis, s: Scores, r: float) -> Plan:
+        return make_plan(a, s, r, criterion=opts.criterion, global_rank=opts.global_rank, max_ratio=opts.max_ratio,
+                         round_to=1, min_channels=opts.min_channels, ignore=opts.ignore, overrides=opts.overrides,
+                         kind_ratio=opts.kind_ratios())
+
+    width_plan = exact(analysis, scores, opts.ratio)
+    try:
+        whole_plan = solve_ratio(whole, lambda r: exact(whole, whole_scores, r),
+                                 target_macs=float(estimate(analysis, width_plan).macs), tol=0.005)
+    except SpaError:
+        return analysis, scores, registry, None
+    ms: list[float] = []
+    for a, s, reg, p in ((analysis, scores, registry, width_plan), (whole, whole_scores, whole_reg, whole_plan)):
+        counts = LatencyCounts(a, providers, opts.latency_cache, reg, opts.min_channels)
+        try:
+            ms.append(float(counts.record_for(counts(p, s)).get("table_ms_chosen", math.inf)))  # type: ignore[arg-type]
+        finally:
+            counts.save()
+    record: dict[str, Any] = {"mode": "whole_groups" if ms[1] < ms[0] else "in_group", "ratio": whole_plan.ratio,
+                                 "table_ms_in_group": round(ms[0], 4), "table_ms_whole_groups": round(ms[1], 4)}
+    if ms[1] < ms[0]:
+        return whole, whole_scores, whole_reg, record
+    return analysis, scores, registry, record
 
 
 def _predicted_latency(report: dict[str, object], counts: dict[str, object]) -> dict[str, object]:

@@ -38,3 +38,47 @@ def test_zoo_exporters_agree_on_groups(zoo_export, name: str) -> None:  # type: 
     """Both exporters' graphs of one architecture expose the same prunable channel counts."""
     counts = {e: sorted(g.channels for g in spa.analyze(str(zoo_export(name, e))).prunable) for e in EXPORTERS}
     assert counts["legacy"] == counts["dynamo"]
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+@pytest.mark.parametrize("name", ["regnety", "resnext"])
+def test_zoo_whole_groups_prune_exactly(zoo_export, name: str, exporter: str) -> None:  # type: ignore[no-untyped-def]
+    """Grouped convolutions pruned by whole groups (fewer groups, same width) pass the mask oracle, and
+    every grouped Conv keeps its group width."""
+    import onnx
+
+    from spa.rules.conv import whole_group_rules
+    from spa.rules.defaults import DEFAULT_RULES
+    from spa.rules.registry import RuleRegistry
+
+    path = str(zoo_export(name, exporter))
+    result = assert_oracle(path, 0.5, round_to=1, registry=RuleRegistry(whole_group_rules(DEFAULT_RULES)))
+
+    def widths(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+        init = {i.name: list(i.dims) for i in model.graph.initializer}
+        out = {}
+        for n in model.graph.node:
+            g = next((a.i for a in n.attribute if a.name == "group"), 1)
+            w = init.get(n.input[1]) if n.op_type == "Conv" and len(n.input) > 1 else None
+            if w is not None and w[1] > 1:
+                out[n.name] = (g, w[1])
+        return out
+
+    before = {k: v for k, v in widths(spa.load(path).to_onnx()).items() if v[0] > 1}
+    after = widths(result.model)
+    assert before
+    assert all(after[k][1] == w for k, (_, w) in before.items())          # same group width
+    assert sum(after[k][0] for k in before) < sum(g for g, _ in before.values())  # fewer groups
+
+
+@pytest.mark.parametrize("name", ["regnety", "resnext"])
+def test_zoo_grouped_mode_by_default(zoo_export, name: str) -> None:  # type: ignore[no-untyped-def]
+    """The default (``--round-to latency``) compares in-group and whole-group pruning on the table and
+    says which it took; either passes the oracle and keeps the exact plan's MACs within the slack."""
+    path = str(zoo_export(name, "legacy"))
+    result = assert_oracle(path, 0.5)
+    exact = spa.prune(path, ratio=0.5, round_to=1)
+    record = result.report["grouped_convs"]
+    assert isinstance(record, dict) and record["mode"] in ("in_group", "whole_groups")
+    macs0 = float(result.report["macs_before"])  # type: ignore[arg-type]
+    assert abs(float(result.report["macs_after"]) - float(exact.report["macs_after"])) / macs0 < 0.03  # type: ignore[arg-type]

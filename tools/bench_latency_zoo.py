@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, object]] = []
     sweep: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="spa_latency_zoo_") as tmp:
-        for name in args.models.split(","):
+        for name in filter(None, args.models.split(",")):
             console.print(f"{name}:")
             rows += bench_model(name, Path(tmp), args, console)
         if not args.no_sweep:

@@ -44,6 +44,10 @@ MAX_LATENCY_RATIO = 0.95
 #: the lookup-table search first scans this many equal steps of the ratio up to MAX_LATENCY_RATIO
 LATENCY_GRID = 19
 LATENCY_METHODS = ("lut", "measure")
+#: the lookup-table search aims this far (a fraction of the original latency) below the goal
+MARGIN = 0.01
+#: grid steps tried above the largest measured ratio when no measured plan meets the goal
+EXTRA_STEPS = 2
 
 
 def solve_latency(
@@ -208,8 +212,9 @@ class _LutSearch:
         return self.points[r]
 
     def meets(self, r: float) -> bool:
-        """Whether the predicted fraction at ratio ``r`` is at most the goal."""
-        return predicted_fraction(self.point(r)[1], self.sensitivity) <= self.goal
+        """Whether the predicted fraction at ratio ``r`` is at most the goal (less :data:`MARGIN`: a plan
+        predicted exactly at the goal misses it half the time)."""
+        return predicted_fraction(self.point(r)[1], self.sensitivity) <= self.goal - MARGIN
 
     def trial(self, plan: Plan, x: float, why: str) -> _Trial:
         """Prune and time ``plan`` against the original; record it."""
@@ -248,7 +253,10 @@ class _LutSearch:
 
     def correct(self, tol: float, corrections: int) -> None:
         """Search, measure, recalibrate: until a measured fraction lies in ``[goal - tol, goal]``, the
-        search lands on a plan already measured, or ``corrections`` recalibrated searches are done."""
+        search lands on a plan already measured, or ``corrections`` recalibrated searches are done. When
+        no measured plan meets the goal then (latency is not monotone in the ratio, and a busy machine
+        adds noise), the next grid ratios above the largest measured one are tried, at most
+        :data:`EXTRA_STEPS` of them."""
         for k in range(corrections + 1):
             plan, x = self.search()
             if any(t.plan.ratio == plan.ratio for t in self.trials):
@@ -256,6 +264,13 @@ class _LutSearch:
             if self.goal - tol <= self.trial(plan, x, "search" if k == 0 else f"correction {k}").measured <= self.goal:
                 break
             self.sensitivity = self.refit()
+        for k in range(EXTRA_STEPS):
+            if any(t.measured <= self.goal for t in self.trials):
+                break
+            r = min(MAX_LATENCY_RATIO, max(t.plan.ratio for t in self.trials) + MAX_LATENCY_RATIO / LATENCY_GRID)
+            if any(t.plan.ratio == r for t in self.trials):
+                break
+            self.trial(*self.point(r), f"step {k + 1} above the measured plans")
 
     def record(self, table: LatencyTable, base_ms: float) -> dict[str, object]:
         """The record's search fields: original latency, goal, final sensitivity, the table's use."""

@@ -9,6 +9,10 @@ Index maps (``C`` input channels, ``M`` output channels, ``g`` groups, ``cg = C/
 * grouped (``cg > 1``): groups must stay equal-sized, so a channel is an *in-group position*: position
   ``j`` is input channels ``{i*cg + j}`` of every group ``i`` (and likewise for outputs). ``group`` is
   unchanged.
+* grouped, whole groups (``ConvRule(whole_groups=True)``): a channel is one *group* instead: group
+  ``i``'s input channels ``i*cg .. i*cg+cg-1`` and output channels ``i*mg .. i*mg+mg-1`` go together,
+  so pruning leaves fewer groups of the same width (``group`` shrinks, the weight loses the removed
+  groups' rows). Which of the two is faster is the latency table's call (:mod:`spa.latency.counts`).
 
 >>> import numpy as np
 >>> _positions(6, 3).tolist()   # 6 channels in groups of 3: positions
@@ -55,9 +59,20 @@ def _self_positions(t: str, axis: int, n: int, per_group: int) -> Link:
 
 
 class ConvRule(ChannelRule):
-    """Conv: weight [M, C/g, k...], bias [M]."""
+    """Conv: weight [M, C/g, k...], bias [M].
+
+    Args:
+        whole_groups: a grouped Conv (``1 < group``, ``C/g > 1``) is pruned by whole groups (fewer groups,
+            same width) rather than by in-group positions (same groups, narrower).
+    """
 
     op_types = ("Conv",)
+
+    def __init__(self, whole_groups: bool = False) -> None:
+        self.whole_groups = whole_groups
+
+    def __repr__(self) -> str:
+        return f"ConvRule(whole_groups={self.whole_groups})"
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
         x, w, b, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
@@ -82,6 +97,10 @@ class ConvRule(ChannelRule):
         elif cg == 1:
             mg = m // g
             rels.append(Link(Slot(x.name, 1), Slot(y.name, 1), np.repeat(np.arange(c), mg), np.arange(m)))
+        elif self.whole_groups:  # group i: inputs i*cg.., outputs i*mg.. are one channel
+            mg = m // g
+            rels.append(Link(Slot(x.name, 1), Slot(y.name, 1), np.arange(c), (np.arange(c) // cg) * mg))
+            rels.append(Link(Slot(y.name, 1), Slot(y.name, 1), np.arange(m), (np.arange(m) // mg) * mg))
         else:
             rels.append(Link(Slot(x.name, 1), Slot(w.name, 1), np.arange(c), _positions(c, cg)))
             if role_in:
@@ -96,15 +115,20 @@ class ConvRule(ChannelRule):
         x, w = ctx.input(0), ctx.input(1)
         g = ctx.int_attr("group", 1)
         sw = ctx.shape(w)
-        if g > 1 and sw is not None and static(sw[1]) == 1:
+        cg = static(sw[1]) if sw is not None else None
+        if g > 1 and cg is not None and (cg == 1 or self.whole_groups):
             kept = rw.kept(x, 1)
             if kept is not None:
-                ctx.node.attrs["group"] = len(kept)
+                ctx.node.attrs["group"] = len(kept) // cg
 
     def aligned_slots(self, ctx: NodeContext) -> tuple[Slot, ...]:
-        """A depthwise or grouped Conv's input and output channels: its NCHWc kernels need whole blocks."""
-        x, y = ctx.input(0), ctx.output(0)
+        """A depthwise or grouped Conv's input and output channels: its NCHWc kernels need whole blocks
+        (not when pruned by whole groups: the group width stays, only the number of groups changes)."""
+        x, y, w = ctx.input(0), ctx.output(0), ctx.input(1)
         if ctx.int_attr("group", 1) <= 1 or x is None or y is None:
+            return ()
+        sw = ctx.shape(w)
+        if self.whole_groups and sw is not None and static(sw[1]) != 1:
             return ()
         return (Slot(x.name, 1), Slot(y.name, 1))
 
@@ -229,3 +253,22 @@ def conv_latency_key(ctx: NodeContext, in_shapes: Sequence[tuple[int, ...]],
     else:
         attrs.pop("pads", None)
     return tuple(sorted(attrs.items()))
+
+
+def whole_group_rules(rules: Sequence[ChannelRule]) -> tuple[ChannelRule, ...]:
+    """``rules`` with every :class:`ConvRule` replaced by one that prunes grouped convolutions by whole
+    groups."""
+    return tuple(ConvRule(whole_groups=True) if type(r) is ConvRule else r for r in rules)
+
+
+def has_grouped_conv(graph_nodes: Sequence[object]) -> bool:
+    """Whether any Conv among ``graph_nodes`` (onnx-graphsurgeon nodes) is grouped but not depthwise
+    (``1 < group`` and more than one input channel per group): where whole groups are an option."""
+    for node in graph_nodes:
+        if getattr(node, "op", None) != "Conv" or int(getattr(node, "attrs", {}).get("group", 1)) <= 1:
+            continue
+        w = node.inputs[1] if len(node.inputs) > 1 else None  # type: ignore[attr-defined]
+        shape = getattr(w, "shape", None)
+        if shape is not None and len(shape) > 1 and isinstance(shape[1], int) and shape[1] > 1:
+            return True
+    return False
