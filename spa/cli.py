@@ -307,8 +307,6 @@ def prune(ctx: click.Context, model: str, **params: Any) -> int:
     if not dry_run:
         _check_prune_destinations(model, output, {"--emit-masked": emit_masked, "--report": report},
                                   force=params["force"])
-    if not options.has_data and not ctx.obj["quiet"]:
-        click.echo(f"spa: warning: {api.NO_DATA_NOTE}", err=True)
     with _working(ctx, f"pruning {model}") as stage:
         result = api.prune(model, options, progress=stage)
     if dry_run:
@@ -330,6 +328,8 @@ def prune(ctx: click.Context, model: str, **params: Any) -> int:
     _write_json(rep, report)
     if not ctx.obj["quiet"] and report != "-":
         _print_prune_summary(model, output, options, rep)
+    if not options.has_data and not ctx.obj["quiet"]:  # last: an error before it stays one line
+        click.echo(f"spa: warning: {api.NO_DATA_NOTE}", err=True)
     return 0
 
 

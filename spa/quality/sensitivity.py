@@ -146,7 +146,7 @@ def damage(curve: Sequence[float], levels: Sequence[float], ratio: float) -> flo
     if ratio <= xs[-1]:
         return float(np.interp(ratio, xs, ys))
     slope = (ys[-1] - ys[-2]) / max(xs[-1] - xs[-2], 1e-9)
-    return ys[-1] + slope * (ratio - xs[-1])
+    return float(ys[-1] + slope * (ratio - xs[-1]))
 
 
 @dataclass
