@@ -390,7 +390,8 @@ def print_table(results: list[dict[str, Any]], targets: list[float], console: Co
         for label in VARIANTS:
             vals = [r["rows"][label]["retention"][str(tg)] for r in results]
             summary[f"{label} @{tg}"] = {"mean": float(np.mean(vals)), "min": float(np.min(vals))}
-            table.add_row(label, str(tg), *(f"{v:.3f}" for v in vals), f"[bold]{np.mean(vals):.3f}", f"{np.min(vals):.3f}")
+            table.add_row(label, str(tg), *(f"{v:.3f}" for v in vals), f"[bold]{np.mean(vals):.3f}",
+                          f"{np.min(vals):.3f}")
     console.print(table)
     return summary
 
