@@ -139,7 +139,7 @@ def power_task(seed: int) -> Task | None:
     spec = importlib.util.find_spec("aeon")
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "ItalyPowerDemand"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "ItalyPowerDemand"
     parts = [_read_ts(folder / f"ItalyPowerDemand_{s}.ts") for s in ("TRAIN", "TEST")]
     x = np.concatenate([p[0] for p in parts])[:, None]
     y = np.concatenate([p[1] for p in parts])
