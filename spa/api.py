@@ -25,6 +25,7 @@ from spa.budget import estimate, solve_ratio
 from spa.calibration import load_calibration
 from spa.calibration.data import CalibrationSource, RandomSource
 from spa.criteria import CriterionContext, Scores, Updates, get_criterion
+from spa.criteria.calibrated import model_proto
 from spa.criteria.reduce import options as reduce_options
 from spa.errors import SpaError, UnsupportedModelError, UsageError, ValidationError
 from spa.graph.io import PROTOBUF_LIMIT, load_model
@@ -36,6 +37,9 @@ from spa.latency.counts import LatencyCounts
 from spa.latency.solve import solve_latency
 from spa.options import PruneOptions, coerce
 from spa.plan import Plan, make_plan
+from spa.quality import Allocation, ProbeData, allocate, distortion, probe_data, realign, sensitivity_curves
+from spa.quality.probe import outputs as probe_outputs
+from spa.quality.sensitivity import damage, single_plan
 from spa.reorder.unconstrained import copies, unconstrain
 from spa.rules.conv import has_grouped_conv, whole_group_rules
 from spa.rules.defaults import default_registry
@@ -234,7 +238,7 @@ def prune(
     Raises:
         UsageError: an unknown or invalid option (before any work).
     """
-    opts = coerce(options, changes)
+    opts = coerce(options, changes).resolved()
     stage = progress or (lambda _what: None)
     crit = get_criterion(opts.criterion)
     stage("loading")
@@ -246,11 +250,17 @@ def prune(
     scores = crit.score(analysis, cctx)
     analysis, scores, registry, grouped = _grouped_conv_mode(mg, analysis, scores, opts, registry,
                                                              lambda a: crit.score(a, cctx), stage)
+    data = _probe_data(analysis, opts, cctx)
+    alloc = _allocation(analysis, scores, opts, cctx, data, registry, stage)
     stage("planning" + (" (measuring latencies)" if opts.target_latency is not None else ""))
     plan_opts = opts if not grouped or grouped["mode"] != "whole_groups" else replace(opts, ratio=grouped["ratio"])
-    plan, latency_record, counts_record = _solve_plan(analysis, scores, plan_opts, registry, stage)
+    plan, latency_record, counts_record = _solve_plan(analysis, scores, plan_opts, registry, stage, alloc)
     stage(f"pruning {len(plan.groups)} groups")
     updates = crit.compensate(analysis, plan, cctx)
+    quality: dict[str, object] = {"realign": None, "allocation": None, "quality_note": None}
+    if opts.realign and data is not None:
+        updates, quality["realign"] = realign(analysis, plan, updates, data, registry,
+                                              variance=opts.realign_variance, progress=stage)
     pruned_mg = prune_model(analysis, plan, registry, updates=updates)
     checks, protos = _check(pruned_mg, model, opts.check, stage)
     if opts.emit_masked:
@@ -258,7 +268,71 @@ def prune(
     masked = masked_twin(analysis, plan, updates, registry) if opts.emit_masked else None
     report = _report(opts, analysis, plan, mg, pruned_mg, cctx, updates) | checks | {"target_latency": latency_record}
     report |= _predicted_latency(report, counts_record) | {"grouped_convs": grouped}
+    report |= _quality_report(quality, opts, analysis, plan, alloc, data, protos.get("model") or pruned_mg.to_onnx(),
+                              cctx)
     return PruneResult(pruned_mg, plan, analysis, report, masked, _protos=protos)
+
+
+#: the one line said when no data protects the task
+NO_DATA_NOTE = ("task quality cannot be protected without data: give --calib with a few dozen of the model's inputs "
+                "(an image folder, or an .npz/.npy of input arrays) for obs scores, sensitivity-allocated budgets "
+                "and statistics re-alignment")
+
+
+def _probe_data(analysis: Analysis, opts: PruneOptions, cctx: CriterionContext) -> ProbeData | None:
+    """The calibration samples re-alignment and sensitivity probes run on (None when neither is asked)."""
+    if not (opts.realign or opts.allocate == "sensitivity") or not isinstance(cctx.calibration, CalibrationSource):
+        return None
+    return probe_data(model_proto(analysis, cctx), cctx.calibration, opts.probe_samples)
+
+
+def _allocation(analysis: Analysis, scores: Scores, opts: PruneOptions, cctx: CriterionContext,
+                data: ProbeData | None, registry: RuleRegistry | None,
+                stage: Callable[[str], None]) -> Allocation | None:
+    """Sensitivity curves of every group the budget spreads over, and the greedy allocation path."""
+    if opts.allocate != "sensitivity" or data is None:
+        return None
+    crit = get_criterion(opts.criterion)
+    fixed = _fixed_plan(analysis, scores, opts)
+    skip = set(fixed.ignored) | {gp.group for gp in fixed.groups}
+    groups = [g.id for g in analysis.prunable if g.id in scores and g.id not in skip]
+    curves, record = sensitivity_curves(
+        analysis, scores, data, groups, criterion=opts.criterion, registry=registry,
+        compensate=lambda p: crit.compensate(analysis, p, cctx), levels=opts.sensitivity_levels,
+        min_channels=opts.min_channels, cache_extra=repr(sorted(cctx.options.items())), progress=stage)
+    stage("allocating the budget by sensitivity")
+    alloc = allocate(analysis, scores, curves, levels=opts.sensitivity_levels,
+                     measure="params" if opts.budget == "params" else "macs", max_ratio=opts.max_ratio,
+                     min_channels=opts.min_channels, base=fixed)
+    alloc.record = record
+    return alloc
+
+
+def _fixed_plan(analysis: Analysis, scores: Scores, opts: PruneOptions) -> Plan:
+    """The groups the budget does not spread over: ignored ones, and those an override or kind ratio sets."""
+    return make_plan(analysis, scores, 0.0, criterion=opts.criterion, min_channels=opts.min_channels,
+                     ignore=opts.ignore, overrides=opts.overrides, kind_ratio=opts.kind_ratios())
+
+
+def _quality_report(quality: dict[str, object], opts: PruneOptions, analysis: Analysis, plan: Plan,
+                    alloc: Allocation | None, data: ProbeData | None, pruned: onnx.ModelProto,
+                    cctx: CriterionContext) -> dict[str, object]:
+    """The report's ``realign``, ``allocation`` (per group: chosen ratio, sensitivity curve; predicted and
+    measured output distortion) and ``quality_note`` (the one line said when no data was given)."""
+    if not opts.has_data:
+        log.info("%s", NO_DATA_NOTE)
+        quality["quality_note"] = NO_DATA_NOTE
+    if alloc is not None and data is not None:
+        chosen = {gp.group: len(gp.removed) / gp.channels for gp in plan.groups}
+        predicted = sum(damage(curve, alloc.levels, chosen.get(gid, 0.0)) for gid, curve in alloc.curves.items())
+        measured = distortion(probe_outputs(model_proto(analysis, cctx), data), probe_outputs(pruned, data))
+        quality["allocation"] = alloc.record | {
+            "levels": list(alloc.levels), "predicted_distortion": round(predicted, 6),
+            "measured_distortion": round(measured, 6),
+            "groups": [{"id": gid, "label": analysis.groups[gid].label, "ratio": round(chosen.get(gid, 0.0), 4),
+                        "sensitivity": [round(x, 6) for x in curve]}
+                       for gid, curve in alloc.curves.items()]}
+    return quality
 
 
 def _criterion_context(opts: PruneOptions) -> CriterionContext:
@@ -274,7 +348,7 @@ def _criterion_context(opts: PruneOptions) -> CriterionContext:
 
 
 def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions, registry: RuleRegistry | None = None,
-                stage: Callable[[str], None] | None = None
+                stage: Callable[[str], None] | None = None, alloc: Allocation | None = None,
                 ) -> tuple[Plan, dict[str, object] | None, dict[str, object]]:
     """The plan the budget asks for (a ratio, a MACs/params target or a latency target), with channel
     counts chosen by latency (``round_to="latency"``), made unconstrained when asked; also the latency
@@ -292,6 +366,15 @@ def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions, registry
                          ignore=opts.ignore, overrides=opts.overrides, kind_ratio=kinds)
         return counts(plan, scores) if round_to == "latency" else plan
 
+    uniform_for = plan_for
+    if alloc is not None:  # the budget follows the sensitivity path: r in [0, 0.99] is a position on it
+        fixed = _fixed_plan(analysis, scores, opts)
+
+        def plan_for(r: float) -> Plan:
+            ratios, _ = alloc.at(r / 0.99)
+            plan = single_plan(analysis, scores, ratios, opts.criterion, opts.min_channels, base=fixed)
+            return counts(plan, scores) if round_to == "latency" else plan
+
     record: dict[str, object] | None = None
     try:
         if opts.target_latency is not None:
@@ -299,6 +382,8 @@ def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions, registry
                                          opts.target_latency, providers=providers, cache_dir=opts.latency_cache)
         elif opts.target_macs is not None or opts.target_params is not None:
             plan = solve_ratio(analysis, plan_for, target_macs=opts.target_macs, target_params=opts.target_params)
+        elif alloc is not None:  # the MACs the uniform ratio would leave, spread by sensitivity
+            plan = solve_ratio(analysis, plan_for, target_macs=max(2, estimate(analysis, uniform_for(opts.ratio)).macs))
         else:
             plan = plan_for(opts.ratio)
     finally:

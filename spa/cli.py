@@ -228,9 +228,15 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Pruned model path (required unless --dry-run).")
 @click.option("--ratio", type=float, default=0.5, show_default=True, help="Fraction of channels to remove, in [0, 1).")
-@click.option("--criterion", default="l2", show_default=True,
+@click.option("--criterion", default="auto", show_default=True,
               help="Importance criterion: l1, l2, random, bn, lamp, obspa (data-free); "
-                   "obs, wanda, flap (need --calib).")
+                   "obs, wanda, flap (need --calib); auto: obs with --calib data, else l2.")
+@click.option("--realign/--no-realign", default=None,
+              help="Re-align each pruned layer's output mean and variance to the original's on the calibration "
+                   "data, folded into its weights [default: on with --calib data].")
+@click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default=None,
+              help="Spread the budget uniformly, or by each group's measured sensitivity (probed on --calib "
+                   "data) [default: sensitivity with --calib data and a --target-*].")
 @click.option("--global", "global_rank", is_flag=True,
               help="Rank channels across groups (scores as --normalize makes them per group).")
 @click.option("--max-ratio", type=float, default=0.9, show_default=True, help="With --global: most a group may lose.")
@@ -322,6 +328,8 @@ def prune(ctx: click.Context, model: str, **params: Any) -> int:
     _write_json(rep, report)
     if not ctx.obj["quiet"] and report != "-":
         _print_prune_summary(model, output, options, rep)
+    if not options.has_data and not ctx.obj["quiet"]:  # last: an error before it stays one line
+        click.echo(f"spa: warning: {api.NO_DATA_NOTE}", err=True)
     return 0
 
 
@@ -356,7 +364,8 @@ def _check_prune_destinations(model: str, output: str | None, extra: dict[str, s
 
 def _print_prune_summary(model: str, output: str, options: PruneOptions, rep: dict[str, Any]) -> None:
     """Params/MACs before and after, the group counts, the first criterion notes and the fidelity table."""
-    table = Table(title=f"spa prune {model} --ratio {options.ratio} --criterion {options.criterion}")
+    criterion = rep.get("criterion", options.criterion)
+    table = Table(title=f"spa prune {model} --ratio {options.ratio} --criterion {criterion}")
     for col in ("", "before", "after", "after/before"):
         table.add_column(col, justify="right")
     for key in ("params", "macs"):

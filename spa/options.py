@@ -39,6 +39,9 @@ else:  # Python 3.10: the backport (a dependency there)
 #: table, the default) and ``auto`` (16 on CPU, 8 when CUDA is usable; resolved by the API)
 ROUND_TO_MODES = ("latency", "auto")
 
+#: how budgets are spread over the groups (``allocate``)
+ALLOCATE_MODES = ("uniform", "sensitivity")
+
 #: how a consumer of an unconstrained group reads its channels
 CONSUMER_MODES = ("layout", "gather", "zero", "auto")
 
@@ -96,10 +99,21 @@ class PruneOptions:
         latency_cache: folder of the per-layer latency tables (default ``$SPA_CACHE_DIR/latency``).
         shapes: concrete input shapes ``{input: (1, 3, 640, 640)}`` (``--shape``) the report counts MACs
             at (default: the calibration data's, else a stated representative default).
+        realign: re-align each layer's output mean and variance to the original's on calibration data
+            after pruning (:mod:`spa.quality.realign`); None: on when real calibration data is given.
+        realign_variance: with ``realign``, match the variance too (else the mean only).
+        allocate: ``uniform`` or ``sensitivity`` (per-group ratios from measured sensitivity,
+            :mod:`spa.quality.sensitivity`); None: ``sensitivity`` when real calibration data and a
+            ``target_*`` are given.
+        sensitivity_levels: the ratios each group is probed at.
+        probe_samples: calibration samples the probes and re-alignment use.
+
+    ``criterion="auto"`` (the default) is ``obs`` with real calibration data, else ``l2``; see
+    :meth:`resolved`.
     """
 
     ratio: float = 0.5
-    criterion: str = "l2"
+    criterion: str = "auto"
     global_rank: bool = False
     max_ratio: float = 0.9
     round_to: int | Literal["latency", "auto"] = "latency"
@@ -130,6 +144,11 @@ class PruneOptions:
     providers: tuple[str, ...] | None = None
     latency_cache: str | os.PathLike[str] | None = None
     shapes: Mapping[str, tuple[int, ...]] | None = None
+    realign: bool | None = None
+    realign_variance: bool = True
+    allocate: str | None = None
+    sensitivity_levels: tuple[float, ...] = (0.25, 0.5, 0.75)
+    probe_samples: int = 64
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the containers once, here
@@ -167,6 +186,50 @@ class PruneOptions:
                                   ("target_latency", self.target_latency)) if v is not None]
         if len(targets) > 1 and "target_latency" in targets:
             raise UsageError(f"give one budget, not {' and '.join(targets)}")
+        self._check_quality()
+
+    def _check_quality(self) -> None:
+        """Validate the task-keeping options (re-alignment, allocation)."""
+        set_ = object.__setattr__
+        set_(self, "sensitivity_levels", tuple(float(x) for x in self.sensitivity_levels))
+        if self.allocate is not None and self.allocate not in ALLOCATE_MODES:
+            raise UsageError(f"allocate (--allocate) must be one of {', '.join(ALLOCATE_MODES)}, got {self.allocate!r}")
+        if not self.sensitivity_levels or any(not 0.0 < x < 1.0 for x in self.sensitivity_levels):
+            raise UsageError(f"sensitivity_levels must be fractions in (0, 1), got {list(self.sensitivity_levels)}")
+        set_(self, "sensitivity_levels", tuple(sorted(set(self.sensitivity_levels))))
+        if self.probe_samples < 1:
+            raise UsageError(f"probe_samples must be >= 1, got {self.probe_samples}")
+        if self.calibration is None:
+            for name, value in (("--realign", self.realign is True), ("--allocate sensitivity",
+                                                                     self.allocate == "sensitivity")):
+                if value:
+                    raise UsageError(f"{name} needs calibration data: give --calib PATH (an image folder, an .npz "
+                                     "or .npy of model inputs)")
+
+    @property
+    def has_data(self) -> bool:
+        """Whether real calibration data was given (not ``"random"``)."""
+        c = self.calibration
+        if c is None or type(c).__name__ == "RandomSource":  # spa.calibration sits above options
+            return False
+        return not (isinstance(c, str) and c.strip().lower() == "random")
+
+    def resolved(self) -> PruneOptions:
+        """A copy with the data-dependent defaults decided: ``criterion="auto"`` → ``obs`` with real
+        calibration data, else ``l2``; ``realign=None`` → on with real data; ``allocate=None`` →
+        ``sensitivity`` with real data and a ``target_*``, else ``uniform``.
+
+        >>> o = PruneOptions(calibration="data.npz", target_macs=0.5).resolved()
+        >>> o.criterion, o.realign, o.allocate
+        ('obs', True, 'sensitivity')
+        >>> o = PruneOptions().resolved(); o.criterion, o.realign, o.allocate
+        ('l2', False, 'uniform')
+        """
+        data = self.has_data
+        return dataclasses.replace(
+            self, criterion=self.criterion if self.criterion != "auto" else ("obs" if data else "l2"),
+            realign=data if self.realign is None else self.realign,
+            allocate=self.allocate or ("sensitivity" if data and self.budget != "ratio" else "uniform"))
 
     @property
     def budget(self) -> str:

@@ -1,0 +1,206 @@
+"""Budgets allocated by measured sensitivity.
+
+Each prunable group is pruned *alone* at a few levels (default 25/50/75 % of its channels, its
+lowest-scoring ones, with the criterion's compensation) and the whole model's output distortion
+(:func:`spa.quality.probe.distortion`) is measured on the probe samples in ONNX Runtime — one masked
+twin per probe, the original's outputs computed once. The curves are cached per model + data +
+criterion + levels under ``$SPA_CACHE_DIR/sensitivity`` (default ``~/.cache/spa``).
+
+:func:`allocate` then orders the budget greedily on marginal damage per MAC (or parameter) saved: from
+every group at ratio 0, repeatedly take the step (to any larger ratio on a 1/8 grid, so non-convex
+curves are handled; a jump is walked one grid step at a time) with the least added distortion per
+saved MAC, the distortion of a ratio read off the group's curve (piecewise linear through (0, 0),
+monotone, extrapolated past the last level). The
+result is a *path* of per-group ratios with growing savings; the caller picks the shortest prefix that
+meets the budget with the exact plan estimate (:func:`spa.budget.solve_ratio` on the path position,
+or the latency search).
+
+Cost: ``groups × levels`` probes, each a masked-twin export and one ONNX Runtime pass over the probe
+samples (64 by default) — about ``3·groups`` forward passes of 64 samples, plus ``groups × 7`` MAC
+estimates (no surgery).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spa.analysis.groups import Analysis
+from spa.budget import estimate
+from spa.criteria.base import Updates
+from spa.plan import GroupPlan, Plan, removed_for_count
+from spa.quality.probe import ProbeData, distortion, outputs
+from spa.rules.registry import RuleRegistry
+from spa.surgery import masked_twin
+
+LEVELS = (0.25, 0.5, 0.75)
+#: the ratio grid of the allocation
+GRID = tuple(k / 8 for k in range(1, 8))
+CACHE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """``$SPA_CACHE_DIR/sensitivity`` (default ``~/.cache/spa/sensitivity``)."""
+    return Path(os.environ.get("SPA_CACHE_DIR", Path.home() / ".cache" / "spa")) / "sensitivity"
+
+
+def kept_for(channels: int, ratio: float, min_channels: int = 1) -> int:
+    """Channels a group keeps at ``ratio``: ``C - round(ratio·C)``, at least ``min_channels`` (and 1)."""
+    return min(channels, max(channels - int(round(ratio * channels)), min_channels, 1))
+
+
+def single_plan(analysis: Analysis, scores: Mapping[int, np.ndarray], ratios: Mapping[int, float],
+                criterion: str, min_channels: int = 1, base: Plan | None = None) -> Plan:
+    """The plan removing ``ratios[g]`` of every listed group (lowest scores first), and ``base``'s groups
+    that ``ratios`` does not list (overrides)."""
+    groups = [gp for gp in (base.groups if base is not None else ()) if gp.group not in ratios]
+    for gid, r in sorted(ratios.items()):
+        if r <= 0:
+            continue
+        g = analysis.groups[gid]
+        removed = removed_for_count(analysis, gid, kept_for(g.channels, r, min_channels), scores[gid], min_channels)
+        if removed:
+            groups.append(GroupPlan(gid, g.channels, removed))
+    groups.sort(key=lambda gp: gp.group)
+    return Plan(tuple(groups), base.ratio if base is not None else 0.0, criterion, False,
+                base.round_to if base is not None else 1, base.ignored if base is not None else ())
+
+
+def _cache_key(model_digest: str, data: ProbeData, criterion: str, levels: Sequence[float], min_channels: int,
+               extra: str) -> str:
+    text = json.dumps([CACHE_VERSION, model_digest, data.digest, data.samples, criterion, list(levels),
+                       min_channels, extra])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], data: ProbeData, groups: Sequence[int],
+                       *, criterion: str, compensate: Callable[[Plan], Updates] | None = None,
+                       registry: RuleRegistry | None = None, levels: Sequence[float] = LEVELS,
+                       min_channels: int = 1, threads: int = 1, cache: bool = True, cache_extra: str = "",
+                       progress: Callable[[str], None] | None = None
+                       ) -> tuple[dict[int, list[float]], dict[str, object]]:
+    """The output distortion of every group in ``groups`` pruned alone at each of ``levels``.
+
+    Returns:
+        ``{group: [distortion at each level]}`` and a record (``probes``, ``seconds``, ``cached``).
+    """
+    t0 = time.perf_counter()
+    proto = analysis.model.to_onnx()
+    path: Path | None = None
+    if cache:
+        try:
+            digest = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+            path = cache_dir() / f"{_cache_key(digest, data, criterion, levels, min_channels, cache_extra)}.json"
+            if path.is_file():
+                stored = json.loads(path.read_text())
+                curves = {int(k): [float(x) for x in v] for k, v in stored["curves"].items()}
+                if set(groups) <= set(curves):
+                    return ({g: curves[g] for g in groups},
+                            {"probes": 0, "seconds": round(time.perf_counter() - t0, 3), "cached": str(path)})
+        except (OSError, ValueError, KeyError):  # a corrupt or unreadable cache is rebuilt
+            path = path if path is not None else None
+    reference = outputs(proto, data, threads)
+    out: dict[int, list[float]] = {}
+    total, done = len(groups) * len(levels), 0
+    for gid in groups:
+        curve = []
+        for level in levels:
+            done += 1
+            if progress is not None:
+                progress(f"sensitivity probe {done}/{total}: group {gid} at {int(round(level * 100))}%")
+            plan = single_plan(analysis, scores, {gid: level}, criterion, min_channels)
+            if not plan.groups:
+                curve.append(0.0)
+                continue
+            updates = compensate(plan) if compensate is not None else None
+            twin = masked_twin(analysis, plan, updates, registry).to_onnx()
+            curve.append(distortion(reference, outputs(twin, data, threads)))
+        out[gid] = curve
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"levels": list(levels), "curves": {str(k): v for k, v in out.items()}}))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return out, {"probes": total, "seconds": round(time.perf_counter() - t0, 3), "cached": None}
+
+
+def damage(curve: Sequence[float], levels: Sequence[float], ratio: float) -> float:
+    """A group's distortion at ``ratio``: piecewise linear through (0, 0) and its (monotone) curve,
+    extrapolated with the last segment's slope.
+
+    >>> damage([1.0, 2.0, 4.0], (0.25, 0.5, 0.75), 0.375), damage([1.0, 2.0, 4.0], (0.25, 0.5, 0.75), 0.875)
+    (1.5, 5.0)
+    """
+    xs = [0.0, *levels]
+    ys = list(np.maximum.accumulate([0.0, *(max(0.0, float(c)) for c in curve)]))
+    if ratio <= xs[-1]:
+        return float(np.interp(ratio, xs, ys))
+    slope = (ys[-1] - ys[-2]) / max(xs[-1] - xs[-2], 1e-9)
+    return float(ys[-1] + slope * (ratio - xs[-1]))
+
+
+@dataclass
+class Allocation:
+    """A greedy path of per-group ratios (savings growing along it) and what it was built from."""
+
+    curves: dict[int, list[float]]
+    levels: tuple[float, ...]
+    path: list[dict[int, float]]
+    predicted: list[float]
+    record: dict[str, object] = field(default_factory=dict)
+
+    def at(self, fraction: float) -> tuple[dict[int, float], float]:
+        """The ratios ``fraction`` (0..1) along the path, and their predicted distortion (Σ curves)."""
+        i = int(round(min(max(fraction, 0.0), 1.0) * (len(self.path) - 1)))
+        return self.path[i], self.predicted[i]
+
+
+def allocate(analysis: Analysis, scores: Mapping[int, np.ndarray], curves: Mapping[int, Sequence[float]],
+             *, levels: Sequence[float] = LEVELS, measure: str = "macs", max_ratio: float = 0.9,
+             min_channels: int = 1, base: Plan | None = None) -> Allocation:
+    """The greedy path on marginal damage per MAC (``measure="params"``: per parameter) saved.
+
+    Savings of a group at a ratio are the exact estimate of the plan pruning it alone (and ``base``'s
+    fixed groups); along the path they add up approximately, so the caller checks the exact estimate.
+    """
+    grid = [r for r in GRID if r <= max_ratio + 1e-9]
+    full = estimate(analysis, single_plan(analysis, scores, {}, "", min_channels, base))
+    size = full.macs if measure == "macs" else full.params
+    saving: dict[int, list[float]] = {}
+    hurt: dict[int, list[float]] = {}
+    for gid, curve in curves.items():
+        e = [estimate(analysis, single_plan(analysis, scores, {gid: r}, "", min_channels, base)) for r in grid]
+        saving[gid] = [0.0] + [float(size - (x.macs if measure == "macs" else x.params)) for x in e]
+        hurt[gid] = [0.0] + [damage(curve, levels, r) for r in grid]
+    ratios = [0.0, *grid]
+    pos = dict.fromkeys(curves, 0)
+    path = [dict.fromkeys(curves, 0.0)]
+    predicted = [0.0]
+    while True:
+        best: tuple[float, int, int] | None = None
+        for gid, i in pos.items():
+            for j in range(i + 1, len(ratios)):
+                gain = saving[gid][j] - saving[gid][i]
+                if gain <= 0:
+                    continue
+                cost = (hurt[gid][j] - hurt[gid][i]) / gain
+                if best is None or cost < best[0]:
+                    best = (cost, gid, j)
+        if best is None:
+            break
+        _, gid, j = best
+        for k in range(pos[gid] + 1, j + 1):  # a jump is walked step by step: each step a possible prefix
+            pos[gid] = k
+            path.append({g: ratios[i] for g, i in pos.items()})
+            predicted.append(sum(hurt[g][i] for g, i in pos.items()))
+    return Allocation({g: list(c) for g, c in curves.items()}, tuple(levels), path, predicted)
