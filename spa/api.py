@@ -248,8 +248,14 @@ def prune(
     cctx = _criterion_context(opts)
     stage(f"scoring {len(analysis.prunable)} groups ({opts.criterion})")
     scores = crit.score(analysis, cctx)
-    analysis, scores, registry, grouped = _grouped_conv_mode(mg, analysis, scores, opts, registry,
-                                                             lambda a: crit.score(a, cctx), stage)
+
+    def fresh_score(a: Analysis) -> tuple[Scores, CriterionContext]:
+        ctx = _criterion_context(opts)  # its caches belong to the analysis it scores
+        return crit.score(a, ctx), ctx
+
+    analysis, scores, registry, grouped, whole_ctx = _grouped_conv_mode(mg, analysis, scores, opts, registry,
+                                                                        fresh_score, stage)
+    cctx = whole_ctx or cctx
     data = _probe_data(analysis, opts, cctx)
     alloc = _allocation(analysis, scores, opts, cctx, data, registry, stage)
     stage("planning" + (" (measuring latencies)" if opts.target_latency is not None else ""))
@@ -395,22 +401,27 @@ def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions, registry
     return plan, record, counts_record
 
 
+#: the whole-group vs in-group comparison of :func:`_grouped_conv_mode` (None: nothing compared)
+GroupedChoice = dict[str, Any] | None
+
+
 def _grouped_conv_mode(mg: ModelGraph, analysis: Analysis, scores: Scores, opts: PruneOptions,
-                       registry: RuleRegistry | None, score: Callable[[Analysis], Scores],
+                       registry: RuleRegistry | None, score: Callable[[Analysis], tuple[Scores, CriterionContext]],
                        stage: Callable[[str], None]
-                       ) -> tuple[Analysis, Scores, RuleRegistry | None, dict[str, Any] | None]:
+                       ) -> tuple[Analysis, Scores, RuleRegistry | None, GroupedChoice, CriterionContext | None]:
     """With ``round_to="latency"`` and grouped (not depthwise) convolutions: whether to prune them by
     in-group positions (same groups, narrower) or by whole groups (fewer groups, same width), whichever
     the latency table predicts faster at the same MACs (those of the exact in-group plan at
-    ``opts.ratio``). Returns the analysis, scores and rules to prune with, and the comparison (None when
+    ``opts.ratio``). Returns the analysis, scores and rules to prune with, the comparison (None when
     there was nothing to compare; its ``ratio`` is the whole-group ratio with those MACs, what a ``ratio``
-    budget plans at)."""
+    budget plans at), and the criterion context of the whole-group analysis when that one is chosen (its
+    statistics belong to that analysis; None: keep the caller's)."""
     if opts.round_to != "latency" or opts.unconstrained or not has_grouped_conv(mg.graph.nodes):
-        return analysis, scores, registry, None
+        return analysis, scores, registry, None, None
     stage("comparing grouped convolutions pruned by whole groups")
     whole_reg = RuleRegistry(whole_group_rules((registry or default_registry()).rules()))
     whole = analyze_graph(mg, whole_reg, hidden=opts.prune_hidden, head_dim=opts.prune_head_dim)
-    whole_scores = score(whole)
+    whole_scores, whole_ctx = score(whole)
     providers = list(opts.providers) if opts.providers is not None else None
 
     def exact(a: Analysis, s: Scores, r: float) -> Plan:
@@ -423,7 +434,7 @@ def _grouped_conv_mode(mg: ModelGraph, analysis: Analysis, scores: Scores, opts:
         whole_plan = solve_ratio(whole, lambda r: exact(whole, whole_scores, r),
                                  target_macs=float(estimate(analysis, width_plan).macs), tol=0.005)
     except SpaError:
-        return analysis, scores, registry, None
+        return analysis, scores, registry, None, None
     ms: list[float] = []
     for a, s, reg, p in ((analysis, scores, registry, width_plan), (whole, whole_scores, whole_reg, whole_plan)):
         counts = LatencyCounts(a, providers, opts.latency_cache, reg, opts.min_channels)
@@ -434,8 +445,8 @@ def _grouped_conv_mode(mg: ModelGraph, analysis: Analysis, scores: Scores, opts:
     record: dict[str, Any] = {"mode": "whole_groups" if ms[1] < ms[0] else "in_group", "ratio": whole_plan.ratio,
                                  "table_ms_in_group": round(ms[0], 4), "table_ms_whole_groups": round(ms[1], 4)}
     if ms[1] < ms[0]:
-        return whole, whole_scores, whole_reg, record
-    return analysis, scores, registry, record
+        return whole, whole_scores, whole_reg, record, whole_ctx
+    return analysis, scores, registry, record, None
 
 
 def _predicted_latency(report: dict[str, object], counts: dict[str, object]) -> dict[str, object]:

@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from spa.analysis.groups import Analysis
 from spa.calibration.stats import Accumulator, FeatureMoments, collect
@@ -56,19 +55,9 @@ class _Target:
     level: int = 0
 
 
-def _output_axis(node: gs.Node, c: Consumer) -> int | None:
-    """The channel axis of the node's output that ``W``'s rows index (None: not a layout handled here)."""
-    if c.unfold is not None:
-        return 1
-    if node.op in ("Gemm", "MatMul") and len(node.inputs) > 1 and node.inputs[1].name == c.weight:
-        return -1
-    return None
-
-
 def targets(analysis: Analysis, plan: Plan) -> tuple[list[_Target], list[str]]:
     """The layers re-alignment corrects (in graph order, with levels) and why others are skipped."""
     nodes = {n.name: n for n in analysis.model.graph.nodes}
-    tensors = analysis.model.graph.tensors()
     found: dict[str, _Target] = {}
     skipped: list[str] = []
     for gp in plan.groups:
@@ -76,16 +65,13 @@ def targets(analysis: Analysis, plan: Plan) -> tuple[list[_Target], list[str]]:
             if not isinstance(c, Consumer) or c.node in found or c.node not in nodes:
                 continue
             node = nodes[c.node]
-            axis = _output_axis(node, c)
+            axis = c.output_axis
             if c.shared or axis is None or c.bias is None:
                 why = ("its weight is shared" if c.shared else "its output layout is not handled" if axis is None
                        else "it has no constant bias (nor a BatchNorm after it) to absorb a shift")
                 skipped.append(f"{c.op} '{c.node}': {why}")
                 continue
-            bias_t = tensors.get(c.bias.name)
-            bn = bias_t is not None and any(u.op == "BatchNormalization" for u in bias_t.outputs)
-            alpha = float(node.attrs.get("alpha", 1.0)) if node.op == "Gemm" else 1.0
-            found[c.node] = _Target(c, node.outputs[0].name, axis, alpha, bn)
+            found[c.node] = _Target(c, node.outputs[0].name, axis, c.alpha, c.bias.running_mean)
     level: dict[str, int] = {}
     for node in analysis.model.graph.nodes:
         lv = max((level.get(t.name, 0) for t in node.inputs if t is not None), default=0)

@@ -106,6 +106,7 @@ class Bias:
 
     name: str
     scale: float
+    running_mean: bool = False  # the running mean of a BatchNormalization after the layer, not its own bias
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,9 @@ class Consumer:
         bias: where a shift of the output can be absorbed: the layer's own constant bias, else the
             running mean of a BatchNormalization that alone reads the output; None when neither.
         shared: whether the weight is used by other nodes too (then it is never updated).
+        output_axis: the axis of the node's output that ``W``'s rows index (Conv: 1; a dense layer read
+            through its right operand: -1), None when the rows are not an output axis of their own.
+        alpha: the factor on ``W x`` in the output (Gemm's ``alpha``; 1 otherwise).
     """
 
     node: str
@@ -142,6 +146,8 @@ class Consumer:
     unfold: ConvUnfold | None
     bias: Bias | None
     shared: bool
+    output_axis: int | None = None
+    alpha: float = 1.0
 
     @property
     def col_labels(self) -> np.ndarray:
@@ -216,11 +222,11 @@ def conv_view(node: gs.Node, slot: Slot, labels: np.ndarray) -> ViewResult:
                          i * cg + np.arange(cg * taps) // taps) for i in range(g))
     bias = last_axis_bias(b, m, 1.0) if b is not None else bn_after(node, m)
     return Consumer(node.name, node.op, w.name, 1, labels, x.name, 1, sx[1] * taps, taps, blocks, unfold, bias,
-                    not _sole_user(w))
+                    not _sole_user(w), output_axis=1)
 
 
 def dense_view(node: gs.Node, w: gs.Tensor, slot: Slot, labels: np.ndarray, x: gs.Tensor, x_axis: int,
-           bias: Bias | None) -> ViewResult:
+               bias: Bias | None, output_axis: int | None = None, alpha: float = 1.0) -> ViewResult:
     wv = _const(w)
     if wv is None or wv.ndim != 2:
         return f"{node.op} '{node.name}': weight is not a 2-D constant"
@@ -228,7 +234,7 @@ def dense_view(node: gs.Node, w: gs.Tensor, slot: Slot, labels: np.ndarray, x: g
     rows = wv.shape[1 - slot.axis]
     block = Block(slice(0, rows), np.arange(k), np.arange(k))
     return Consumer(node.name, node.op, w.name, slot.axis, labels, x.name, x_axis, k, 1, (block,), None, bias,
-                    not _sole_user(w))
+                    not _sole_user(w), output_axis, alpha)
 
 
 def last_axis_bias(t: gs.Tensor | None, rows: int, scale: float) -> Bias | None:
@@ -253,7 +259,8 @@ def bn_after(node: gs.Node, rows: int, scale: float = 1.0) -> Bias | None:
     if node.op != "Conv" and (y.shape is None or len(y.shape) != 2):
         return None
     bn = users[0]
-    return last_axis_bias(bn.inputs[3], rows, -scale) if len(bn.inputs) > 3 else None
+    found = last_axis_bias(bn.inputs[3], rows, -scale) if len(bn.inputs) > 3 else None
+    return Bias(found.name, found.scale, running_mean=True) if found is not None else None
 
 
 def gemm_view(node: gs.Node, slot: Slot, labels: np.ndarray) -> ViewResult:
@@ -269,7 +276,7 @@ def gemm_view(node: gs.Node, slot: Slot, labels: np.ndarray) -> ViewResult:
             bias = last_axis_bias(c, rows, alpha / beta) if beta else None
         else:
             bias = bn_after(node, rows, alpha)
-        return dense_view(node, b, slot, labels, a, 0 if ta else 1, bias)
+        return dense_view(node, b, slot, labels, a, 0 if ta else 1, bias, -1, alpha)
     if slot.tensor == a.name and not isinstance(b, gs.Constant):
         return dense_view(node, a, slot, labels, b, 1 if tb else 0, None)
     return f"Gemm '{node.name}': both operands are constant"
@@ -291,7 +298,7 @@ def matmul_view(node: gs.Node, slot: Slot, labels: np.ndarray) -> ViewResult:
         other = None if add is None else next((t for t in add.inputs if t is not y), None)
         rows = int(sb[1] or 0)
         bias = last_axis_bias(other, rows, 1.0) if add is not None else bn_after(node, rows)
-        return dense_view(node, b, slot, labels, a, len(sa) - 1, bias)
+        return dense_view(node, b, slot, labels, a, len(sa) - 1, bias, -1)
     if slot.tensor == a.name and not isinstance(b, gs.Constant):
         if len(sa) != 2 or len(sb) < 2:
             return f"MatMul '{node.name}': batched weight"
