@@ -12,6 +12,12 @@ maps to the output and to the scale/bias, and the masked twin decomposes the nod
 the kept channels only (what the pruned node computes over its narrower axis):
 ``d = x - x·(m/D')``, ``y = d / sqrt((d·d)·(m/D') + eps) · scale + bias`` (RMS: no centring), with the
 reductions written as MatMuls against the column ``m/D'`` so the twin needs no opset-specific op.
+
+One such LayerNorm is *local* (prunable by default, ``Statistic.local``): the spatial gating unit of gMLP
+(``u, v = chunk(x); u * proj_tokens(LayerNorm(v))``) normalises the gate half of its MLP's own channels —
+a LayerNorm whose input is one part of a Split/Slice and whose output, after a token-mixing chain
+(Transpose/MatMul/Gemm/Add/Conv/Reshape), multiplies another part of the same tensor. Over the kept
+channels it is the same gate of the pruned MLP; it does not touch the model's hidden size.
 """
 
 from __future__ import annotations
@@ -87,6 +93,41 @@ def _normalised_axis(ctx: NodeContext) -> int | None:
     return axis if axis == r - 1 else None
 
 
+_TOKEN_MIXING = ("Transpose", "MatMul", "Gemm", "Add", "Conv", "Reshape", "Identity")
+
+
+def _source(t: gs.Tensor) -> tuple[gs.Node, gs.Tensor] | None:
+    """The Split/Slice that produced ``t`` and the tensor it cuts, or None."""
+    if len(t.inputs) != 1 or t.inputs[0].op not in ("Split", "Slice"):
+        return None
+    node = t.inputs[0]
+    return node, node.inputs[0]
+
+
+def gates_sibling(x: gs.Tensor, y: gs.Tensor, depth: int = 6) -> bool:
+    """``x`` is one part of a Split/Slice and ``y``, through a single-consumer token-mixing chain,
+    multiplies another part of the same tensor (gMLP's spatial gating unit)."""
+    src = _source(x)
+    if src is None:
+        return False
+    split, whole = src
+    t = y
+    for _ in range(depth):
+        if len(t.outputs) != 1:
+            return False
+        node = t.outputs[0]
+        if node.op == "Mul":
+            others = [i for i in node.inputs if i is not t]
+            if len(others) != 1 or others[0] is x:
+                return False
+            other = _source(others[0])
+            return other is not None and (other[0] is split or other[1] is whole)
+        if node.op not in _TOKEN_MIXING or not node.outputs:
+            return False
+        t = node.outputs[0]
+    return False
+
+
 class HiddenNormRule(ChannelRule):
     """LayerNormalization / RMSNormalization over the last axis: a Statistic (hidden size).
 
@@ -112,7 +153,8 @@ class HiddenNormRule(ChannelRule):
         r = axis + 1
         rels: list[Relation] = [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(r)]
         rels.append(Statistic(Slot(x.name, axis),
-                              f"{op} '{name}' normalises over axis {axis}: channels there are not independent"))
+                              f"{op} '{name}' normalises over axis {axis}: channels there are not independent",
+                              local=op == "LayerNormalization" and gates_sibling(x, y)))
         for k in range(1, len(ctx.node.inputs)):
             p = ctx.input(k)
             if p is None:
