@@ -22,9 +22,12 @@ channels it is the same gate of the pruned MLP; it does not touch the model's hi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from spa.graph.model import Dim, shape_of
 from spa.rules.base import (
     Barrier,
     ChannelRule,
@@ -55,8 +58,99 @@ def _identity_except(ctx: NodeContext, blocked: set[int], reason: str) -> list[R
     return rels
 
 
+@dataclass(frozen=True)
+class GroupNormView:
+    """A GroupNorm written as ``Reshape([N, C, *S] → [N, G, L]) → InstanceNormalization → Reshape(→ [N, C, *S])``
+    (PyTorch's ``F.group_norm`` as both exporters write it; the per-channel affine follows as Mul/Add).
+
+    Channel ``c`` of ``[N, C, *S]`` is group ``c // cg`` at in-group position ``p = c % cg`` (``cg = C/G``);
+    in ``[N, G, L]`` it is the run ``p·inner … p·inner + inner - 1`` of axis 2 (``inner = ΠS``). Pruning keeps
+    the groups equal-sized — the same in-group positions go from every group, as for a grouped Conv — so
+    ``G`` never changes and the statistics of each group run over its kept channels (a *local* statistic).
+
+    >>> v = GroupNormView(None, None, None, channels=6, groups=3, inner=2)   # type: ignore[arg-type]
+    >>> v.positions.tolist(), v.element_positions.tolist()
+    ([0, 1, 0, 1, 0, 1], [0, 0, 1, 1])
+    """
+
+    first: gs.Node
+    norm: gs.Node
+    last: gs.Node
+    channels: int
+    groups: int
+    inner: int
+
+    @property
+    def per_group(self) -> int:
+        return self.channels // self.groups
+
+    @property
+    def positions(self) -> np.ndarray:
+        """The in-group position of each channel."""
+        return np.arange(self.channels) % self.per_group
+
+    @property
+    def element_positions(self) -> np.ndarray:
+        """The in-group position of each element of axis 2 of ``[N, G, L]``."""
+        return np.repeat(np.arange(self.per_group), self.inner)
+
+
+def _static(shape: tuple[Dim, ...] | None) -> list[int] | None:
+    if shape is None or not all(isinstance(d, int) and d > 0 for d in shape):
+        return None
+    return [int(d) for d in shape]  # type: ignore[arg-type]
+
+
+def group_norm_view(node: gs.Node) -> GroupNormView | None:
+    """The decomposed GroupNorm ``node`` (either Reshape or the InstanceNormalization) is part of, or None."""
+    if node.op == "Reshape":
+        out, src = node.outputs[0] if node.outputs else None, node.inputs[0] if node.inputs else None
+        if out is not None and len(out.outputs) == 1 and out.outputs[0].op == "InstanceNormalization":
+            norm = out.outputs[0]
+        elif src is not None and len(src.inputs) == 1 and src.inputs[0].op == "InstanceNormalization":
+            norm = src.inputs[0]
+        else:
+            return None
+    elif node.op == "InstanceNormalization":
+        norm = node
+    else:
+        return None
+    t, u = norm.inputs[0], norm.outputs[0]
+    if len(t.inputs) != 1 or t.inputs[0].op != "Reshape" or len(u.outputs) != 1 or u.outputs[0].op != "Reshape":
+        return None
+    first, last = t.inputs[0], u.outputs[0]
+    if len(t.outputs) != 1 or any(o.name for o in norm.outputs[1:]):
+        return None
+    si, sm, so = _static(shape_of(first.inputs[0])), _static(shape_of(t)), _static(shape_of(last.outputs[0]))
+    if si is None or sm is None or so is None or si != so or len(si) < 3 or len(sm) != 3 or sm[0] != si[0]:
+        return None
+    c, g, inner = si[1], sm[1], int(np.prod(si[2:]))
+    if g <= 0 or c % g or c // g < 2 or sm[2] != (c // g) * inner:
+        return None
+    return GroupNormView(first, norm, last, c, g, inner)
+
+
+def group_norm_reshape_relations(ctx: NodeContext, view: GroupNormView) -> list[Relation]:
+    """The Reshapes of a decomposed GroupNorm: channels of ``[N, C, *S]`` ↔ runs of axis 2 of ``[N, G, L]``,
+    every channel coupled with the same in-group position of the first group (groups stay equal-sized)."""
+    x, y = ctx.input(0), ctx.output(0)
+    if x is None or y is None:
+        return ctx.barrier_all(f"Reshape '{ctx.node.name}' without data")
+    full, grouped = (x, y) if ctx.node is view.first else (y, x)
+    ch, pos = np.arange(view.channels), view.positions
+    return [Link(Slot(x.name, 0), Slot(y.name, 0)),
+            Link(Slot(full.name, 1), Slot(full.name, 1), ch, pos),
+            Link(Slot(full.name, 1), Slot(grouped.name, 2), view.element_positions,
+                 np.arange(view.per_group * view.inner))]
+
+
 class PerChannelNormRule(ChannelRule):
-    """BatchNormalization (inference) and InstanceNormalization: parameters [C] on axis 1."""
+    """BatchNormalization (inference) and InstanceNormalization: parameters [C] on axis 1.
+
+    An InstanceNormalization inside a decomposed GroupNorm (:func:`group_norm_view`) normalises axis 2 of
+    ``[N, G, L]``, which holds channels: a local :class:`~spa.rules.base.Statistic` restricted to the kept
+    channels in the masked twin.
+    """
 
     op_types = ("BatchNormalization", "InstanceNormalization")
 
@@ -75,6 +169,10 @@ class PerChannelNormRule(ChannelRule):
         y = ctx.output(0)
         if y is None or ctx.rank(ctx.input(0)) is None:
             return rels
+        view = group_norm_view(ctx.node) if ctx.op == "InstanceNormalization" else None
+        if view is not None:
+            rels.append(Statistic(Slot(ctx.node.inputs[0].name, 2), f"InstanceNormalization '{ctx.node.name}' "
+                                  "normalises each group of a GroupNorm over its channels", local=True))
         for k in range(1, len(ctx.node.inputs)):
             p = ctx.input(k)
             if p is not None:
@@ -82,6 +180,23 @@ class PerChannelNormRule(ChannelRule):
                 if ctx.is_const(p):
                     rels.append(Member(Slot(p.name, 0), Role.PARAM))
         return rels
+
+
+    def twin(self, ctx: NodeContext, tw: TwinContext) -> None:
+        """A GroupNorm's InstanceNormalization: group statistics over the kept channels only."""
+        view = group_norm_view(ctx.node) if ctx.op == "InstanceNormalization" else None
+        x, y = ctx.input(0), ctx.output(0)
+        if view is None or x is None or y is None:
+            return
+        m = tw.mask(x, 2, view.per_group * view.inner)
+        if m is None:
+            return
+        normed = masked_normalise(tw, x, m, float(ctx.node.attrs.get("epsilon", 1e-5)), centre=True)
+        scale, bias = ctx.const(ctx.input(1)), ctx.const(ctx.input(2))
+        if scale is None or bias is None:
+            return
+        finish_affine(tw, ctx.node, normed, tw.constant(scale.reshape(-1, 1), x),
+                      tw.constant(bias.reshape(-1, 1), x), y)
 
 
 def _normalised_axis(ctx: NodeContext) -> int | None:

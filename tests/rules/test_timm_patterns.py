@@ -138,3 +138,49 @@ def test_layernorm_that_gates_nothing_stays_blocked(opset: int) -> None:
     a = spa.analyze(b.build())
     blocked = [g for g in a.groups if not g.prunable and any(m.tensor == w1 for m in g.members)]
     assert any("--prune-hidden" in r for g in blocked for r in g.reasons)
+
+
+def _group_norm(b: GraphBuilder, x: str, c: int, groups: int, target: str) -> str:
+    """``F.group_norm`` as the exporters write it: Reshape [N, G, -1], InstanceNormalization, Reshape back
+    (to ``Shape(x)``: legacy; to a constant: dynamo), then the per-channel affine."""
+    t = b.op("Reshape", [x, _i64(b, [0, groups, -1])])
+    t = b.op("InstanceNormalization", [t, b.const(np.ones(groups, np.float32)),  # type: ignore[list-item]
+                                       b.const(np.zeros(groups, np.float32))], epsilon=1e-5)
+    back = b.op("Shape", [x]) if target == "shape" else _i64(b, [1, c, 6, 6])
+    y = b.op("Reshape", [t, back])  # type: ignore[list-item]
+    y = b.op("Mul", [y, b.const(b.rng.uniform(0.5, 1.5, (c, 1, 1)).astype(np.float32))])  # type: ignore[list-item]
+    return b.op("Add", [y, b.const(b.rng.standard_normal((c, 1, 1)).astype(np.float32))])  # type: ignore[return-value,list-item]
+
+
+@pytest.mark.parametrize("opset", [13, 15, 17])
+@pytest.mark.parametrize("target", ["shape", "constant"])
+def test_group_norm_prunes_the_same_positions_in_every_group(opset: int, target: str) -> None:
+    """ResNetV2-BiT's GroupNorm (32 groups there, 4 here): channels prune evenly per group, G stays."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 6, 6])
+    h, w1 = _conv(b, x, 3, 16)
+    h = b.op("Relu", [_group_norm(b, h, 16, 4, target)])  # type: ignore[assignment]
+    y, w2 = _conv(b, h, 16, 4)
+    b.output(y, [1, 4, 6, 6])
+    m = b.build()
+    g = _group(spa.analyze(m), w1, 0)
+    assert g.prunable and g.channels == 4, g.reasons  # 4 in-group positions
+    r = assert_oracle(m)
+    dims = {i.name: list(i.dims) for i in r.model.graph.initializer}
+    assert dims[w1][0] == 8 and dims[w2][1] == 8
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_group_norm_on_a_residual_stream(opset: int) -> None:
+    """Pre-activation ResNetV2: the GroupNorm reads the residual stream; the stream prunes per position."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 6, 6])
+    s, w0 = _conv(b, x, 3, 8)
+    h = b.op("Relu", [_group_norm(b, s, 8, 2, "shape")])
+    h, _ = _conv(b, h, 8, 8)  # type: ignore[arg-type]
+    s = b.op("Add", [s, h])  # type: ignore[assignment]
+    y, _ = _conv(b, b.op("Relu", [_group_norm(b, s, 8, 2, "constant")]), 8, 4)  # type: ignore[arg-type]
+    b.output(y, [1, 4, 6, 6])
+    m = b.build()
+    assert _group(spa.analyze(m), w0, 0).prunable
+    assert_oracle(m)
