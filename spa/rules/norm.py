@@ -173,6 +173,10 @@ class PerChannelNormRule(ChannelRule):
         if view is not None:
             rels.append(Statistic(Slot(ctx.node.inputs[0].name, 2), f"InstanceNormalization '{ctx.node.name}' "
                                   "normalises each group of a GroupNorm over its channels", local=True))
+        elif ctx.op == "InstanceNormalization":  # statistics over axes 2…: channels merged into them must stay
+            x = ctx.node.inputs[0]
+            rels += [Barrier(x.name, a, f"InstanceNormalization '{ctx.node.name}' normalises over axis {a}")
+                     for a in range(2, ctx.rank(x) or 0)]
         for k in range(1, len(ctx.node.inputs)):
             p = ctx.input(k)
             if p is not None:

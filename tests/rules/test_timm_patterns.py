@@ -184,3 +184,20 @@ def test_group_norm_on_a_residual_stream(opset: int) -> None:
     m = b.build()
     assert _group(spa.analyze(m), w0, 0).prunable
     assert_oracle(m)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_instance_norm_over_merged_channels_is_blocked(opset: int) -> None:
+    """Channels merged into an InstanceNormalization's normalised axis (not a GroupNorm spa recognises:
+    a Relu before the Reshape back) are blocked with the node named; they used to prune, inexactly."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 3, 6, 6])
+    h, w1 = _conv(b, x, 3, 8)
+    t = b.op("Reshape", [h, _i64(b, [0, 1, -1])])
+    t = b.op("InstanceNormalization", [t, b.const(np.ones(1, np.float32)),  # type: ignore[list-item]
+                                       b.const(np.zeros(1, np.float32))], epsilon=1e-5)
+    t = b.op("Reshape", [b.op("Relu", [t]), _i64(b, [1, 8, 6, 6])])  # type: ignore[list-item]
+    y, _ = _conv(b, t, 8, 4)  # type: ignore[arg-type]
+    b.output(y, [1, 4, 6, 6])
+    g = _group(spa.analyze(b.build()), w1, 0)
+    assert not g.prunable and any("InstanceNormalization" in r for r in g.reasons), g.reasons
