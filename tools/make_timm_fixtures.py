@@ -23,7 +23,7 @@ without dependencies next to torch, Pillow, PyYAML, huggingface_hub and safetens
     PYTHONPATH=/tmp/timm_site python tools/make_timm_fixtures.py --commit                     # tests/fixtures/timm
 
 ``--commit`` builds the :data:`COMMITTED` families with the width/depth overrides of :data:`TINY` (each file
-under 400 kB) into ``tests/fixtures/timm/``; ``tools/bench_exporters.py --zoo DIR`` benchmarks a built zoo.
+under 420 kB) into ``tests/fixtures/timm/``; ``tools/bench_exporters.py --zoo DIR`` benchmarks a built zoo.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STUB = REPO / "tools" / "fixtures" / "torchvision_stub"
 COMMIT_DIR = REPO / "tests" / "fixtures" / "timm"
-MAX_COMMIT_BYTES = 400_000
+MAX_COMMIT_BYTES = 420_000
 NUM_CLASSES = 10
 SEED = 0
 EXPORTERS = ("legacy", "dynamo")
@@ -148,23 +148,50 @@ ZOO: dict[str, tuple[str, dict[str, object]]] = {
     "sequencer": ("sequencer2d_s", {}),
 }
 
-#: width/depth overrides that make the committed files tiny (same graph structure, fewer channels/blocks)
+#: width/depth overrides that make the committed files tiny (same graph structure, fewer channels/blocks).
+#: ``_factory`` ("module:callable") builds the model directly where the entry point fixes the argument.
 TINY: dict[str, dict[str, object]] = {
     "convnextv2": {"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)},
-    "convnext": {"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)},
-    "gmlp": {"depth": 2, "embed_dim": 32, "patch_size": 8},
-    "resnetv2_bit": {"layers": (1, 1, 1, 1), "channels": (16, 32, 64, 128), "stem_chs": 16},
-    "nfnet": {"depths": (1, 1, 1, 1), "channels": (16, 32, 64, 128), "stem_chs": 16},
-    "pvt_v2": {"depths": (1, 1, 1, 1), "embed_dims": (8, 16, 32, 64)},
-    "levit": {"embed_dim": (32, 48, 64), "key_dim": 8, "num_heads": (2, 3, 4), "depth": (1, 1, 1)},
-    "efficientnet": {"channel_multiplier": 0.25, "depth_multiplier": 0.25},
-    "swin": {"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4), "window_size": 2},
+    "gmlp": {"_factory": "timm.models.mlp_mixer:MlpMixer", "patch_size": 8, "num_blocks": 2, "embed_dim": 32,
+             "mlp_ratio": 6, "block_layer": "timm.models.mlp_mixer:SpatialGatingBlock",
+             "mlp_layer": "timm.layers:GatedMlp"},
+    "resmlp": {"_factory": "timm.models.mlp_mixer:MlpMixer", "patch_size": 8, "num_blocks": 2, "embed_dim": 32,
+               "mlp_ratio": 4, "block_layer": "timm.models.mlp_mixer:ResBlock", "norm_layer": "timm.models.mlp_mixer:Affine"},
+    "resnetv2_bit": {"_factory": "timm.models.resnetv2:ResNetV2", "layers": (1, 1, 1, 1), "channels": (16, 32, 48, 64),
+                     "stem_chs": 16, "stem_type": "fixed", "conv_layer": "timm.layers:StdConv2d",
+                     "norm_layer": ("timm.layers:GroupNormAct", {"num_groups": 2})},
+    "nfnet": {"_factory": "timm.models.nfnet:NormFreeNet",
+              "cfg": ("timm.models.nfnet:NfCfg", {"depths": (1, 1, 1, 1), "channels": (16, 32, 48, 64),
+                                                  "stem_type": "deep_quad", "stem_chs": 16, "group_size": 8,
+                                                  "bottle_ratio": 0.5, "extra_conv": True, "num_features": 96,
+                                                  "act_layer": "gelu", "attn_layer": "se",
+                                                  "attn_kwargs": {"rd_ratio": 0.5}})},
+    "pvt_v2": {"depths": (1, 1, 1, 1), "embed_dims": (8, 16, 20, 32), "mlp_ratios": (2, 2, 2, 2)},
+    "levit": {"embed_dim": (16, 24, 32), "key_dim": 4, "num_heads": (2, 3, 4), "depth": (1, 1, 1)},
+    "efficientnet": {"_factory": "timm.models.efficientnet:_gen_efficientnet", "variant": "efficientnet_b0",
+                     "channel_multiplier": 0.2, "depth_multiplier": 0.1},
+    "swin": {"embed_dim": 12, "depths": (1, 1, 1), "num_heads": (1, 2, 4), "window_size": 2, "mlp_ratio": 2},
     "vit": {"embed_dim": 32, "depth": 2, "num_heads": 2, "patch_size": 8},
-    "mobilevit": {},
-    "resmlp": {"embed_dim": 32, "depth": 2, "patch_size": 8},
 }
 COMMITTED = ("convnextv2", "gmlp", "resnetv2_bit", "nfnet", "pvt_v2", "levit", "efficientnet", "swin", "vit",
              "resmlp")
+
+
+def _resolve(value: object) -> object:
+    """``"module:name"`` → that object; ``("module:name", {kwargs})`` → a partial (or an instance of a
+    dataclass); anything else unchanged."""
+    import functools
+    import importlib
+
+    if isinstance(value, str) and ":" in value and value.startswith("timm."):
+        module, _, attr = value.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
+        target = _resolve(value[0])
+        kw = {k: _resolve(v) for k, v in value[1].items()}
+        return target(**kw) if isinstance(target, type) and hasattr(target, "__dataclass_fields__") \
+            else functools.partial(target, **kw)  # type: ignore[arg-type]
+    return value
 
 
 def _create(name: str, kwargs: dict[str, object]):  # type: ignore[no-untyped-def]
@@ -173,6 +200,15 @@ def _create(name: str, kwargs: dict[str, object]):  # type: ignore[no-untyped-de
     import torch
 
     torch.manual_seed(SEED)
+    kwargs = {k: _resolve(v) for k, v in kwargs.items()}
+    factory = kwargs.pop("_factory", None)
+    if factory is not None:
+        make = factory
+
+        def create(_name: str, pretrained: bool = False, **kw: object):  # type: ignore[no-untyped-def]
+            return make(**kw)  # type: ignore[operator]
+    else:
+        create = timm.create_model
     base = {"pretrained": False, "num_classes": NUM_CLASSES, **kwargs}
     tries: list[tuple[dict[str, object], tuple[int, ...]]] = []
     for size in SIZES:
@@ -182,7 +218,7 @@ def _create(name: str, kwargs: dict[str, object]):  # type: ignore[no-untyped-de
     for kw, hw in tries + sizes_only:
         try:
             torch.manual_seed(SEED)
-            model = timm.create_model(name, **kw).eval()
+            model = create(name, **kw).eval()
             with torch.no_grad():
                 model(torch.randn(1, 3, *hw))
             return model, (1, 3, *hw)
@@ -229,7 +265,7 @@ def build(family: str, exporter: str, out: Path, *, tiny: bool = False) -> Path:
     for node in m.graph.node:  # debugging annotations (stack traces, module names): not the graph
         del node.metadata_props[:]
         node.doc_string = ""
-    for k, v in {"family": family, "timm_model": name, "kwargs": json.dumps(kwargs, default=list),
+    for k, v in {"family": family, "timm_model": name, "kwargs": json.dumps(kwargs, default=str),
                  "input_shape": "x".join(map(str, shape)), "exporter": exporter, "timm": timm.__version__,
                  "torch": version("torch"), "onnx": version("onnx"), "seed": str(SEED),
                  "built_by": "tools/make_timm_fixtures.py"}.items():
