@@ -15,6 +15,8 @@ loads the output, and the prune time. A rich table on stdout, JSON in ``tools/re
     python tools/bench_exporters.py                 # everything (about a minute)
     python tools/bench_exporters.py --no-zoo        # without torch exports
     python tools/bench_exporters.py --zoo /tmp/timm_zoo   # every .onnx of a built zoo (tools/make_timm_fixtures.py)
+    python tools/bench_exporters.py --zoo /tmp/timm_zoo --shard 0/2 --json a.json   # two parallel halves,
+    python tools/bench_exporters.py --zoo /tmp/timm_zoo --merge a.json b.json       # then one table and JSON
 
 With ``--zoo DIR`` (files named ``<family>_<exporter>.onnx``) only that folder is benchmarked, results go to
 ``tools/results/bench_zoo_<DIR name>.json``, and each row also has the first blocking reason of every blocked
@@ -183,8 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-zoo", action="store_true", help="skip the torch exports of models.registry.TINY_MODELS")
     ap.add_argument("--exporters", default="legacy,dynamo")
     ap.add_argument("--zoo", type=Path, help="benchmark only the .onnx files of this folder")
+    ap.add_argument("--shard", default="0/1", help="K/N: only every N-th model from the K-th (parallel runs)")
+    ap.add_argument("--merge", nargs="+", type=Path, help="merge these result files (of shards) into --json; "
+                    "a model in several keeps its last row")
     ap.add_argument("--json", type=Path, default=None, help=f"default {RESULTS}")
     args = ap.parse_args(argv)
+    k, n = (int(v) for v in args.shard.split("/"))
     if args.json is None:
         args.json = RESULTS.with_name(f"bench_zoo_{args.zoo.name}.json") if args.zoo else RESULTS
     console = Console(width=200)
@@ -194,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = list(_zoo_dir(args.zoo)) if args.zoo else list(_files()) + list(_import_fixtures(tmp))
         if not args.no_zoo and not args.zoo:
             sources += list(_zoo(tmp, args.exporters.split(",")))
+        sources = [] if args.merge else sources[k::n]
         for name, exporter, build in sources:
             try:
                 rows.append(bench_one(name, exporter, build, args.ratio))
@@ -204,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
                           f"MACs {_fraction(row.get('macs_after'), row.get('macs_before'))}, "
                           f"oracle {row.get('oracle', row.get('error', '-'))}, {row.get('time_s', '-')} s",
                           highlight=False)
+    if args.merge:
+        merged: dict[tuple[str, str], dict[str, object]] = {}
+        for f in args.merge:
+            for r in json.loads(Path(f).read_text())["rows"]:
+                merged[(str(r["model"]), str(r["exporter"]))] = r
+        rows = [r for _, r in sorted(merged.items())] + rows
     console.print(_table(rows, args.ratio))
     ok = [r for r in rows if "error" not in r]
     within = [r for r in ok if isinstance(r.get("macs_before_independent"), int) and r["macs_before_independent"]
