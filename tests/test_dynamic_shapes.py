@@ -20,6 +20,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import spa
+from spa.analysis.metrics import representative_shapes
 from spa.graph.model import infer_shapes
 from spa.graph.normalize import normalize
 from spa.graph.symbolic import shape_vector
@@ -274,3 +275,13 @@ def test_tile_repeats_not_provable_block_with_a_reason(opset: int) -> None:
     assert not g.prunable
     assert any("Tile" in reason for reason in g.reasons), g.reasons
     assert_oracle(model, expect_pruned=False)
+
+
+def test_dynamic_channel_axis_of_an_image_input_is_the_convs() -> None:
+    """optimum declares ``pixel_values`` as ``[batch, num_channels, height, width]``, all dynamic: the channel
+    axis is counted at the first Conv's input channels (3), not the sequence default (128)."""
+    b = GraphBuilder(opset=17)
+    x = b.input("pixel_values", ["batch", "num_channels", "height", "width"])
+    b.output(b.conv(x, 3, 4))
+    m = b.build()
+    assert representative_shapes(normalize(m))["pixel_values"] == (1, 3, 224, 224)

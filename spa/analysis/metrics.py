@@ -70,13 +70,26 @@ def representative_dim(axis: int, rank: int) -> int:
     return 224 if rank == 4 and axis >= 2 else 128
 
 
+def _conv_channels(t: gs.Tensor) -> int | None:
+    """The input channel count a Conv reading ``t`` directly requires (weight ``[M, C/g, …]``), or None."""
+    for node in t.outputs:
+        if node.op == "Conv" and node.inputs and node.inputs[0] is t and len(node.inputs) > 1:
+            w = node.inputs[1]
+            if isinstance(w, gs.Constant) and len(w.shape) > 1:
+                return int(w.shape[1]) * int(node.attrs.get("group", 1))
+    return None
+
+
 def representative_shapes(mg: ModelGraph) -> dict[str, tuple[int, ...]]:
     """Concrete shapes of ``mg``'s inputs: static dimensions as declared, dynamic ones
-    :func:`representative_dim`."""
+    :func:`representative_dim` — except a dynamic channel axis (1) of an input read by a Conv, which is
+    the Conv's input channel count (optimum declares ``pixel_values`` as ``[B, C, H, W]`` all dynamic)."""
     out: dict[str, tuple[int, ...]] = {}
     for t in mg.graph.inputs:
         shape = shape_of(t) or ()
-        out[t.name] = tuple(d if isinstance(d, int) else representative_dim(k, len(shape)) for k, d in enumerate(shape))
+        channels = _conv_channels(t) if len(shape) > 2 and not isinstance(shape[1], int) else None
+        out[t.name] = tuple(d if isinstance(d, int) else channels if k == 1 and channels else
+                            representative_dim(k, len(shape)) for k, d in enumerate(shape))
     return out
 
 
