@@ -70,7 +70,7 @@ def representative_dim(axis: int, rank: int) -> int:
     return 224 if rank == 4 and axis >= 2 else 128
 
 
-def _conv_channels(t: gs.Tensor) -> int | None:
+def conv_channels(t: gs.Tensor) -> int | None:
     """The input channel count a Conv reading ``t`` directly requires (weight ``[M, C/g, …]``), or None."""
     for node in t.outputs:
         if node.op == "Conv" and node.inputs and node.inputs[0] is t and len(node.inputs) > 1:
@@ -87,7 +87,7 @@ def representative_shapes(mg: ModelGraph) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {}
     for t in mg.graph.inputs:
         shape = shape_of(t) or ()
-        channels = _conv_channels(t) if len(shape) > 2 and not isinstance(shape[1], int) else None
+        channels = conv_channels(t) if len(shape) > 2 and not isinstance(shape[1], int) else None
         out[t.name] = tuple(d if isinstance(d, int) else channels if k == 1 and channels else
                             representative_dim(k, len(shape)) for k, d in enumerate(shape))
     return out
