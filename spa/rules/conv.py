@@ -67,6 +67,8 @@ class ConvRule(ChannelRule):
         g = ctx.int_attr("group", 1)
         c, m = static(sx[1]), static(sw[0])
         cg = static(sw[1])
+        if c is None and cg is not None:  # a dynamic channel axis (optimum's pixel_values): C = (C/g)·g
+            c = cg * g
         if c is None or m is None or cg is None:
             return ctx.barrier_all(f"Conv '{ctx.node.name}': channel counts unknown")
         role_in, role_out = (Role.CONSUMER, Role.PRODUCER) if ctx.is_const(w) else (None, None)

@@ -7,6 +7,7 @@ import pytest
 
 import spa
 from tests.oracle import GraphBuilder, assert_oracle
+from tests.rules.helpers import _group
 
 OPSETS = [11, 17]
 
@@ -103,3 +104,18 @@ def test_weight_computed_at_run_time_blocks_the_contraction(opset: int, op: str)
     g = _group(a, model.graph.node[0].input[1], 0)
     assert not g.prunable and any("computed at run time" in r for r in g.reasons), g.reasons
     assert_oracle(model, 0.5, expect_pruned=False)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_dynamic_input_channel_axis(opset: int) -> None:
+    """optimum declares ``pixel_values`` as ``[batch, num_channels, height, width]``: the stem Conv's input
+    channel count is its weight's, so its output channels still prune (ResNet: the whole residual stream)."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("pixel_values", ["batch", "num_channels", 8, 8])
+    h = b.op("Relu", [b.conv(x, 3, 8)])
+    w1 = b.nodes[-2].input[1]
+    b.output(b.conv(h, 8, 4), ["batch", 4, 8, 8])  # type: ignore[arg-type]
+    m = b.build()
+    assert _group(spa.analyze(m), w1, 0).prunable
+    r = spa.prune(m, ratio=0.5, emit_masked=True)
+    assert spa.verify(r.model, r.masked, shapes={"pixel_values": (2, 3, 8, 8)}).ok
