@@ -21,6 +21,7 @@ from spa.analysis.cost import count_macs
 from spa.graph.model import ModelGraph, infer_shapes, shape_of
 from spa.graph.weights import is_float
 from spa.rules.base import dims_product
+from spa.rules.conv import conv_channels
 
 
 def count_params(mg: ModelGraph) -> int:
@@ -68,16 +69,6 @@ def representative_dim(axis: int, rank: int) -> int:
     if axis == 0:
         return 1
     return 224 if rank == 4 and axis >= 2 else 128
-
-
-def conv_channels(t: gs.Tensor) -> int | None:
-    """The input channel count a Conv reading ``t`` directly requires (weight ``[M, C/g, …]``), or None."""
-    for node in t.outputs:
-        if node.op == "Conv" and node.inputs and node.inputs[0] is t and len(node.inputs) > 1:
-            w = node.inputs[1]
-            if isinstance(w, gs.Constant) and len(w.shape) > 1:
-                return int(w.shape[1]) * int(node.attrs.get("group", 1))
-    return None
 
 
 def representative_shapes(mg: ModelGraph) -> dict[str, tuple[int, ...]]:

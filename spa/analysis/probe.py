@@ -27,8 +27,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.analysis.cost import concrete_shapes
-from spa.analysis.metrics import conv_channels
 from spa.graph.model import Dim, ModelGraph, shape_of
+from spa.rules.conv import conv_channels
 from spa.rules.registry import RuleRegistry
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from spa.rules.base import (
     AttrValue,
@@ -52,6 +53,17 @@ def _positions(n: int, per_group: int) -> np.ndarray:
 def _self_positions(t: str, axis: int, n: int, per_group: int) -> Link:
     """Couple every channel of a slot with the same in-group position of the first group."""
     return Link(Slot(t, axis), Slot(t, axis), np.arange(n), _positions(n, per_group))
+
+
+def conv_channels(t: gs.Tensor) -> int | None:
+    """The input channel count a Conv reading ``t`` directly requires (weight ``[M, C/g, …]``), or None:
+    what a dynamic channel axis of a graph input (optimum's ``pixel_values``) must be."""
+    for node in t.outputs:
+        if node.op == "Conv" and node.inputs and node.inputs[0] is t and len(node.inputs) > 1:
+            w = node.inputs[1]
+            if isinstance(w, gs.Constant) and len(w.shape) > 1:
+                return int(w.shape[1]) * int(node.attrs.get("group", 1))
+    return None
 
 
 class ConvRule(ChannelRule):
