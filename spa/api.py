@@ -24,7 +24,7 @@ from spa.bench.report import BenchOptions, bench_models
 from spa.budget import estimate, solve_ratio
 from spa.calibration import load_calibration
 from spa.calibration.data import CalibrationSource, RandomSource
-from spa.criteria import CriterionContext, Scores, Updates, get_criterion
+from spa.criteria import Criterion, CriterionContext, Scores, Updates, get_criterion
 from spa.criteria.calibrated import model_proto
 from spa.criteria.reduce import options as reduce_options
 from spa.errors import SpaError, UnsupportedModelError, UsageError, ValidationError
@@ -243,19 +243,7 @@ def prune(
     crit = get_criterion(opts.criterion)
     stage("loading")
     mg = load(model)
-    stage(f"analysing {len(mg.graph.nodes)} nodes")
-    analysis = analyze_graph(mg, registry, hidden=opts.prune_hidden, head_dim=opts.prune_head_dim)
-    cctx = _criterion_context(opts)
-    stage(f"scoring {len(analysis.prunable)} groups ({opts.criterion})")
-    scores = crit.score(analysis, cctx)
-
-    def fresh_score(a: Analysis) -> tuple[Scores, CriterionContext]:
-        ctx = _criterion_context(opts)  # its caches belong to the analysis it scores
-        return crit.score(a, ctx), ctx
-
-    analysis, scores, registry, grouped, whole_ctx = _grouped_conv_mode(mg, analysis, scores, opts, registry,
-                                                                        fresh_score, stage)
-    cctx = whole_ctx or cctx
+    analysis, scores, registry, grouped, cctx = _analyse_and_score(mg, opts, registry, crit, stage)
     data = _probe_data(analysis, opts, cctx)
     alloc = _allocation(analysis, scores, opts, cctx, data, registry, stage)
     stage("planning" + (" (measuring latencies)" if opts.target_latency is not None else ""))
@@ -264,7 +252,7 @@ def prune(
     stage(f"pruning {len(plan.groups)} groups")
     updates = crit.compensate(analysis, plan, cctx)
     quality: dict[str, object] = {"realign": None, "allocation": None, "quality_note": None}
-    if opts.realign and data is not None:
+    if opts.realign and data is not None:  # statistics re-alignment: more weight updates, on calibration data
         updates, quality["realign"] = realign(analysis, plan, updates, data, registry,
                                               variance=opts.realign_variance, progress=stage)
     pruned_mg = prune_model(analysis, plan, registry, updates=updates)
@@ -277,6 +265,27 @@ def prune(
     report |= _quality_report(quality, opts, analysis, plan, alloc, data, protos.get("model") or pruned_mg.to_onnx(),
                               cctx)
     return PruneResult(pruned_mg, plan, analysis, report, masked, _protos=protos)
+
+
+def _analyse_and_score(mg: ModelGraph, opts: PruneOptions, registry: RuleRegistry | None, crit: Criterion,
+                       stage: Callable[[str], None]
+                       ) -> tuple[Analysis, Scores, RuleRegistry | None, GroupedChoice, CriterionContext]:
+    """The channel groups and the criterion's scores; with grouped convolutions and latency-chosen counts,
+    of whichever analysis (in-group or whole-group pruning) :func:`_grouped_conv_mode` picks — also the
+    rules, the comparison and the criterion context (its cached statistics belong to that analysis)."""
+    stage(f"analysing {len(mg.graph.nodes)} nodes")
+    analysis = analyze_graph(mg, registry, hidden=opts.prune_hidden, head_dim=opts.prune_head_dim)
+    cctx = _criterion_context(opts)
+    stage(f"scoring {len(analysis.prunable)} groups ({opts.criterion})")
+    scores = crit.score(analysis, cctx)
+
+    def fresh_score(a: Analysis) -> tuple[Scores, CriterionContext]:
+        ctx = _criterion_context(opts)
+        return crit.score(a, ctx), ctx
+
+    analysis, scores, registry, grouped, whole_ctx = _grouped_conv_mode(mg, analysis, scores, opts, registry,
+                                                                        fresh_score, stage)
+    return analysis, scores, registry, grouped, whole_ctx or cctx
 
 
 #: the one line said when no data protects the task

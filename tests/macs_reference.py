@@ -24,7 +24,7 @@ def _feeds(model: onnx.ModelProto, shapes: dict[str, list[int]] | None) -> dict[
         dims = list(shapes[vi.name]) if shapes and vi.name in shapes else [
             d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim]
         dt = helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        out[vi.name] = (rng.integers(0, 8, dims) if dt.kind in "iu" else rng.standard_normal(dims)).astype(dt)
+        out[vi.name] = (rng.integers(0, 2, dims) if dt.kind in "iu" else rng.standard_normal(dims)).astype(dt)
     return out
 
 

@@ -20,6 +20,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 import spa
+from spa.analysis.metrics import representative_shapes
 from spa.graph.model import infer_shapes
 from spa.graph.normalize import normalize
 from spa.graph.symbolic import shape_vector
@@ -274,3 +275,36 @@ def test_tile_repeats_not_provable_block_with_a_reason(opset: int) -> None:
     assert not g.prunable
     assert any("Tile" in reason for reason in g.reasons), g.reasons
     assert_oracle(model, expect_pruned=False)
+
+
+def test_dynamic_channel_axis_of_an_image_input_is_the_convs() -> None:
+    """optimum declares ``pixel_values`` as ``[batch, num_channels, height, width]``, all dynamic: the channel
+    axis is counted at the first Conv's input channels (3), not the sequence default (128)."""
+    b = GraphBuilder(opset=17)
+    x = b.input("pixel_values", ["batch", "num_channels", "height", "width"])
+    b.output(b.conv(x, 3, 4))
+    m = b.build()
+    assert representative_shapes(normalize(m))["pixel_values"] == (1, 3, 224, 224)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_probing_never_reads_a_downsampled_dynamic_size_as_a_constant(opset: int) -> None:
+    """A stride-4 patch embedding maps 13 and 14 both to 3: the probes must not make width/4 a constant 3
+    (a pruned optimum ConvNeXt-V2 then declared ``[batch, ?, 3, C]`` and ONNX Runtime refused to run it)."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("pixel_values", ["batch", "num_channels", "height", "width"])
+    h = b.op("Relu", [b.conv(x, 3, 8, k=4, stride=4)])
+    h = b.op("Transpose", [h], perm=[0, 2, 3, 1])  # channels last, as HF ConvNeXt's GRN
+    h = b.op("MatMul", [h, b.weight(8, 16)])  # type: ignore[list-item]
+    b.output(b.op("MatMul", [b.op("Relu", [h]), b.weight(16, 4)]))  # type: ignore[arg-type, list-item]
+    m = b.build()
+    mg = spa.load(m)
+    spa.analyze(mg)
+    for t in mg.graph.tensors().values():
+        shape = getattr(t, "shape", None)
+        if t.name != "pixel_values" and shape is not None and len(shape) == 4 and not hasattr(t, "values"):
+            assert 3 not in list(shape)[1:3], (t.name, shape)
+    r = spa.prune(m, ratio=0.5, emit_masked=True)
+    assert r.report["mac_shapes"]["pixel_values"] == [1, 3, 224, 224]  # type: ignore[index]
+    for hw in (64, 96):
+        assert spa.verify(r.model, r.masked, shapes={"pixel_values": (1, 3, hw, hw)}).ok  # type: ignore[arg-type]

@@ -182,6 +182,8 @@ class _SlotTable:
             self.info(r.slot).kinds.add(r.kind)
         elif isinstance(r, Statistic):
             si = self.touch(r.slot, name)
+            if r.local:
+                return
             si.kinds.add("hidden")
             if not self.hidden:
                 si.reasons.append(r.reason + HIDDEN_HINT)

@@ -21,6 +21,7 @@ from spa.analysis.cost import count_macs
 from spa.graph.model import ModelGraph, infer_shapes, shape_of
 from spa.graph.weights import is_float
 from spa.rules.base import dims_product
+from spa.rules.conv import conv_channels
 
 
 def count_params(mg: ModelGraph) -> int:
@@ -72,11 +73,14 @@ def representative_dim(axis: int, rank: int) -> int:
 
 def representative_shapes(mg: ModelGraph) -> dict[str, tuple[int, ...]]:
     """Concrete shapes of ``mg``'s inputs: static dimensions as declared, dynamic ones
-    :func:`representative_dim`."""
+    :func:`representative_dim` — except a dynamic channel axis (1) of an input read by a Conv, which is
+    the Conv's input channel count (optimum declares ``pixel_values`` as ``[B, C, H, W]`` all dynamic)."""
     out: dict[str, tuple[int, ...]] = {}
     for t in mg.graph.inputs:
         shape = shape_of(t) or ()
-        out[t.name] = tuple(d if isinstance(d, int) else representative_dim(k, len(shape)) for k, d in enumerate(shape))
+        channels = conv_channels(t) if len(shape) > 2 and not isinstance(shape[1], int) else None
+        out[t.name] = tuple(d if isinstance(d, int) else channels if k == 1 and channels else
+                            representative_dim(k, len(shape)) for k, d in enumerate(shape))
     return out
 
 

@@ -28,6 +28,7 @@ import onnx_graphsurgeon as gs
 
 from spa.analysis.cost import concrete_shapes
 from spa.graph.model import Dim, ModelGraph, shape_of
+from spa.rules.conv import conv_channels
 from spa.rules.registry import RuleRegistry
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,26 @@ def _key(i: int, k: int, d: object) -> str | tuple[int, int] | None:
     if isinstance(d, str):
         return d
     return None if isinstance(d, (int, np.integer)) and d >= 0 else (i, k)
+
+
+def _probe_values(mg: ModelGraph, syms: list[str | tuple[int, int]]) -> dict[str | tuple[int, int], tuple[int, int]]:
+    """Each dynamic input dimension's two probe values. An image input read by a Conv (optimum's
+    ``pixel_values [batch, num_channels, height, width]``) gets the Conv's channel count on axis 1 (in both
+    probes: a constant) and its height and width scaled by 32: small primes collapse under strided
+    downsampling (13 and 14 are both 3 after a stride-4 patch embedding, which read as a constant 3)."""
+    out = {s: (a, b) for s, a, b in zip(syms, *_PROBES)}
+    for i, t in enumerate(mg.graph.inputs):
+        shape = shape_of(t)
+        channels = conv_channels(t) if shape is not None and len(shape) == 4 else None
+        if shape is None or channels is None:
+            continue
+        for k, d in enumerate(shape):
+            key = _key(i, k, d)
+            if key is None or key not in out:
+                continue
+            a, b = out[key]
+            out[key] = (channels, channels) if k == 1 else (a * 32, b * 32) if k >= 2 else (a, b)
+    return out
 
 
 def _symbols(mg: ModelGraph) -> list[str | tuple[int, int]]:
@@ -85,9 +106,10 @@ def probe_shapes(mg: ModelGraph, registry: RuleRegistry | None = None) -> int:
         return 0
     io = {id(t) for t in mg.graph.inputs} | {id(t) for t in mg.graph.outputs}
     todo = [t for t in todo if id(t) not in io]
+    probes = _probe_values(mg, syms)
     runs = []
-    for values in _PROBES:
-        value = dict(zip(syms, values))
+    for values in zip(*probes.values()):
+        value = dict(zip(probes, values))
         saved = [(t, t.shape) for t in mg.graph.inputs]
         try:
             for i, t in enumerate(mg.graph.inputs):
@@ -98,7 +120,7 @@ def probe_shapes(mg: ModelGraph, registry: RuleRegistry | None = None) -> int:
         finally:
             for t, s in saved:
                 t.shape = s
-    symbols = {(a, b): s for s, a, b in zip(syms, *_PROBES) if isinstance(s, str)}
+    symbols = {(a, b): s for s, (a, b) in probes.items() if isinstance(s, str) and a != b}
     gained = 0
     for t in todo:
         a, b = runs[0].get(t.name), runs[1].get(t.name)

@@ -114,12 +114,19 @@ class Statistic:
     """``slot`` is reduced over by a statistic (mean, variance, norm): a barrier with ``reason``, or —
     when hidden-size pruning is on — a prunable slot of a ``hidden`` group (see :class:`TwinContext`).
 
+    ``local=True`` marks a statistic that stays the same statistic of the pruned layer when taken over
+    the kept channels, and does not tie the slot to the model's hidden size: ConvNeXt-V2's global
+    response normalisation divides each channel's spatial norm by the mean norm over the MLP's channels.
+    Such a slot is prunable by default (no ``hidden`` kind, no barrier); the rule's ``twin`` hook still
+    restricts the statistic to the kept channels in the masked twin.
+
     >>> Statistic(Slot("x", 2), "LayerNormalization 'ln' normalises over axis 2").slot.axis
     2
     """
 
     slot: Slot
     reason: str
+    local: bool = False
 
 
 Relation = Link | Member | Barrier | Choice | Tag | Statistic

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from spa.rules.base import (
     AttrValue,
@@ -58,6 +59,17 @@ def _self_positions(t: str, axis: int, n: int, per_group: int) -> Link:
     return Link(Slot(t, axis), Slot(t, axis), np.arange(n), _positions(n, per_group))
 
 
+def conv_channels(t: gs.Tensor) -> int | None:
+    """The input channel count a Conv reading ``t`` directly requires (weight ``[M, C/g, …]``), or None:
+    what a dynamic channel axis of a graph input (optimum's ``pixel_values``) must be."""
+    for node in t.outputs:
+        if node.op == "Conv" and node.inputs and node.inputs[0] is t and len(node.inputs) > 1:
+            w = node.inputs[1]
+            if isinstance(w, gs.Constant) and len(w.shape) > 1:
+                return int(w.shape[1]) * int(node.attrs.get("group", 1))
+    return None
+
+
 class ConvRule(ChannelRule):
     """Conv: weight [M, C/g, k...], bias [M].
 
@@ -82,6 +94,8 @@ class ConvRule(ChannelRule):
         g = ctx.int_attr("group", 1)
         c, m = static(sx[1]), static(sw[0])
         cg = static(sw[1])
+        if c is None and cg is not None:  # a dynamic channel axis (optimum's pixel_values): C = (C/g)·g
+            c = cg * g
         if c is None or m is None or cg is None:
             return ctx.barrier_all(f"Conv '{ctx.node.name}': channel counts unknown")
         role_in, role_out = (Role.CONSUMER, Role.PRODUCER) if ctx.is_const(w) else (None, None)

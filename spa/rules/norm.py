@@ -12,13 +12,22 @@ maps to the output and to the scale/bias, and the masked twin decomposes the nod
 the kept channels only (what the pruned node computes over its narrower axis):
 ``d = x - x·(m/D')``, ``y = d / sqrt((d·d)·(m/D') + eps) · scale + bias`` (RMS: no centring), with the
 reductions written as MatMuls against the column ``m/D'`` so the twin needs no opset-specific op.
+
+One such LayerNorm is *local* (prunable by default, ``Statistic.local``): the spatial gating unit of gMLP
+(``u, v = chunk(x); u * proj_tokens(LayerNorm(v))``) normalises the gate half of its MLP's own channels —
+a LayerNorm whose input is one part of a Split/Slice and whose output, after a token-mixing chain
+(Transpose/MatMul/Gemm/Add/Conv/Reshape), multiplies another part of the same tensor. Over the kept
+channels it is the same gate of the pruned MLP; it does not touch the model's hidden size.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from spa.graph.model import Dim, shape_of
 from spa.rules.base import (
     Barrier,
     ChannelRule,
@@ -49,8 +58,99 @@ def _identity_except(ctx: NodeContext, blocked: set[int], reason: str) -> list[R
     return rels
 
 
+@dataclass(frozen=True)
+class GroupNormView:
+    """A GroupNorm written as ``Reshape([N, C, *S] → [N, G, L]) → InstanceNormalization → Reshape(→ [N, C, *S])``
+    (PyTorch's ``F.group_norm`` as both exporters write it; the per-channel affine follows as Mul/Add).
+
+    Channel ``c`` of ``[N, C, *S]`` is group ``c // cg`` at in-group position ``p = c % cg`` (``cg = C/G``);
+    in ``[N, G, L]`` it is the run ``p·inner … p·inner + inner - 1`` of axis 2 (``inner = ΠS``). Pruning keeps
+    the groups equal-sized — the same in-group positions go from every group, as for a grouped Conv — so
+    ``G`` never changes and the statistics of each group run over its kept channels (a *local* statistic).
+
+    >>> v = GroupNormView(None, None, None, channels=6, groups=3, inner=2)   # type: ignore[arg-type]
+    >>> v.positions.tolist(), v.element_positions.tolist()
+    ([0, 1, 0, 1, 0, 1], [0, 0, 1, 1])
+    """
+
+    first: gs.Node
+    norm: gs.Node
+    last: gs.Node
+    channels: int
+    groups: int
+    inner: int
+
+    @property
+    def per_group(self) -> int:
+        return self.channels // self.groups
+
+    @property
+    def positions(self) -> np.ndarray:
+        """The in-group position of each channel."""
+        return np.arange(self.channels) % self.per_group
+
+    @property
+    def element_positions(self) -> np.ndarray:
+        """The in-group position of each element of axis 2 of ``[N, G, L]``."""
+        return np.repeat(np.arange(self.per_group), self.inner)
+
+
+def _static(shape: tuple[Dim, ...] | None) -> list[int] | None:
+    if shape is None or not all(isinstance(d, int) and d > 0 for d in shape):
+        return None
+    return [int(d) for d in shape]  # type: ignore[arg-type]
+
+
+def group_norm_view(node: gs.Node) -> GroupNormView | None:
+    """The decomposed GroupNorm ``node`` (either Reshape or the InstanceNormalization) is part of, or None."""
+    if node.op == "Reshape":
+        out, src = node.outputs[0] if node.outputs else None, node.inputs[0] if node.inputs else None
+        if out is not None and len(out.outputs) == 1 and out.outputs[0].op == "InstanceNormalization":
+            norm = out.outputs[0]
+        elif src is not None and len(src.inputs) == 1 and src.inputs[0].op == "InstanceNormalization":
+            norm = src.inputs[0]
+        else:
+            return None
+    elif node.op == "InstanceNormalization":
+        norm = node
+    else:
+        return None
+    t, u = norm.inputs[0], norm.outputs[0]
+    if len(t.inputs) != 1 or t.inputs[0].op != "Reshape" or len(u.outputs) != 1 or u.outputs[0].op != "Reshape":
+        return None
+    first, last = t.inputs[0], u.outputs[0]
+    if len(t.outputs) != 1 or any(o.name for o in norm.outputs[1:]):
+        return None
+    si, sm, so = _static(shape_of(first.inputs[0])), _static(shape_of(t)), _static(shape_of(last.outputs[0]))
+    if si is None or sm is None or so is None or si != so or len(si) < 3 or len(sm) != 3 or sm[0] != si[0]:
+        return None
+    c, g, inner = si[1], sm[1], int(np.prod(si[2:]))
+    if g <= 0 or c % g or c // g < 2 or sm[2] != (c // g) * inner:
+        return None
+    return GroupNormView(first, norm, last, c, g, inner)
+
+
+def group_norm_reshape_relations(ctx: NodeContext, view: GroupNormView) -> list[Relation]:
+    """The Reshapes of a decomposed GroupNorm: channels of ``[N, C, *S]`` ↔ runs of axis 2 of ``[N, G, L]``,
+    every channel coupled with the same in-group position of the first group (groups stay equal-sized)."""
+    x, y = ctx.input(0), ctx.output(0)
+    if x is None or y is None:
+        return ctx.barrier_all(f"Reshape '{ctx.node.name}' without data")
+    full, grouped = (x, y) if ctx.node is view.first else (y, x)
+    ch, pos = np.arange(view.channels), view.positions
+    return [Link(Slot(x.name, 0), Slot(y.name, 0)),
+            Link(Slot(full.name, 1), Slot(full.name, 1), ch, pos),
+            Link(Slot(full.name, 1), Slot(grouped.name, 2), view.element_positions,
+                 np.arange(view.per_group * view.inner))]
+
+
 class PerChannelNormRule(ChannelRule):
-    """BatchNormalization (inference) and InstanceNormalization: parameters [C] on axis 1."""
+    """BatchNormalization (inference) and InstanceNormalization: parameters [C] on axis 1.
+
+    An InstanceNormalization inside a decomposed GroupNorm (:func:`group_norm_view`) normalises axis 2 of
+    ``[N, G, L]``, which holds channels: a local :class:`~spa.rules.base.Statistic` restricted to the kept
+    channels in the masked twin.
+    """
 
     op_types = ("BatchNormalization", "InstanceNormalization")
 
@@ -69,6 +169,14 @@ class PerChannelNormRule(ChannelRule):
         y = ctx.output(0)
         if y is None or ctx.rank(ctx.input(0)) is None:
             return rels
+        view = group_norm_view(ctx.node) if ctx.op == "InstanceNormalization" else None
+        if view is not None:
+            rels.append(Statistic(Slot(ctx.node.inputs[0].name, 2), f"InstanceNormalization '{ctx.node.name}' "
+                                  "normalises each group of a GroupNorm over its channels", local=True))
+        elif ctx.op == "InstanceNormalization":  # statistics over axes 2…: channels merged into them must stay
+            x = ctx.node.inputs[0]
+            rels += [Barrier(x.name, a, f"InstanceNormalization '{ctx.node.name}' normalises over axis {a}")
+                     for a in range(2, ctx.rank(x) or 0)]
         for k in range(1, len(ctx.node.inputs)):
             p = ctx.input(k)
             if p is not None:
@@ -78,6 +186,23 @@ class PerChannelNormRule(ChannelRule):
         return rels
 
 
+    def twin(self, ctx: NodeContext, tw: TwinContext) -> None:
+        """A GroupNorm's InstanceNormalization: group statistics over the kept channels only."""
+        view = group_norm_view(ctx.node) if ctx.op == "InstanceNormalization" else None
+        x, y = ctx.input(0), ctx.output(0)
+        if view is None or x is None or y is None:
+            return
+        m = tw.mask(x, 2, view.per_group * view.inner)
+        if m is None:
+            return
+        normed = masked_normalise(tw, x, m, float(ctx.node.attrs.get("epsilon", 1e-5)), centre=True)
+        scale, bias = ctx.const(ctx.input(1)), ctx.const(ctx.input(2))
+        if scale is None or bias is None:
+            return
+        finish_affine(tw, ctx.node, normed, tw.constant(scale.reshape(-1, 1), x),
+                      tw.constant(bias.reshape(-1, 1), x), y)
+
+
 def _normalised_axis(ctx: NodeContext) -> int | None:
     """The single normalised axis of a Layer/RMSNormalization node (None: several axes or unknown rank)."""
     r = ctx.rank(ctx.input(0))
@@ -85,6 +210,41 @@ def _normalised_axis(ctx: NodeContext) -> int | None:
         return None
     axis = norm_axis(ctx.int_attr("axis", -1), r)
     return axis if axis == r - 1 else None
+
+
+_TOKEN_MIXING = ("Transpose", "MatMul", "Gemm", "Add", "Conv", "Reshape", "Identity")
+
+
+def _source(t: gs.Tensor) -> tuple[gs.Node, gs.Tensor] | None:
+    """The Split/Slice that produced ``t`` and the tensor it cuts, or None."""
+    if len(t.inputs) != 1 or t.inputs[0].op not in ("Split", "Slice"):
+        return None
+    node = t.inputs[0]
+    return node, node.inputs[0]
+
+
+def gates_sibling(x: gs.Tensor, y: gs.Tensor, depth: int = 6) -> bool:
+    """``x`` is one part of a Split/Slice and ``y``, through a single-consumer token-mixing chain,
+    multiplies another part of the same tensor (gMLP's spatial gating unit)."""
+    src = _source(x)
+    if src is None:
+        return False
+    split, whole = src
+    t = y
+    for _ in range(depth):
+        if len(t.outputs) != 1:
+            return False
+        node = t.outputs[0]
+        if node.op == "Mul":
+            others = [i for i in node.inputs if i is not t]
+            if len(others) != 1 or others[0] is x:
+                return False
+            other = _source(others[0])
+            return other is not None and (other[0] is split or other[1] is whole)
+        if node.op not in _TOKEN_MIXING or not node.outputs:
+            return False
+        t = node.outputs[0]
+    return False
 
 
 class HiddenNormRule(ChannelRule):
@@ -112,7 +272,8 @@ class HiddenNormRule(ChannelRule):
         r = axis + 1
         rels: list[Relation] = [Link(Slot(x.name, a), Slot(y.name, a)) for a in range(r)]
         rels.append(Statistic(Slot(x.name, axis),
-                              f"{op} '{name}' normalises over axis {axis}: channels there are not independent"))
+                              f"{op} '{name}' normalises over axis {axis}: channels there are not independent",
+                              local=op == "LayerNormalization" and gates_sibling(x, y)))
         for k in range(1, len(ctx.node.inputs)):
             p = ctx.input(k)
             if p is None:

@@ -10,6 +10,10 @@
   reductions a decomposed LayerNorm/RMSNorm is made of (Mean, Sum, SumSquare, L1, L2) mark their reduced
   axes as :class:`~spa.rules.base.Statistic` instead: with hidden-size pruning the masked twin multiplies
   the input by the keep-mask and rescales a mean by ``D/D'`` — the pruned node reduces over ``D'``.
+  One such statistic is *local* (prunable by default, see ``Statistic.local``): the mean over channels of
+  per-channel norms, ConvNeXt-V2's global response normalisation ``x · ‖x‖_HW / mean_C(‖x‖_HW)`` — a
+  ``ReduceMean`` over one axis of a ``ReduceL2``/``ReduceL1``/``Sqrt(ReduceSum…)`` output that is 1 on
+  every other axis but the batch. Over the kept channels it is the same normalisation of the pruned MLP.
 * Softmax/LogSoftmax/Hardmax, ArgMax/ArgMin, CumSum, TopK: the op's axis is a barrier.
 """
 
@@ -99,6 +103,18 @@ MASKABLE = ("ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2"
 _AXES_AS_INPUT = dict.fromkeys(REDUCE_OPS, 18) | {"ReduceSum": 13}
 
 
+def _is_channel_norm(x: gs.Tensor, axis: int, shape: tuple[object, ...]) -> bool:
+    """``x`` holds one spatial norm per channel on ``axis`` (1 on every other axis but the batch), made
+    by a ReduceL2/ReduceL1 or the square root of a sum of squares (global response normalisation)."""
+    if any(d != 1 for a, d in enumerate(shape) if a not in (0, axis)) or len(x.inputs) != 1:
+        return False
+    producer = x.inputs[0]
+    if producer.op == "Sqrt" and len(producer.inputs[0].inputs) == 1:
+        producer = producer.inputs[0].inputs[0]
+        return producer.op in ("ReduceSum", "ReduceSumSquare")
+    return producer.op in ("ReduceL2", "ReduceL1")
+
+
 class ReduceRule(ChannelRule):
     """Reductions: non-reduced axes identity, reduced axes barriers."""
 
@@ -140,7 +156,10 @@ class ReduceRule(ChannelRule):
         for a in range(r):
             if a in reduced:
                 if op in MASKABLE:
-                    rels.append(Statistic(Slot(x.name, a), f"{reason} {a}"))
+                    shape = ctx.shape(x)
+                    local = (op == "ReduceMean" and len(reduced) == 1 and shape is not None
+                             and _is_channel_norm(x, a, shape))
+                    rels.append(Statistic(Slot(x.name, a), f"{reason} {a}", local=local))
                 else:
                     rels.append(Barrier(x.name, a, f"{reason} {a}"))
                 if keep:

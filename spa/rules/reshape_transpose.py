@@ -12,6 +12,9 @@ axes and output axes with equal products (size-1 axes dropped).
 
 Reshape's target constant is rewritten with the new sizes (``-1`` entries are kept).
 
+The two Reshapes of a decomposed GroupNorm (``[N, C, *S] → [N, G, L] → InstanceNormalization → [N, C, *S]``)
+map channels to runs of ``L`` per in-group position instead (:func:`spa.rules.norm.group_norm_view`).
+
 >>> _blocks((1, 8, 4, 4), (1, 128))   # size-1 axes carry no channels and are skipped
 [((1, 2, 3), (1,))]
 >>> _blocks((2, 12), (2, 3, 4))
@@ -39,6 +42,7 @@ from spa.rules.base import (
     static,
 )
 from spa.rules.moments import Result, Walk, merge_transfer
+from spa.rules.norm import group_norm_reshape_relations, group_norm_view
 from spa.rules.shape_reads import entry_sources
 
 Block = tuple[tuple[int, ...], tuple[int, ...]]
@@ -248,7 +252,8 @@ class ReshapeRule(ChannelRule):
         x, y = ctx.input(0), ctx.output(0)
         if x is None or y is None:
             return ctx.barrier_all("Reshape without data")
-        rels = reshape_relations(ctx, x, y)
+        view = group_norm_view(ctx.node)
+        rels = group_norm_reshape_relations(ctx, view) if view is not None else reshape_relations(ctx, x, y)
         spec = size_spec(ctx, 1)
         name = ctx.node.name
         if spec is None or not spec[2]:

@@ -32,6 +32,7 @@ from spa.rules.base import (
     static,
 )
 from spa.rules.moments import Result, Walk, same_axis_transfer
+from spa.rules.norm import group_norm_view
 from spa.rules.reshape_transpose import pairs_of
 from spa.rules.shape_reads import self_consistent_reads
 
@@ -274,6 +275,12 @@ class ExpandTileRule(ChannelRule):
             rw.set_vector(ctx.node, 1, reps, concat)
 
 
+def _group_norm_input(reshape: gs.Node) -> gs.Tensor | None:
+    """The input of the decomposed GroupNorm that ``reshape`` closes (its output has that input's channels)."""
+    view = group_norm_view(reshape)
+    return view.first.inputs[0] if view is not None and view.last is reshape else None
+
+
 class ShapeRule(ChannelRule):
     """Shape: the axes whose sizes are read become barriers (only those actually used, when known).
 
@@ -298,7 +305,7 @@ class ShapeRule(ChannelRule):
             start, end = (start + r if start < 0 else start), (end + r if end < 0 else end)
             axes = list(range(max(start, 0), min(end, r)))
             # sizes read only to keep them (``x.view(-1, x.size(-1))``) stay right after pruning
-            read = set() if self_consistent_reads(y, x, pairs_of) else self._read_axes(y, axes)
+            read = set() if self_consistent_reads(y, x, pairs_of, _group_norm_input) else self._read_axes(y, axes)
         reason = f"{ctx.node.op} '{ctx.node.name}' reads the size of axis"
         # Axes whose size is not read must still count as mapped, or the analysis's coverage check
         # blocks them ("does not map axis"), which made every ``x.view(x.size(0), -1)`` block the

@@ -127,9 +127,19 @@ def self_read_ok(reshape: gs.Node, pairs: Pairs) -> bool:
     return paired is not None and all((a, b) in paired for b, a in mine)
 
 
-def self_consistent_reads(shape_out: gs.Tensor, x: gs.Tensor, pairs: Pairs) -> bool:
+def _restores(reshape: gs.Node, x: gs.Tensor) -> bool:
+    """Every entry of the Reshape's target that reads a size reads ``x``'s size of the same axis (the
+    Reshape gives its input back ``x``'s shape)."""
+    src = entry_sources(reshape.inputs[1]) if len(reshape.inputs) > 1 else None
+    return src is not None and all(s is None or (s[0] == x.name and s[1] == b) for b, s in enumerate(src))
+
+
+def self_consistent_reads(shape_out: gs.Tensor, x: gs.Tensor, pairs: Pairs,
+                          mirror: Callable[[gs.Node], gs.Tensor | None] | None = None) -> bool:
     """Whether every use of ``shape_out`` (``Shape(x)``) ends, through ops that only move vector entries,
-    in the target of a Reshape of ``x`` whose entries read ``x``'s sizes self-consistently."""
+    in the target of a Reshape of ``x`` whose entries read ``x``'s sizes self-consistently — or of a
+    Reshape that gives back ``x``'s shape to a tensor with ``x``'s channels (``mirror(reshape) is x``:
+    the closing Reshape of a decomposed GroupNorm of ``x``)."""
     stack, seen = [shape_out], set()
     while stack:
         t = stack.pop()
@@ -139,6 +149,8 @@ def self_consistent_reads(shape_out: gs.Tensor, x: gs.Tensor, pairs: Pairs) -> b
         for c in t.outputs:
             if c.op == "Reshape" and len(c.inputs) > 1 and c.inputs[1] is t:
                 if c.inputs[0] is x and self_read_ok(c, pairs):
+                    continue
+                if mirror is not None and mirror(c) is x and _restores(c, x):
                     continue
                 return False
             if c.op in _VECTOR_MOVES and (c.op == "Concat" or (c.inputs and c.inputs[0] is t)):

@@ -2,8 +2,9 @@
 
 :func:`input_specs` lists the inputs of a ModelProto or of a session. :func:`random_inputs` makes a feed
 for every input of a session: dynamic dimensions become small concrete sizes (the first axis ``batch``,
-others ``dim``, or what ``shapes`` says), floats are standard normal, integers small and non-negative,
-booleans fair coins.
+others ``dim``, or what ``shapes`` says), floats are standard normal, integers 0 or 1 (a valid token id,
+token type, attention-mask value and position of any model: BERT's ``token_type_ids`` index a table of
+two rows), booleans fair coins.
 
 For a benchmark run, every input gets a concrete shape: ``--shape NAME=...`` when given, else the declared shape with
 dynamic dimensions set to 1 (the first) or 8 (the others); a requested batch size then replaces the
@@ -109,7 +110,7 @@ def random_inputs(
             feeds[name] = np.asarray(rng.random(concrete) < 0.5, dtype=bool)
         elif "int" in typ:
             dt = np.int64 if "int64" in typ else np.int32
-            feeds[name] = np.asarray(rng.integers(0, 4, size=concrete), dtype=dt)
+            feeds[name] = np.asarray(rng.integers(0, 2, size=concrete), dtype=dt)
         else:
             raise ValidationError(f"input '{name}' has type {typ}; spa cannot make random data for it")
     return feeds

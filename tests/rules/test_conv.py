@@ -10,6 +10,7 @@ from spa.rules.conv import whole_group_rules
 from spa.rules.defaults import DEFAULT_RULES, default_registry
 from spa.rules.registry import RuleRegistry
 from tests.oracle import GraphBuilder, assert_oracle
+from tests.rules.helpers import _group
 
 OPSETS = [11, 17]
 
@@ -89,3 +90,49 @@ def test_whole_groups_analysis_counts_groups() -> None:
     positions = analyze_graph(mg, default_registry())
     assert [g.channels for g in whole.prunable] == [4]
     assert [g.channels for g in positions.prunable] == [4, 4]
+
+
+def test_conv_with_unknown_channel_count_is_blocked() -> None:
+    b = GraphBuilder(opset=13)
+    x = b.input("x", [1, "C", 6, 6])
+    w = b.input("w", [4, "C", 3, 3])
+    h = b.op("Conv", [x, w])
+    b.output(b.conv(b.op("Relu", [h]), 4, 2))  # type: ignore[arg-type]
+    a = spa.analyze(b.build())
+    assert not any(g.prunable for g in a.groups if any(m.tensor == "w" for m in g.members))
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17])
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+def test_weight_computed_at_run_time_blocks_the_contraction(opset: int, op: str) -> None:
+    """A Conv/ConvTranspose whose weight is an activation (found by the fuzzer: ``Conv(x, relu(...))``):
+    nothing in the masked twin could zero the contracted channels, so they are blocked."""
+    from tests.rules.helpers import _group
+
+    b = GraphBuilder(opset=opset)
+    x = b.input("x", [1, 4, 5, 5])
+    h = b.op("Relu", [b.conv(x, 4, 6, k=1)])  # [1, 6, 5, 5]
+    shape = (2, 6, 1, 1) if op == "Conv" else (6, 2, 1, 1)  # Conv: [M, C, k, k]; ConvTranspose: [C, M, k, k]
+    w = b.op("Mul", [b.weight(*shape), b.input("scale", [1])])  # a weight scaled at run time
+    y = b.op(op, [h, w])  # type: ignore[list-item]
+    b.output(b.conv(y, 2, 2, k=1))  # type: ignore[arg-type]
+    model = b.build()
+    a = spa.analyze(model)
+    g = _group(a, model.graph.node[0].input[1], 0)
+    assert not g.prunable and any("computed at run time" in r for r in g.reasons), g.reasons
+    assert_oracle(model, 0.5, expect_pruned=False)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_dynamic_input_channel_axis(opset: int) -> None:
+    """optimum declares ``pixel_values`` as ``[batch, num_channels, height, width]``: the stem Conv's input
+    channel count is its weight's, so its output channels still prune (ResNet: the whole residual stream)."""
+    b = GraphBuilder(opset=opset)
+    x = b.input("pixel_values", ["batch", "num_channels", 8, 8])
+    h = b.op("Relu", [b.conv(x, 3, 8)])
+    w1 = b.nodes[-2].input[1]
+    b.output(b.conv(h, 8, 4), ["batch", 4, 8, 8])  # type: ignore[arg-type]
+    m = b.build()
+    assert _group(spa.analyze(m), w1, 0).prunable
+    r = spa.prune(m, ratio=0.5, emit_masked=True)
+    assert spa.verify(r.model, r.masked, shapes={"pixel_values": (2, 3, 8, 8)}).ok
