@@ -55,4 +55,6 @@ def test_prunes_oracle_exact(case: str) -> None:
 
 @pytest.mark.parametrize("case", [f"{f}_{e}" for f in WALLS for e in ("legacy", "dynamo")])
 def test_former_walls_prune(case: str) -> None:
-    assert len(_pruned(case).analysis.prunable) >= WALLS[case.rsplit("_", 1)[0]]
+    """Counted on the analysis: with latency-chosen counts a prune may re-analyse grouped convs by whole
+    groups (fewer, larger groups) when the latency table says that is faster."""
+    assert len(spa.analyze(str(FIXTURES / f"{case}.onnx")).prunable) >= WALLS[case.rsplit("_", 1)[0]]
