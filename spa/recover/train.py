@@ -1,0 +1,371 @@
+"""``spa recover``: train a pruned model's float initializers to match the original (distillation).
+
+The teacher (the original ONNX) runs in ONNX Runtime, the student (the pruned ONNX) in torch through
+:class:`~spa.recover.executor.GraphModule`. Loss per output: KL divergence with a temperature on
+classification-like outputs (float ``[batch, classes]``; an output that already holds probabilities is
+compared as probabilities), MSE divided by the teacher output's mean square otherwise; ``labels`` add a
+supervised term on the first output (``ce`` or ``mse``). Adam with a cosine learning rate; the data
+(``--calib`` sources: ``.npz``, ``.npy``, image folders, ``random``) is streamed batch by batch and
+cycled. Deterministic for a seed. Checkpoints (atomic) every ``checkpoint_every`` steps and when
+interrupted; ``resume`` continues from one. The result is the student graph node for node, only the
+trained initializers' values changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from spa.calibration.load import load_calibration
+from spa.calibration.runner import run_batches
+from spa.errors import RecoverError, RecoverInterrupted, SpaError, UsageError
+from spa.graph.io import atomic_path
+from spa.recover.backend import torch
+from spa.recover.executor import GraphModule
+from spa.runtime.feeds import InputSpec, input_specs
+
+
+@dataclass(frozen=True)
+class RecoverOptions:
+    """The options of one ``spa recover`` run (see the CLI help)."""
+
+    steps: int = 300
+    lr: float = 1e-3
+    batch: int = 16
+    samples: int | None = None
+    temperature: float = 2.0
+    labels: str | None = None
+    task_loss: str | None = None
+    task_weight: float = 1.0
+    device: str = "auto"
+    seed: int = 0
+    checkpoint: str | None = None
+    checkpoint_every: int = 50
+    resume: bool = False
+    features: str = "none"
+    threads: int = 0
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise UsageError(f"--steps must be >= 1, got {self.steps}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if self.batch < 1:
+            raise UsageError(f"--batch must be >= 1, got {self.batch}")
+        if self.temperature <= 0:
+            raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if self.checkpoint_every < 1:
+            raise UsageError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.task_loss not in (None, "ce", "mse"):
+            raise UsageError(f"--task-loss must be ce or mse, got {self.task_loss!r}")
+        if (self.labels is None) != (self.task_loss is None):
+            raise UsageError("--labels and --task-loss go together: give both (e.g. --labels y.npy --task-loss ce)")
+        if self.features not in ("none", "auto"):
+            raise UsageError(f"--features must be none or auto, got {self.features!r}")
+        if self.resume and not self.checkpoint:
+            raise UsageError("--resume needs a checkpoint path")
+
+
+@dataclass
+class RecoverResult:
+    """The recovered model and how training went."""
+
+    model: onnx.ModelProto
+    losses: list[float]
+    steps: int
+    start_step: int
+    device: str
+    wall_s: float
+    trainable: int
+    loss_kinds: dict[str, str] = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        first = self.losses[:10]
+        last = self.losses[-10:]
+        return {"steps": self.steps, "start_step": self.start_step, "device": self.device,
+                "wall_s": round(self.wall_s, 2), "trainable_initializers": self.trainable,
+                "loss_kinds": self.loss_kinds, "features": self.features,
+                "loss_first": float(np.mean(first)) if first else None,
+                "loss_last": float(np.mean(last)) if last else None, "losses": self.losses}
+
+
+def _spec_text(s: InputSpec) -> str:
+    return f"{s.name} {s.dtype} rank {len(s.shape)}"
+
+
+def check_pair(student: onnx.ModelProto, teacher: onnx.ModelProto) -> None:
+    """Raise :class:`UsageError` unless student and teacher have the same inputs and outputs."""
+    si, ti = input_specs(student), input_specs(teacher)
+    if [_spec_text(s) for s in si] != [_spec_text(s) for s in ti]:
+        raise UsageError(
+            f"teacher and student have different inputs (student: {', '.join(map(_spec_text, si))}; teacher: "
+            f"{', '.join(map(_spec_text, ti))}); give as --teacher the model the student was pruned from")
+    so = [(o.name, o.type.tensor_type.elem_type, len(o.type.tensor_type.shape.dim)) for o in student.graph.output]
+    to = [(o.name, o.type.tensor_type.elem_type, len(o.type.tensor_type.shape.dim)) for o in teacher.graph.output]
+    if so != to:
+        raise UsageError(
+            f"teacher and student have different outputs (student: {', '.join(n for n, *_ in so)}; teacher: "
+            f"{', '.join(n for n, *_ in to)}); give as --teacher the model the student was pruned from")
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: torch sees no CUDA device here; use --device auto or cpu")
+    return name
+
+
+def _loss_kind(t: np.ndarray) -> str:
+    if t.dtype.kind != "f" or t.ndim != 2 or t.shape[1] < 2:
+        return "mse"
+    if t.min() >= 0 and np.allclose(t.sum(axis=1), 1.0, atol=1e-3):
+        return "prob"
+    return "kl"
+
+
+def _distill(kind: str, s: Any, t: Any, temp: float) -> Any:
+    if kind == "kl":
+        return torch.nn.functional.kl_div(torch.log_softmax(s / temp, dim=1), torch.log_softmax(t / temp, dim=1),
+                                          reduction="batchmean", log_target=True) * temp * temp
+    if kind == "prob":
+        eps = 1e-8
+        return (t * (torch.log(t + eps) - torch.log(s.clamp_min(0) + eps))).sum(dim=1).mean()
+    return ((s - t) ** 2).mean() / ((t ** 2).mean() + 1e-8)
+
+
+def _fingerprint(student: onnx.ModelProto, teacher: onnx.ModelProto, opts: RecoverOptions, data: str) -> str:
+    h = hashlib.sha256()
+    for m in (student, teacher):
+        h.update(hashlib.sha256(m.SerializeToString()).digest())
+    keep = {k: v for k, v in opts.__dict__.items() if k not in ("checkpoint", "checkpoint_every", "resume",
+                                                                  "device", "threads")}
+    h.update(json.dumps(keep | {"data": data}, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _save_checkpoint(path: str, state: dict[str, Any]) -> None:
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except OSError as exc:
+        raise UsageError(f"could not write the checkpoint {path}: {exc.strerror or exc}") from exc
+
+
+def _load_checkpoint(path: str, fingerprint: str) -> dict[str, Any] | None:
+    p = Path(path)
+    if not p.exists():
+        return None
+    try:
+        state: dict[str, Any] = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file says the same
+        raise UsageError(f"checkpoint {path} cannot be read ({type(exc).__name__}); delete it to start over") from None
+    if state.get("fingerprint") != fingerprint:
+        raise UsageError(f"checkpoint {path} was made by another run (other models, data or options); "
+                         "delete it or drop --resume")
+    return state
+
+
+def _labels(path: str, kind: str) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--labels {path}: cannot read it as a .npy array ({exc})") from None
+    if kind == "ce" and arr.dtype.kind not in "iu":
+        raise UsageError(f"--labels {path}: --task-loss ce needs integer class labels, got {arr.dtype}")
+    return np.asarray(arr)
+
+
+def _batches(teacher: onnx.ModelProto, source: Any, fetch_features: Sequence[str], threads: int
+             ) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """(offset of the batch's first sample, feeds, teacher tensors), the data cycled forever. Runs the teacher
+    through :func:`spa.calibration.runner.run_batches` (fixed-batch models batched when that is exact)."""
+    while True:
+        offset, any_batch = 0, False
+        for run in run_batches(teacher, source, fetch_features, outputs=True, progress=False, threads=threads):
+            yield offset, run.feeds, run.values
+            offset += run.samples
+            any_batch = True
+        if not any_batch:
+            raise UsageError(f"{source.describe()}: the data holds no samples")
+
+
+def _student_batched(module: GraphModule, feeds: dict[str, Any], extra: Sequence[str]) -> bool:
+    """Whether the torch graph runs a batch at once as it runs its samples one by one (a fixed-batch export may
+    bake its batch size into a Reshape)."""
+    n = len(next(iter(feeds.values())))
+    if n < 2:
+        return True
+    probe = {k: v[:2] for k, v in feeds.items()}
+    with torch.no_grad():
+        try:
+            got = module(probe, extra)
+        except SpaError:
+            return False
+        try:
+            want = [torch.cat(parts) for parts in zip(*(module({k: v[i:i + 1] for k, v in probe.items()}, extra)
+                                                       for i in range(2)))]
+        except (SpaError, RuntimeError):
+            return True
+    return all(a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5))
+               for a, b in zip(got, want))
+
+
+def _forward(module: GraphModule, feeds: dict[str, Any], extra: Sequence[str], batched: bool) -> list[Any]:
+    if batched:
+        return module(feeds, extra)  # type: ignore[no-any-return]
+    n = len(next(iter(feeds.values())))
+    runs = [module({k: v[i:i + 1] for k, v in feeds.items()}, extra) for i in range(n)]
+    return [torch.cat(parts) if parts[0].dim() else parts[0] for parts in zip(*runs)]
+
+
+def recover(student: onnx.ModelProto, teacher: onnx.ModelProto, data: object, options: RecoverOptions | None = None,
+            *, progress: Callable[[int, int, float], None] | None = None) -> RecoverResult:
+    """Train ``student``'s float initializers to reproduce ``teacher`` on ``data``.
+
+    Args:
+        student: the pruned model (not modified).
+        teacher: the model it was pruned from.
+        data: calibration data as for ``--calib`` (path, arrays, ``"random"``, a source).
+        options: :class:`RecoverOptions`.
+        progress: called after every step with ``(step, steps, loss)``.
+
+    Raises:
+        UsageError: mismatched models, data that does not fit, a foreign checkpoint.
+        UnsupportedModelError: an op the torch executor cannot run (names the node).
+        RecoverError: the loss became NaN (the last checkpoint is kept); RecoverInterrupted on Ctrl-C.
+    """
+    opts = options or RecoverOptions()
+    opts.check()
+    check_pair(student, teacher)
+    device = _device(opts.device)
+    torch.manual_seed(opts.seed)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    module = GraphModule(student).to(device)
+    if not module.trainable:
+        raise UsageError("the student has no float weights spa recover can train")
+    specs = input_specs(student)
+    source = load_calibration(data, samples=opts.samples, batch_size=opts.batch, seed=opts.seed)
+    if source is None:
+        raise UsageError("spa recover needs data: --data an .npz/.npy, an image folder or 'random'")
+    source.count(specs)  # checks names, shapes and dtypes before any training
+    labels = _labels(opts.labels, opts.task_loss or "") if opts.labels else None
+    feature_names = _feature_names(student, teacher) if opts.features == "auto" else []
+    fetch = [o.name for o in teacher.graph.output] + feature_names
+
+    params = list(module.parameters())
+    optim = torch.optim.Adam(params, lr=opts.lr)
+    fingerprint = _fingerprint(student, teacher, opts, str(data) if isinstance(data, (str, Path)) else "arrays")
+    losses: list[float] = []
+    start = 0
+    if opts.resume and opts.checkpoint:
+        state = _load_checkpoint(opts.checkpoint, fingerprint)
+        if state is not None:
+            with torch.no_grad():
+                for p, v in zip(params, state["params"]):
+                    p.copy_(v.to(device))
+            optim.load_state_dict(state["optim"])
+            losses, start = list(state["losses"]), int(state["step"])
+            torch.set_rng_state(state["rng"])
+
+    def checkpoint(step: int) -> None:
+        if opts.checkpoint:
+            _save_checkpoint(opts.checkpoint, {
+                "fingerprint": fingerprint, "step": step, "losses": losses, "rng": torch.get_rng_state(),
+                "params": [p.detach().cpu().clone() for p in params], "optim": optim.state_dict()})
+
+    stream = _batches(teacher, source, feature_names, opts.threads or 1)
+    batched: bool | None = None
+    for _ in range(start):  # the data position of the resumed step (teacher not run)
+        next(stream)
+    kinds: dict[str, str] = {}
+    t0 = time.perf_counter()
+    step = start
+    try:
+        for step in range(start, opts.steps):
+            offset, feeds, values = next(stream)
+            targets = [values[name] for name in fetch]
+            n_out = len(student.graph.output)
+            if not kinds:
+                kinds = {name: _loss_kind(t) for name, t in zip(fetch[:n_out], targets[:n_out])}
+            lr = opts.lr * 0.5 * (1 + math.cos(math.pi * step / opts.steps))
+            for g in optim.param_groups:
+                g["lr"] = lr
+            tfeeds = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in feeds.items()}
+            if batched is None:
+                batched = _student_batched(module, tfeeds, feature_names)
+            outs = _forward(module, tfeeds, feature_names, batched)
+            loss = torch.zeros((), device=device)
+            for k, (s, t) in enumerate(zip(outs, targets)):
+                tt = torch.from_numpy(np.asarray(t)).to(device)
+                if not s.is_floating_point():
+                    continue
+                kind = kinds[fetch[k]] if k < n_out else "mse"
+                loss = loss + _distill(kind, s.float(), tt.float(), opts.temperature) * (1.0 if k < n_out else 0.5)
+            if labels is not None:
+                y = labels[offset:offset + len(next(iter(feeds.values())))]
+                yt = torch.from_numpy(np.asarray(y)).to(device)
+                if opts.task_loss == "ce":
+                    task = torch.nn.functional.cross_entropy(outs[0].reshape(len(yt), -1), yt.long().reshape(-1))
+                else:
+                    task = ((outs[0].reshape(yt.shape) - yt.float()) ** 2).mean()
+                loss = loss + opts.task_weight * task
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise RecoverError(_nan_message(step, opts))
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            if not all(bool(torch.isfinite(p).all()) for p in params):
+                raise RecoverError(_nan_message(step, opts))
+            losses.append(value)
+            if progress:
+                progress(step + 1, opts.steps, value)
+            if (step + 1) % opts.checkpoint_every == 0 and step + 1 < opts.steps:
+                checkpoint(step + 1)
+    except KeyboardInterrupt:
+        checkpoint(step)
+        where = f"checkpoint {opts.checkpoint} (step {step}); rerun with --resume" if opts.checkpoint else \
+            "no checkpoint (give --checkpoint)"
+        raise RecoverInterrupted(f"interrupted at step {step} of {opts.steps}; {where}") from None
+    return RecoverResult(model=module.export(), losses=losses, steps=opts.steps, start_step=start, device=device,
+                         wall_s=time.perf_counter() - t0, trainable=len(module.trainable), loss_kinds=kinds,
+                         features=feature_names)
+
+
+def _nan_message(step: int, opts: RecoverOptions) -> str:
+    if opts.checkpoint and Path(opts.checkpoint).exists():
+        kept = f"the last checkpoint {opts.checkpoint} is kept (--resume continues from it)"
+    else:
+        kept = "no checkpoint was written yet"
+    return f"the loss became NaN at step {step + 1}; lower --lr (now {opts.lr:g}) and rerun; {kept}; no output written"
+
+
+def _feature_names(student: onnx.ModelProto, teacher: onnx.ModelProto) -> list[str]:
+    """Intermediate float tensors of the same name and shape in both models: the tensors pruning left whole
+    (block outputs, residual streams), matched with MSE as features."""
+    def shapes(m: onnx.ModelProto) -> dict[str, tuple[Any, ...]]:
+        inferred = onnx.shape_inference.infer_shapes(m)
+        out = {}
+        for vi in inferred.graph.value_info:
+            tt = vi.type.tensor_type
+            if tt.elem_type == onnx.TensorProto.FLOAT and tt.HasField("shape") and len(tt.shape.dim) >= 2:
+                out[vi.name] = tuple(d.dim_value or d.dim_param for d in tt.shape.dim)
+        return out
+    s, t = shapes(student), shapes(teacher)
+    outputs = {o.name for o in student.graph.output}
+    made = {o for n in student.graph.node if n.op_type in ("Add", "Conv", "Gemm", "MatMul", "Concat") for o in n.output}
+    return sorted(n for n in s if n in t and s[n] == t[n] and n in made and n not in outputs)[:16]
