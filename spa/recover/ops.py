@@ -413,21 +413,28 @@ def _resize(i: list[Any], a: dict[str, Any], o: int) -> list[Any]:
         raise UnsupportedModelError("Resize changing the batch or channel axis")
     size = list(sizes[2:])
     n = x.dim() - 2
+    F = _nnf()
+    # given scales set the coordinate mapping (ONNX: x_in = (x_out + 0.5) / scale - 0.5), not size / in
+    how: dict[str, Any]
+    if scales is not None and not (len(i) > 3 and i[3] is not None and i[3].numel()):
+        how = {"scale_factor": scales[2:], "recompute_scale_factor": False}
+    else:
+        how = {"size": size}
     if mode == "nearest":
         if ctm == "asymmetric" and nearest_mode == "floor":
-            return [_nnf().interpolate(x, size=size, mode="nearest")]
+            return [F.interpolate(x, mode="nearest", **how)]
         if ctm in ("half_pixel", "pytorch_half_pixel") and nearest_mode in ("round_prefer_floor",
                                                                            "round_prefer_ceil"):
-            return [_nnf().interpolate(x, size=size, mode="nearest-exact")]
+            return [F.interpolate(x, mode="nearest-exact", **how)]
         if ctm == "asymmetric" and all(s % d == 0 for s, d in zip(size, x.shape[2:])):
-            return [_nnf().interpolate(x, size=size, mode="nearest")]  # integer factors: every rounding agrees
+            return [F.interpolate(x, size=size, mode="nearest")]  # integer factors: every rounding agrees
         raise UnsupportedModelError(f"Resize nearest with {ctm}/{nearest_mode}")
     if mode == "linear":
         torch_mode = ("linear", "bilinear", "trilinear")[n - 1]
         if ctm in ("half_pixel", "pytorch_half_pixel"):
-            return [_nnf().interpolate(x, size=size, mode=torch_mode, align_corners=False)]
+            return [F.interpolate(x, mode=torch_mode, align_corners=False, **how)]
         if ctm == "align_corners":
-            return [_nnf().interpolate(x, size=size, mode=torch_mode, align_corners=True)]
+            return [F.interpolate(x, size=size, mode=torch_mode, align_corners=True)]
         raise UnsupportedModelError(f"Resize linear with {ctm}")
     raise UnsupportedModelError(f"Resize mode {mode}")
 

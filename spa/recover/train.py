@@ -293,18 +293,23 @@ def recover(student: onnx.ModelProto, teacher: onnx.ModelProto, data: object, op
         next(stream)
     kinds: dict[str, str] = {}
     t0 = time.perf_counter()
-    step = start
+    step = done = start
     try:
         for step in range(start, opts.steps):
             offset, feeds, values = next(stream)
             targets = [values[name] for name in fetch]
+            bad = [name for name, t in zip(fetch, targets) if np.asarray(t).dtype.kind == "f" and
+                   not np.isfinite(t).all()]
+            if bad:
+                raise UsageError(f"{source.describe()}: the teacher's {bad[0]} is not finite on the batch at sample "
+                                 f"{offset}; check the data for NaN/inf or values out of the model's range")
             n_out = len(student.graph.output)
             if not kinds:
                 kinds = {name: _loss_kind(t) for name, t in zip(fetch[:n_out], targets[:n_out])}
             lr = opts.lr * 0.5 * (1 + math.cos(math.pi * step / opts.steps))
             for g in optim.param_groups:
                 g["lr"] = lr
-            tfeeds = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in feeds.items()}
+            tfeeds = {k: torch.from_numpy(np.array(v, copy=True)).to(device) for k, v in feeds.items()}
             if batched is None:
                 batched = _student_batched(module, tfeeds, feature_names)
             outs = _forward(module, tfeeds, feature_names, batched)
@@ -332,15 +337,16 @@ def recover(student: onnx.ModelProto, teacher: onnx.ModelProto, data: object, op
             if not all(bool(torch.isfinite(p).all()) for p in params):
                 raise RecoverError(_nan_message(step, opts))
             losses.append(value)
+            done = step + 1
             if progress:
                 progress(step + 1, opts.steps, value)
             if (step + 1) % opts.checkpoint_every == 0 and step + 1 < opts.steps:
                 checkpoint(step + 1)
     except KeyboardInterrupt:
-        checkpoint(step)
-        where = f"checkpoint {opts.checkpoint} (step {step}); rerun with --resume" if opts.checkpoint else \
-            "no checkpoint (give --checkpoint)"
-        raise RecoverInterrupted(f"interrupted at step {step} of {opts.steps}; {where}") from None
+        checkpoint(done)
+        where = (f"checkpoint {opts.checkpoint} (step {done}); rerun with --resume" if opts.checkpoint
+                 else "no checkpoint (give --checkpoint)")
+        raise RecoverInterrupted(f"interrupted at step {done} of {opts.steps}; {where}") from None
     return RecoverResult(model=module.export(), losses=losses, steps=opts.steps, start_step=start, device=device,
                          wall_s=time.perf_counter() - t0, trainable=len(module.trainable), loss_kinds=kinds,
                          features=feature_names)
