@@ -18,7 +18,7 @@ from spa.graph.io import load_model, save_model
 from spa.runtime.session import session
 
 pytest.importorskip("torch")
-from spa.recover.train import RecoverOptions, recover  # noqa: E402
+from spa.recover.train import RecoverOptions, recover
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "models/demo_cnn.onnx"
