@@ -113,7 +113,7 @@ def test_nan_loss_stops_keeps_the_checkpoint(student, teacher, tmp_path: Path) -
 
 def test_mismatched_teacher(student) -> None:  # type: ignore[no-untyped-def]
     other = load_model(ROOT / "tests/fixtures/keras_cnn.onnx")
-    with pytest.raises(UsageError, match="teacher and student have different inputs .*--teacher"):
+    with pytest.raises(UsageError, match=r"teacher and student have different inputs .*--teacher"):
         recover(student, other, data())
 
 
