@@ -315,14 +315,14 @@ def recover(student: onnx.ModelProto, teacher: onnx.ModelProto, data: object, op
             outs = _forward(module, tfeeds, feature_names, batched)
             loss = torch.zeros((), device=device)
             for k, (s, t) in enumerate(zip(outs, targets)):
-                tt = torch.from_numpy(np.asarray(t)).to(device)
+                tt = torch.from_numpy(np.array(t, copy=True)).to(device)
                 if not s.is_floating_point():
                     continue
                 kind = kinds[fetch[k]] if k < n_out else "mse"
                 loss = loss + _distill(kind, s.float(), tt.float(), opts.temperature) * (1.0 if k < n_out else 0.5)
             if labels is not None:
                 y = labels[offset:offset + len(next(iter(feeds.values())))]
-                yt = torch.from_numpy(np.asarray(y)).to(device)
+                yt = torch.from_numpy(np.array(y, copy=True)).to(device)
                 if opts.task_loss == "ce":
                     task = torch.nn.functional.cross_entropy(outs[0].reshape(len(yt), -1), yt.long().reshape(-1))
                 else:

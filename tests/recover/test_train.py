@@ -161,3 +161,16 @@ def test_api(student, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert (tmp_path / "r.onnx").exists() and res.to_json()["steps"] == 2
     with pytest.raises(UsageError, match="is an input"):
         spa.recover(pruned, DEMO, data(8), output=pruned, steps=1)
+
+
+def test_labels_and_features(student, teacher, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    y = tmp_path / "y.npy"
+    np.save(y, np.arange(16) % 10)
+    res = recover(student, teacher, data(), RecoverOptions(steps=2, batch=8, labels=str(y), task_loss="ce",
+                                                           features="auto"))
+    assert len(res.losses) == 2 and all(np.isfinite(res.losses))
+    with pytest.raises(UsageError, match="go together"):
+        recover(student, teacher, data(), RecoverOptions(steps=1, labels=str(y)))
+    np.save(y, np.linspace(0, 1, 16))
+    with pytest.raises(UsageError, match="integer class labels"):
+        recover(student, teacher, data(), RecoverOptions(steps=1, labels=str(y), task_loss="ce"))
