@@ -140,7 +140,9 @@ class GraphModule:
         """Move every tensor to ``device``; returns self."""
         with torch.no_grad():
             self.params = [torch.nn.Parameter(p.detach().to(device)) for p in self.params]
-        self.fixed = [t.to(device) for t in self.fixed]
+        # float constants go to the device; integer ones (shape vectors, indices) stay on the CPU with the
+        # shape arithmetic they feed
+        self.fixed = [t.to(device) if t.is_floating_point() else t for t in self.fixed]
         self.device = device
         return self
 

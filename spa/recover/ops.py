@@ -116,7 +116,7 @@ def _where(i: list[Any], a: dict[str, Any], o: int) -> list[Any]:
     x, y = i[1], i[2]
     if x.dtype != y.dtype:
         y = y.to(x.dtype)
-    return [torch.where(i[0].bool(), x, y)]
+    return [torch.where(i[0].bool().to(x.device), x, y.to(x.device))]
 
 
 # ---------------------------------------------------------------- conv / linear
@@ -350,7 +350,7 @@ def _slice(i: list[Any], a: dict[str, Any], o: int) -> list[Any]:
 def _gather(i: list[Any], a: dict[str, Any], o: int) -> list[Any]:
     x, idx = i[0], i[1]
     axis = _axis(a.get("axis", 0), x.dim())
-    idx = idx.long()
+    idx = idx.long().to(x.device)
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     out = x.index_select(axis, idx.reshape(-1))
     return [out.reshape(list(x.shape[:axis]) + list(idx.shape) + list(x.shape[axis + 1:]))]
