@@ -23,6 +23,7 @@ from spa.recover.backend import torch
 from spa.recover.ops import TRAINABLE_INPUTS, op_table
 
 _TRAINABLE_DTYPES = (np.float32, np.float64)
+_ELEMENTWISE = ("Add", "Sub", "Mul")
 
 
 def _attr(a: onnx.AttributeProto) -> Any:
@@ -67,12 +68,20 @@ def _toposort(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 
 
 def trainable_names(model: onnx.ModelProto) -> list[str]:
-    """The initializers ``spa recover`` trains, in initializer order."""
+    """The initializers ``spa recover`` trains, in initializer order: float32/float64, every use an input of
+    :data:`~spa.recover.ops.TRAINABLE_INPUTS`, and not a single number read by Add/Sub/Mul."""
+    scalars = {i.name for i in model.graph.initializer if int(np.prod(i.dims)) <= 1}
     uses: dict[str, list[bool]] = {}
     for n in model.graph.node:
         ok = TRAINABLE_INPUTS.get(n.op_type, ()) if n.domain in ("", "ai.onnx") else ()
         for k, name in enumerate(n.input):
             uses.setdefault(name, []).append(k in ok)
+    for n in model.graph.node:  # a scalar of Add/Sub/Mul is structure (an epsilon, 1/sqrt(d)), not a weight
+        if n.op_type in _ELEMENTWISE:
+            for name in n.input:
+                uses.setdefault(name, [])
+                if name in scalars:
+                    uses[name].append(False)
     outputs = {o.name for o in model.graph.output}
     names = []
     for init in model.graph.initializer:

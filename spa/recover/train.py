@@ -32,6 +32,7 @@ from spa.graph.io import atomic_path
 from spa.recover.backend import torch
 from spa.recover.executor import GraphModule
 from spa.runtime.feeds import InputSpec, input_specs
+from spa.runtime.session import session
 
 
 @dataclass(frozen=True)
@@ -347,7 +348,9 @@ def recover(student: onnx.ModelProto, teacher: onnx.ModelProto, data: object, op
         where = (f"checkpoint {opts.checkpoint} (step {done}); rerun with --resume" if opts.checkpoint
                  else "no checkpoint (give --checkpoint)")
         raise RecoverInterrupted(f"interrupted at step {done} of {opts.steps}; {where}") from None
-    return RecoverResult(model=module.export(), losses=losses, steps=opts.steps, start_step=start, device=device,
+    model = module.export()
+    session(model)  # ONNX Runtime loads it (raises ValidationError naming why, before anything is written)
+    return RecoverResult(model=model, losses=losses, steps=opts.steps, start_step=start, device=device,
                          wall_s=time.perf_counter() - t0, trainable=len(module.trainable), loss_kinds=kinds,
                          features=feature_names)
 

@@ -155,3 +155,10 @@ def test_trainable_initializers_are_weights_not_shapes_or_statistics() -> None:
     assert trainable_names(bn) == ["g", "b", "m"]  # the running variance stays fixed (it must stay > 0)
     assert trainable_names(CASES["resize_linear_half"]) == []
     assert trainable_names(CASES["conv_asym_pads"]) == ["w", "b"]
+
+
+def test_scalars_of_elementwise_ops_stay_fixed() -> None:
+    model = one_node("Add", [2, 3], {"eps": np.array(1e-5, np.float32)}, extra_inputs=("eps",))
+    assert trainable_names(model) == []  # a LayerNorm epsilon must not be trained (ORT fuses it, eps >= 0)
+    model = one_node("Add", [2, 3], {"b": np.ones(3, np.float32)}, extra_inputs=("b",))
+    assert trainable_names(model) == ["b"]
