@@ -576,6 +576,8 @@ def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: 
 @click.option("--temperature", type=float, default=2.0, show_default=True, help="KL temperature on logits.")
 @click.option("--features", type=click.Choice(["none", "auto"]), default="none", show_default=True,
               help="auto: also match intermediate tensors pruning left whole (same name and shape), by MSE.")
+@click.option("--dense-kl", is_flag=True, help="Outputs [N, C, ...] are class logits per position (segmentation): "
+              "KL over C at every position instead of MSE.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Labels (.npy, one per sample, in data order).")
 @click.option("--task-loss", type=click.Choice(["ce", "mse"]),
               help="Supervised loss on the first output (with --labels).")

@@ -368,7 +368,8 @@ def recover_rows(path: Path, pruned: dict[str, Any], t: Task, base: float, steps
         for target, (model, before) in by_target.items():
             _peak_rss_reset()
             s0 = time.perf_counter()
-            res = spa.recover(model, str(path), data, steps=steps, batch=32, lr=1e-3, seed=seed, threads=2)
+            res = spa.recover(model, str(path), data, steps=steps, batch=32, lr=1e-3, seed=seed, threads=2,
+                              dense_kl=t.dense)  # the segmenter's output: class logits per pixel
             row["seconds"][target] = round(time.perf_counter() - s0, 1)
             row["peak_rss_mb"][target] = _peak_rss_mb()
             got = score(res.model, t)

@@ -174,3 +174,17 @@ def test_labels_and_features(student, teacher, tmp_path: Path) -> None:  # type:
     np.save(y, np.linspace(0, 1, 16))
     with pytest.raises(UsageError, match="integer class labels"):
         recover(student, teacher, data(), RecoverOptions(steps=1, labels=str(y), task_loss="ce"))
+
+
+def test_loss_kinds() -> None:
+    import torch
+
+    from spa.recover.train import _distill, _loss_kind
+
+    logits = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float32)
+    seg = np.random.default_rng(1).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    assert _loss_kind(logits) == "kl" and _loss_kind(np.exp(logits) / np.exp(logits).sum(1, keepdims=True)) == "prob"
+    assert _loss_kind(seg) == "mse" and _loss_kind(seg, dense=True) == "kl-dense"
+    t = torch.from_numpy(seg)
+    assert float(_distill("kl-dense", t, t, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(_distill("kl-dense", t * 0, t, 2.0)) > 0
