@@ -358,7 +358,7 @@ def _peak_rss_mb() -> float | None:
 
 
 def recover_rows(path: Path, pruned: dict[str, Any], t: Task, base: float, steps: int, seed: int,
-                 console: Console) -> dict[str, Any]:
+                 console: Console, lr: float = 1e-3) -> dict[str, Any]:
     """``spa recover`` on each pruned model of ``pruned`` ({label: {target: ModelProto}})."""
     out: dict[str, Any] = {}
     data = ArraySource({"input": t.x_train}, batch_size=32, name=f"{t.name} train")
@@ -368,7 +368,7 @@ def recover_rows(path: Path, pruned: dict[str, Any], t: Task, base: float, steps
         for target, (model, before) in by_target.items():
             _peak_rss_reset()
             s0 = time.perf_counter()
-            res = spa.recover(model, str(path), data, steps=steps, batch=32, lr=1e-3, seed=seed, threads=2,
+            res = spa.recover(model, str(path), data, steps=steps, batch=32, lr=lr, seed=seed, threads=2,
                               dense_kl=t.dense)  # the segmenter's output: class logits per pixel
             row["seconds"][target] = round(time.perf_counter() - s0, 1)
             row["peak_rss_mb"][target] = _peak_rss_mb()
@@ -385,7 +385,8 @@ def recover_rows(path: Path, pruned: dict[str, Any], t: Task, base: float, steps
 
 
 def bench_model(spec: Spec, targets: list[float], calib: int, seed: int, console: Console,
-                recover_targets: list[float] = (), recover_steps: int = 0) -> dict[str, Any] | None:
+                recover_targets: list[float] = (), recover_steps: int = 0, recover_lr: float = 1e-3
+                ) -> dict[str, Any] | None:
     from models.export import export_onnx
 
     t = spec.task(seed)
@@ -432,7 +433,7 @@ def bench_model(spec: Spec, targets: list[float], calib: int, seed: int, console
                     top = max(data_driven, key=lambda lb: rows[lb]["retention"][target])
                     best.setdefault(f"best: {top}", {})[target] = kept[top][target]
             rows |= recover_rows(path, {"l2 uniform": kept.get("l2 uniform", {})} | best, t, base, recover_steps,
-                                 seed, console)
+                                 seed, console, recover_lr)
     return {"model": spec.name, "kind": spec.kind, "data": t.name, "train": len(t.x_train), "test": len(t.x_test),
             "calibration": min(calib, len(t.x_train)), "train_seconds": round(train_s, 1), "score": base,
             "metric": "mean IoU" if t.dense else "accuracy", "rows": rows}
@@ -488,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=str(DEFAULT_JSON))
     p.add_argument("--recover-steps", type=int, default=300,
                    help="spa recover steps (batch 32) on the l2 and best data-driven results; 0: no recover")
+    p.add_argument("--recover-lr", type=float, default=1e-3, help="spa recover learning rate")
     p.add_argument("--recover-targets", default="0.5", help="MACs targets at which to run spa recover")
     args = p.parse_args(argv)
     targets = [float(x) for x in args.targets.split(",")]
@@ -496,14 +498,15 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     t0 = time.perf_counter()
     rec_targets = [float(x) for x in args.recover_targets.split(",") if x]
-    results = [r for r in (bench_model(s, targets, args.calib, args.seed, console, rec_targets, args.recover_steps)
+    results = [r for r in (bench_model(s, targets, args.calib, args.seed, console, rec_targets, args.recover_steps,
+                                       args.recover_lr)
                            for s in SPECS if s.name in wanted) if r is not None]
     summary = print_table(results, targets, console) if results else {}
     total = time.perf_counter() - t0
     console.print(f"total {total:.1f}s")
     meta = {"command": " ".join(["python", "tools/bench_quality.py", *(argv if argv is not None else sys.argv[1:])]),
             "seed": args.seed, "targets": targets, "calibration": args.calib, "round_to": 1,
-            "recover_steps": args.recover_steps, "recover_targets": rec_targets,
+            "recover_steps": args.recover_steps, "recover_lr": args.recover_lr, "recover_targets": rec_targets,
             "total_seconds": round(total, 1), "python": platform.python_version(), "torch": torch.__version__,
             "spa": spa.__version__, "machine": platform.machine(), "cpus": os.cpu_count()}
     out = Path(args.json)
