@@ -10,9 +10,9 @@ Public API::
 from __future__ import annotations
 
 from spa.analysis.groups import Analysis, Group
-from spa.api import PruneResult, analyze, bench, load, prune, verify
+from spa.api import PruneResult, analyze, bench, load, prune, recover, verify
 from spa.errors import SpaError
 from spa.version import __version__
 
 __all__ = ["Analysis", "Group", "PruneResult", "SpaError", "__version__", "analyze", "bench", "load", "prune",
-           "verify"]
+           "recover", "verify"]

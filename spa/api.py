@@ -28,7 +28,7 @@ from spa.criteria import Criterion, CriterionContext, Scores, Updates, get_crite
 from spa.criteria.calibrated import model_proto
 from spa.criteria.reduce import options as reduce_options
 from spa.errors import SpaError, UnsupportedModelError, UsageError, ValidationError
-from spa.graph.io import PROTOBUF_LIMIT, load_model
+from spa.graph.io import PROTOBUF_LIMIT, load_model, save_model
 from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
 from spa.graph.save import graph_bytes, save_graph
@@ -40,6 +40,8 @@ from spa.plan import Plan, make_plan
 from spa.quality import Allocation, ProbeData, allocate, distortion, probe_data, realign, sensitivity_curves
 from spa.quality.probe import outputs as probe_outputs
 from spa.quality.sensitivity import damage, single_plan
+from spa.recover.train import RecoverOptions, RecoverResult
+from spa.recover.train import recover as _recover
 from spa.reorder.unconstrained import copies, unconstrain
 from spa.rules.conv import has_grouped_conv, whole_group_rules
 from spa.rules.defaults import default_registry
@@ -583,3 +585,47 @@ def bench(models: Sequence[str | os.PathLike[str]], **options: Any) -> dict[str,
         The JSON-ready report documented in ``docs/bench.md``.
     """
     return bench_models([str(m) for m in models], BenchOptions(**options))
+
+
+def recover(
+    student: onnx.ModelProto | str | os.PathLike[str],
+    teacher: onnx.ModelProto | str | os.PathLike[str],
+    data: object,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    **options: Any,
+) -> RecoverResult:
+    """Recover a pruned model's accuracy by distillation from the model it was pruned from.
+
+    Trains only the float initializers of ``student`` (weights, biases, normalisation scales) to match
+    ``teacher``'s outputs on ``data`` (as ``--calib``: a path to an ``.npz``/``.npy``/image folder,
+    arrays, ``"random"``); the result is ``student`` node for node. Needs the ``recover`` extra (torch).
+
+    Args:
+        student: the pruned model (path or ModelProto; never modified).
+        teacher: the original model.
+        data: training inputs (no labels needed).
+        output: write the recovered model here (atomically); must differ from both inputs.
+        progress: called after each step with ``(step, steps, loss)``.
+        **options: fields of :class:`~spa.recover.train.RecoverOptions` (``steps``, ``lr``, ``batch``,
+            ``labels``, ``task_loss``, ``device``, ``seed``, ``checkpoint``, ``resume``, ...).
+
+    Returns:
+        a :class:`~spa.recover.train.RecoverResult` (``.model``, ``.losses``, ``.to_json()``).
+    """
+    try:
+        opts = RecoverOptions(**options)
+    except TypeError as exc:
+        raise UsageError(f"spa.recover: {exc}") from None
+    if output is not None:
+        out = Path(output).resolve()
+        for given in (student, teacher):
+            if isinstance(given, (str, os.PathLike)) and Path(given).resolve() == out:
+                raise UsageError(f"the output {output} is an input; choose another path")
+    s = student if isinstance(student, onnx.ModelProto) else load_model(student)
+    t = teacher if isinstance(teacher, onnx.ModelProto) else load_model(teacher)
+    result = _recover(s, t, data, opts, progress=progress)
+    if output is not None:
+        save_model(result.model, output)
+    return result

@@ -1,4 +1,4 @@
-"""The ``spa`` command line: analyze | prune | verify | bench | sweep.
+"""The ``spa`` command line: analyze | prune | verify | bench | sweep | recover.
 
 Thin: parses options, calls :mod:`spa.api`, prints rich tables or JSON. Library errors
 (:class:`~spa.errors.SpaError`) become one-line messages and exit codes:
@@ -24,7 +24,7 @@ from spa import api
 from spa.bench.report import BenchOptions, bench_models
 from spa.bench.tables import bench_table, profile_tables, sweep_table, wide_console
 from spa.errors import InvalidModelError, SpaError, UsageError
-from spa.graph.io import atomic_path, check_paths, load_model
+from spa.graph.io import atomic_path, check_paths, load_model, save_model
 from spa.options import CLI_ONLY, PruneOptions, field_names, read_toml
 from spa.runtime.providers import cuda_device_present, resolve_provider
 from spa.sweep import SweepOptions, parse_ratios, run_sweep
@@ -559,6 +559,80 @@ def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: 
                                                   f"{b['threads'] or 'default'} thread(s), {b['iters']} runs"))
         out.print(f"fidelity: {result['fidelity_source']}; results: "
                       + ", ".join(v for v in result["files"].values() if v), highlight=False)
+    return 0
+
+
+@cli.command()
+@click.argument("pruned", type=click.Path(dir_okay=False))
+@click.option("--teacher", required=True, type=click.Path(dir_okay=False),
+              help="The model PRUNED was pruned from (same inputs and outputs); runs in ONNX Runtime.")
+@click.option("--data", required=True, type=click.Path(),
+              help="Training inputs, no labels needed: .npz (one array per input), .npy, image folder or 'random'.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The recovered model.")
+@click.option("--steps", type=int, default=300, show_default=True, help="Optimiser steps.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate (cosine decay to 0).")
+@click.option("--batch", type=int, default=16, show_default=True, help="Samples per step (the data is cycled).")
+@click.option("--samples", type=int, help="Use at most this many samples of the data.")
+@click.option("--temperature", type=float, default=2.0, show_default=True, help="KL temperature on logits.")
+@click.option("--features", type=click.Choice(["none", "auto"]), default="none", show_default=True,
+              help="auto: also match intermediate tensors pruning left whole (same name and shape), by MSE.")
+@click.option("--dense-kl", is_flag=True, help="Outputs [N, C, ...] are class logits per position (segmentation): "
+              "KL over C at every position instead of MSE.")
+@click.option("--labels", type=click.Path(dir_okay=False), help="Labels (.npy, one per sample, in data order).")
+@click.option("--task-loss", type=click.Choice(["ce", "mse"]),
+              help="Supervised loss on the first output (with --labels).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), help="Checkpoint file (default OUTPUT.ckpt).")
+@click.option("--checkpoint-every", type=int, default=50, show_default=True, help="Steps between checkpoints.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint of an earlier, interrupted run.")
+@click.option("--threads", type=int, default=0, show_default=True, help="torch CPU threads (0: torch's default).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@click.option("--json", "json_out", metavar="PATH|-", help="Write the training summary (loss curve) as JSON.")
+@_verbosity
+@click.pass_context
+def recover(ctx: click.Context, pruned: str, teacher: str, data: str, output: str, force: bool,
+            json_out: str | None, checkpoint: str | None, **params: Any) -> int:
+    """Recover PRUNED's accuracy by distillation from --teacher (needs torch: pip install 'spa[recover]').
+
+    Trains only PRUNED's float initializers to match the teacher's outputs on --data (KL with a temperature on
+    logits, MSE elsewhere); the result is PRUNED node for node. Checkpoints every --checkpoint-every steps and on
+    Ctrl-C; --resume continues. A loss that becomes NaN stops the run, keeping the last checkpoint.
+    """
+    _check_exists(pruned, teacher)
+    if data != "random" and not Path(data).exists():
+        raise UsageError(f"--data {data}: no such file or folder")
+    _check_json_dest(json_out, pruned, teacher)
+    out = Path(output)
+    for other in (pruned, teacher, data):
+        if out.resolve() == Path(other).resolve():
+            raise UsageError(f"-o {output} is an input; choose another path")
+    if out.exists() and not force:
+        raise UsageError(f"{output} exists; pass --force to overwrite it")
+    ckpt = checkpoint or f"{output}.ckpt"
+    if params["resume"] and not Path(ckpt).exists():
+        raise UsageError(f"--resume: no checkpoint {ckpt}; run without --resume first")
+    student_model, teacher_model = load_model(pruned), load_model(teacher)
+    quiet = ctx.obj["quiet"]
+    from_step = [0]
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        if quiet:
+            return
+        if step == steps or step % max(1, steps // 20) == 0 or from_step[0] == 0:
+            from_step[0] = step
+            click.echo(f"step {step}/{steps}  loss {loss:.5g}", err=True)
+
+    result = api.recover(student_model, teacher_model, data, checkpoint=ckpt, progress=progress, **params)
+    save_model(result.model, output)
+    with contextlib.suppress(FileNotFoundError):
+        Path(ckpt).unlink()
+    summary = {"pruned": pruned, "teacher": teacher, "output": output} | result.to_json()
+    _write_json(summary, json_out)
+    if not quiet and json_out != "-":
+        first, last = summary["loss_first"], summary["loss_last"]
+        console.print(f"recovered {output}: {result.trainable} initializers trained, {result.steps} steps on "
+                      f"{result.device} in {result.wall_s:.1f} s, loss {first:.4g} -> {last:.4g}", highlight=False)
     return 0
 
 

@@ -47,3 +47,15 @@ class ValidationError(SpaError):
     """A pruned model failed validation (checker, ONNX Runtime or the mask oracle)."""
 
     exit_code = 4
+
+
+class RecoverError(SpaError):
+    """``spa recover`` stopped: the loss became NaN (the last checkpoint is kept); the message says what to do."""
+
+    exit_code = 5
+
+
+class RecoverInterrupted(RecoverError):
+    """``spa recover`` was interrupted (Ctrl-C) after writing a checkpoint to resume from."""
+
+    exit_code = 130

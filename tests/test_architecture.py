@@ -25,6 +25,7 @@ OPTIONAL_EXTRAS = {
     ("spa/bench/fp16.py", "onnxruntime.transformers.float16"),  # --fp16 converters, whichever is installed
     ("spa/bench/fp16.py", "onnxconverter_common.float16"),
     ("spa/calibration/images.py", "PIL"),  # pillow: image folders as calibration data
+    ("spa/recover/backend.py", "torch"),  # spa[recover]: imported on first use
 }
 #: modules that create an ``onnxruntime.InferenceSession``
 SESSION_FACTORIES = {

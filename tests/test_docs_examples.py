@@ -19,11 +19,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
 import spa
 from spa.cli import main
+from spa.runtime.feeds import input_specs
 from tests.oracle import GraphBuilder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +98,13 @@ def test_spa_command(name: str, line: int, command: str, workdir: Path, capsys: 
         result.save_masked("masked.onnx")
     if sub in ("bench", "sweep"):
         args += ["--iters", "2", "--warmup", "1"]
+    if sub == "recover":  # a pruned model and unlabeled data for it; two steps are enough to run it
+        pytest.importorskip("torch")
+        spa.prune("model.onnx", ratio=0.5).save("pruned.onnx")
+        rng = np.random.default_rng(0)
+        np.savez("calib.npz", **{s.name: rng.standard_normal((4, *s.shape[1:])).astype(s.dtype)
+                                 for s in input_specs(onnx.load("model.onnx"))})
+        args += ["--steps", "2"]
     capsys.readouterr()
     code = main(args)
     _out, err = capsys.readouterr()

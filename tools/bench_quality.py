@@ -8,7 +8,10 @@ inside PyPI packages, exported to ONNX, then pruned to ``--target-macs 0.7`` and
 * ``obs uniform`` — OBS scores and compensation on calibration data, uniform ratios;
 * ``obs + alloc`` — the same with budgets allocated by measured sensitivity (``--allocate sensitivity``);
 * ``obs + alloc + realign`` — and statistics re-alignment (``--realign``): what ``spa prune --calib`` does
-  by default.
+  by default;
+* ``+ spa recover`` — at ``--recover-targets`` (default 0.5), the ``l2 uniform`` result and the best
+  data-driven one trained by ``spa recover`` (distillation from the original on the training split's inputs,
+  no labels; ``--recover-steps`` steps of batch 32), with its wall time and peak RSS (needs torch).
 
 Models and data (calibration samples come from the training split, scores from the disjoint test split):
 
@@ -336,7 +339,54 @@ def score(model: Any, t: Task) -> float:
     return float(np.mean(ious))
 
 
-def bench_model(spec: Spec, targets: list[float], calib: int, seed: int, console: Console) -> dict[str, Any] | None:
+def _peak_rss_reset() -> None:
+    """Reset the kernel's peak-RSS mark of this process (Linux; a no-op elsewhere)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def recover_rows(path: Path, pruned: dict[str, Any], t: Task, base: float, steps: int, seed: int,
+                 console: Console, lr: float = 1e-3) -> dict[str, Any]:
+    """``spa recover`` on each pruned model of ``pruned`` ({label: {target: ModelProto}})."""
+    out: dict[str, Any] = {}
+    data = ArraySource({"input": t.x_train}, batch_size=32, name=f"{t.name} train")
+    for label, by_target in pruned.items():
+        row: dict[str, Any] = {"from": label, "score": {}, "retention": {}, "before": {}, "seconds": {},
+                               "peak_rss_mb": {}, "loss": {}}
+        for target, (model, before) in by_target.items():
+            _peak_rss_reset()
+            s0 = time.perf_counter()
+            res = spa.recover(model, str(path), data, steps=steps, batch=32, lr=lr, seed=seed, threads=2,
+                              dense_kl=t.dense)  # the segmenter's output: class logits per pixel
+            row["seconds"][target] = round(time.perf_counter() - s0, 1)
+            row["peak_rss_mb"][target] = _peak_rss_mb()
+            got = score(res.model, t)
+            row["score"][target] = got
+            row["retention"][target] = got / base if base else 0.0
+            row["before"][target] = before
+            j = res.to_json()
+            row["loss"][target] = [j["loss_first"], j["loss_last"]]
+            console.print(f"  recover from {label} @{target}: retention {before:.3f} -> {row['retention'][target]:.3f} "
+                          f"in {row['seconds'][target]}s, peak RSS {row['peak_rss_mb'][target]} MB")
+        out[f"+ spa recover (from {label})"] = row
+    return out
+
+
+def bench_model(spec: Spec, targets: list[float], calib: int, seed: int, console: Console,
+                recover_targets: list[float] = (), recover_steps: int = 0, recover_lr: float = 1e-3
+                ) -> dict[str, Any] | None:
     from models.export import export_onnx
 
     t = spec.task(seed)
@@ -355,6 +405,7 @@ def bench_model(spec: Spec, targets: list[float], calib: int, seed: int, console
         console.print(f"[bold]{spec.name}[/] ({spec.kind}, {t.name}): {len(t.x_train)} train / {len(t.x_test)} "
                       f"test, trained in {train_s:.1f}s, score {base:.4f}")
         source = ArraySource({"input": t.x_train[:calib]}, batch_size=32, name=f"{t.name} train[:{calib}]")
+        kept: dict[str, dict[str, Any]] = {}
         for label, opts in VARIANTS.items():
             row: dict[str, Any] = {"score": {}, "retention": {}, "macs": {}, "seconds": {}, "distortion": {}}
             for target in targets:
@@ -365,6 +416,8 @@ def bench_model(spec: Spec, targets: list[float], calib: int, seed: int, console
                 got = score(res.model, t)
                 row["score"][str(target)] = got
                 row["retention"][str(target)] = got / base if base else 0.0
+                if recover_steps and target in recover_targets:
+                    kept.setdefault(label, {})[str(target)] = (res.model, row["retention"][str(target)])
                 row["macs"][str(target)] = res.report["macs_after"] / res.report["macs_before"]  # type: ignore[operator]
                 alloc = res.report.get("allocation")
                 if isinstance(alloc, dict):
@@ -372,6 +425,15 @@ def bench_model(spec: Spec, targets: list[float], calib: int, seed: int, console
                         "predicted": alloc["predicted_distortion"], "measured": alloc["measured_distortion"],
                         "ratios": {g["label"]: g["ratio"] for g in alloc["groups"]}}
             rows[label] = row
+        if recover_steps and kept:
+            best: dict[str, dict[str, Any]] = {}
+            for target in map(str, recover_targets):
+                data_driven = [lb for lb in kept if lb != "l2 uniform" and target in kept[lb]]
+                if data_driven:
+                    top = max(data_driven, key=lambda lb: rows[lb]["retention"][target])
+                    best.setdefault(f"best: {top}", {})[target] = kept[top][target]
+            rows |= recover_rows(path, {"l2 uniform": kept.get("l2 uniform", {})} | best, t, base, recover_steps,
+                                 seed, console, recover_lr)
     return {"model": spec.name, "kind": spec.kind, "data": t.name, "train": len(t.x_train), "test": len(t.x_test),
             "calibration": min(calib, len(t.x_train)), "train_seconds": round(train_s, 1), "score": base,
             "metric": "mean IoU" if t.dense else "accuracy", "rows": rows}
@@ -393,6 +455,28 @@ def print_table(results: list[dict[str, Any]], targets: list[float], console: Co
             table.add_row(label, str(tg), *(f"{v:.3f}" for v in vals), f"[bold]{np.mean(vals):.3f}",
                           f"{np.min(vals):.3f}")
     console.print(table)
+    rec = [(r, label) for r in results for label in r["rows"] if label.startswith("+ spa recover")]
+    if rec:
+        table = Table(title="+ spa recover (distillation, no labels): retention, wall time, peak RSS")
+        for col in ("model", "from", "MACs", "before", "after", "seconds", "peak RSS MB"):
+            table.add_column(col)
+        for r, label in rec:
+            row = r["rows"][label]
+            for tg, v in row["retention"].items():
+                table.add_row(r["model"], row["from"], tg, f"{row['before'][tg]:.3f}", f"[bold]{v:.3f}",
+                              f"{row['seconds'][tg]}", f"{row['peak_rss_mb'][tg]:.0f}")
+        console.print(table)
+        for kind in ("l2 uniform", "best"):
+            for tg in {t for r, label in rec for t in r["rows"][label]["retention"]}:
+                vals = [r["rows"][label]["retention"][tg] for r, label in rec
+                        if r["rows"][label]["from"].startswith(kind) and tg in r["rows"][label]["retention"]]
+                secs = [r["rows"][label]["seconds"][tg] for r, label in rec
+                        if r["rows"][label]["from"].startswith(kind) and tg in r["rows"][label]["retention"]]
+                if vals:
+                    summary[f"+ spa recover from {kind} @{tg}"] = {"mean": float(np.mean(vals)),
+                                                                   "min": float(np.min(vals)),
+                                                                   "max_seconds": float(np.max(secs)),
+                                                                   "models": len(vals)}
     return summary
 
 
@@ -403,19 +487,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calib", type=int, default=128, help="calibration samples (from the training split)")
     p.add_argument("--json", default=str(DEFAULT_JSON))
+    p.add_argument("--recover-steps", type=int, default=300,
+                   help="spa recover steps (batch 32) on the l2 and best data-driven results; 0: no recover")
+    p.add_argument("--recover-lr", type=float, default=1e-3, help="spa recover learning rate")
+    p.add_argument("--recover-targets", default="0.5", help="MACs targets at which to run spa recover")
     args = p.parse_args(argv)
     targets = [float(x) for x in args.targets.split(",")]
     wanted = args.models.split(",")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     console = Console()
     t0 = time.perf_counter()
-    results = [r for r in (bench_model(s, targets, args.calib, args.seed, console) for s in SPECS if s.name in wanted)
-               if r is not None]
+    rec_targets = [float(x) for x in args.recover_targets.split(",") if x]
+    results = [r for r in (bench_model(s, targets, args.calib, args.seed, console, rec_targets, args.recover_steps,
+                                       args.recover_lr)
+                           for s in SPECS if s.name in wanted) if r is not None]
     summary = print_table(results, targets, console) if results else {}
     total = time.perf_counter() - t0
     console.print(f"total {total:.1f}s")
     meta = {"command": " ".join(["python", "tools/bench_quality.py", *(argv if argv is not None else sys.argv[1:])]),
             "seed": args.seed, "targets": targets, "calibration": args.calib, "round_to": 1,
+            "recover_steps": args.recover_steps, "recover_lr": args.recover_lr, "recover_targets": rec_targets,
             "total_seconds": round(total, 1), "python": platform.python_version(), "torch": torch.__version__,
             "spa": spa.__version__, "machine": platform.machine(), "cpus": os.cpu_count()}
     out = Path(args.json)
