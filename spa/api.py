@@ -264,8 +264,8 @@ def prune(
     masked = masked_twin(analysis, plan, updates, registry) if opts.emit_masked else None
     report = _report(opts, analysis, plan, mg, pruned_mg, cctx, updates) | checks | {"target_latency": latency_record}
     report |= _predicted_latency(report, counts_record) | {"grouped_convs": grouped}
-    report |= _quality_report(quality, opts, analysis, plan, alloc, data, protos.get("model") or pruned_mg.to_onnx(),
-                              cctx)
+    report |= _quality_report(quality, opts, analysis, plan, alloc, data,
+                              lambda: protos.get("model") or pruned_mg.to_onnx(), cctx)
     return PruneResult(pruned_mg, plan, analysis, report, masked, _protos=protos)
 
 
@@ -332,17 +332,19 @@ def _fixed_plan(analysis: Analysis, scores: Scores, opts: PruneOptions) -> Plan:
 
 
 def _quality_report(quality: dict[str, object], opts: PruneOptions, analysis: Analysis, plan: Plan,
-                    alloc: Allocation | None, data: ProbeData | None, pruned: onnx.ModelProto,
+                    alloc: Allocation | None, data: ProbeData | None, pruned: Callable[[], onnx.ModelProto],
                     cctx: CriterionContext) -> dict[str, object]:
     """The report's ``realign``, ``allocation`` (per group: chosen ratio, sensitivity curve; predicted and
-    measured output distortion) and ``quality_note`` (the one line said when no data was given)."""
+    measured output distortion) and ``quality_note`` (the one line said when no data was given).
+    ``pruned`` exports the pruned model only when the distortion is measured (a large model is never
+    copied into a proto for nothing)."""
     if not opts.has_data:
         log.info("%s", NO_DATA_NOTE)
         quality["quality_note"] = NO_DATA_NOTE
     if alloc is not None and data is not None:
         chosen = {gp.group: len(gp.removed) / gp.channels for gp in plan.groups}
         predicted = sum(damage(curve, alloc.levels, chosen.get(gid, 0.0)) for gid, curve in alloc.curves.items())
-        measured = distortion(probe_outputs(model_proto(analysis, cctx), data), probe_outputs(pruned, data))
+        measured = distortion(probe_outputs(model_proto(analysis, cctx), data), probe_outputs(pruned(), data))
         quality["allocation"] = alloc.record | {
             "levels": list(alloc.levels), "predicted_distortion": round(predicted, 6),
             "measured_distortion": round(measured, 6),

@@ -14,7 +14,7 @@ ResNet sweep over depth (~50 to ~1000 ONNX nodes) and width), the script
    * ``score+plan``: :func:`spa.criteria.score_groups` (``--criterion``, default l2) +
      :func:`spa.plan.make_plan` (``--ratio``, default 0.5);
    * ``surgery``: :func:`spa.surgery.prune_model` + ``ModelGraph.to_onnx()``;
-   * ``total``: one end-to-end ``spa.prune(path, ratio, criterion, check=False)`` call, timed on its own
+   * ``total``: one end-to-end ``spa.prune(path, ratio=ratio, criterion=criterion, check=False)`` call, timed on its own
      (it repeats all phases; it is not the sum of the columns above, though close to it).
 
    Before timing, the worker prunes a small built-in model once, so one-time costs (lazy imports,
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
             "memory": "peak RSS (VmHWM, reset after warm-up) of a fresh worker process per model; "
                       "base = RSS before load",
-            "total": "spa.prune(path, ratio, criterion, check=False), timed separately from the phases"}
+            "total": "spa.prune(path, ratio=ratio, criterion=criterion, check=False), timed separately from the phases"}
     fit = growth(rows)
     print_table(rows, meta, fit)
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ def _child(code: str) -> tuple[float, float, str]:
 PRUNE = """
 import json, time, spa
 t0 = time.perf_counter()
-r = spa.prune({src!r}, 0.25, check=False, prune_hidden={hidden!r})
+r = spa.prune({src!r}, ratio=0.25, check=False, prune_hidden={hidden!r})
 t1 = time.perf_counter()
 r.save({dst!r}, external_data=True)
 t2 = time.perf_counter()
