@@ -43,6 +43,8 @@ blocked, with a reason that says how to get a QDQ model instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -229,6 +231,18 @@ def _zero_point(ctx: NodeContext, zp: gs.Tensor | None, out: str, o_axis: int, w
     return f"{what} '{zp.name}' of shape {list(sz)} not understood"
 
 
+def _with_zero_points(ctx: NodeContext, rels: list[Relation], out: str,
+                      zero_points: Sequence[tuple[gs.Tensor | None, int, str]]) -> list[Relation]:
+    """``rels`` plus the links of each ``(zero point, output axis, name)`` (:func:`_zero_point`); a zero
+    point of a shape not understood blocks the whole node, naming it."""
+    for zp, axis, what in zero_points:
+        more = _zero_point(ctx, zp, out, axis, what)
+        if isinstance(more, str):
+            return ctx.barrier_all(f"{ctx.node.op} '{ctx.node.name}': {more}")
+        rels += more
+    return rels
+
+
 def _integer_neutral(ctx: NodeContext, t: gs.Constant, values: np.ndarray, axis: int) -> np.ndarray | int | None:
     """The weight ``w`` (input 1) of ConvInteger/MatMulInteger contributes nothing at ``w = w_zero_point``:
     the scalar, or the per-channel vector broadcast along ``axis`` of ``w``; 0 without a zero point."""
@@ -260,12 +274,7 @@ class ConvIntegerRule(ConvRule):
             rels = [r for r in rels if not _mentions(r, x_zp.name)]
         if y is None:
             return rels
-        for zp, axis, what in ((x_zp, -1, "x_zero_point"), (w_zp, 1, "w_zero_point")):
-            more = _zero_point(ctx, zp, y.name, axis, what)
-            if isinstance(more, str):
-                return ctx.barrier_all(f"ConvInteger '{ctx.node.name}': {more}")
-            rels += more
-        return rels
+        return _with_zero_points(ctx, rels, y.name, ((x_zp, -1, "x_zero_point"), (w_zp, 1, "w_zero_point")))
 
     def neutral_value(self, ctx: NodeContext, t: gs.Constant, values: np.ndarray) -> np.ndarray | int | None:
         """A weight slice set to ``w_zero_point`` (per output channel: along axis 0)."""
@@ -288,12 +297,7 @@ class MatMulIntegerRule(MatMulRule):
         ry = ctx.rank(y)
         if y is None or ry is None:
             return rels
-        for zp, axis, what in ((a_zp, -1, "a_zero_point"), (b_zp, ry - 1, "b_zero_point")):
-            more = _zero_point(ctx, zp, y.name, axis, what)
-            if isinstance(more, str):
-                return ctx.barrier_all(f"MatMulInteger '{ctx.node.name}': {more}")
-            rels += more
-        return rels
+        return _with_zero_points(ctx, rels, y.name, ((a_zp, -1, "a_zero_point"), (b_zp, ry - 1, "b_zero_point")))
 
     def neutral_value(self, ctx: NodeContext, t: gs.Constant, values: np.ndarray) -> np.ndarray | int | None:
         """A weight slice set to ``b_zero_point`` (per column: along the last axis)."""
