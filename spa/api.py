@@ -377,7 +377,8 @@ def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions, registry
     providers = list(opts.providers) if opts.providers is not None else None
     round_to = opts.round_to if opts.round_to != "auto" else (8 if cuda_device_present() else 16)
     say = (lambda what: stage(f"planning: {what}")) if stage is not None else None
-    counts = LatencyCounts(analysis, providers, opts.latency_cache, registry, opts.min_channels, say)
+    counts = LatencyCounts(analysis, providers, opts.latency_cache, registry, opts.min_channels, say,
+                           max_ratio=opts.max_ratio if opts.global_rank else 1.0)
 
     def plan_for(r: float) -> Plan:
         plan = make_plan(analysis, scores, r, criterion=opts.criterion, global_rank=opts.global_rank,

@@ -18,7 +18,7 @@ import pytest
 import spa
 from spa.errors import UsageError
 from spa.latency import lut
-from spa.latency.counts import candidates, simd_block
+from spa.latency.counts import SPAN, STEPS, candidates, simd_block
 from spa.options import PruneOptions
 from tests.oracle import GraphBuilder, assert_oracle
 
@@ -50,12 +50,12 @@ def test_round_to_option_values() -> None:
 
 
 def test_candidates_stay_near_and_aligned() -> None:
-    assert candidates(37, 64, 16) == [32, 37, 40, 48]
+    assert candidates(37, 64, 16) == [24, 32, 37, 40, 48, 56, 64]
     assert candidates(37, 64, 16, aligned_only=True) == [32, 48]
     assert candidates(6, 12, 16) == [6, 12]                   # a group within one block: exact or whole
     for k in (10, 50, 100, 333, 1000):
         c = candidates(k, 2 * k, 16)
-        assert k in c and all(abs(m - k) <= max(k * 0.25, 16) + 16 for m in c), (k, c)
+        assert k in c and all(abs(m - k) <= min(k * SPAN, STEPS * 16) + 16 for m in c), (k, c)
     assert simd_block(["CUDAExecutionProvider"]) == 8 and simd_block() in (8, 16)
 
 
@@ -161,3 +161,24 @@ def test_a_budget_search_reuses_the_chooser_without_stale_latencies() -> None:
     for r in (0.3, 0.6, 0.45):
         plan = make_plan(analysis, scores, r, round_to="latency")
         assert shared(plan, scores) == LatencyCounts(analysis)(plan, scores)
+
+
+@pytest.mark.parametrize("ratio", [0.4, 0.6])
+def test_local_search_lowers_latency_per_mac_inside_the_band(ratio: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pair/single-move search after the greedy fill never ends with a higher table latency per MAC
+    than the fill alone, and keeps the MACs within [exact - MACS_UNDER, exact + MACS_BAND]."""
+    from spa.latency import counts as C
+
+    model = _cnn()
+    exact = spa.prune(model, ratio=ratio, round_to=1)
+    monkeypatch.setattr(C, "ROUNDS", 0)
+    greedy = spa.prune(model, ratio=ratio).report["latency_counts"]
+    monkeypatch.setattr(C, "ROUNDS", 4)
+    searched = spa.prune(model, ratio=ratio).report["latency_counts"]
+    assert isinstance(greedy, dict) and isinstance(searched, dict)
+    per_mac = [r["table_ms_chosen"] / r["macs_chosen"] for r in (greedy, searched)]  # type: ignore[operator]
+    assert per_mac[1] <= per_mac[0] * (1 + 1e-3), per_mac
+    macs0 = exact.report["macs_before"]
+    lo = searched["macs_exact"] - C.MACS_UNDER * macs0  # type: ignore[operator]
+    hi = searched["macs_exact"] + C.MACS_BAND * macs0  # type: ignore[operator]
+    assert lo - 1 <= searched["macs_chosen"] <= hi + 1 or searched["macs_chosen"] == greedy["macs_chosen"]

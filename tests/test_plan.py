@@ -48,7 +48,7 @@ def test_never_prunes_a_group_to_zero() -> None:
 
 
 def test_global_removes_the_requested_total() -> None:
-    r = assert_oracle(_net().build(), 0.5, global_rank=True)
+    r = assert_oracle(_net().build(), 0.5, global_rank=True, round_to=1)  # exact counts
     before = sum(g["channels_before"] for g in r.report["groups"] if g["prunable"])  # type: ignore[union-attr,index]
     after = sum(_kept(r).values())
     assert before - after == round(0.5 * before)
