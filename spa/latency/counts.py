@@ -141,6 +141,8 @@ class _Option:
     kept: int
     removed: tuple[int, ...]
     sizes: dict[Slot, tuple[int, int]]
+    #: the chooser's id of this (group, removed) choice: layer and MAC costs cached by it across plans
+    uid: int = -1
 
 
 @dataclass
@@ -167,6 +169,15 @@ class CountChooser:
     max_ratio: float = 1.0
     _nodes: dict[str, gs.Node] = field(default_factory=dict)
     _aligned: frozenset[Slot] = frozenset()
+    #: costs cached across the plans of one search: layer ms and MAC factors by (layer or term, the
+    #: fixed sizes around it, the ids of the touching groups' choices); options by (group, count, scores)
+    layer_cache: dict[tuple[object, ...], float] = field(default_factory=dict)
+    option_cache: dict[tuple[int, int, int], _Option | None] = field(default_factory=dict)
+    _ids: dict[tuple[object, ...], int] = field(default_factory=dict)
+
+    def uid(self, key: tuple[object, ...]) -> int:
+        """A small id for a hashable choice (interned, so cache keys stay short)."""
+        return self._ids.setdefault(key, len(self._ids))
 
     @classmethod
     def build(cls, analysis: Analysis, table: LatencyTable, input_shapes: Mapping[str, Sequence[int]],
@@ -204,29 +215,42 @@ class CountChooser:
         per_block = len(set(blocks.tolist()) - {-1}) > 1 and not hard
         out: list[_Option] = []
         seen: set[tuple[int, ...]] = set()
+        digest = hash(scores.tobytes())
         for k in counts:
-            if k >= channels:
-                removed: tuple[int, ...] = ()
-            elif per_block:
-                removed = block_removed(blocks, k, scores, self.block)
-            else:
-                removed = removed_for_count(self.analysis, gid, k, scores, self.min_channels)
-            if removed in seen:
+            key = (gid, k, digest)
+            if key not in self.option_cache:
+                self.option_cache[key] = self._option(gid, k, scores, blocks if per_block else None, hard)
+            opt = self.option_cache[key]
+            if opt is None or opt.removed in seen:
                 continue
-            gone = np.asarray(removed, dtype=np.int64)
-            sizes = {s: (int(np.count_nonzero(~np.isin(lab, gone))), len(lab)) for s, lab in labels.items()}
-            if hard and any(sizes[s][0] % self.block and sizes[s][0] != sizes[s][1] for s in hard):
-                continue
-            seen.add(removed)
-            out.append(_Option(channels - len(removed), removed, sizes))
+            seen.add(opt.removed)
+            out.append(opt)
         if not out or (all(o.kept != exact for o in out) and not hard):
             removed = removed_for_count(self.analysis, gid, exact, scores, self.min_channels)
             gone = np.asarray(removed, dtype=np.int64)
             sizes = {s: (int(np.count_nonzero(~np.isin(lab, gone))), len(lab)) for s, lab in labels.items()}
-            out.append(_Option(channels - len(removed), removed, sizes))
+            out.append(_Option(channels - len(removed), removed, sizes, self.uid((gid, removed))))
         if not out:
             raise ValueError(f"group {gid}: no candidate count")
         return sorted(out, key=lambda o: o.kept)
+
+    def _option(self, gid: int, k: int, scores: np.ndarray, blocks: np.ndarray | None, hard: Sequence[Slot]
+                ) -> _Option | None:
+        """Group ``gid`` keeping ``k`` channels, shared evenly over its producer ``blocks`` when given
+        (None: it breaks a hardware rule of ``hard`` slots)."""
+        labels = self.analysis.labels(gid)
+        channels = self.analysis.groups[gid].channels
+        if k >= channels:
+            removed: tuple[int, ...] = ()
+        elif blocks is not None:
+            removed = block_removed(blocks, k, scores, self.block)
+        else:
+            removed = removed_for_count(self.analysis, gid, k, scores, self.min_channels)
+        gone = np.asarray(removed, dtype=np.int64)
+        sizes = {s: (int(np.count_nonzero(~np.isin(lab, gone))), len(lab)) for s, lab in labels.items()}
+        if hard and any(sizes[s][0] % self.block and sizes[s][0] != sizes[s][1] for s in hard):
+            return None
+        return _Option(channels - len(removed), removed, sizes, self.uid((gid, removed)))
 
     # -- the choice -------------------------------------------------------------------------------------
 
@@ -317,6 +341,11 @@ class _Problem:
     by_group_macs: dict[int, list[int]]
     macs0: float
     exact_kept: dict[int, int]
+    #: per layer / MAC term: the fixed (not chosen) slot sizes it reads, and their cache key
+    layer_fixed: dict[str, tuple[dict[Slot, tuple[int, int]], int]]
+    term_fixed: list[tuple[dict[Slot, tuple[int, int]], int]]
+    #: the chooser id of each group's exact (the plan's own) choice
+    exact_uid: dict[int, int]
     #: layer latency by (layer, option index of each group touching it): option lists are this plan's
     cache: dict[tuple[str, tuple[int, ...]], float] = field(default_factory=dict)
     #: MAC term by (term, option index of each group scaling it)
@@ -353,22 +382,41 @@ class _Problem:
         for i, (_m, _s, gs_) in enumerate(terms):
             for g in gs_:
                 by_macs[g].append(i)
-        return cls(chooser, opts, exact, fixed, layers, terms, by_layers, by_macs, macs0, exact_kept)
+        layer_fixed = {}
+        for name, node in chooser._nodes.items():
+            names = {t.name for t in list(node.inputs) + list(node.outputs)}
+            near = {sl: v for sl, v in fixed.items() if sl.tensor in names}
+            layer_fixed[name] = (near, chooser.uid(("fixed", name, tuple(sorted(near.items(), key=repr)))))
+        term_fixed = []
+        for i, (_m, scaled, _g) in enumerate(terms):
+            near = {sl: fixed[sl] for sl in scaled if sl in fixed}
+            term_fixed.append((near, chooser.uid(("term", i, tuple(sorted(near.items(), key=repr))))))
+        exact_uid = {g: chooser.uid(("exact", g, tuple(sorted(exact[g].items(), key=repr)))) for g in opts}
+        return cls(chooser, opts, exact, fixed, layers, terms, by_layers, by_macs, macs0, exact_kept,
+                   layer_fixed, term_fixed, exact_uid)
 
-    def _sizes(self, state: Mapping[int, int], groups: Sequence[int]) -> dict[Slot, tuple[int, int]]:
-        sizes = dict(self.fixed)
+    def _sizes(self, state: Mapping[int, int], groups: Sequence[int], fixed: Mapping[Slot, tuple[int, int]]
+               ) -> dict[Slot, tuple[int, int]]:
+        sizes = dict(fixed)
         for g in groups:
             i = state[g]
             sizes |= self.exact[g] if i < 0 else self.opts[g][i].sizes
         return sizes
+
+    def _uids(self, state: Mapping[int, int], groups: Sequence[int]) -> tuple[int, ...]:
+        return tuple(self.exact_uid[g] if state[g] < 0 else self.opts[g][state[g]].uid for g in groups)
 
     def _layer(self, name: str, state: Mapping[int, int]) -> float:
         groups = self.layers[name]
         key = (name, tuple(state[g] for g in groups))
         hit = self.cache.get(key)
         if hit is None:
-            ms = self.chooser.layer_ms(name, self._sizes(state, groups))
-            hit = ms if ms is not None else 0.0
+            fixed, fid = self.layer_fixed[name]
+            shared = (name, fid, self._uids(state, groups))
+            hit = self.chooser.layer_cache.get(shared)
+            if hit is None:
+                ms = self.chooser.layer_ms(name, self._sizes(state, groups, fixed))
+                hit = self.chooser.layer_cache[shared] = ms if ms is not None else 0.0
             self.cache[key] = hit
         return hit
 
@@ -379,13 +427,18 @@ class _Problem:
         key = (i, tuple(state[g] for g in groups))
         hit = self.mac_cache.get(key)
         if hit is None:
-            sizes = self._sizes(state, groups)
-            f = 1.0
-            for s in scaled:
-                if s in sizes:
-                    k, n = sizes[s]
-                    f *= k / max(1, n)
-            hit = self.mac_cache[key] = macs * f
+            fixed, fid = self.term_fixed[i]
+            shared = (i, fid, self._uids(state, groups))
+            hit = self.chooser.layer_cache.get(shared)
+            if hit is None:
+                sizes = self._sizes(state, groups, fixed)
+                f = 1.0
+                for s in scaled:
+                    if s in sizes:
+                        k, n = sizes[s]
+                        f *= k / max(1, n)
+                hit = self.chooser.layer_cache[shared] = macs * f
+            self.mac_cache[key] = hit
         return hit
 
     def total(self, state: Mapping[int, int]) -> tuple[float, float]:
