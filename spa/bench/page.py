@@ -171,10 +171,12 @@ def _allocation(alloc: Report) -> str:
            f"<b>{total_p:.6g}</b>, measured <b>{total_m:.6g}</b>.</p>")
     out += _figure(lambda: plot.sensitivity_png(groups, levels), "sensitivity curves")
     if len(groups) > plot.MAX_PANELS and plot.plotting_available():
-        out += (f'<p class="dim">the first {plot.MAX_PANELS} of {len(groups)} groups are plotted; '
-                "all are in the table</p>")
-    out += _figure(lambda: plot.distortion_png([str(g["label"]) for g in groups], pred, total_p, total_m),
-                   "predicted vs measured distortion")
+        out += (f'<p class="dim">the first {plot.MAX_PANELS} of {len(groups)} groups are plotted (below: the '
+                f"{plot.MAX_PANELS} largest predicted terms); all are in the table</p>")
+    top = sorted(range(len(groups)), key=lambda k: -pred[k])[:plot.MAX_PANELS]  # the largest terms
+    top.sort()
+    out += _figure(lambda: plot.distortion_png([str(groups[k]["label"]) for k in top], [pred[k] for k in top],
+                                               total_p, total_m), "predicted vs measured distortion")
     rows = [[g["label"], f"{float(g['ratio']):.3f}", *(f"{float(c):.4g}" for c in g["sensitivity"]), f"{p:.4g}"]
             for g, p in zip(groups, pred)]
     return out + _table(["group", "chosen ratio", *(f"distortion @ {x:.0%}" for x in levels), "predicted"], rows)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from spa.graph.io import atomic_path
+from spa.quality.sensitivity import damage
 
 #: most panels of the sensitivity figure (the rest are listed in the page's table)
 MAX_PANELS = 48
@@ -99,19 +100,25 @@ def pareto_png(rows: Sequence[Mapping[str, Any]], *, title: str = "", fidelity_l
 def sensitivity_png(groups: Sequence[Mapping[str, Any]], levels: Sequence[float]) -> bytes:
     """Small multiples, one panel per group (the first :data:`MAX_PANELS`): the measured output
     distortion when the group alone loses ``levels`` of its channels, joined through (0, 0) as
-    :func:`spa.quality.sensitivity.damage` reads it, and the chosen ratio as a red line. Each panel has
-    its own y scale (the curves differ by orders of magnitude)."""
+    :func:`spa.quality.sensitivity.damage` reads it (dashed: extrapolated past the last level), and the
+    chosen ratio as a red line with the predicted distortion there as a red dot. Each panel has its own y
+    scale (the curves differ by orders of magnitude)."""
     plt = _pyplot()
     shown = list(groups)[:MAX_PANELS]
     cols = min(4, max(1, len(shown)))
     nrows = max(1, -(-len(shown) // cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.4 * nrows), dpi=90, squeeze=False)
     for ax, g in zip(axes.flat, shown):
-        ax.plot([0.0, *levels], [0.0, *map(float, g["sensitivity"])], marker="o", ms=3, color="tab:blue")
-        ax.axvline(float(g["ratio"]), color="tab:red", lw=1.5, label=f"chosen {float(g['ratio']):.2f}")
+        curve, r = [float(c) for c in g["sensitivity"]], float(g["ratio"])
+        at_r = damage(curve, levels, r)
+        ax.plot([0.0, *levels], [0.0, *curve], marker="o", ms=3, color="tab:blue")
+        if levels and r > levels[-1]:
+            ax.plot([levels[-1], r], [damage(curve, levels, levels[-1]), at_r], ls="--", color="tab:blue", lw=1)
+        ax.axvline(r, color="tab:red", lw=1.5, label=f"chosen {r:.2f}")
+        ax.plot([r], [at_r], "o", color="tab:red", ms=4)
         ax.set_title(str(g["label"])[:40], fontsize=7)
         ax.set_xlim(0.0, 1.0)
-        ax.set_ylim(0.0, max([0.0, *map(float, g["sensitivity"])]) * 1.1 or 1e-6)  # each panel its own scale
+        ax.set_ylim(0.0, max(0.0, at_r, *curve) * 1.1 or 1e-6)  # each panel its own scale
         ax.tick_params(labelsize=6)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6, loc="upper left")
@@ -125,8 +132,9 @@ def sensitivity_png(groups: Sequence[Mapping[str, Any]], levels: Sequence[float]
 
 def distortion_png(labels: Sequence[str], predicted: Sequence[float], total_predicted: float,
                    total_measured: float) -> bytes:
-    """Left: each group's predicted distortion at its chosen ratio (the terms of the sum). Right: the
-    predicted total ``Σ_g damage_g(r_g)`` beside the distortion measured on the pruned model."""
+    """Left: each group's predicted distortion at its chosen ratio (the terms of the sum; the caller passes
+    at most :data:`MAX_PANELS`). Right: the predicted total ``Σ_g damage_g(r_g)`` beside the distortion
+    measured on the pruned model."""
     plt = _pyplot()
     fig, (ax, tot) = plt.subplots(1, 2, figsize=(10, 0.25 * max(len(labels), 8) + 1.2), dpi=90,
                                   gridspec_kw={"width_ratios": [3, 1]})

@@ -249,3 +249,19 @@ def test_page_renders_in_headless_chromium(model_and_data: tuple[Path, Path], tm
     assert shot.size == (1200, 2400) and (colours is None or len(colours) > 50)
     blue = sum(n for n, (r, g, b) in (colours or []) if b > 150 and r < 120)  # the bars and the curves
     assert blue > 1000
+
+
+@needs_plot
+def test_many_groups_are_capped_in_the_figures(model_and_data: tuple[Path, Path]) -> None:
+    """A model with more groups than :data:`plot.MAX_PANELS` (the allocation of the small model, repeated):
+    both figures stay bounded, the note says so, and the table still has every group."""
+    model, data = model_and_data
+    rep = _prune_report(model, calibration=str(data), target_macs=0.5)
+    base = rep["allocation"]["groups"]
+    n = plot.MAX_PANELS + 12
+    rep["allocation"]["groups"] = [dict(base[k % len(base)], label=f"copy{k}.weight[0]") for k in range(n)]
+    text = page.render(prune=rep)
+    sizes = check_page(text)
+    assert f"the first {plot.MAX_PANELS} of {n} groups are plotted" in text
+    assert len(sizes) == 2 and sizes[0][1] <= 2700 and sizes[1][1] <= 1250, sizes  # 48 panels, 48 bars
+    assert all(f"copy{k}.weight[0]" in text for k in range(n))
