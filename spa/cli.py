@@ -21,7 +21,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from spa import api
-from spa.bench.page import report_kind, write_html
+from spa.bench import plot as bench_plot
+from spa.bench.page import NO_PLOTS, report_kind, write_html
 from spa.bench.report import BenchOptions, bench_models
 from spa.bench.tables import bench_table, profile_tables, sweep_table, wide_console
 from spa.errors import InvalidModelError, SpaError, UsageError
@@ -332,7 +333,7 @@ def prune(ctx: click.Context, model: str, **params: Any) -> int:
                                    preprocess=options.calib_preprocess if images else None)
     _write_json(rep, report)
     if html:
-        write_html(html, prune=rep)
+        _write_page(ctx, html, prune=rep)
     if not ctx.obj["quiet"] and report != "-":
         _print_prune_summary(model, output, options, rep)
     if not options.has_data and not ctx.obj["quiet"]:  # last: an error before it stays one line
@@ -564,7 +565,7 @@ def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: 
                         prune_kwargs={"global_rank": global_rank, "round_to": round_to})
     result = run_sweep(model, out_dir, opts)
     if html:
-        write_html(html, sweep=result)
+        _write_page(ctx, html, sweep=result)
     if not ctx.obj["quiet"]:
         b, out = result["bench"], wide_console(console)
         out.print(sweep_table(result["rows"], f"spa sweep {model} --criterion {criterion}: {b['provider']}, "
@@ -645,12 +646,19 @@ def recover(ctx: click.Context, pruned: str, teacher: str, data: str, output: st
     summary = {"pruned": pruned, "teacher": teacher, "output": output} | result.to_json()
     _write_json(summary, json_out)
     if html:
-        write_html(html, recover=summary)
+        _write_page(ctx, html, recover=summary)
     if not quiet and json_out != "-":
         first, last = summary["loss_first"], summary["loss_last"]
         console.print(f"recovered {output}: {result.trainable} initializers trained, {result.steps} steps on "
                       f"{result.device} in {result.wall_s:.1f} s, loss {first:.4g} -> {last:.4g}", highlight=False)
     return 0
+
+
+def _write_page(ctx: click.Context, dest: str, **reports: Any) -> None:
+    """Write the HTML page of ``reports``; without matplotlib, say on stderr that it has no plots."""
+    write_html(dest, **reports)
+    if not bench_plot.plotting_available() and not ctx.obj["quiet"]:
+        click.echo(f"spa: warning: {dest}: {NO_PLOTS}", err=True)
 
 
 def _check_html_dest(dest: str | None, force: bool, *inputs: str | None) -> None:
@@ -695,7 +703,7 @@ def report(ctx: click.Context, reports: tuple[str, ...], html: str, title: str, 
         if kind in found:
             raise UsageError(f"{path}: a second {kind} report; give at most one of each kind")
         found[kind] = data
-    write_html(html, title=title, **found)
+    _write_page(ctx, html, title=title, **found)
     if not ctx.obj["quiet"]:
         console.print(f"wrote {html} ({', '.join(found)})", highlight=False)
     return 0

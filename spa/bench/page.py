@@ -261,7 +261,7 @@ def write_html(path: str | os.PathLike[str], **reports: Any) -> Path:
     """
     text = render(**reports)
     if not plot.plotting_available():
-        log.warning("%s", NO_PLOTS)
+        log.info("%s", NO_PLOTS)
     dest = Path(path)
     try:
         with atomic_path(dest, suffix=".html") as tmp:

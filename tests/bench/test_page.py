@@ -210,14 +210,17 @@ def test_write_is_atomic(model_and_data: tuple[Path, Path], monkeypatch: pytest.
 
 def test_without_matplotlib_the_page_has_tables_and_bars(model_and_data: tuple[Path, Path],
                                                        monkeypatch: pytest.MonkeyPatch,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
     model, data = model_and_data
-    rep = _prune_report(model, calibration=str(data), target_macs=0.5)
     monkeypatch.setattr(importlib.import_module("spa.bench.plot"), "plotting_available", lambda: False)
-    text = page.write_html("n.html", prune=rep).read_text(encoding="utf-8")
-    assert check_page(text) == [] and "<img" not in text
-    assert "pip install &#x27;spa[plot]&#x27;" in text and "spa[plot]" in caplog.text
+    code, _, err = run_cli(capsys, "prune", model, "--calib", data, "--target-macs", "0.5", "-o", "p.onnx",
+                           "--report", "p.json", "--html", "n.html")
+    assert code == 0 and "spa: warning: n.html: plots need matplotlib: pip install 'spa[plot]'" in err, err
+    rep = json.loads(Path("p.json").read_text())
+    text = Path("n.html").read_text(encoding="utf-8")
+    assert check_page(text) == [] and "<img" not in text and "pip install &#x27;spa[plot]&#x27;" in text
     assert "Sensitivity allocation" in text and text.count('class="bar') == len(rep["groups"])
+    assert f"{rep['allocation']['measured_distortion']:.6g}" in text
 
 
 def _browser() -> str | None:
