@@ -686,8 +686,8 @@ def _check_html_dest(dest: str | None, force: bool, *inputs: str | None) -> None
 def report(ctx: click.Context, reports: tuple[str, ...], html: str, title: str, force: bool) -> int:
     """Render JSON REPORTS into one self-contained HTML page (plots need 'spa[plot]').
 
-    REPORTS: a `spa prune --report` JSON, a `spa recover --json` summary and/or a sweep.json, at most one
-    of each kind, e.g. `spa report pruned.json recover.json --html report.html`.
+    REPORTS: a `spa prune --report` JSON, a `spa verify --json` result, a `spa recover --json` summary and/or a
+    sweep.json, at most one of each kind, e.g. `spa report prune.json verify.json recover.json --html report.html`.
     """
     _check_html_dest(html, force, *reports)
     found: dict[str, Any] = {}

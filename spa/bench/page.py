@@ -1,6 +1,7 @@
 """One self-contained HTML page of a prune report, a recover run and/or a sweep (``--html``, ``spa report``).
 
-The page consumes only the JSON reports (``spa prune --report``, ``spa recover --json``, ``sweep.json``):
+The page consumes only the JSON reports (``spa prune --report``, ``spa verify --json``, ``spa recover --json``,
+``sweep.json``):
 
 * summary — parameters and MACs before → after, ratio or target, criterion, the shapes MACs were
   counted at, the ONNX and ONNX Runtime checks, predicted latency and fidelity when present;
@@ -8,6 +9,7 @@ The page consumes only the JSON reports (``spa prune --report``, ``spa recover -
 * with a sensitivity allocation: each group's curve (distortion when the group alone loses 25/50/75 %
   of its channels) with the chosen ratio, and the predicted distortion ``Σ_g damage_g(r_g)`` against
   the one measured on the pruned model;
+* the mask oracle's verdict (``spa verify``) per output;
 * recover's loss per step; a sweep's Pareto plot (latency against MACs) and its rows.
 
 Everything is inline: CSS in a ``<style>``, figures as base64 PNG ``data:`` URIs, no script and no
@@ -213,8 +215,19 @@ def _sweep(sw: Report) -> str:
     return out + _table(list(cols), table, left=0)
 
 
+def _verify(ver: Report) -> str:
+    """The mask oracle's verdict (``spa verify --json``): pruned against its masked twin, per output."""
+    ok = bool(ver.get("ok"))
+    rows = [[o.get("name"), f"{float(o.get('max_abs', 0)):.3g}", f"{float(o.get('max_rel', 0)):.3g}",
+             f"{float(o.get('cosine', 0)):.6f}", "yes" if o.get("ok") else "NO"] for o in ver.get("outputs") or []]
+    verdict = "agree" if ok else "DIFFER"
+    return (f"<p>{_e(ver.get('pruned'))} and {_e(ver.get('reference'))} <b>{verdict}</b> on "
+            f"{_e(ver.get('trials'))} random inputs.</p>" + _table(["output", "max |diff|", "max rel", "cosine", "ok"],
+                                                                  rows))
+
+
 def report_kind(report: Report) -> str:
-    """``prune``, ``recover`` or ``sweep``: which JSON report this is (by the keys each one has).
+    """``prune``, ``recover``, ``sweep`` or ``verify``: which JSON report this is (by the keys each one has).
 
     Raises:
         UsageError: none of them.
@@ -225,23 +238,28 @@ def report_kind(report: Report) -> str:
         return "recover"
     if "groups" in report and "macs_before" in report:
         return "prune"
-    raise UsageError("not a report of spa prune --report, spa recover --json or spa sweep (sweep.json); "
-                     "give one of those JSON files")
+    if "reference" in report and "ok" in report and "outputs" in report:
+        return "verify"
+    raise UsageError("not a report of spa prune --report, spa verify --json, spa recover --json or spa sweep "
+                     "(sweep.json); give one of those JSON files")
 
 
-def render(*, prune: Report | None = None, recover: Report | None = None, sweep: Report | None = None,
-           title: str = "") -> str:
+def render(*, prune: Report | None = None, verify: Report | None = None, recover: Report | None = None,
+           sweep: Report | None = None, title: str = "") -> str:
     """The page (a string) of the reports given; at least one."""
-    if prune is None and recover is None and sweep is None:
-        raise UsageError("no report to render: give a prune report, a recover summary or a sweep")
-    name = title or str((prune or recover or sweep or {}).get("input") or (sweep or {}).get("model")
-                        or (recover or {}).get("pruned") or "report")
+    if prune is None and verify is None and recover is None and sweep is None:
+        raise UsageError("no report to render: give a prune report, a verify result, a recover summary or a sweep")
+    name = title or str((prune or {}).get("input") or (sweep or {}).get("model")
+                        or (recover or verify or {}).get("pruned") or "report")
     parts = [f"<h1>spa: {_e(name)}</h1>"]
     if not plot.plotting_available():
         parts.append(f'<p class="note">{_e(NO_PLOTS)}</p>')
     if prune is not None:
-        parts += ["<h2>Summary</h2>", _summary(prune), "<h2>Channels per group (graph order)</h2>",
-                  _channels(prune.get("groups") or [])]
+        parts += ["<h2>Summary</h2>", _summary(prune)]
+    if verify is not None:
+        parts += ["<h2>Mask oracle (spa verify)</h2>", _verify(verify)]
+    if prune is not None:
+        parts += ["<h2>Channels per group (graph order)</h2>", _channels(prune.get("groups") or [])]
         if prune.get("allocation"):
             parts += ["<h2>Sensitivity allocation</h2>", _allocation(prune["allocation"])]
     if recover is not None:

@@ -142,9 +142,11 @@ def test_recover_page_and_spa_report(model_and_data: tuple[Path, Path], capsys: 
     pytest.importorskip("torch")
     model, data = model_and_data
     code, _, err = run_cli(capsys, "prune", model, "--ratio", "0.5", "-o", "p.onnx", "--report", "p.json",
-                           "--html", "p.html")
+                           "--html", "p.html", "--emit-masked", "m.onnx")
     assert code == 0, err
     check_page(Path("p.html").read_text(encoding="utf-8"))
+    code, _, err = run_cli(capsys, "verify", model, "p.onnx", "--masked", "m.onnx", "--json", "v.json")
+    assert code == 0, err
     code, _, err = run_cli(capsys, "recover", "p.onnx", "--teacher", model, "--data", data, "-o", "r.onnx",
                            "--steps", "6", "--batch", "4", "--device", "cpu", "--json", "r.json", "--html", "r.html")
     assert code == 0, err
@@ -152,11 +154,14 @@ def test_recover_page_and_spa_report(model_and_data: tuple[Path, Path], capsys: 
     text = Path("r.html").read_text(encoding="utf-8")
     assert len(check_page(text)) == (1 if plot.plotting_available() else 0)
     assert "Recover (distillation)" in text and str(summary["loss_last"]) in text and "Channels per group" not in text
-    code, out, err = run_cli(capsys, "report", "p.json", "r.json", "--html", "both.html")
-    assert code == 0 and "prune, recover" in out, err
+    code, out, err = run_cli(capsys, "report", "r.json", "v.json", "p.json", "--html", "both.html")
+    assert code == 0 and "recover, verify, prune" in out, err
     both = Path("both.html").read_text(encoding="utf-8")
     check_page(both)
-    assert "Channels per group" in both and "Recover (distillation)" in both
+    sections = [both.index(h) for h in ("Summary", "Mask oracle", "Channels per group", "Recover (distillation)")]
+    assert sections == sorted(sections)
+    verdict = json.loads(Path("v.json").read_text())
+    assert verdict["ok"] and "<b>agree</b>" in both and f"{verdict['outputs'][0]['cosine']:.6f}" in both
     code, _, err = run_cli(capsys, "report", "p.json", "p.json", "--html", "two.html")
     assert code == 1 and not Path("two.html").exists()
     one_line_error(err, "p.json", "second prune report")
