@@ -100,7 +100,8 @@ def _summary(rep: Report) -> str:
     out = _table(["", "before", "after", "after/before"], [_before_after(rep, "params"), _before_after(rep, "macs")])
     shapes = rep.get("mac_shapes") or {}
     items = [("input", rep.get("input")), ("output", rep.get("output")), ("criterion", rep.get("criterion")),
-             ("ratio", rep.get("ratio")), ("target MACs", rep.get("target_macs")),
+             ("ratio", "per group (sensitivity allocation)" if rep.get("allocation") else rep.get("ratio")),
+             ("target MACs", rep.get("target_macs")),
              ("target params", rep.get("target_params")), ("target latency", rep.get("target_latency")),
              ("MACs counted at", ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in shapes.items())
               + (f" ({rep['mac_shapes_from']})" if rep.get("mac_shapes_from") else "")),
@@ -154,7 +155,8 @@ def _channels(groups: Sequence[Report]) -> str:
         rows.append(f'<tr><td>{_e(g.get("id"))}</td><td class="l">{_e(g.get("label"))}{why}</td>'
                     f'<td>{_e(g.get("kind", ""))}</td><td>{b}</td><td>{a}</td>'
                     f'<td>{(100.0 * a / b if b else 0):.0f}%</td><td class="b">{_bar(b, a, widest, fixed)}</td></tr>')
-    head = "".join(f"<th>{h}</th>" for h in ("id", "group", "kind", "before", "after", "kept", "channels kept"))
+    head = "".join(f'<th class="{"l" if h == "group" else ""}">{h}</th>'
+                   for h in ("id", "group", "kind", "before", "after", "kept", "channels kept"))
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
@@ -169,7 +171,8 @@ def _allocation(alloc: Report) -> str:
     pred = [damage([float(c) for c in g["sensitivity"]], levels, float(g["ratio"])) for g in groups]
     total_p, total_m = float(alloc.get("predicted_distortion") or 0.0), float(alloc.get("measured_distortion") or 0.0)
     out = (f"<p>Each group pruned alone at {', '.join(f'{x:.0%}' for x in levels)} of its channels "
-           f"({_e(alloc.get('probes'))} probes, {_e(alloc.get('seconds'))} s). Predicted output distortion "
+           f"({_e(alloc.get('probes'))} probes, {_e(alloc.get('seconds'))} s"
+           f"{'; curves from the cache' if alloc.get('cached') else ''}). Predicted output distortion "
            f"<b>{total_p:.6g}</b>, measured <b>{total_m:.6g}</b>.</p>")
     out += _figure(lambda: plot.sensitivity_png(groups, levels), "sensitivity curves")
     if len(groups) > plot.MAX_PANELS and plot.plotting_available():
