@@ -1,4 +1,4 @@
-"""The ``spa`` command line: analyze | prune | verify | bench | sweep | recover.
+"""The ``spa`` command line: analyze | prune | verify | bench | sweep | recover | report.
 
 Thin: parses options, calls :mod:`spa.api`, prints rich tables or JSON. Library errors
 (:class:`~spa.errors.SpaError`) become one-line messages and exit codes:
@@ -21,6 +21,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from spa import api
+from spa.bench import plot as bench_plot
+from spa.bench.page import NO_PLOTS, report_kind, write_html
 from spa.bench.report import BenchOptions, bench_models
 from spa.bench.tables import bench_table, profile_tables, sweep_table, wide_console
 from spa.errors import InvalidModelError, SpaError, UsageError
@@ -248,6 +250,8 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.option("--ignore", multiple=True, metavar="GLOB", help="Leave groups touching these node/tensor names alone.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random choices.")
 @click.option("--report", metavar="PATH|-", help="Write a JSON report.")
+@click.option("--html", type=click.Path(dir_okay=False), help="Write the report as one self-contained HTML page "
+              "(channels per group, sensitivity curves, distortion; plots need 'spa[plot]').")
 @click.option("--emit-masked", type=click.Path(dir_okay=False), help="Also write the masked twin (for `spa verify`).")
 @click.option("--external-data", is_flag=True, help="Store the output's weights in a .data file beside it.")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
@@ -302,11 +306,13 @@ def prune(ctx: click.Context, model: str, **params: Any) -> int:
     ``ratio`` set per-group ratios). Options on the command line win over the file.
     """
     output, report, emit_masked = params["output"], params["report"], params["emit_masked"]
-    dry_run = bool(params["dry_run"])
+    dry_run, html = bool(params["dry_run"]), params["html"]
+    if dry_run and html:
+        raise UsageError("--html shows a pruned model; drop --dry-run (or write its plan with --report)")
     options = _prune_options(ctx, params).replace(check=not dry_run, emit_masked=bool(emit_masked) and not dry_run)
     if not dry_run:
-        _check_prune_destinations(model, output, {"--emit-masked": emit_masked, "--report": report},
-                                  force=params["force"])
+        _check_prune_destinations(model, output, {"--emit-masked": emit_masked, "--report": report,
+                                                  "--html": html}, force=params["force"])
     with _working(ctx, f"pruning {model}") as stage:
         result = api.prune(model, options, progress=stage)
     if dry_run:
@@ -326,6 +332,8 @@ def prune(ctx: click.Context, model: str, **params: Any) -> int:
                                    batch_size=options.calib_batch,
                                    preprocess=options.calib_preprocess if images else None)
     _write_json(rep, report)
+    if html:
+        _write_page(ctx, html, prune=rep)
     if not ctx.obj["quiet"] and report != "-":
         _print_prune_summary(model, output, options, rep)
     if not options.has_data and not ctx.obj["quiet"]:  # last: an error before it stays one line
@@ -530,12 +538,14 @@ def bench(ctx: click.Context, models: tuple[str, ...], provider: str, batch_opt:
 @click.option("--samples", type=int, help="Samples for the fidelity (default: all of the data, 8 random).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite the results of an earlier sweep in the folder.")
+@click.option("--html", type=click.Path(dir_okay=False), help="Also write the sweep as one self-contained HTML page "
+              "(Pareto plot and rows).")
 @_verbosity
 @click.pass_context
 def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: str, global_rank: bool,
           round_to: int | str, provider: str, batch_opt: int | None, shape_opts: tuple[str, ...], warmup: int,
           iters: int, threads: int, calib: str | None, eval_data: str | None, samples: int | None, seed: int,
-          force: bool) -> int:
+          force: bool, html: str | None) -> int:
     """Prune MODEL at several ratios and benchmark every result against it in one alternating run.
 
     Writes the pruned models, sweep.csv, sweep.json and (with matplotlib: pip install 'spa[plot]')
@@ -543,6 +553,7 @@ def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: 
     when given, else as output cosine similarity on seeded random inputs (labelled so).
     """
     _check_exists(model, calib, eval_data)
+    _check_html_dest(html, force, model, calib, eval_data)
     if samples is not None and samples < 1:
         raise UsageError(f"--samples must be at least 1, got {samples}")
     bench_opts = BenchOptions(provider=provider.lower(), batches=[batch_opt] if batch_opt else None,
@@ -553,6 +564,8 @@ def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: 
                         eval_data=eval_data, samples=samples, seed=seed, force=force,
                         prune_kwargs={"global_rank": global_rank, "round_to": round_to})
     result = run_sweep(model, out_dir, opts)
+    if html:
+        _write_page(ctx, html, sweep=result)
     if not ctx.obj["quiet"]:
         b, out = result["bench"], wide_console(console)
         out.print(sweep_table(result["rows"], f"spa sweep {model} --criterion {criterion}: {b['provider']}, "
@@ -589,10 +602,12 @@ def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: 
 @click.option("--threads", type=int, default=0, show_default=True, help="torch CPU threads (0: torch's default).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 @click.option("--json", "json_out", metavar="PATH|-", help="Write the training summary (loss curve) as JSON.")
+@click.option("--html", type=click.Path(dir_okay=False), help="Write the training summary and loss curve as one "
+              "self-contained HTML page (`spa report` joins it to the prune report).")
 @_verbosity
 @click.pass_context
 def recover(ctx: click.Context, pruned: str, teacher: str, data: str, output: str, force: bool,
-            json_out: str | None, checkpoint: str | None, **params: Any) -> int:
+            json_out: str | None, checkpoint: str | None, html: str | None, **params: Any) -> int:
     """Recover PRUNED's accuracy by distillation from --teacher (needs torch: pip install 'spa[recover]').
 
     Trains only PRUNED's float initializers to match the teacher's outputs on --data (KL with a temperature on
@@ -603,6 +618,7 @@ def recover(ctx: click.Context, pruned: str, teacher: str, data: str, output: st
     if data != "random" and not Path(data).exists():
         raise UsageError(f"--data {data}: no such file or folder")
     _check_json_dest(json_out, pruned, teacher)
+    _check_html_dest(html, force, pruned, teacher, data, output, json_out)
     out = Path(output)
     for other in (pruned, teacher, data):
         if out.resolve() == Path(other).resolve():
@@ -629,10 +645,67 @@ def recover(ctx: click.Context, pruned: str, teacher: str, data: str, output: st
         Path(ckpt).unlink()
     summary = {"pruned": pruned, "teacher": teacher, "output": output} | result.to_json()
     _write_json(summary, json_out)
+    if html:
+        _write_page(ctx, html, recover=summary)
     if not quiet and json_out != "-":
         first, last = summary["loss_first"], summary["loss_last"]
         console.print(f"recovered {output}: {result.trainable} initializers trained, {result.steps} steps on "
                       f"{result.device} in {result.wall_s:.1f} s, loss {first:.4g} -> {last:.4g}", highlight=False)
+    return 0
+
+
+def _write_page(ctx: click.Context, dest: str, **reports: Any) -> None:
+    """Write the HTML page of ``reports``; without matplotlib, say on stderr that it has no plots."""
+    write_html(dest, **reports)
+    if not bench_plot.plotting_available() and not ctx.obj["quiet"]:
+        click.echo(f"spa: warning: {dest}: {NO_PLOTS}", err=True)
+
+
+def _check_html_dest(dest: str | None, force: bool, *inputs: str | None) -> None:
+    """Refuse an HTML destination that is an input or another output, lies in a missing folder, or exists
+    without ``--force`` (before any work)."""
+    if not dest:
+        return
+    if dest == "-":
+        raise UsageError("--html needs a file path (the page is not written to stdout)")
+    _check_json_dest(dest, *inputs)
+    for other in inputs:
+        if other and other != "random" and Path(dest).resolve() == Path(other).resolve():
+            raise UsageError(f"--html {dest} is also an input or output; choose another path")
+    if Path(dest).exists() and not force:
+        raise UsageError(f"{dest} exists; pass --force to overwrite it")
+
+
+@cli.command()
+@click.argument("reports", nargs=-1, required=True, type=click.Path(dir_okay=False, exists=True))
+@click.option("--html", required=True, type=click.Path(dir_okay=False), help="The page to write.")
+@click.option("--title", default="", help="Page title (default: the model's path).")
+@click.option("--force", is_flag=True, help="Overwrite an existing page.")
+@_verbosity
+@click.pass_context
+def report(ctx: click.Context, reports: tuple[str, ...], html: str, title: str, force: bool) -> int:
+    """Render JSON REPORTS into one self-contained HTML page (plots need 'spa[plot]').
+
+    REPORTS: a `spa prune --report` JSON, a `spa verify --json` result, a `spa recover --json` summary and/or a
+    sweep.json, at most one of each kind, e.g. `spa report prune.json verify.json recover.json --html report.html`.
+    """
+    _check_html_dest(html, force, *reports)
+    found: dict[str, Any] = {}
+    for path in reports:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{path}: not a readable JSON report ({exc})") from None
+        try:
+            kind = report_kind(data if isinstance(data, dict) else {})
+        except UsageError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+        if kind in found:
+            raise UsageError(f"{path}: a second {kind} report; give at most one of each kind")
+        found[kind] = data
+    _write_page(ctx, html, title=title, **found)
+    if not ctx.obj["quiet"]:
+        console.print(f"wrote {html} ({', '.join(found)})", highlight=False)
     return 0
 
 

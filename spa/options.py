@@ -49,8 +49,8 @@ CONSUMER_MODES = ("layout", "gather", "zero", "auto")
 ALIASES: Mapping[str, str] = MappingProxyType({"global": "global_rank", "calib": "calibration"})
 
 #: recipe keys that belong to the command line (where to write), not to the prune itself
-CLI_ONLY = frozenset({"output", "report", "emit_masked", "external_data", "force", "eval", "eval_data", "dry_run",
-                      "config", "provider", "latency_provider"})
+CLI_ONLY = frozenset({"output", "report", "html", "emit_masked", "external_data", "force", "eval", "eval_data",
+                      "dry_run", "config", "provider", "latency_provider"})
 
 
 @dataclass(frozen=True)

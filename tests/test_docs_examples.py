@@ -98,21 +98,25 @@ def test_spa_command(name: str, line: int, command: str, workdir: Path, capsys: 
         result.save_masked("masked.onnx")
     if sub in ("bench", "sweep"):
         args += ["--iters", "2", "--warmup", "1"]
-    if sub == "recover":  # a pruned model and unlabeled data for it; two steps are enough to run it
+    if sub in ("recover", "report"):  # a pruned model and unlabeled data for it; two steps are enough to run it
         pytest.importorskip("torch")
         spa.prune("model.onnx", ratio=0.5).save("pruned.onnx")
         rng = np.random.default_rng(0)
         np.savez("calib.npz", **{s.name: rng.standard_normal((4, *s.shape[1:])).astype(s.dtype)
                                  for s in input_specs(onnx.load("model.onnx"))})
-        args += ["--steps", "2"]
+        args += ["--steps", "2"] if sub == "recover" else []
+    if sub == "report":  # the JSON reports an earlier example wrote
+        assert main(["-q", "prune", "model.onnx", "--ratio", "0.5", "-o", "p.onnx", "--report", "prune.json"]) == 0
+        assert main(["-q", "recover", "pruned.onnx", "--teacher", "model.onnx", "--data", "calib.npz", "-o",
+                     "r.onnx", "--steps", "2", "--json", "recover.json"]) == 0
     capsys.readouterr()
     code = main(args)
     _out, err = capsys.readouterr()
     if code == 1 and _gpu_unavailable(err):
         pytest.skip(f"{name}:{line}: no usable GPU here ({err.strip()})")
     assert code == 0, f"{name}:{line}: `{command}` exited {code}: {err}"
-    outputs = [args[k + 1] for k, a in enumerate(args[:-1]) if a in ("-o", "--output", "--json", "--report",
-                                                                       "--emit-masked") and args[k + 1] != "-"]
+    writes = ("-o", "--output", "--json", "--report", "--emit-masked", "--html")
+    outputs = [args[k + 1] for k, a in enumerate(args[:-1]) if a in writes and args[k + 1] != "-"]
     for o in outputs:
         assert Path(o).exists(), f"{name}:{line}: `{command}` did not write {o}"
 
