@@ -201,6 +201,13 @@ class ModelGraph:
 
     def _export(self) -> onnx.ModelProto:
         model: onnx.ModelProto = gs.export_onnx(self.graph, do_type_check=False)
+        for t in model.graph.initializer:
+            # graphsurgeon copies a constant's imported data_location onto the exported tensor even when
+            # its values are now in memory (sliced, folded, mapped): EXTERNAL without a location is a
+            # tensor ONNX Runtime refuses ("Missing 'location'"), so it is stored inline
+            if t.data_location == onnx.TensorProto.EXTERNAL and not any(e.key == "location" for e in t.external_data):
+                t.data_location = onnx.TensorProto.DEFAULT
+                del t.external_data[:]
         model.ir_version = self.ir_version
         del model.opset_import[:]
         model.opset_import.extend(self.opset_imports)

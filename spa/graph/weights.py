@@ -149,16 +149,20 @@ def stubbed(graph: gs.Graph) -> Iterator[None]:
 def mapped_as_arrays(graph: gs.Graph) -> Iterator[None]:
     """Within the context, memory-mapped constants are plain (mapped) arrays, so an export copies their
     bytes into the proto instead of pointing at the input's external-data file."""
-    saved: list[tuple[gs.Constant, object]] = []
+    saved: list[tuple[gs.Constant, object, object]] = []
     try:
         for t in graph.tensors().values():
             if isinstance(t, gs.Constant) and isinstance(t._values, MappedValues):
-                saved.append((t, t._values))
+                saved.append((t, t._values, t.data_location))
                 t._values = t._values.load()
+                # graphsurgeon copies a constant's imported data_location (EXTERNAL) onto the exported
+                # tensor: the proto would claim external data with no location, which ORT refuses
+                t.data_location = None
         yield
     finally:
-        for t, v in saved:
+        for t, v, loc in saved:
             t._values = v
+            t.data_location = loc
 
 
 def file_size(path: str | os.PathLike[str]) -> int:
