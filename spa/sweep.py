@@ -35,7 +35,7 @@ from spa.api import prune
 from spa.bench import plot
 from spa.bench.report import BenchOptions, bench_models
 from spa.errors import SpaError, UsageError
-from spa.executors import make_executor
+from spa.executors import Executor, make_executor
 from spa.graph.io import atomic_path, load_model, save_model
 from spa.latency import lut
 from spa.latency.lut import LatencyTable
@@ -268,7 +268,8 @@ def _latency_table(opts: SweepOptions) -> LatencyTable | None:
     return LatencyTable.open(list(providers) if providers else None, 1, kw.get("latency_cache"))
 
 
-def _prune_rows(model: str, pruned_paths: Mapping[Point, Path], opts: SweepOptions) -> list[dict[str, Any]]:
+def _prune_rows(model: str, pruned_paths: Mapping[Point, Path], opts: SweepOptions,
+                executor: Executor) -> list[dict[str, Any]]:
     """Prune and save the model at every point (criterion × ratio) on the executor, each point written as it
     completes; one row each after the original's (ratio 0); a point that fails keeps its row with the error.
     With ``resume``, points an earlier run finished are not pruned again. Layers the tasks found missing
@@ -281,24 +282,26 @@ def _prune_rows(model: str, pruned_paths: Mapping[Point, Path], opts: SweepOptio
     table = _latency_table(opts)
     calib = str(Path(opts.calib).resolve()) if opts.calib and Path(opts.calib).exists() else opts.calib
     todo = [p for p in pruned_paths if p not in done]
-    with make_executor(opts.executor, address=opts.ray_address, workers=opts.workers) as executor:
-        for _ in range(MEASURE_ROUNDS):
-            if not todo:
-                break
-            job = _SweepJob(blob, opts.seed, calib, dict(opts.prune_kwargs),
-                            dict(table.entries) if table is not None else None)
-            missing: dict[str, Any] = {}
+    for _ in range(MEASURE_ROUNDS):
+        if not todo:
+            break
+        job = _SweepJob(blob, opts.seed, calib, dict(opts.prune_kwargs),
+                        dict(table.entries) if table is not None else None)
+        missing: dict[str, Any] = {}
 
-            def finish(i: int, result: dict[str, Any], todo: list[Point] = todo,
-                       missing: dict[str, Any] = missing) -> None:
-                if "missing" in result:
-                    missing.update({cfg.key: cfg for cfg in result["missing"]})
-                else:
-                    done[todo[i]] = _write_point(todo[i], result, pruned_paths[todo[i]], keys[todo[i]])
+        def finish(i: int, result: dict[str, Any], todo: list[Point] = todo,
+                   missing: dict[str, Any] = missing) -> None:
+            if "missing" in result:
+                missing.update({cfg.key: cfg for cfg in result["missing"]})
+            else:
+                done[todo[i]] = _write_point(todo[i], result, pruned_paths[todo[i]], keys[todo[i]])
 
-            executor.map(_prune_point, todo, shared=job, on_result=finish)
-            _measure(table, missing.values())
-            todo = [p for p in todo if p not in done]
+        executor.map(_prune_point, todo, shared=job, on_result=finish)
+        _measure(table, missing.values())
+        todo = [p for p in todo if p not in done]
+    for p in todo:  # never reached in practice: the second round finds every layer measured
+        done[p] = {"criterion": p[0], "ratio": p[1], "model": None,
+                   "error": f"the latency table still lacks layers after {MEASURE_ROUNDS} rounds of measuring"}
     rows: list[dict[str, Any]] = [{"ratio": 0.0, "criterion": None, "model": model, "num_pruned": 0}]
     return rows + [{k: v for k, v in done[p].items() if k != "key"} for p in pruned_paths if p in done]
 
@@ -349,8 +352,12 @@ def _pareto(model: str, out: Path, rows: list[dict[str, Any]], report: Mapping[s
     return None
 
 
-def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -> dict[str, Any]:
+def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions,
+              executor: Executor | None = None) -> dict[str, Any]:
     """Prune ``model`` at every ratio into ``out_dir``, benchmark, measure fidelity, write the results.
+
+    The prunes run on ``executor`` (default: the one ``opts.executor`` names); the benchmark and the
+    fidelity run in this process.
 
     Returns:
         The ``sweep.json`` content: settings, ``rows`` (ratio 0 is the original), ``files``.
@@ -359,7 +366,11 @@ def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -
         UsageError: bad options; an output exists and ``force`` is off.
     """
     out, pruned_paths = _prepare_output(model, out_dir, opts)
-    rows = _prune_rows(model, pruned_paths, opts)
+    if executor is None:
+        with make_executor(opts.executor, address=opts.ray_address, workers=opts.workers) as made:
+            rows = _prune_rows(model, pruned_paths, opts, made)
+    else:
+        rows = _prune_rows(model, pruned_paths, opts, executor)
     report = _bench_rows(model, rows, opts)
     fid_src = next((r["fidelity_source"] for r in rows if r.get("fidelity_source") not in (None, "original")),
                    None)

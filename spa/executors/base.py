@@ -11,9 +11,11 @@ import logging
 import multiprocessing
 import os
 import pickle
+import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from spa.errors import UsageError
@@ -89,23 +91,22 @@ class SerialExecutor:
         self.close()
 
 
-_SHARED: Any = None  # a pool worker's copy of the shared value, unpickled once per worker
+_SHARED: dict[str, Any] = {}  # a pool worker's copies of the shared values, by file: read once per worker
 
 
-def _set_shared(payload: bytes) -> None:
-    global _SHARED
-    _SHARED = pickle.loads(payload)
-
-
-def _pool_call(fn: Callable[[Any, Any], Any], item: Any) -> Any:
-    return fn(_SHARED, item)
+def _pool_call(fn: Callable[[Any, Any], Any], shared_path: str, item: Any) -> Any:
+    if shared_path not in _SHARED:
+        _SHARED.clear()  # one map's value at a time
+        _SHARED[shared_path] = pickle.loads(Path(shared_path).read_bytes())
+    return fn(_SHARED[shared_path], item)
 
 
 class LocalPoolExecutor:
-    """A pool of ``workers`` spawned processes on this machine (``shared`` sent once to each worker).
+    """A pool of ``workers`` spawned processes on this machine, kept for the executor's life.
 
-    A worker that dies (killed, out of memory) breaks the pool: the tasks not yet finished run again
-    in a fresh pool, up to ``retries`` times.
+    ``shared`` is pickled once per map to a file (a shared path); each worker reads it on its first task
+    of that map. A worker that dies (killed, out of memory) breaks the pool: the tasks not yet finished
+    run again in a fresh pool, up to ``retries`` times.
     """
 
     name = "local"
@@ -115,6 +116,7 @@ class LocalPoolExecutor:
             raise ExecutorError(f"--workers must be at least 1, got {workers}")
         self._workers = workers or os.cpu_count() or 1
         self.retries = retries
+        self._pool: ProcessPoolExecutor | None = None
 
     @property
     def workers(self) -> int:
@@ -129,36 +131,43 @@ class LocalPoolExecutor:
             ExecutorError: workers still died after ``retries`` fresh pools.
         """
         results: dict[int, R] = {}
-        payload = pickle.dumps(shared, protocol=pickle.HIGHEST_PROTOCOL)
-        for attempt in range(self.retries + 1):
-            pending = [i for i in range(len(items)) if i not in results]
-            if not pending:
-                break
-            try:
-                self._run(fn, items, pending, payload, results, on_result)
-            except BrokenProcessPool:
-                left = len(items) - len(results)
-                if attempt == self.retries:
-                    raise ExecutorError(f"worker processes died {self.retries + 1} times with {left} task(s) "
-                                        "unfinished (out of memory?); try fewer --workers") from None
-                log.warning("a worker process died; running its %d unfinished task(s) again", left)
+        with tempfile.TemporaryDirectory(prefix="spa-shared-") as tmp:
+            path = Path(tmp) / "shared.pkl"
+            path.write_bytes(pickle.dumps(shared, protocol=pickle.HIGHEST_PROTOCOL))
+            for attempt in range(self.retries + 1):
+                pending = [i for i in range(len(items)) if i not in results]
+                if not pending:
+                    break
+                try:
+                    self._run(fn, items, pending, str(path), results, on_result)
+                except BrokenProcessPool:
+                    self.close()
+                    left = len(items) - len(results)
+                    if attempt == self.retries:
+                        raise ExecutorError(f"worker processes died {self.retries + 1} times with {left} task(s) "
+                                            "unfinished (out of memory?); try fewer --workers") from None
+                    log.warning("a worker process died; running its %d unfinished task(s) again", left)
         return [results[i] for i in range(len(items))]
 
-    def _run(self, fn: Callable[[S, T], R], items: Sequence[T], pending: list[int], payload: bytes,
+    def _run(self, fn: Callable[[S, T], R], items: Sequence[T], pending: list[int], shared_path: str,
              results: dict[int, R], on_result: OnResult | None) -> None:
-        """One pool over the ``pending`` tasks, filling ``results`` as they complete."""
-        ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent (ONNX Runtime, Ray)
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(pending)), mp_context=ctx,
-                                 initializer=_set_shared, initargs=(payload,)) as pool:
-            futures: dict[Future[R], int] = {pool.submit(_pool_call, fn, items[i]): i for i in pending}
-            for fut in as_completed(futures):
-                i = futures[fut]
-                results[i] = fut.result()
-                if on_result is not None:
-                    on_result(i, results[i])
+        """The ``pending`` tasks in the pool, filling ``results`` as they complete."""
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")  # no fork of a threaded parent (ONNX Runtime, Ray)
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+        futures: dict[Future[R], int] = {self._pool.submit(_pool_call, fn, shared_path, items[i]): i
+                                         for i in pending}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            results[i] = fut.result()
+            if on_result is not None:
+                on_result(i, results[i])
 
     def close(self) -> None:
-        """Nothing held between maps (each map has its own pool)."""
+        """Shut the pool down (a later map starts a fresh one)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def __enter__(self) -> LocalPoolExecutor:
         return self
