@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -28,7 +29,7 @@ from spa.criteria import Criterion, CriterionContext, Scores, Updates, get_crite
 from spa.criteria.calibrated import model_proto
 from spa.criteria.reduce import options as reduce_options
 from spa.errors import SpaError, UnsupportedModelError, UsageError, ValidationError
-from spa.executors import make_executor
+from spa.executors import Executor, make_executor
 from spa.graph.io import PROTOBUF_LIMIT, load_model, save_model
 from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
@@ -356,6 +357,13 @@ def _quality_report(quality: dict[str, object], opts: PruneOptions, analysis: An
     return quality
 
 
+@functools.cache
+def _executor(kind: str, address: str | None, workers: int | None) -> Executor:
+    """One executor per setting for the process's life: a local pool's workers stay warm between prunes,
+    a Ray connection is made once."""
+    return make_executor(kind, address=address, workers=workers)
+
+
 def _criterion_context(opts: PruneOptions) -> CriterionContext:
     """The criterion's inputs: calibration data, seed and options (unknown option names refused here,
     before any work)."""
@@ -363,8 +371,7 @@ def _criterion_context(opts: PruneOptions) -> CriterionContext:
                                                                  ("normalize", opts.normalize)) if v is not None}
     source = load_calibration(opts.calibration, samples=opts.calib_samples, batch_size=opts.calib_batch,
                               preprocess=opts.calib_preprocess, seed=opts.seed)
-    executor = None if opts.executor == "serial" else make_executor(opts.executor, address=opts.ray_address,
-                                                                     workers=opts.workers)
+    executor = None if opts.executor == "serial" else _executor(opts.executor, opts.ray_address, opts.workers)
     cctx = CriterionContext(seed=opts.seed, calibration=source, options=options, executor=executor)
     reduce_options(cctx)
     return cctx
