@@ -286,3 +286,39 @@ def test_sweep_resume_continues_from_the_finished_points(sweep_model: Path, seri
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.r*.onnx") if p.name in written} == written
     assert _pruned(out) == _pruned(serial_sweep)
     assert _untimed_csv(out) == _untimed_csv(serial_sweep)
+
+
+def test_latency_table_replay_never_measures(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A worker's table answers from the driver's entries only and records what it lacks."""
+    def no_timing(*_a: object, **_k: object) -> float:
+        raise AssertionError("a replaying table measured a layer")
+
+    monkeypatch.setattr(lut, "measure_layer", no_timing)
+    known = lut.LayerConfig("Gemm", "float32", ((1, 8), (8, 4)), (False, True), (), (1, 4))
+    unknown = lut.LayerConfig("Gemm", "float32", ((1, 8), (8, 6)), (False, True), (), (1, 6))
+    with lut.replaying({known.key: 0.5}) as replay:
+        table = lut.LatencyTable.open(None, 1, tmp_path)
+        assert table.layer_ms(known) == 0.5
+        assert table.layer_ms(unknown) is None
+        table.save()
+    assert list(replay.missing) == [unknown.key] and replay.missing[unknown.key] == unknown
+    assert not list(tmp_path.iterdir())  # nothing written on the worker
+
+
+def test_probe_delta_restores_the_twin() -> None:
+    """A sensitivity probe's twin sent as a delta from the original comes back byte for byte."""
+    from onnx import numpy_helper
+
+    from spa.quality.probe import Delta
+
+    base = small_cnn(1)
+    twin = onnx.ModelProto()
+    twin.CopyFrom(base)
+    w = twin.graph.initializer[0]
+    changed = numpy_helper.to_array(w).copy()
+    changed.flat[0] += 1.0
+    w.CopyFrom(numpy_helper.from_array(changed, w.name))
+    delta = Delta.of(twin, {i.name: i.SerializeToString() for i in base.graph.initializer})
+    assert w.name not in delta.shared and len(delta.shared) == len(base.graph.initializer) - 1
+    assert len(delta.model) < base.ByteSize()
+    assert delta.restore(base.SerializeToString()).SerializeToString() == twin.SerializeToString()

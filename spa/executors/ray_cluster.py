@@ -52,17 +52,27 @@ class RayExecutor:
         self.ray = import_ray()
         self.retries = retries
         self.owned = False
-        if not self.ray.is_initialized():
-            address = address or os.environ.get("RAY_ADDRESS") or None
-            kwargs: dict[str, Any] = {"num_cpus": workers} if address is None else {}
-            try:
-                self.ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                              logging_level=logging.WARNING, **kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ExecutorError(f"cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[0]}; "
-                                    "check --ray-address / RAY_ADDRESS (ray start --head prints it)") from None
-            self.owned = True
+        self.address, self._asked = address, workers
+        self._connect()
         self._workers = workers or int(self.ray.cluster_resources().get("CPU", 1))
+
+    def _connect(self) -> None:
+        """Connect to the cluster, or start a local instance (unless this process is connected already).
+
+        Raises:
+            ExecutorError: the cluster at the address cannot be reached.
+        """
+        if self.ray.is_initialized():
+            return
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        kwargs: dict[str, Any] = {"num_cpus": self._asked} if address is None else {}
+        try:
+            self.ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                          logging_level=logging.WARNING, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ExecutorError(f"cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[0]}; "
+                                "check --ray-address / RAY_ADDRESS (ray start --head prints it)") from None
+        self.owned = True
 
     @property
     def workers(self) -> int:
@@ -77,6 +87,7 @@ class RayExecutor:
             ExecutorError: a task was lost more than ``retries`` times (its worker kept dying).
         """
         ray = self.ray
+        self._connect()  # again, if the instance was shut down since
         ref = ray.put(shared)
         remote = ray.remote(max_retries=self.retries, num_cpus=1)(_ray_call)
         refs = [remote.remote(fn, ref, item) for item in items]
