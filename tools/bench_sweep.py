@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,6 +81,48 @@ def _run(args: argparse.Namespace, kind: str, out: Path) -> dict[str, Any]:
             "start_s": round(t1 - t0, 3), "prunes_s": round(t2 - t1, 3), "total_s": round(t2 - t0, 3),
             "prunes_warm_s": round(t3 - t2, 3),
             "errors": errors, "_models": models}
+
+
+TASK_MEMORY = r"""
+import json, sys, resource
+from pathlib import Path
+from spa import sweep as s
+from spa.graph.io import load_model
+
+def rss_mb():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+model, criterion, ratio = sys.argv[1], sys.argv[2], float(sys.argv[3])
+job = s._SweepJob(load_model(model).SerializeToString(), 0, None, {"round_to": 1}, None)
+s._prune_point(job, (criterion, 0.5))  # warm-up: lazy imports and first-call caches
+Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark
+base = rss_mb()
+s._prune_point(job, (criterion, ratio))
+peak = next(int(l.split()[1]) / 1024 for l in Path("/proc/self/status").read_text().splitlines()
+            if l.startswith("VmHWM"))
+print(json.dumps({"base_rss_mb": round(base, 1), "peak_rss_mb": round(peak, 1),
+                  "model_mb": round(len(job.model) / 2**20, 2)}))
+"""
+
+
+def _task_memory(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Peak RSS of one prune task (a worker's working set) in a fresh process, over its RSS before the task
+    (interpreter, spa and ONNX Runtime imported, the shared model held); Linux only."""
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    crit = args.criteria.split(",")[0]
+    ratio = sweep_mod.parse_ratios(args.ratios)[-1]
+    res = subprocess.run([sys.executable, "-c", TASK_MEMORY, args.model, crit, str(ratio)], cwd=ROOT,
+                         capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=600)
+    if res.returncode:
+        return {"error": res.stderr.strip().splitlines()[-1:]}
+    out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    out["task_mb"] = round(out["peak_rss_mb"] - out["base_rss_mb"], 1)
+    out["note"] = f"one prune task ({crit}, ratio {ratio}, --round-to 1), fresh process, after a warm-up task"
+    return out
 
 
 def _projection(cost: float, tasks: int, runs: list[dict[str, Any]], ns: list[int]) -> list[dict[str, Any]]:
@@ -132,16 +175,21 @@ def main(argv: list[str] | None = None) -> int:
         proj.add_column(f"N={n}", justify="right")
     for p in projection:
         proj.add_row(p["executor"], f"{p['overhead_s']:.2f}", *(f"{p['projected_s'][str(n)]:.2f}" for n in ns))
+    memory = _task_memory(args)
     console = Console(width=140)
     console.print(table)
     console.print(proj)
+    if memory and "task_mb" in memory:
+        console.print(f"memory per task: {memory['task_mb']} MB over a worker's {memory['base_rss_mb']} MB "
+                      f"(peak {memory['peak_rss_mb']} MB; model {memory['model_mb']} MB)")
     result = {"meta": {"model": args.model, "ratios": args.ratios, "criteria": args.criteria, "tasks": tasks,
                        "workers": args.workers, "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                        "platform": platform.platform(), "python": platform.python_version(),
                        "timed": "prunes only (the sweep's benchmark step runs in the driver for every executor)",
                        "projection_model": "T(N) = o + c*ceil(tasks/N); c = serial prunes / tasks; o = measured "
                                            "total at --workers minus c*ceil(tasks/workers)"},
-              "cost_per_task_s": round(cost, 4), "runs": runs, "projection": projection}
+              "cost_per_task_s": round(cost, 4), "runs": runs, "projection": projection,
+              "task_memory": memory}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0 if all(r["identical"] and not r["errors"] for r in runs) else 1
