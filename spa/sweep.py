@@ -369,8 +369,10 @@ def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions,
     if executor is None:
         with make_executor(opts.executor, address=opts.ray_address, workers=opts.workers) as made:
             rows = _prune_rows(model, pruned_paths, opts, made)
+            ran_on = {"name": made.name, "workers": made.workers}
     else:
         rows = _prune_rows(model, pruned_paths, opts, executor)
+        ran_on = {"name": executor.name, "workers": executor.workers}
     report = _bench_rows(model, rows, opts)
     fid_src = next((r["fidelity_source"] for r in rows if r.get("fidelity_source") not in (None, "original")),
                    None)
@@ -382,6 +384,7 @@ def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions,
         "criterion": opts.criterion,
         "ratios": opts.ratios,
         "seed": opts.seed,
+        "executor": ran_on,  # where the prunes ran; the benchmark and the fidelity ran in this process
         "fidelity_source": fid_src,
         "bench": {k: v for k, v in report.items() if k != "models"},
         "rows": rows,

@@ -322,3 +322,18 @@ def test_probe_delta_restores_the_twin() -> None:
     assert w.name not in delta.shared and len(delta.shared) == len(base.graph.initializer) - 1
     assert len(delta.model) < base.ByteSize()
     assert delta.restore(base.SerializeToString()).SerializeToString() == twin.SerializeToString()
+
+
+@pytest.mark.ray
+def test_cli_sweep_on_ray(ray_instance: Any, sweep_model: Path, serial_sweep: Path, tmp_path: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    out = tmp_path / "cli"
+    code, stdout, err = run_cli(capsys, "sweep", sweep_model, "-o", out, "--ratios", "0.25,0.5,0.75",
+                                "--criterion", "l1,l2", "--iters", "2", "--warmup", "0", "--provider", "cpu",
+                                "--executor", "ray", "--workers", "2")
+    assert code == 0, err
+    assert json.loads((out / "sweep.json").read_text())["executor"] == {"name": "ray", "workers": 2}
+    assert "criterion" in stdout  # the table's criterion column (two criteria)
+    assert _pruned(out) == _pruned(serial_sweep) and _untimed_csv(out) == _untimed_csv(serial_sweep)
