@@ -146,17 +146,18 @@ def _statistics(executor: Executor | None) -> list[np.ndarray]:
     """XᵀX (dense and im2col), column sums and per-channel moments of small_cnn's input and first conv's output."""
     model = small_cnn(1)
     first = model.graph.node[0].output[0]
-    accs: dict[str, list[Any]] = {
+    big = ConvUnfold(kernel=(15, 15), strides=(1, 1), dilations=(1, 1), pads=(0, 0, 0, 0))  # 675 features:
+    accs: dict[str, list[Any]] = {  # XᵀX big enough that a multi-threaded BLAS would sum it in another order
         "x": [SecondMoment(ConvUnfold(kernel=(3, 3), strides=(1, 1), dilations=(1, 1), pads=(1, 1, 1, 1)).rows, 27),
-              FeatureMoments(1)],
+              FeatureMoments(1), SecondMoment(big.rows, 675)],
         first: [SecondMoment(dense_rows(1), 16), FeatureMoments(1)],
     }
     assert collect(model, _calibration(), accs, executor=executor) == 48
     out = []
     for group in accs.values():
-        sm, fm = group
+        sm, fm = group[:2]
         out += [sm.xtx, sm.colsum, np.array([sm.count]), fm.sum, fm.sumsq, np.array([fm.count])]
-    return out
+    return out + [accs["x"][2].xtx]
 
 
 def _assert_same(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> None:

@@ -17,6 +17,7 @@ accumulators, batch by batch: memory is bounded by the statistics, not by the da
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Protocol
 
 import numpy as np
 import onnx
+from threadpoolctl import ThreadpoolController
 
 from spa.calibration.data import CalibrationError, CalibrationSource
 from spa.calibration.runner import batch_mode, run_batches
@@ -39,6 +41,15 @@ log = logging.getLogger(__name__)
 CHUNK_ELEMENTS = 4_000_000
 #: batches per shard: the unit of the fixed-order reduction (and of a task with an executor)
 SHARD_BATCHES = 8
+
+_BLAS = ThreadpoolController()
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager[object]:
+    """BLAS limited to one thread: OpenBLAS sums a product in another order with one thread than with
+    several, so the statistics are computed single-threaded everywhere (this process, pool and Ray
+    workers alike) to come out the same bits."""
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 class Accumulator(Protocol):
@@ -220,7 +231,8 @@ def collect(
 
     The sums are reduced in a fixed order, whoever computes them: the batches are cut into shards of
     :data:`SHARD_BATCHES`, each shard's sums start from zero and are added batch by batch, and the shard
-    sums are added to the accumulators in shard order, ``S = ((S₀ + s₁) + s₂) + …`` in float64. With an
+    sums are added to the accumulators in shard order, ``S = ((S₀ + s₁) + s₂) + …`` in float64; every
+    product runs on one BLAS thread (:func:`one_blas_thread`). With an
     ``executor`` of several workers the shards run as its tasks (the model and the empty accumulators
     shipped once); the result is bit-identical to the single pass.
 
@@ -237,7 +249,8 @@ def collect(
     part = _fresh(accumulators)
     for run in run_batches(model, source, list(accumulators), desc=desc, threads=threads,
                            check_batching=check_batching):
-        _update(part, run.values)
+        with one_blas_thread():
+            _update(part, run.values)
         seen += run.samples
         in_shard += 1
         if in_shard == SHARD_BATCHES:
@@ -267,7 +280,8 @@ def _collect_shard(job: _ShardJob, batch_range: tuple[int, int]) -> tuple[dict[s
     for run in run_batches(onnx.load_from_string(job.model), job.source, list(part), threads=job.threads,
                            progress=False, check_batching=job.check_batching, batch_range=batch_range,
                            batched=job.batched):
-        _update(part, run.values)
+        with one_blas_thread():
+            _update(part, run.values)
         seen += run.samples
     return part, seen
 
