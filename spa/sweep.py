@@ -35,7 +35,7 @@ from spa.api import prune
 from spa.bench import plot
 from spa.bench.report import BenchOptions, bench_models
 from spa.errors import SpaError, UsageError
-from spa.executors import Executor, make_executor
+from spa.executors import Executor, make_executor, one_blas_thread
 from spa.graph.io import atomic_path, load_model, save_model
 from spa.latency import lut
 from spa.latency.lut import LatencyTable
@@ -215,6 +215,7 @@ def _prune_point(job: _SweepJob, point: Point) -> dict[str, Any]:
     when the latency entries lack layers the count choice asked for (measured by the driver, then rerun)."""
     criterion, ratio = point
     with contextlib.ExitStack() as stack:
+        stack.enter_context(one_blas_thread())  # the same bits on every executor (compensating criteria)
         replay = stack.enter_context(lut.replaying(job.latency)) if job.latency is not None else None
         try:
             res = prune(onnx.load_from_string(job.model), ratio=ratio, criterion=criterion, seed=job.seed,

@@ -17,7 +17,6 @@ accumulators, batch by batch: memory is bounded by the statistics, not by the da
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,11 +24,10 @@ from typing import Protocol
 
 import numpy as np
 import onnx
-from threadpoolctl import ThreadpoolController
 
 from spa.calibration.data import CalibrationError, CalibrationSource
 from spa.calibration.runner import batch_mode, run_batches
-from spa.executors import Executor
+from spa.executors import Executor, one_blas_thread
 from spa.rules.views import ConvUnfold, dense_rows
 from spa.runtime.feeds import input_specs
 
@@ -41,15 +39,6 @@ log = logging.getLogger(__name__)
 CHUNK_ELEMENTS = 4_000_000
 #: batches per shard: the unit of the fixed-order reduction (and of a task with an executor)
 SHARD_BATCHES = 8
-
-_BLAS = ThreadpoolController()
-
-
-def one_blas_thread() -> contextlib.AbstractContextManager[object]:
-    """BLAS limited to one thread: OpenBLAS sums a product in another order with one thread than with
-    several, so the statistics are computed single-threaded everywhere (this process, pool and Ray
-    workers alike) to come out the same bits."""
-    return _BLAS.limit(limits=1, user_api="blas")
 
 
 class Accumulator(Protocol):

@@ -16,9 +16,16 @@ the results in a fixed order, so every executor gives the same bits.
 [10, 20, 30]
 """
 
-from spa.executors.base import EXECUTORS, Executor, ExecutorError, LocalPoolExecutor, SerialExecutor
+from spa.executors.base import (
+    EXECUTORS,
+    Executor,
+    ExecutorError,
+    LocalPoolExecutor,
+    SerialExecutor,
+    one_blas_thread,
+)
 from spa.executors.factory import make_executor
 from spa.executors.ray_cluster import RayExecutor
 
 __all__ = ["EXECUTORS", "Executor", "ExecutorError", "LocalPoolExecutor", "RayExecutor", "SerialExecutor",
-           "make_executor"]
+           "make_executor", "one_blas_thread"]

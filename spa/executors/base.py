@@ -7,6 +7,7 @@ exception raised by ``fn`` is re-raised in the caller as itself.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -17,6 +18,8 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
+
+from threadpoolctl import ThreadpoolController
 
 from spa.errors import UsageError
 from spa.options import EXECUTOR_MODES
@@ -32,6 +35,16 @@ S = TypeVar("S")
 T = TypeVar("T")
 R = TypeVar("R")
 OnResult = Callable[[int, Any], None]
+
+
+_BLAS = ThreadpoolController()
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager[object]:
+    """BLAS limited to one thread inside the block. OpenBLAS sums a matrix product in another order with
+    one thread than with several, and Ray workers get one thread: work whose bits must not depend on where
+    it ran (calibration statistics, a sweep's prunes) runs single-threaded everywhere."""
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 class ExecutorError(UsageError):
