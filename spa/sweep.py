@@ -8,6 +8,14 @@ otherwise the output cosine similarity (and arg-max agreement) on seeded random 
 ``random-inputs`` (it says how much the function changed, not how accurate the model is).
 Results: ``sweep.csv``, ``sweep.json`` and, when matplotlib is installed, ``pareto.png``.
 
+The prunes — every criterion of a comma list × every ratio — are independent tasks on an executor
+(:mod:`spa.executors`: a local process pool by default, or Ray): the model is shipped once, each task
+returns its pruned model, which is written as it completes (the model, then its row in ``points/``, both
+atomically), so ``resume`` continues an interrupted sweep from the finished points. The per-layer latency
+table of ``round_to="latency"`` is this machine's, replayed by the tasks (:func:`spa.latency.lut.replaying`):
+layers it lacks are measured here and their points rerun. The benchmark and the fidelity always run here,
+never on a worker. Whichever executor prunes, the pruned models are the same bytes.
+
 >>> parse_ratios("0.1:0.7:0.2")
 [0.1, 0.3, 0.5, 0.7]
 >>> parse_ratios("0.25,0.5")
