@@ -338,3 +338,26 @@ def test_cli_sweep_on_ray(ray_instance: Any, sweep_model: Path, serial_sweep: Pa
     assert json.loads((out / "sweep.json").read_text())["executor"] == {"name": "ray", "workers": 2}
     assert "criterion" in stdout  # the table's criterion column (two criteria)
     assert _pruned(out) == _pruned(serial_sweep) and _untimed_csv(out) == _untimed_csv(serial_sweep)
+
+
+def test_sources_start_a_shard_without_reading_the_batches_before(tmp_path: Path) -> None:
+    """``batches_from(k)`` (arrays, .npy, image folders) gives what skipping k batches of ``batches`` gives."""
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    from spa.calibration import ImageFolderSource, NpySource
+    from spa.calibration.runner import _shard
+    from spa.runtime.feeds import input_specs
+
+    rng = np.random.default_rng(0)
+    for k in range(11):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / f"{k:02d}.png")
+    np.save(tmp_path / "x.npy", rng.standard_normal((11, 3, 16, 16)).astype(np.float32))
+    specs = input_specs(small_cnn("N"))
+    for src in (ImageFolderSource(tmp_path, batch_size=2), NpySource(tmp_path / "x.npy", batch_size=2), _calibration()):
+        every = list(src.batches(specs))
+        for start, stop in ((0, 2), (3, 5), (4, 100)):
+            got = list(_shard(src, specs, (start, stop)))
+            assert len(got) == len(every[start:stop]) > 0
+            for a, b in zip(got, every[start:stop]):
+                assert np.array_equal(a["x"], b["x"])

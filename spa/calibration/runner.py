@@ -208,6 +208,16 @@ def _plan(model: onnx.ModelProto, source: CalibrationSource, taps: Sequence[str]
     return _Plan(list(specs), wanted, fetch, static, sessions, source)
 
 
+def _shard(source: CalibrationSource, specs: Sequence[InputSpec], batch_range: tuple[int, int]
+           ) -> Iterator[dict[str, np.ndarray]]:
+    """The batches ``start <= k < stop``: sources with ``batches_from`` (arrays, ``.npy``, image folders)
+    start there without reading the earlier ones; others are read from the start and skipped."""
+    start, stop = batch_range
+    skip_to = getattr(source, "batches_from", None)
+    batches = skip_to(specs, start) if callable(skip_to) else itertools.islice(source.batches(specs), start, None)
+    return itertools.islice(batches, max(stop - start, 0))
+
+
 def batch_mode(model: onnx.ModelProto, source: CalibrationSource, taps: Sequence[str] = (), *,
                threads: int = 1) -> bool:
     """Whether :func:`run_batches` runs the batches at once (True) or a fixed-batch model's samples one at a
@@ -254,9 +264,8 @@ def run_batches(
     plan = _plan(model, source, taps, outputs, threads)
     sessions, input_names = plan.sessions, {s.name for s in plan.specs}
     total = plan.source.count(plan.specs)
-    batches = plan.source.batches(plan.specs)
+    batches = plan.source.batches(plan.specs) if batch_range is None else _shard(plan.source, plan.specs, batch_range)
     if batch_range is not None:
-        batches = itertools.islice(batches, *batch_range)
         total = None
     checked = not check_batching or batched is not None
     if batched is False:
