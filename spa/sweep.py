@@ -376,7 +376,8 @@ def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions,
     """
     out, pruned_paths = _prepare_output(model, out_dir, opts)
     if executor is None:
-        with make_executor(opts.executor, address=opts.ray_address, workers=opts.workers) as made:
+        kind = "serial" if opts.executor == "local" and len(pruned_paths) == 1 else opts.executor  # no pool for one
+        with make_executor(kind, address=opts.ray_address, workers=opts.workers) as made:
             rows = _prune_rows(model, pruned_paths, opts, made)
             ran_on = {"name": made.name, "workers": made.workers}
     else:
