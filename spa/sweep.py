@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 
 from spa.api import prune
 from spa.bench import plot
@@ -211,11 +212,12 @@ class _SweepJob:
     """What every prune task needs, shipped once: the model, the prune settings and (``round_to="latency"``)
     the per-layer latency entries of this machine, which the tasks replay instead of measuring."""
 
-    model: bytes
+    model: bytes | str  # the serialized model, or (over 2 GB) its path, which every worker must see
     seed: int
     calib: str | None
     prune_kwargs: dict[str, Any]
     latency: dict[str, float | None] | None
+    dests: dict[Point, str]  # where a worker writes a pruned model over 2 GB itself (a shared folder)
 
 
 def _prune_point(job: _SweepJob, point: Point) -> dict[str, Any]:
@@ -226,11 +228,16 @@ def _prune_point(job: _SweepJob, point: Point) -> dict[str, Any]:
         stack.enter_context(one_blas_thread())  # the same bits on every executor (compensating criteria)
         replay = stack.enter_context(lut.replaying(job.latency)) if job.latency is not None else None
         try:
-            res = prune(onnx.load_from_string(job.model), ratio=ratio, criterion=criterion, seed=job.seed,
-                        calibration=job.calib, **job.prune_kwargs)
+            model = onnx.load_from_string(job.model) if isinstance(job.model, bytes) else job.model
+            res = prune(model, ratio=ratio, criterion=criterion, seed=job.seed, calibration=job.calib,
+                        **job.prune_kwargs)
             if replay is not None and replay.missing:
                 return {"missing": list(replay.missing.values())}
-            return {"model": res.model.SerializeToString(), "num_pruned": res.report["num_pruned"]}
+            try:
+                return {"model": res.model.SerializeToString(), "num_pruned": res.report["num_pruned"]}
+            except (ValueError, EncodeError):  # over 2 GB: written here, with external data
+                res.save(job.dests[point])
+                return {"saved": job.dests[point], "num_pruned": res.report["num_pruned"]}
         except SpaError as exc:
             return {"error": str(exc)}
 
@@ -262,10 +269,25 @@ def _write_point(point: Point, result: Mapping[str, Any], path: Path, key: str) 
     if "error" in result:
         row |= {"model": None, "error": result["error"]}
     else:
-        save_model(onnx.load_from_string(result["model"]), path, force=True)
+        if "model" in result:
+            save_model(onnx.load_from_string(result["model"]), path, force=True)
         row |= {"model": str(path), "num_pruned": result["num_pruned"]}
     _write_text(path.parent / POINTS / f"{path.stem}.json", json.dumps(row) + "\n")
     return row
+
+
+def _model_payload(model: str) -> tuple[bytes | str, str]:
+    """What the tasks get of the model — its serialization, or over 2 GB its absolute path — and a digest of
+    it (the ``--resume`` key)."""
+    try:
+        blob = load_model(model).SerializeToString()
+    except (ValueError, EncodeError):  # over 2 GB: the workers read the file (and its external data) themselves
+        h = hashlib.sha256()
+        with open(model, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+        return str(Path(model).resolve()), h.hexdigest()
+    return blob, hashlib.sha256(blob).hexdigest()
 
 
 def _latency_table(opts: SweepOptions) -> LatencyTable | None:
@@ -283,8 +305,8 @@ def _prune_rows(model: str, pruned_paths: Mapping[Point, Path], opts: SweepOptio
     completes; one row each after the original's (ratio 0); a point that fails keeps its row with the error.
     With ``resume``, points an earlier run finished are not pruned again. Layers the tasks found missing
     from the latency table are measured here, then their points run again."""
-    blob = load_model(model).SerializeToString()
-    keys = {p: _point_key(hashlib.sha256(blob).hexdigest(), p, opts) for p in pruned_paths}
+    blob, digest = _model_payload(model)
+    keys = {p: _point_key(digest, p, opts) for p in pruned_paths}
     done = _finished(pruned_paths, keys) if opts.resume else {}
     if done:
         log.info("resuming: %d of %d points already finished", len(done), len(pruned_paths))
@@ -295,7 +317,8 @@ def _prune_rows(model: str, pruned_paths: Mapping[Point, Path], opts: SweepOptio
         if not todo:
             break
         job = _SweepJob(blob, opts.seed, calib, dict(opts.prune_kwargs),
-                        dict(table.entries) if table is not None else None)
+                        dict(table.entries) if table is not None else None,
+                        {p: str(path.resolve()) for p, path in pruned_paths.items()})
         missing: dict[str, Any] = {}
 
         def finish(i: int, result: dict[str, Any], todo: list[Point] = todo,

@@ -361,3 +361,27 @@ def test_sources_start_a_shard_without_reading_the_batches_before(tmp_path: Path
             assert len(got) == len(every[start:stop]) > 0
             for a, b in zip(got, every[start:stop]):
                 assert np.array_equal(a["x"], b["x"])
+
+
+def test_sweep_task_over_2gb_reads_and_writes_paths(sweep_model: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model too big for one protobuf goes to the tasks as its path, and its pruned model is written by the
+    task itself (simulated: serialising a pruned model raises as protobuf does over 2 GB)."""
+    from google.protobuf.message import EncodeError
+
+    dest = tmp_path / "big.r0.500.onnx"
+    job = sweep_mod._SweepJob(str(sweep_model), 0, None, {"round_to": 1}, None, {("l2", 0.5): str(dest)})
+    direct = sweep_mod._prune_point(job, ("l2", 0.5))
+    assert onnx.load_from_string(direct["model"]).graph.node  # a path is read like the bytes
+
+    def too_big(self: onnx.ModelProto) -> bytes:
+        raise EncodeError("Failed to serialize proto: over 2 GB")
+
+    monkeypatch.setattr(spa.api.PruneResult, "model", property(lambda self: _Unserializable()))
+
+    class _Unserializable:
+        SerializeToString = too_big
+
+    res = sweep_mod._prune_point(job, ("l2", 0.5))
+    assert res == {"saved": str(dest), "num_pruned": direct["num_pruned"]}
+    assert dest.read_bytes() == direct["model"]
