@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ from spa.criteria import Criterion, CriterionContext, Scores, Updates, get_crite
 from spa.criteria.calibrated import model_proto
 from spa.criteria.reduce import options as reduce_options
 from spa.errors import SpaError, UnsupportedModelError, UsageError, ValidationError
+from spa.executors import Executor, make_executor
 from spa.graph.io import PROTOBUF_LIMIT, load_model, save_model
 from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
@@ -316,7 +318,8 @@ def _allocation(analysis: Analysis, scores: Scores, opts: PruneOptions, cctx: Cr
     curves, record = sensitivity_curves(
         analysis, scores, data, groups, criterion=opts.criterion, registry=registry,
         compensate=lambda p: crit.compensate(analysis, p, cctx), levels=opts.sensitivity_levels,
-        min_channels=opts.min_channels, cache_extra=repr(sorted(cctx.options.items())), progress=stage)
+        min_channels=opts.min_channels, cache_extra=repr(sorted(cctx.options.items())), progress=stage,
+        executor=cctx.executor)
     stage("allocating the budget by sensitivity")
     alloc = allocate(analysis, scores, curves, levels=opts.sensitivity_levels,
                      measure="params" if opts.budget == "params" else "macs", max_ratio=opts.max_ratio,
@@ -354,6 +357,13 @@ def _quality_report(quality: dict[str, object], opts: PruneOptions, analysis: An
     return quality
 
 
+@functools.cache
+def _executor(kind: str, address: str | None, workers: int | None) -> Executor:
+    """One executor per setting for the process's life: a local pool's workers stay warm between prunes,
+    a Ray connection is made once."""
+    return make_executor(kind, address=address, workers=workers)
+
+
 def _criterion_context(opts: PruneOptions) -> CriterionContext:
     """The criterion's inputs: calibration data, seed and options (unknown option names refused here,
     before any work)."""
@@ -361,7 +371,8 @@ def _criterion_context(opts: PruneOptions) -> CriterionContext:
                                                                  ("normalize", opts.normalize)) if v is not None}
     source = load_calibration(opts.calibration, samples=opts.calib_samples, batch_size=opts.calib_batch,
                               preprocess=opts.calib_preprocess, seed=opts.seed)
-    cctx = CriterionContext(seed=opts.seed, calibration=source, options=options)
+    executor = None if opts.executor == "serial" else _executor(opts.executor, opts.ray_address, opts.workers)
+    cctx = CriterionContext(seed=opts.seed, calibration=source, options=options, executor=executor)
     reduce_options(cctx)
     return cctx
 

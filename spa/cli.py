@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -36,6 +36,7 @@ from spa.version import __version__
 
 # pipes and CI logs get a wide table instead of rich's 80-column default
 log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 140)
 #: click >= 8.2 raises this for a group called without a command.
 _NO_ARGS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())
@@ -226,6 +227,20 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
     return 0
 
 
+def _executor_options(what: str, default: str) -> Callable[[F], F]:
+    """``--executor``, ``--ray-address`` and ``--workers`` (``what`` runs on the executor)."""
+    def deco(fn: F) -> F:
+        fn = click.option("--workers", type=int, metavar="N", help="Processes of --executor local, or CPUs of a Ray "
+                          "instance started here (default: this machine's CPUs).")(fn)
+        fn = click.option("--ray-address", envvar="RAY_ADDRESS", show_envvar=True, metavar="ADDR",
+                          help="With --executor ray: the cluster (`ray start --head` prints it); none: a Ray "
+                          "instance on this machine.")(fn)
+        return click.option("--executor", type=click.Choice(["serial", "local", "ray"]), default=default,
+                            show_default=True, help=f"Where {what} run: this process, a local process pool, or a "
+                            "Ray cluster (pip install 'spa[ray]'); the results are bit-identical.")(fn)
+    return deco
+
+
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Pruned model path (required unless --dry-run).")
@@ -293,6 +308,7 @@ def analyze(ctx: click.Context, model: str, json_out: str | None, show_all: bool
 @click.option("--shape", "shape_opts", multiple=True, metavar="NAME=1x3x640x640",
               help="Concrete input shape to count MACs at (default: the calibration data's, else a stated "
               "representative one).")
+@_executor_options("calibration statistics (large data sets) and the sensitivity probes", "serial")
 @click.option("--dry-run", is_flag=True, help="Print the plan as JSON (or to --report) and write no model.")
 @click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=True, callback=_load_config,
               help="TOML file with option defaults and [[override]] pattern/ratio tables.")
@@ -521,7 +537,8 @@ def bench(ctx: click.Context, models: tuple[str, ...], provider: str, batch_opt:
               help="Folder for the pruned models, sweep.csv, sweep.json and pareto.png.")
 @click.option("--ratios", default="0.1:0.7:0.1", show_default=True, metavar="START:STOP:STEP|R,R,...",
               help="Pruning ratios (STOP included).")
-@click.option("--criterion", default="l2", show_default=True, help="Importance criterion (as for `spa prune`).")
+@click.option("--criterion", default="l2", show_default=True,
+              help="Importance criterion (as for `spa prune`), or a comma list (l1,l2): every ratio with each.")
 @click.option("--global", "global_rank", is_flag=True, help="Rank channels across groups.")
 @click.option("--round-to", default="latency", show_default=True, callback=lambda _c, _p, v: _round_to(v),
               help="'latency': per group, the kept count near the criterion's that the per-layer latency table "
@@ -540,17 +557,24 @@ def bench(ctx: click.Context, models: tuple[str, ...], provider: str, batch_opt:
 @click.option("--force", is_flag=True, help="Overwrite the results of an earlier sweep in the folder.")
 @click.option("--html", type=click.Path(dir_okay=False), help="Also write the sweep as one self-contained HTML page "
               "(Pareto plot and rows).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted sweep in the folder: the points it finished "
+              "(with the same settings) are not pruned again.")
+@_executor_options("the prunes", "local")
 @_verbosity
 @click.pass_context
 def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: str, global_rank: bool,
           round_to: int | str, provider: str, batch_opt: int | None, shape_opts: tuple[str, ...], warmup: int,
           iters: int, threads: int, calib: str | None, eval_data: str | None, samples: int | None, seed: int,
-          force: bool, html: str | None) -> int:
+          force: bool, html: str | None, resume: bool, executor: str, ray_address: str | None,
+          workers: int | None) -> int:
     """Prune MODEL at several ratios and benchmark every result against it in one alternating run.
 
     Writes the pruned models, sweep.csv, sweep.json and (with matplotlib: pip install 'spa[plot]')
     pareto.png: latency against MACs, coloured by fidelity. Fidelity is measured on --eval/--calib data
     when given, else as output cosine similarity on seeded random inputs (labelled so).
+
+    The prunes run on --executor (a local process pool by default, or a Ray cluster), each pruned model
+    written as it completes; the benchmark and the fidelity always run here, in this process.
     """
     _check_exists(model, calib, eval_data)
     _check_html_dest(html, force, model, calib, eval_data)
@@ -562,7 +586,8 @@ def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: 
     bench_opts.check()
     opts = SweepOptions(ratios=parse_ratios(ratios), criterion=criterion, bench=bench_opts, calib=calib,
                         eval_data=eval_data, samples=samples, seed=seed, force=force,
-                        prune_kwargs={"global_rank": global_rank, "round_to": round_to})
+                        prune_kwargs={"global_rank": global_rank, "round_to": round_to}, executor=executor,
+                        ray_address=ray_address, workers=workers, resume=resume)
     result = run_sweep(model, out_dir, opts)
     if html:
         _write_page(ctx, html, sweep=result)

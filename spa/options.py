@@ -20,6 +20,7 @@ spa.errors.UsageError: ratio (--ratio) must be in [0, 1), got 1.0
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,9 @@ ROUND_TO_MODES = ("latency", "auto")
 
 #: how budgets are spread over the groups (``allocate``)
 ALLOCATE_MODES = ("uniform", "sensitivity")
+
+#: where calibration statistics and sensitivity probes run (:mod:`spa.executors`)
+EXECUTOR_MODES = ("serial", "local", "ray")
 
 #: how a consumer of an unconstrained group reads its channels
 CONSUMER_MODES = ("layout", "gather", "zero", "auto")
@@ -107,6 +111,12 @@ class PruneOptions:
             ``target_*`` are given.
         sensitivity_levels: the ratios each group is probed at.
         probe_samples: calibration samples the probes and re-alignment use.
+        executor: where calibration statistics and sensitivity probes run: ``serial`` (this process),
+            ``local`` (a pool of processes here) or ``ray`` (a Ray cluster, ``pip install 'spa[ray]'``);
+            the result is bit-identical whichever runs them.
+        ray_address: with ``executor="ray"``: the cluster (default ``$RAY_ADDRESS``, else a Ray instance
+            started on this machine).
+        workers: processes of ``local`` / CPUs of a Ray instance started here (default: this machine's CPUs).
 
     ``criterion="auto"`` (the default) is ``obs`` with real calibration data, else ``l2``; see
     :meth:`resolved`.
@@ -149,6 +159,9 @@ class PruneOptions:
     allocate: str | None = None
     sensitivity_levels: tuple[float, ...] = (0.25, 0.5, 0.75)
     probe_samples: int = 64
+    executor: str = "serial"
+    ray_address: str | None = None
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the containers once, here
@@ -199,6 +212,7 @@ class PruneOptions:
         set_(self, "sensitivity_levels", tuple(sorted(set(self.sensitivity_levels))))
         if self.probe_samples < 1:
             raise UsageError(f"probe_samples must be >= 1, got {self.probe_samples}")
+        check_executor(self.executor, self.workers)
         if self.calibration is None:
             for name, value in (("--realign", self.realign is True), ("--allocate sensitivity",
                                                                      self.allocate == "sensitivity")):
@@ -294,6 +308,22 @@ class PruneOptions:
                 value = os.fspath(value)
             out[f.name] = value
         return out
+
+
+def check_executor(executor: str, workers: int | None = None) -> None:
+    """Refuse an unknown executor, ``ray`` where Ray is not installed, and fewer than one worker.
+
+    >>> check_executor("threads")
+    Traceback (most recent call last):
+    ...
+    spa.errors.UsageError: executor (--executor) must be one of serial, local, ray, got 'threads'
+    """
+    if executor not in EXECUTOR_MODES:
+        raise UsageError(f"executor (--executor) must be one of {', '.join(EXECUTOR_MODES)}, got {executor!r}")
+    if executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise UsageError("--executor ray needs Ray: pip install 'spa[ray]' (or pip install 'ray>=2.40')")
+    if workers is not None and workers < 1:
+        raise UsageError(f"workers (--workers) must be at least 1, got {workers}")
 
 
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -8,6 +8,14 @@ otherwise the output cosine similarity (and arg-max agreement) on seeded random 
 ``random-inputs`` (it says how much the function changed, not how accurate the model is).
 Results: ``sweep.csv``, ``sweep.json`` and, when matplotlib is installed, ``pareto.png``.
 
+The prunes — every criterion of a comma list × every ratio — are independent tasks on an executor
+(:mod:`spa.executors`: a local process pool by default, or Ray): the model is shipped once, each task
+returns its pruned model, which is written as it completes (the model, then its row in ``points/``, both
+atomically), so ``resume`` continues an interrupted sweep from the finished points. The per-layer latency
+table of ``round_to="latency"`` is this machine's, replayed by the tasks (:func:`spa.latency.lut.replaying`):
+layers it lacks are measured here and their points rerun. The benchmark and the fidelity always run here,
+never on a worker. Whichever executor prunes, the pruned models are the same bytes.
+
 >>> parse_ratios("0.1:0.7:0.2")
 [0.1, 0.3, 0.5, 0.7]
 >>> parse_ratios("0.25,0.5")
@@ -16,23 +24,31 @@ Results: ``sweep.csv``, ``sweep.json`` and, when matplotlib is installed, ``pare
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from google.protobuf.message import EncodeError
 
 from spa.api import prune
 from spa.bench import plot
 from spa.bench.report import BenchOptions, bench_models
 from spa.errors import SpaError, UsageError
+from spa.executors import Executor, make_executor, one_blas_thread
 from spa.graph.io import atomic_path, load_model, save_model
+from spa.latency import lut
+from spa.latency.lut import LatencyTable
+from spa.options import check_executor
 from spa.runtime.feeds import input_shapes, make_feeds
 from spa.runtime.session import session
 from spa.version import __version__
@@ -44,10 +60,16 @@ except ImportError:  # pragma: no cover - depends on the installed spa
     data_fidelity = None
 
 log = logging.getLogger(__name__)
-CSV_FIELDS = ("ratio", "model", "params", "macs", "size_bytes", "batch", "median_ms", "p90_ms", "p99_ms",
-              "mean_ms", "std_ms", "throughput_sps", "speedup", "ideal_speedup", "latency_efficiency", "cosine",
-              "top1_agreement", "rel_l2", "fidelity_source", "num_pruned", "error")
+CSV_FIELDS = ("ratio", "criterion", "model", "params", "macs", "size_bytes", "batch", "median_ms", "p90_ms",
+              "p99_ms", "mean_ms", "std_ms", "throughput_sps", "speedup", "ideal_speedup", "latency_efficiency",
+              "cosine", "top1_agreement", "rel_l2", "fidelity_source", "num_pruned", "error")
 RANDOM_FIDELITY = "random-inputs"
+#: the folder (in the output folder) of the finished points' rows, what ``--resume`` continues from
+POINTS = "points"
+#: rounds of measuring the latency layers the tasks lacked (each round reruns only the points that lacked some)
+MEASURE_ROUNDS = 3
+#: a sweep point: (criterion, ratio)
+Point = tuple[str, float]
 
 
 def parse_ratios(spec: str) -> list[float]:
@@ -79,7 +101,7 @@ class SweepOptions:
     """What to sweep and how (the ``spa sweep`` options)."""
 
     ratios: list[float]
-    criterion: str = "l2"
+    criterion: str = "l2"  # one criterion or a comma list (l1,l2): every ratio is pruned with each
     bench: BenchOptions = field(default_factory=lambda: BenchOptions(warmup=10, iters=100))
     calib: str | None = None
     eval_data: str | None = None
@@ -87,6 +109,15 @@ class SweepOptions:
     seed: int = 0
     force: bool = False
     prune_kwargs: dict[str, Any] = field(default_factory=dict)
+    executor: str = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+    resume: bool = False
+
+    @property
+    def criteria(self) -> list[str]:
+        """The criteria swept, in the order given."""
+        return list(dict.fromkeys(c.strip() for c in self.criterion.split(",") if c.strip())) or ["l2"]
 
 
 def random_fidelity(original: str, pruned: str, *, samples: int = 8, seed: int = 0,
@@ -143,43 +174,179 @@ def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _prepare_output(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -> tuple[Path, dict[float, Path]]:
-    """Check the options, the model and the output folder, create it; the pruned model's path per ratio.
+def _point_name(stem: str, criterion: str, ratio: float, several: bool) -> str:
+    return f"{stem}.{criterion}.r{ratio:.3f}" if several else f"{stem}.r{ratio:.3f}"
+
+
+def _prepare_output(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions
+                    ) -> tuple[Path, dict[Point, Path]]:
+    """Check the options, the model and the output folder, create it; the pruned model's path per point.
 
     Raises:
-        UsageError: more than one batch size; ``out_dir`` is a file; an output exists and ``force`` is off.
+        UsageError: more than one batch size; ``out_dir`` is a file; an output exists and neither ``force``
+            nor ``resume`` is on.
     """
     if opts.bench.batches and len(opts.bench.batches) > 1:
         raise UsageError("spa sweep times one batch size; give a single --batch")
+    if opts.force and opts.resume:
+        raise UsageError("--force starts the sweep over and --resume continues it: give one")
+    check_executor(opts.executor, opts.workers)
     load_model(model)  # a clear error for a bad input before any work
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out}: is a file; give a folder")
-    stem = Path(model).stem
-    pruned_paths = {r: out / f"{stem}.r{r:.3f}.onnx" for r in opts.ratios}
+    stem, several = Path(model).stem, len(opts.criteria) > 1
+    pruned_paths = {(c, r): out / f"{_point_name(stem, c, r, several)}.onnx"
+                    for c in opts.criteria for r in opts.ratios}
     targets = [out / "sweep.csv", out / "sweep.json", out / "pareto.png", *pruned_paths.values()]
     existing = [t for t in targets if t.exists()]
-    if existing and not opts.force:
-        raise UsageError(f"{existing[0]} exists; pass --force to overwrite the sweep in {out}")
-    out.mkdir(parents=True, exist_ok=True)
+    if existing and not (opts.force or opts.resume):
+        raise UsageError(f"{existing[0]} exists; pass --resume to continue the sweep in {out} or --force to "
+                         "start it over")
+    (out / POINTS).mkdir(parents=True, exist_ok=True)
     return out, pruned_paths
 
 
-def _prune_rows(model: str, pruned_paths: Mapping[float, Path], opts: SweepOptions) -> list[dict[str, Any]]:
-    """Prune and save the model at every ratio: one row each after the original's (ratio 0); a ratio
-    that fails keeps its row with the error and no model."""
-    rows: list[dict[str, Any]] = [{"ratio": 0.0, "model": model, "num_pruned": 0}]
-    for r in opts.ratios:
-        log.info("pruning %s at ratio %.3f", model, r)
+@dataclass(frozen=True)
+class _SweepJob:
+    """What every prune task needs, shipped once: the model, the prune settings and (``round_to="latency"``)
+    the per-layer latency entries of this machine, which the tasks replay instead of measuring."""
+
+    model: bytes | str  # the serialized model, or (over 2 GB) its path, which every worker must see
+    seed: int
+    calib: str | None
+    prune_kwargs: dict[str, Any]
+    latency: dict[str, float | None] | None
+    dests: dict[Point, str]  # where a worker writes a pruned model over 2 GB itself (a shared folder)
+
+
+def _prune_point(job: _SweepJob, point: Point) -> dict[str, Any]:
+    """One prune task: ``{"model": bytes, "num_pruned"}``, ``{"error"}``, or ``{"missing": layer configs}``
+    when the latency entries lack layers the count choice asked for (measured by the driver, then rerun)."""
+    criterion, ratio = point
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(one_blas_thread())  # the same bits on every executor (compensating criteria)
+        replay = stack.enter_context(lut.replaying(job.latency)) if job.latency is not None else None
         try:
-            res = prune(model, ratio=r, criterion=opts.criterion, seed=opts.seed, calibration=opts.calib,
-                        **opts.prune_kwargs)
+            model = onnx.load_from_string(job.model) if isinstance(job.model, bytes) else job.model
+            res = prune(model, ratio=ratio, criterion=criterion, seed=job.seed, calibration=job.calib,
+                        **job.prune_kwargs)
+            if replay is not None and replay.missing:
+                return {"missing": list(replay.missing.values())}
+            try:
+                return {"model": res.model.SerializeToString(), "num_pruned": res.report["num_pruned"]}
+            except (ValueError, EncodeError):  # over 2 GB: written here, with external data
+                res.save(job.dests[point])
+                return {"saved": job.dests[point], "num_pruned": res.report["num_pruned"]}
         except SpaError as exc:
-            rows.append({"ratio": r, "model": None, "error": str(exc)})
+            return {"error": str(exc)}
+
+
+def _point_key(digest: str, point: Point, opts: SweepOptions) -> str:
+    """What decides a point's result: a finished point is reused by ``--resume`` only when this matches."""
+    text = json.dumps([digest, point[0], point[1], opts.seed, opts.calib, sorted(opts.prune_kwargs.items())],
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _finished(paths: Mapping[Point, Path], keys: Mapping[Point, str]) -> dict[Point, dict[str, Any]]:
+    """The rows of points an earlier run finished with the same settings (their point file and model exist)."""
+    done = {}
+    for point, path in paths.items():
+        record = path.parent / POINTS / f"{path.stem}.json"
+        try:
+            row = json.loads(record.read_text())
+        except (OSError, ValueError):
             continue
-        save_model(res.model, pruned_paths[r], force=True)
-        rows.append({"ratio": r, "model": str(pruned_paths[r]), "num_pruned": res.report["num_pruned"]})
-    return rows
+        if row.get("key") == keys[point] and (row.get("error") or path.is_file()):
+            done[point] = row
+    return done
+
+
+def _write_point(point: Point, result: Mapping[str, Any], path: Path, key: str) -> dict[str, Any]:
+    """Save a finished point: its pruned model, then its row (both atomically, so a row means a whole model)."""
+    row: dict[str, Any] = {"criterion": point[0], "ratio": point[1], "key": key}
+    if "error" in result:
+        row |= {"model": None, "error": result["error"]}
+    else:
+        if "model" in result:
+            save_model(onnx.load_from_string(result["model"]), path, force=True)
+        row |= {"model": str(path), "num_pruned": result["num_pruned"]}
+    _write_text(path.parent / POINTS / f"{path.stem}.json", json.dumps(row) + "\n")
+    return row
+
+
+def _model_payload(model: str) -> tuple[bytes | str, str]:
+    """What the tasks get of the model — its serialization, or over 2 GB its absolute path — and a digest of
+    it (the ``--resume`` key)."""
+    try:
+        blob = load_model(model).SerializeToString()
+    except (ValueError, EncodeError):  # over 2 GB: the workers read the file (and its external data) themselves
+        h = hashlib.sha256()
+        with open(model, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+        return str(Path(model).resolve()), h.hexdigest()
+    return blob, hashlib.sha256(blob).hexdigest()
+
+
+def _latency_table(opts: SweepOptions) -> LatencyTable | None:
+    """This machine's per-layer latency table when the counts are chosen by latency (else None)."""
+    kw = opts.prune_kwargs
+    if str(kw.get("round_to", "latency")) != "latency":
+        return None
+    providers = kw.get("providers")
+    return LatencyTable.open(list(providers) if providers else None, 1, kw.get("latency_cache"))
+
+
+def _prune_rows(model: str, pruned_paths: Mapping[Point, Path], opts: SweepOptions,
+                executor: Executor) -> list[dict[str, Any]]:
+    """Prune and save the model at every point (criterion × ratio) on the executor, each point written as it
+    completes; one row each after the original's (ratio 0); a point that fails keeps its row with the error.
+    With ``resume``, points an earlier run finished are not pruned again. Layers the tasks found missing
+    from the latency table are measured here, then their points run again."""
+    blob, digest = _model_payload(model)
+    keys = {p: _point_key(digest, p, opts) for p in pruned_paths}
+    done = _finished(pruned_paths, keys) if opts.resume else {}
+    if done:
+        log.info("resuming: %d of %d points already finished", len(done), len(pruned_paths))
+    table = _latency_table(opts)
+    calib = str(Path(opts.calib).resolve()) if opts.calib and Path(opts.calib).exists() else opts.calib
+    todo = [p for p in pruned_paths if p not in done]
+    for _ in range(MEASURE_ROUNDS):
+        if not todo:
+            break
+        job = _SweepJob(blob, opts.seed, calib, dict(opts.prune_kwargs),
+                        dict(table.entries) if table is not None else None,
+                        {p: str(path.resolve()) for p, path in pruned_paths.items()})
+        missing: dict[str, Any] = {}
+
+        def finish(i: int, result: dict[str, Any], todo: list[Point] = todo,
+                   missing: dict[str, Any] = missing) -> None:
+            if "missing" in result:
+                missing.update({cfg.key: cfg for cfg in result["missing"]})
+            else:
+                done[todo[i]] = _write_point(todo[i], result, pruned_paths[todo[i]], keys[todo[i]])
+
+        executor.map(_prune_point, todo, shared=job, on_result=finish)
+        _measure(table, missing.values())
+        todo = [p for p in todo if p not in done]
+    for p in todo:  # never reached in practice: the second round finds every layer measured
+        done[p] = {"criterion": p[0], "ratio": p[1], "model": None,
+                   "error": f"the latency table still lacks layers after {MEASURE_ROUNDS} rounds of measuring"}
+    rows: list[dict[str, Any]] = [{"ratio": 0.0, "criterion": None, "model": model, "num_pruned": 0}]
+    return rows + [{k: v for k, v in done[p].items() if k != "key"} for p in pruned_paths if p in done]
+
+
+def _measure(table: LatencyTable | None, configs: Iterable[Any]) -> None:
+    """Measure, here, the layers the tasks lacked, and save the table."""
+    configs = list(configs)
+    if table is None or not configs:
+        return
+    log.info("measuring %d layer(s) of the latency table on this machine", len(configs))
+    for cfg in configs:
+        table.layer_ms(cfg)
+    table.save()
 
 
 def _add_fidelity(model: str, row: dict[str, Any], opts: SweepOptions) -> None:
@@ -217,8 +384,12 @@ def _pareto(model: str, out: Path, rows: list[dict[str, Any]], report: Mapping[s
     return None
 
 
-def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -> dict[str, Any]:
+def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions,
+              executor: Executor | None = None) -> dict[str, Any]:
     """Prune ``model`` at every ratio into ``out_dir``, benchmark, measure fidelity, write the results.
+
+    The prunes run on ``executor`` (default: the one ``opts.executor`` names); the benchmark and the
+    fidelity run in this process.
 
     Returns:
         The ``sweep.json`` content: settings, ``rows`` (ratio 0 is the original), ``files``.
@@ -227,7 +398,14 @@ def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -
         UsageError: bad options; an output exists and ``force`` is off.
     """
     out, pruned_paths = _prepare_output(model, out_dir, opts)
-    rows = _prune_rows(model, pruned_paths, opts)
+    if executor is None:
+        kind = "serial" if opts.executor == "local" and len(pruned_paths) == 1 else opts.executor  # no pool for one
+        with make_executor(kind, address=opts.ray_address, workers=opts.workers) as made:
+            rows = _prune_rows(model, pruned_paths, opts, made)
+            ran_on = {"name": made.name, "workers": made.workers}
+    else:
+        rows = _prune_rows(model, pruned_paths, opts, executor)
+        ran_on = {"name": executor.name, "workers": executor.workers}
     report = _bench_rows(model, rows, opts)
     fid_src = next((r["fidelity_source"] for r in rows if r.get("fidelity_source") not in (None, "original")),
                    None)
@@ -239,6 +417,7 @@ def run_sweep(model: str, out_dir: str | os.PathLike[str], opts: SweepOptions) -
         "criterion": opts.criterion,
         "ratios": opts.ratios,
         "seed": opts.seed,
+        "executor": ran_on,  # where the prunes ran; the benchmark and the fidelity ran in this process
         "fidelity_source": fid_src,
         "bench": {k: v for k, v in report.items() if k != "models"},
         "rows": rows,

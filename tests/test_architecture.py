@@ -21,6 +21,7 @@ SPA = Path(__file__).resolve().parent.parent / "spa"
 #: imported where they are used so that spa runs without them
 OPTIONAL_EXTRAS = {
     ("spa/bench/plot.py", "matplotlib"),  # spa[plot]
+    ("spa/executors/ray_cluster.py", "ray"),  # spa[ray]: --executor ray
     ("spa/bench/plot.py", "matplotlib.pyplot"),
     ("spa/bench/fp16.py", "onnxruntime.transformers.float16"),  # --fp16 converters, whichever is installed
     ("spa/bench/fp16.py", "onnxconverter_common.float16"),

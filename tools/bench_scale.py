@@ -11,8 +11,15 @@ the ratio peak RSS / model size. A second table times the analysis alone on deco
     python tools/bench_scale.py                      # 125m, 350m, 1b (writes ~6 GB under /tmp/spa_scale)
     python tools/bench_scale.py --sizes 125m --depths 2,4,8
     python tools/bench_scale.py --prune-hidden --depths ""   # also 25 % of the hidden size
+    python tools/bench_scale.py --probe --depths ""          # sensitivity-probed --target-macs 0.75
 
-Writes ``tools/results/bench_scale.json`` (``bench_scale_hidden.json`` with ``--prune-hidden``).
+With ``--probe`` the prune is ``--target-macs 0.75 --allocate sensitivity`` on calibration data (16
+random token sequences: what is measured is the probing's cost, not its quality), criterion ``l2`` (a
+calibrated ``obs`` would hold a d×d second-moment matrix per consumer), so the time and peak RSS are
+those of probing every group alone at the sensitivity levels in ONNX Runtime.
+
+Writes ``tools/results/bench_scale.json`` (``bench_scale_hidden.json`` with ``--prune-hidden``,
+``bench_scale_probe.json`` with ``--probe``).
 """
 
 from __future__ import annotations
@@ -44,6 +51,16 @@ def _size(path: Path) -> int:
                                   if path.with_name(path.name + ".data").exists() else 0)
 
 
+def _vocab_seq(src: Path) -> tuple[int, int]:
+    """Vocabulary size (the embedding table's rows) and sequence length of a make_llm decoder."""
+    import onnx
+
+    m = onnx.load(str(src), load_external_data=False)
+    seq = m.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    vocab = m.graph.output[0].type.tensor_type.shape.dim[2].dim_value
+    return int(vocab), int(seq)
+
+
 def _child(code: str) -> tuple[float, float, str]:
     """Run ``code`` in a fresh interpreter; wall seconds, peak RSS in bytes, stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -69,6 +86,23 @@ print(json.dumps({{"prune_s": t1 - t0, "save_s": t2 - t1, "params_before": r.rep
                   "groups_prunable": r.report["num_prunable"]}}))
 """
 
+PROBE = """
+import json, time, numpy as np, spa
+from spa.calibration.data import ArraySource
+ids = np.random.default_rng(0).integers(0, {vocab}, size=(16, {seq}), dtype=np.int64)
+t0 = time.perf_counter()
+r = spa.prune({src!r}, target_macs=0.75, criterion="l2", allocate="sensitivity", realign=False, check=False,
+              calibration=ArraySource({{"input_ids": ids}}, batch_size=4, name="random tokens"), probe_samples=16)
+t1 = time.perf_counter()
+r.save({dst!r}, external_data=True)
+t2 = time.perf_counter()
+alloc = r.report.get("allocation") or {{}}
+print(json.dumps({{"prune_s": t1 - t0, "save_s": t2 - t1, "params_before": r.report["params_before"],
+                  "params_after": r.report["params_after"], "groups_pruned": r.report["num_pruned"],
+                  "groups_prunable": r.report["num_prunable"], "probed_groups": len(alloc.get("groups", [])),
+                  "macs_fraction": r.report["macs_after"] / r.report["macs_before"]}}))
+"""
+
 ANALYZE = """
 import json, time, spa
 t0 = time.perf_counter(); mg = spa.load({src!r}); t1 = time.perf_counter()
@@ -84,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/spa_scale"))
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--prune-hidden", action="store_true", help="also prune 25 %% of the hidden size")
+    ap.add_argument("--probe", action="store_true",
+                    help="--target-macs 0.75 with sensitivity probes on 16 random token sequences (probing cost)")
     args = ap.parse_args(argv)
-    name = "bench_scale_hidden.json" if args.prune_hidden else "bench_scale.json"
+    name = ("bench_scale_probe.json" if args.probe else
+            "bench_scale_hidden.json" if args.prune_hidden else "bench_scale.json")
     args.json = args.json or ROOT / "tools" / "results" / name
     console = Console()
     rows = []
@@ -94,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         src.parent.mkdir(parents=True, exist_ok=True)
         _make(preset, src)
         dst = args.workdir / preset / "pruned.onnx"
-        wall, peak, out = _child(PRUNE.format(src=str(src), dst=str(dst), hidden=args.prune_hidden))
+        if args.probe:
+            vocab, seq = _vocab_seq(src)
+            code = PROBE.format(src=str(src), dst=str(dst), vocab=vocab, seq=seq)
+        else:
+            code = PRUNE.format(src=str(src), dst=str(dst), hidden=args.prune_hidden)
+        wall, peak, out = _child(code)
         info = json.loads(out.strip().splitlines()[-1])
         size = _size(src)
         rows.append({"model": preset, "size_bytes": size, "wall_s": wall, "peak_rss_bytes": peak,
@@ -102,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         for f in dst.parent.glob("pruned.onnx*"):
             f.unlink()
     what = "MLP channels + attention heads" + (" + hidden size" if args.prune_hidden else "")
-    t = Table(title=f"spa prune --ratio 0.25 ({what}) on LLaMA-style decoders, external data")
+    how = "--target-macs 0.75 --allocate sensitivity (probes)" if args.probe else "--ratio 0.25"
+    t = Table(title=f"spa prune {how} ({what}) on LLaMA-style decoders, external data")
     for col in ("model", "params", "size GiB", "prune s", "save s", "wall s", "peak RSS GiB", "RSS/size",
                 "params after"):
         t.add_column(col, justify="right")
@@ -129,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(t2)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "prune_hidden": args.prune_hidden,
+                                     "probe": args.probe,
                                      "prune": rows, "scaling": depth_rows},
                                     indent=2))
     console.print(f"wrote {args.json}")

@@ -115,17 +115,20 @@ def profile_diff_table(row: Mapping[str, Any], base: Mapping[str, Any], diff: Se
 
 
 def sweep_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
-    """One row per ratio: MACs/params kept, latency, the three ratios and the fidelity."""
+    """One row per ratio (and criterion, when several were swept): MACs/params kept, latency, the three
+    ratios and the fidelity."""
     table = Table(title=title)
-    for c in ("ratio", "params", "MACs", "median ms", "speedup", "ideal (MACs)", "efficiency", "cosine",
-              "top-1 agree"):
+    several = len({r.get("criterion") for r in rows if r.get("criterion")}) > 1
+    for c in ("ratio", *(["criterion"] if several else []), "params", "MACs", "median ms", "speedup",
+              "ideal (MACs)", "efficiency", "cosine", "top-1 agree"):
         table.add_column(c, justify="right")
     for r in rows:
+        first = [f"{r['ratio']:.3g}", *([str(r.get("criterion") or "-")] if several else [])]
         if r.get("error"):
-            table.add_row(f"{r['ratio']:.3g}", *(["-"] * 6), "[red]" + str(r["error"])[:40], "")
+            table.add_row(*first, *(["-"] * 6), "[red]" + str(r["error"])[:40], "")
             continue
         cos, top1 = r.get("cosine"), r.get("top1_agreement")
-        table.add_row(f"{r['ratio']:.3g}", human(r["params"]), human(r["macs"]), f"{r['median_ms']:.3f}",
+        table.add_row(*first, human(r["params"]), human(r["macs"]), f"{r['median_ms']:.3f}",
                       _x(r["speedup"]), _x(r["ideal_speedup"]), _x(r["latency_efficiency"], ""),
                       f"{cos:.4f}" if cos is not None else "-", f"{top1:.3f}" if top1 is not None else "-")
     return table

@@ -135,9 +135,13 @@ class ArraySource:
         return min(n, self.samples) if self.samples else n
 
     def batches(self, inputs: Sequence[InputSpec]) -> Iterator[dict[str, np.ndarray]]:
+        return self.batches_from(inputs, 0)
+
+    def batches_from(self, inputs: Sequence[InputSpec], first: int) -> Iterator[dict[str, np.ndarray]]:
+        """The batches from batch ``first`` on, the earlier ones not read (a shard of :func:`collect`)."""
         mapping = self._mapping(inputs)
         total = self.count(inputs) or 0
-        for start in range(0, total, self.batch_size):
+        for start in range(first * self.batch_size, total, self.batch_size):
             stop = min(total, start + self.batch_size)
             yield {s.name: np.asarray(self.arrays[mapping[s.name]][start:stop], dtype=s.dtype) for s in inputs}
 
@@ -266,6 +270,10 @@ class NpySource(_FileSource):
 
     def batches(self, inputs: Sequence[InputSpec]) -> Iterator[dict[str, np.ndarray]]:
         return self._source(inputs).batches(inputs)
+
+    def batches_from(self, inputs: Sequence[InputSpec], first: int) -> Iterator[dict[str, np.ndarray]]:
+        """The batches from batch ``first`` on, the earlier ones not read."""
+        return self._source(inputs).batches_from(inputs, first)
 
 
 @dataclass

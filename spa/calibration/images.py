@@ -163,6 +163,10 @@ class ImageFolderSource:
         return (arr * np.float32(pre.scale) - mean) / std  # H, W, C
 
     def batches(self, inputs: Sequence[InputSpec]) -> Iterator[dict[str, np.ndarray]]:
+        return self.batches_from(inputs, 0)
+
+    def batches_from(self, inputs: Sequence[InputSpec], first: int) -> Iterator[dict[str, np.ndarray]]:
+        """The batches from batch ``first`` on, the earlier images not decoded (a shard of ``collect``)."""
         _pillow()
         if len(inputs) != 1:
             raise CalibrationError(f"{self.path}: image folders feed single-input models only; this model has "
@@ -176,7 +180,7 @@ class ImageFolderSource:
             raise CalibrationError(f"preprocess size {size[0]}x{size[1]} differs from input '{spec.name}' "
                                    f"size {static[0]}x{static[1]}")
         files = self._files[: self.count(inputs)]
-        for start in range(0, len(files), self.batch_size):
+        for start in range(first * self.batch_size, len(files), self.batch_size):
             batch = np.stack([self._load(f, channels, size) for f in files[start:start + self.batch_size]])
             if layout == "NCHW":
                 batch = batch.transpose(0, 3, 1, 2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -179,6 +180,56 @@ def _sessions(tapped: onnx.ModelProto, source: CalibrationSource, fetch: list[st
     return sessions
 
 
+@dataclass
+class _Plan:
+    """What one calibration run fetches, and its sessions."""
+
+    specs: list[InputSpec]
+    wanted: list[str]
+    fetch: list[str]
+    static: int | None
+    sessions: _Sessions
+    source: CalibrationSource
+
+
+def _plan(model: onnx.ModelProto, source: CalibrationSource, taps: Sequence[str], outputs: bool,
+          threads: int) -> _Plan:
+    """The tensors to fetch, the sessions, and the source (a random source given shapes the model accepts)."""
+    specs = input_specs(model)
+    input_names = {s.name for s in specs}
+    own = [o.name for o in model.graph.output] if outputs else []
+    wanted = list(dict.fromkeys(list(taps) + own))
+    fetch = [t for t in wanted if t not in input_names]
+    static = _static_batch(specs)
+    sessions = _sessions(tapped_model(model, fetch), source, fetch, static, threads)
+    if isinstance(source, RandomSource) and source.shapes is None:  # sizes the model accepts, not always 8
+        fitted = runnable_shapes(sessions.fixed, batch=1, seed=source.seed)
+        source = dataclasses.replace(source, shapes={k: v[1:] for k, v in fitted.items() if v})
+    return _Plan(list(specs), wanted, fetch, static, sessions, source)
+
+
+def _shard(source: CalibrationSource, specs: Sequence[InputSpec], batch_range: tuple[int, int]
+           ) -> Iterator[dict[str, np.ndarray]]:
+    """The batches ``start <= k < stop``: sources with ``batches_from`` (arrays, ``.npy``, image folders)
+    start there without reading the earlier ones; others are read from the start and skipped."""
+    start, stop = batch_range
+    skip_to = getattr(source, "batches_from", None)
+    batches = skip_to(specs, start) if callable(skip_to) else itertools.islice(source.batches(specs), start, None)
+    return itertools.islice(batches, max(stop - start, 0))
+
+
+def batch_mode(model: onnx.ModelProto, source: CalibrationSource, taps: Sequence[str] = (), *,
+               threads: int = 1) -> bool:
+    """Whether :func:`run_batches` runs the batches at once (True) or a fixed-batch model's samples one at a
+    time (False): the check it makes on the first batch, made ahead so that shards of one data set run in
+    other processes (``batched=``) all do what one pass would."""
+    plan = _plan(model, source, taps, False, threads)
+    if plan.sessions.dynamic is None:
+        return True
+    feeds = next(iter(plan.source.batches(plan.specs)), None)
+    return feeds is not None and plan.sessions.batched_ok(feeds, len(next(iter(feeds.values()))) if feeds else 0)
+
+
 def run_batches(
     model: onnx.ModelProto,
     source: CalibrationSource,
@@ -189,6 +240,8 @@ def run_batches(
     threads: int = 1,
     progress: bool = True,
     check_batching: bool = True,
+    batch_range: tuple[int, int] | None = None,
+    batched: bool | None = None,
 ) -> Iterator[BatchRun]:
     """Run ``model`` over ``source``, yielding every batch's feeds and the values of ``taps``.
 
@@ -202,33 +255,31 @@ def run_batches(
         progress: show a progress bar (only ever on a terminal; one bar may be live at a time).
         check_batching: compare a batched run of a fixed-batch model with per-sample runs before
             trusting it; turn off for models whose samples interact (batch-statistics BatchNorm).
+        batch_range: run only the batches ``start <= k < stop`` of the source (a shard).
+        batched: the outcome of that check decided ahead (:func:`batch_mode`); None: check here.
 
     Raises:
         CalibrationError: the data does not fit the model or ONNX Runtime rejects it.
     """
-    specs = input_specs(model)
-    input_names = {s.name for s in specs}
-    own = [o.name for o in model.graph.output] if outputs else []
-    wanted = list(dict.fromkeys(list(taps) + own))
-    fetch = [t for t in wanted if t not in input_names]
-    tapped = tapped_model(model, fetch)
-    static = _static_batch(specs)
-    total = source.count(specs)
-    sessions = _sessions(tapped, source, fetch, static, threads)
-    if isinstance(source, RandomSource) and source.shapes is None:  # sizes the model accepts, not always 8
-        fitted = runnable_shapes(sessions.fixed, batch=1, seed=source.seed)
-        source = dataclasses.replace(source, shapes={k: v[1:] for k, v in fitted.items() if v})
-    checked = not check_batching
+    plan = _plan(model, source, taps, outputs, threads)
+    sessions, input_names = plan.sessions, {s.name for s in plan.specs}
+    total = plan.source.count(plan.specs)
+    batches = plan.source.batches(plan.specs) if batch_range is None else _shard(plan.source, plan.specs, batch_range)
+    if batch_range is not None:
+        total = None
+    checked = not check_batching or batched is not None
+    if batched is False:
+        sessions.dynamic = None
     with _progress(progress) as bar:
         task = bar.add_task(desc, total=total)
-        for feeds in source.batches(specs):
+        for feeds in batches:
             if sessions.dynamic is not None and not checked:
                 checked = True
                 if not sessions.batched_ok(feeds, len(next(iter(feeds.values()))) if feeds else 0):
                     log.info("the model does not run batched; calibrating one sample at a time")
                     sessions.dynamic = None
-            n, feeds, values = sessions.values(feeds, static)
-            got_values = dict(zip(fetch, values))
-            got_values.update({t: feeds[t] for t in wanted if t in input_names})
+            n, feeds, values = sessions.values(feeds, plan.static)
+            got_values = dict(zip(plan.fetch, values))
+            got_values.update({t: feeds[t] for t in plan.wanted if t in input_names})
             yield BatchRun(n, feeds, got_values)
             bar.advance(task, n)

@@ -17,27 +17,41 @@ accumulators, batch by batch: memory is bounded by the statistics, not by the da
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import onnx
 
 from spa.calibration.data import CalibrationError, CalibrationSource
-from spa.calibration.runner import run_batches
+from spa.calibration.runner import batch_mode, run_batches
+from spa.executors import Executor, one_blas_thread
 from spa.rules.views import ConvUnfold, dense_rows
+from spa.runtime.feeds import input_specs
 
 __all__ = ["Accumulator", "ConvUnfold", "FeatureMoments", "SecondMoment", "collect", "dense_rows"]
 
+log = logging.getLogger(__name__)
+
 #: rows·features of one float64 chunk when accumulating XᵀX (about 32 MB)
 CHUNK_ELEMENTS = 4_000_000
+#: batches per shard: the unit of the fixed-order reduction (and of a task with an executor)
+SHARD_BATCHES = 8
 
 
 class Accumulator(Protocol):
-    """Consumes one tapped tensor per batch."""
+    """Consumes one tapped tensor per batch; additive, so partial sums over shards of the data merge."""
 
     def update(self, x: np.ndarray) -> None:
         """Add one batch."""
+
+    def fresh(self) -> Accumulator:
+        """An empty accumulator of the same statistics."""
+
+    def merge(self, other: Accumulator) -> None:
+        """Add another accumulator's sums (from :meth:`fresh`) to this one's."""
 
 
 class FeatureMoments:
@@ -56,6 +70,18 @@ class FeatureMoments:
         self.sum = s if self.sum is None else self.sum + s
         self.sumsq = q if self.sumsq is None else self.sumsq + q
         self.count += x.shape[0]
+
+    def fresh(self) -> FeatureMoments:
+        """Empty, same axis."""
+        return FeatureMoments(self.axis)
+
+    def merge(self, other: Accumulator) -> None:
+        """``count``, ``Σx``, ``Σx²`` added."""
+        if not isinstance(other, FeatureMoments) or other.sum is None or other.sumsq is None:
+            return
+        self.sum = other.sum.copy() if self.sum is None else self.sum + other.sum
+        self.sumsq = other.sumsq.copy() if self.sumsq is None else self.sumsq + other.sumsq
+        self.count += other.count
 
     @property
     def mean(self) -> np.ndarray:
@@ -125,6 +151,17 @@ class SecondMoment:
                 self.colsum += r.sum(axis=0)
                 self.count += r.shape[0]
 
+    def fresh(self) -> SecondMoment:
+        """Empty, same unfolding, features and groups."""
+        return SecondMoment(self.to_rows, self.features, self.groups)
+
+    def merge(self, other: Accumulator) -> None:
+        """``XᵀX``, the column sums and the row count added."""
+        if isinstance(other, SecondMoment):
+            self.xtx += other.xtx
+            self.colsum += other.colsum
+            self.count += other.count
+
     def block(self, g: int) -> np.ndarray:
         """Diagonal block ``g`` of ``H = XᵀX / n`` (float64, symmetric)."""
         h = self.xtx[g] / max(self.count, 1)
@@ -147,30 +184,116 @@ class SecondMoment:
         return self.colsum / max(self.count, 1)
 
 
+Accumulators = Mapping[str, Sequence[Accumulator]]
+
+
+def _fresh(accumulators: Accumulators) -> dict[str, list[Accumulator]]:
+    return {name: [acc.fresh() for acc in accs] for name, accs in accumulators.items()}
+
+
+def _merge(into: Accumulators, part: Accumulators) -> None:
+    for name, accs in into.items():
+        for acc, other in zip(accs, part[name]):
+            acc.merge(other)
+
+
+def _update(accumulators: Accumulators, values: Mapping[str, np.ndarray]) -> None:
+    for name, accs in accumulators.items():
+        for acc in accs:
+            try:
+                acc.update(values[name])
+            except CalibrationError as exc:
+                raise CalibrationError(f"calibration tensor '{name}': {exc}") from None
+
+
 def collect(
     model: onnx.ModelProto,
     source: CalibrationSource,
-    accumulators: Mapping[str, Sequence[Accumulator]],
+    accumulators: Accumulators,
     *,
     desc: str = "calibration statistics",
     threads: int = 1,
     check_batching: bool = True,
+    executor: Executor | None = None,
 ) -> int:
     """Run ``model`` over ``source`` once, feeding each tapped tensor to its accumulators.
+
+    The sums are reduced in a fixed order, whoever computes them: the batches are cut into shards of
+    :data:`SHARD_BATCHES`, each shard's sums start from zero and are added batch by batch, and the shard
+    sums are added to the accumulators in shard order, ``S = ((S₀ + s₁) + s₂) + …`` in float64; every
+    product runs on one BLAS thread (:func:`one_blas_thread`). With an
+    ``executor`` of several workers the shards run as its tasks (the model and the empty accumulators
+    shipped once); the result is bit-identical to the single pass.
 
     ``check_batching`` is passed to :func:`~spa.calibration.runner.run_batches`.
 
     Returns:
         The number of samples seen.
     """
-    seen = 0
+    if executor is not None and executor.workers > 1:
+        sharded = _collect_sharded(model, source, accumulators, threads, check_batching, executor)
+        if sharded is not None:
+            return sharded
+    seen, in_shard = 0, 0
+    part = _fresh(accumulators)
     for run in run_batches(model, source, list(accumulators), desc=desc, threads=threads,
                            check_batching=check_batching):
-        for name, accs in accumulators.items():
-            for acc in accs:
-                try:
-                    acc.update(run.values[name])
-                except CalibrationError as exc:
-                    raise CalibrationError(f"calibration tensor '{name}': {exc}") from None
+        with one_blas_thread():
+            _update(part, run.values)
         seen += run.samples
+        in_shard += 1
+        if in_shard == SHARD_BATCHES:
+            _merge(accumulators, part)
+            part, in_shard = _fresh(accumulators), 0
+    if in_shard:
+        _merge(accumulators, part)
+    return seen
+
+
+@dataclass(frozen=True)
+class _ShardJob:
+    """What every shard task needs: shipped once."""
+
+    model: bytes
+    source: CalibrationSource
+    empty: dict[str, list[Accumulator]]
+    threads: int
+    check_batching: bool
+    batched: bool | None
+
+
+def _collect_shard(job: _ShardJob, batch_range: tuple[int, int]) -> tuple[dict[str, list[Accumulator]], int]:
+    """One shard's sums (from zero) and sample count: the task of :func:`_collect_sharded`."""
+    part = _fresh(job.empty)
+    seen = 0
+    for run in run_batches(onnx.load_from_string(job.model), job.source, list(part), threads=job.threads,
+                           progress=False, check_batching=job.check_batching, batch_range=batch_range,
+                           batched=job.batched):
+        with one_blas_thread():
+            _update(part, run.values)
+        seen += run.samples
+    return part, seen
+
+
+def _collect_sharded(model: onnx.ModelProto, source: CalibrationSource, accumulators: Accumulators, threads: int,
+                     check_batching: bool, executor: Executor) -> int | None:
+    """The shards of :func:`collect` as ``executor`` tasks, merged in shard order; None when the data's size
+    is unknown, it is one shard, or the model does not serialise (over 2 GB): then one pass here."""
+    count = source.count(input_specs(model))
+    if count is None or count <= SHARD_BATCHES * source.batch_size:
+        return None
+    try:
+        blob = model.SerializeToString()
+    except ValueError:
+        log.info("the model is over 2 GB: calibration statistics in this process")
+        return None
+    batches = -(-count // source.batch_size)
+    shards = [(k, min(k + SHARD_BATCHES, batches)) for k in range(0, batches, SHARD_BATCHES)]
+    batched = batch_mode(model, source, list(accumulators), threads=threads) if check_batching else None
+    job = _ShardJob(blob, source, _fresh(accumulators), threads, check_batching, batched)
+    log.info("calibration statistics: %d shards on %s (%d workers)", len(shards), executor.name, executor.workers)
+    seen = 0
+    for part, n in executor.map(_collect_shard, shards, shared=job):
+        _merge(accumulators, part)
+        seen += n
     return seen

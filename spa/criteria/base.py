@@ -16,6 +16,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from spa.analysis.groups import Analysis
+    from spa.executors import Executor
     from spa.plan import Plan
 
 Scores = dict[int, np.ndarray]
@@ -33,6 +34,7 @@ class CriterionContext:
         notes: messages the criterion wants in the report (e.g. fallbacks it took).
         cache: private memo a criterion shares between :meth:`Criterion.score` and
             :meth:`Criterion.compensate` (e.g. calibration statistics), so data is read once.
+        executor: where calibration statistics are computed (None: in this process, one pass).
     """
 
     seed: int = 0
@@ -40,6 +42,7 @@ class CriterionContext:
     options: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     cache: dict[str, object] = field(default_factory=dict, repr=False)
+    executor: Executor | None = field(default=None, repr=False)
 
     def note(self, message: str) -> None:
         """Add ``message`` to :attr:`notes` once."""

@@ -104,7 +104,8 @@ def collect_stats(analysis: Analysis, ctx: CriterionContext, src: CalibrationSou
         model = ctx.cache["synthetic_model"]
     else:
         model = model_proto(analysis, ctx)
-    collect(model, src, accs, desc=desc, threads=threads, check_batching=not synthetic)  # type: ignore[arg-type]
+    collect(model, src, accs, desc=desc, threads=threads, check_batching=not synthetic,  # type: ignore[arg-type]
+            executor=ctx.executor)
 
 
 def synthetic_source(ctx: CriterionContext) -> RandomSource:

@@ -24,6 +24,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -33,7 +34,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,30 @@ def _read(path: Path, device: Device) -> dict[str, Any] | None:
 
 
 @dataclass
+class Replay:
+    """Per-layer entries measured by another process (the one that will serve the model): a table opened
+    while replaying answers from them and never measures; the layers it lacks are recorded in
+    ``missing`` (and read as ``None``) so that process can measure them and run the task again."""
+
+    entries: dict[str, float | None]
+    missing: dict[str, LayerConfig] = field(default_factory=dict)
+
+
+_REPLAY: Replay | None = None
+
+
+@contextlib.contextmanager
+def replaying(entries: Mapping[str, float | None]) -> Iterator[Replay]:
+    """Tables opened inside answer from ``entries`` only (see :class:`Replay`)."""
+    global _REPLAY
+    previous, _REPLAY = _REPLAY, Replay(dict(entries))
+    try:
+        yield _REPLAY
+    finally:
+        _REPLAY = previous
+
+
+@dataclass
 class LatencyTable:
     """Per-layer latencies (ms) for one provider + device, measured lazily and cached in ``path``.
 
@@ -233,6 +258,7 @@ class LatencyTable:
     hits: int = 0
     measured: int = 0
     on_measure: Callable[[int], None] | None = None
+    replay: Replay | None = None
 
     @classmethod
     def open(cls, providers: Sequence[str] | None = None, threads: int = 1,
@@ -243,6 +269,9 @@ class LatencyTable:
         path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         path = path / device.file_name
         table = cls(path, device, providers)
+        if _REPLAY is not None:
+            table.entries, table.replay = dict(_REPLAY.entries), _REPLAY
+            return table
         try:
             data = _read(path, device)
         except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
@@ -258,6 +287,9 @@ class LatencyTable:
         key = cfg.key
         if key in self.entries:
             self.hits += 1
+        elif self.replay is not None:
+            self.replay.missing[key] = cfg
+            self.entries[key] = None
         else:
             self.entries[key] = measure_layer(cfg, self.providers, self.device.threads)
             self.measured += 1

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +58,38 @@ def probe_data(model: onnx.ModelProto, source: CalibrationSource, samples: int =
         h.update(k.encode())
         h.update(np.ascontiguousarray(arrays[k]).tobytes())
     return ProbeData(ArraySource(arrays, None, batch_size, f"{source.describe()} (first {n})"), n, h.hexdigest()[:16])
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A model sent as the difference from a base model the receiver already has: the model with the
+    initializers equal to the base's left out (``shared``), and the order of all its initializers."""
+
+    model: bytes
+    order: tuple[str, ...]
+    shared: frozenset[str]
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto, base: Mapping[str, bytes]) -> Delta:
+        """``model`` less the initializers whose serialisation equals ``base[name]``."""
+        stripped = onnx.ModelProto()
+        stripped.CopyFrom(model)
+        inits = list(stripped.graph.initializer)
+        shared = frozenset(i.name for i in inits if base.get(i.name) == i.SerializeToString())
+        del stripped.graph.initializer[:]
+        stripped.graph.initializer.extend(i for i in inits if i.name not in shared)
+        return cls(stripped.SerializeToString(), tuple(i.name for i in inits), shared)
+
+    def restore(self, base: bytes) -> onnx.ModelProto:
+        """The model again, the left-out initializers taken from the serialised ``base`` (same order)."""
+        model = onnx.load_from_string(self.model)
+        by_name = {i.name: i for i in model.graph.initializer}
+        if self.shared:
+            by_name |= {i.name: i for i in onnx.load_from_string(base).graph.initializer if i.name in self.shared}
+        inits = [by_name[n] for n in self.order]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(inits)
+        return model
 
 
 def outputs(model: onnx.ModelProto, data: ProbeData, threads: int = 1) -> list[np.ndarray]:

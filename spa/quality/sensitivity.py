@@ -27,16 +27,18 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from spa.analysis.groups import Analysis
 from spa.budget import estimate
 from spa.criteria.base import Updates
+from spa.executors import Executor
 from spa.plan import GroupPlan, Plan, removed_for_count
-from spa.quality.probe import ProbeData, distortion, outputs
+from spa.quality.probe import Delta, ProbeData, distortion, outputs
 from spa.rules.registry import RuleRegistry
 from spa.surgery import masked_twin
 
@@ -80,13 +82,62 @@ def _cache_key(model_digest: str, data: ProbeData, criterion: str, levels: Seque
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def _cached(path: Path, groups: Sequence[int]) -> dict[int, list[float]] | None:
+    """The stored curves of ``groups`` (None when the file lacks one, is missing or unreadable)."""
+    try:
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            curves = {int(k): [float(x) for x in v] for k, v in stored["curves"].items()}
+            if set(groups) <= set(curves):
+                return {g: curves[g] for g in groups}
+    except (OSError, ValueError, KeyError):  # a corrupt or unreadable cache is rebuilt
+        return None
+    return None
+
+
+def _store(path: Path, levels: Sequence[float], curves: Mapping[int, list[float]]) -> None:
+    """Write the curves to the cache (atomically; an unwritable cache is skipped)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"levels": list(levels), "curves": {str(k): v for k, v in curves.items()}}))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+@dataclass(frozen=True)
+class _ProbeJob:
+    """What every probe task needs, shipped once: the original model, the probe samples and the
+    original's outputs on them."""
+
+    model: bytes
+    data: ProbeData
+    reference: list[np.ndarray]
+    threads: int
+
+
+def _probe_task(job: _ProbeJob, twin: onnx.ModelProto | Delta | None) -> float:
+    """One probe: the output distortion of the masked twin (0 for an empty plan)."""
+    if twin is None:
+        return 0.0
+    if isinstance(twin, Delta):
+        twin = twin.restore(job.model)
+    return distortion(job.reference, outputs(twin, job.data, job.threads))
+
+
 def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], data: ProbeData, groups: Sequence[int],
                        *, criterion: str, compensate: Callable[[Plan], Updates] | None = None,
                        registry: RuleRegistry | None = None, levels: Sequence[float] = LEVELS,
                        min_channels: int = 1, threads: int = 1, cache: bool = True, cache_extra: str = "",
-                       progress: Callable[[str], None] | None = None
+                       progress: Callable[[str], None] | None = None, executor: Executor | None = None,
                        ) -> tuple[dict[int, list[float]], dict[str, object]]:
     """The output distortion of every group in ``groups`` pruned alone at each of ``levels``.
+
+    The masked twins are built here; with an ``executor`` of several workers their ONNX Runtime passes
+    run as its tasks: the original model, the samples and the reference outputs are shipped once, each
+    task gets its twin as a :class:`Delta` (the initializers that differ from the original's, and the
+    graph). Every probe computes the same distortion wherever it runs.
 
     Returns:
         ``{group: [distortion at each level]}`` and a record (``probes``, ``seconds``, ``cached``).
@@ -95,43 +146,37 @@ def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], dat
     proto = analysis.model.to_onnx()
     path: Path | None = None
     if cache:
-        try:
-            digest = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
-            path = cache_dir() / f"{_cache_key(digest, data, criterion, levels, min_channels, cache_extra)}.json"
-            if path.is_file():
-                stored = json.loads(path.read_text())
-                curves = {int(k): [float(x) for x in v] for k, v in stored["curves"].items()}
-                if set(groups) <= set(curves):
-                    return ({g: curves[g] for g in groups},
-                            {"probes": 0, "seconds": round(time.perf_counter() - t0, 3), "cached": str(path)})
-        except (OSError, ValueError, KeyError):  # a corrupt or unreadable cache is rebuilt
-            path = path if path is not None else None
-    reference = outputs(proto, data, threads)
-    out: dict[int, list[float]] = {}
-    total, done = len(groups) * len(levels), 0
+        digest = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+        path = cache_dir() / f"{_cache_key(digest, data, criterion, levels, min_channels, cache_extra)}.json"
+        found = _cached(path, groups)
+        if found is not None:
+            return found, {"probes": 0, "seconds": round(time.perf_counter() - t0, 3), "cached": str(path)}
+    job = _ProbeJob(b"", data, outputs(proto, data, threads), threads)
+    spread = executor is not None and executor.workers > 1
+    base = {i.name: i.SerializeToString() for i in proto.graph.initializer} if spread else {}
+    items: list[onnx.ModelProto | Delta | None] = []
+    total = len(groups) * len(levels)
     for gid in groups:
-        curve = []
         for level in levels:
-            done += 1
             if progress is not None:
-                progress(f"sensitivity probe {done}/{total}: group {gid} at {int(round(level * 100))}%")
+                progress(f"sensitivity probe {len(items) + 1}/{total}: group {gid} at {int(round(level * 100))}%")
             plan = single_plan(analysis, scores, {gid: level}, criterion, min_channels)
             if not plan.groups:
-                curve.append(0.0)
+                items.append(None)
                 continue
             updates = compensate(plan) if compensate is not None else None
             twin = masked_twin(analysis, plan, updates, registry).to_onnx()
-            curve.append(distortion(reference, outputs(twin, data, threads)))
-        out[gid] = curve
+            items.append(Delta.of(twin, base) if spread else twin)
+    if spread and executor is not None:
+        job = replace(job, model=proto.SerializeToString())
+        found_all = executor.map(_probe_task, items, shared=job)
+    else:
+        found_all = [_probe_task(job, item) for item in items]
+    out = {gid: found_all[k * len(levels):(k + 1) * len(levels)] for k, gid in enumerate(groups)}
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"levels": list(levels), "curves": {str(k): v for k, v in out.items()}}))
-            os.replace(tmp, path)
-        except OSError:
-            pass
-    return out, {"probes": total, "seconds": round(time.perf_counter() - t0, 3), "cached": None}
+        _store(path, levels, out)
+    return out, {"probes": total, "seconds": round(time.perf_counter() - t0, 3), "cached": None,
+                 "executor": executor.name if spread and executor is not None else "serial"}
 
 
 def damage(curve: Sequence[float], levels: Sequence[float], ratio: float) -> float:

@@ -75,14 +75,21 @@ class ConvUnfold:
         return rows
 
 
-def dense_rows(axis: int) -> Callable[[np.ndarray], np.ndarray]:
-    """Rows of a dense layer's input: ``axis`` holds the features, every other axis is a sample."""
+@dataclass(frozen=True)
+class DenseRows:
+    """Rows of a dense layer's input: ``axis`` holds the features, every other axis is a sample (a value,
+    not a closure, so statistics accumulators that hold it can be sent to other processes)."""
 
-    def rows(x: np.ndarray) -> np.ndarray:
-        x = np.moveaxis(x, axis, -1)
+    axis: int
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.moveaxis(x, self.axis, -1)
         return x.reshape(-1, x.shape[-1])
 
-    return rows
+
+def dense_rows(axis: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Rows of a dense layer's input: ``axis`` holds the features, every other axis is a sample."""
+    return DenseRows(axis)
 
 
 @dataclass(frozen=True)

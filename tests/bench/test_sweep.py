@@ -38,6 +38,7 @@ def test_sweep_writes_csv_json_and_png(small_models: dict[str, Path], capsys: py
     code, out, err = run_cli(capsys, "sweep", model, "--ratios", "0.25,0.5", "-o", "sw", *FAST)
     assert code == 0, err
     assert "random-inputs" in out
+    assert json.loads(Path("sw/sweep.json").read_text())["executor"]["name"] == "local"  # the default
     data = json.loads(Path("sw/sweep.json").read_text())
     rows = data["rows"]
     assert [r["ratio"] for r in rows] == [0.0, 0.25, 0.5]
@@ -66,6 +67,7 @@ def test_sweep_writes_csv_json_and_png(small_models: dict[str, Path], capsys: py
     one_line_error(err, "exists", "--force")
     code, _, err = run_cli(capsys, "-q", "sweep", model, "--ratios", "0.5", "-o", "sw", "--force", *FAST)
     assert code == 0, err
+    assert json.loads(Path("sw/sweep.json").read_text())["executor"]["name"] == "serial"  # one point: no pool
 
 
 def test_sweep_without_matplotlib(small_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,7 +86,7 @@ def test_sweep_fidelity_on_data(small_models: dict[str, Path], capsys: pytest.Ca
         pytest.skip("spa.validate.fidelity is not available")
     np.savez("calib.npz", x=np.random.default_rng(0).standard_normal((6, 3, 16, 16)).astype(np.float32))
     code, _, err = run_cli(capsys, "-q", "sweep", small_models["dynamic"], "--ratios", "0.5", "-o", "sw",
-                           "--eval", "calib.npz", *FAST)
+                           "--eval", "calib.npz", "--executor", "serial", *FAST)
     assert code == 0, err
     data = json.loads(Path("sw/sweep.json").read_text())
     assert data["fidelity_source"].startswith("data:")
