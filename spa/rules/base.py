@@ -591,6 +591,13 @@ class ChannelRule(ABC):
         Default: None (the output depends on input values)."""
         return None
 
+    def refuses(self, ctx: NodeContext, values: Mapping[str, np.ndarray]) -> str | None:
+        """Why the node cannot run at the concrete shapes of ``ctx.shapes`` (with the small tensor
+        ``values`` known there), for choosing the sizes MACs are counted at
+        (:func:`spa.analysis.metrics.representative`): one line naming the node, or None when nothing
+        shows it cannot. Default: None (ONNX's shape inference still reports contradictions)."""
+        return None
+
     def running_stats(self, ctx: NodeContext) -> bool:
         """Whether the node normalises with running statistics stored in the model (an inference-mode
         BatchNormalization): its input 1 is a per-channel scale γ, inputs 3 and 4 the running mean and

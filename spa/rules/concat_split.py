@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -283,6 +285,27 @@ class GatherRule(ChannelRule):
         v = np.where(values < 0, values + n, values).astype(np.int64)
         rels.append(Link(Slot(y.name, ax), Slot(x.name, ax), np.arange(len(v)), v))
         return rels
+
+    def refuses(self, ctx: NodeContext, values: Mapping[str, np.ndarray]) -> str | None:
+        """Indices past the ``P`` rows (along ``axis``) of the constant table they read: known index values
+        outside ``[-P, P)``, or run-time indices with an axis longer than ``P`` — position ids ``0..S-1``
+        of a sequence longer than its position table. (A vocabulary is far larger than any representative
+        sequence, so a word-embedding lookup is not refused at real sizes; a toy vocabulary smaller than the
+        sequence only makes the chosen size smaller.)"""
+        x, idx = ctx.input(0), ctx.input(1)
+        sx, si = ctx.shape(x), ctx.shape(idx)
+        if not ctx.is_const(x) or idx is None or ctx.is_const(idx) or not sx or not si:
+            return None
+        rows = static(sx[norm_axis(ctx.int_attr("axis", 0), len(sx))])
+        known = values.get(idx.name)
+        if known is not None and known.size:
+            reach = int(max(known.max() + 1, -known.min()))
+        else:
+            reach = max((int(d) for d in si if isinstance(d, (int, np.integer))), default=0)
+        if rows is None or reach <= rows:
+            return None
+        return (f"Gather '{ctx.node.name}' reads {reach} positions from a table of {rows} rows "
+                f"(use a sequence of at most {rows})")
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
         x, idx = ctx.input(0), ctx.input(1)
