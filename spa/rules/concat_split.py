@@ -25,6 +25,7 @@ from spa.graph.symbolic import shape_vector
 from spa.rules.base import (
     Barrier,
     ChannelRule,
+    Explanation,
     Link,
     Member,
     NodeContext,
@@ -49,6 +50,24 @@ def _clamp_range(start: int, end: int, n: int) -> tuple[int, int]:
 
 def _others(x: str, y: str, r: int, skip: int) -> list[Relation]:
     return [Link(Slot(x, a), Slot(y, a)) for a in range(r) if a != skip]
+
+
+def _producer(t: gs.Tensor | None) -> gs.Node | None:
+    return t.inputs[0] if isinstance(t, gs.Variable) and len(t.inputs) == 1 else None
+
+
+def _rotated_half(node: gs.Node) -> str | None:
+    """The tensor ``x`` of RoPE's rotate-half ``Concat(Neg(Slice(x, h:)), Slice(x, :h))`` (HF's
+    ``rotate_half``, every exporter), else None."""
+    if len(node.inputs) != 2:
+        return None
+    neg, right = _producer(node.inputs[0]), _producer(node.inputs[1])
+    if neg is None or right is None or neg.op != "Neg" or right.op != "Slice" or not right.inputs:
+        return None
+    left = _producer(neg.inputs[0]) if neg.inputs else None
+    if left is None or left.op != "Slice" or not left.inputs or left.inputs[0] is not right.inputs[0]:
+        return None
+    return str(right.inputs[0].name)
 
 
 class ConcatRule(ChannelRule):
@@ -90,6 +109,14 @@ class ConcatRule(ChannelRule):
             if ctx.is_const(t):
                 rels += [Member(Slot(t.name, a), Role.PARAM) for a in range(r)]  # type: ignore[union-attr]
             off += n
+        rotated = _rotated_half(ctx.node)
+        if rotated is not None:
+            rels.append(Barrier(y.name, ax, Explanation(
+                f"Concat '{ctx.node.name}' rotates half of '{rotated}' (rotary embeddings: dims i and i+{off // 2} "
+                "are a pair, mixed by a cos/sin table): spa prunes no rotary pairs, so this head_dim stays — it "
+                "could only lose whole pairs, from Q, K and the cos/sin table together; prune the heads instead, or "
+                "V's head_dim alone where V has its own projection (not one fused with Q and K) and no KV-cache "
+                "input", ctx.node.name)))
         return rels
 
 
