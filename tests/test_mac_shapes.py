@@ -12,6 +12,8 @@ import spa
 from spa.analysis.cost import shape_refusals
 from spa.analysis.metrics import refusals_at
 from spa.api import load, macs
+from spa.runtime.feeds import graph_of, runnable_shapes
+from spa.runtime.session import session
 from tests import import_fixtures as fx
 from tests.macs_reference import independent_macs
 from tests.oracle import GraphBuilder
@@ -99,3 +101,24 @@ def test_target_macs_counts_at_the_reported_shapes() -> None:
     assert fraction <= 0.5 + 0.005
     fraction, at = _pruned_fraction({"x": (1, 48, 16)})  # --shape: the budget follows it too
     assert at == {"x": [1, 48, 16]} and fraction <= 0.5 + 0.005
+
+
+def test_runnable_shapes_rule_out_sizes_from_the_graph_before_running() -> None:
+    """A text detector adds a ×32 downsampled-then-upsampled map to its input's: 8×8 cannot run. Without
+    the graph, ONNX Runtime is run at 8 (refused) then 32; with it, 8 is ruled out by shape evaluation and
+    the one run is at 32."""
+    m = fx.text_detector()
+    runs: list[tuple[int, ...]] = []
+    sess = session(m)
+    real = sess.run
+
+    def counting(names, feeds, *args):  # type: ignore[no-untyped-def]
+        runs.append(feeds["x"].shape)
+        return real(names, feeds, *args)
+
+    sess.run = counting  # type: ignore[method-assign]
+    assert runnable_shapes(sess)["x"] == (2, 3, 32, 32)
+    assert runs == [(2, 3, 8, 8), (2, 3, 32, 32)]
+    runs.clear()
+    assert runnable_shapes(sess, graph=lambda: graph_of(m))["x"] == (2, 3, 32, 32)
+    assert runs == [(2, 3, 32, 32)]

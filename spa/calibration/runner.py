@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from spa.calibration.data import CalibrationError, CalibrationSource, RandomSource
-from spa.runtime.feeds import InputSpec, input_specs, runnable_shapes
+from spa.runtime.feeds import InputSpec, graph_of, input_specs, runnable_shapes
 from spa.runtime.session import session
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ def run_batches(
     total = source.count(specs)
     sessions = _sessions(tapped, source, fetch, static, threads)
     if isinstance(source, RandomSource) and source.shapes is None:  # sizes the model accepts, not always 8
-        fitted = runnable_shapes(sessions.fixed, batch=1, seed=source.seed)
+        fitted = runnable_shapes(sessions.fixed, batch=1, seed=source.seed, graph=lambda: graph_of(model))
         source = dataclasses.replace(source, shapes={k: v[1:] for k, v in fitted.items() if v})
     checked = not check_batching
     with _progress(progress) as bar:
