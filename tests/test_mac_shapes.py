@@ -53,6 +53,14 @@ def test_vit_position_table_fixes_the_image_size() -> None:
     assert r["macs"] == independent_macs(m, r["mac_shapes"])  # type: ignore[arg-type]
 
 
+def test_a_vit_exported_at_384_is_counted_at_384() -> None:
+    """24×24 patches of 16: only 384×384 runs (the ladder tries smaller sizes, then larger)."""
+    m = tiny_vit(tokens=576)
+    r = macs(m)
+    assert r["mac_shapes"] == {"pixel_values": [1, 3, 384, 384]}
+    assert r["macs"] == independent_macs(m, r["mac_shapes"])  # type: ignore[arg-type]
+
+
 def test_position_table_bounds_the_sequence() -> None:
     m = tiny_text(positions=48)
     r = macs(m)

@@ -63,9 +63,10 @@ def set_input_shapes(mg: ModelGraph, shapes: Mapping[str, Sequence[int]]) -> Mod
 
 #: what :func:`representative` says it did when the first sizes run (the prune report's ``mac_shapes_from``)
 REPRESENTATIVE = "representative default: dynamic batch 1, image height/width 224, other dynamic dims 128"
-#: image heights/widths and sequence lengths :func:`representative` tries, in order
-IMAGE_SIZES = (224, 192, 160, 128, 96, 64, 32)
-SEQUENCE_SIZES = (128, 64, 32, 16)
+#: image heights/widths and sequence lengths :func:`representative` tries, in order: smaller ones first (a
+#: tiny position table), then larger (a ViT exported at 384 runs only there)
+IMAGE_SIZES = (224, 192, 160, 128, 96, 64, 32, 256, 288, 320, 384, 448, 512)
+SEQUENCE_SIZES = (128, 64, 32, 16, 256, 512)
 
 
 def representative_dim(axis: int, rank: int, image: int = 224, sequence: int = 128) -> int:
