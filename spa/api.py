@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from spa.analysis.groups import Analysis, analyze_graph
-from spa.analysis.metrics import REPRESENTATIVE, count_params, macs_at, representative_shapes
+from spa.analysis.metrics import costs_at, count_params, macs_at, representative, representative_shapes
 from spa.bench.report import BenchOptions, bench_models
 from spa.budget import estimate, solve_ratio
 from spa.calibration import load_calibration
@@ -109,7 +109,7 @@ def mac_shapes(model: ModelInput, shapes: Mapping[str, Sequence[int]] | None = N
                calibration: CalibrationSource | None = None) -> tuple[dict[str, tuple[int, ...]], str]:
     """The input shapes MACs are counted at, and where they come from: ``shapes`` (``--shape``) when
     given, else the first batch of ``calibration`` data (one sample; not random data), else the declared
-    shapes when all are static, else :func:`spa.analysis.metrics.representative_shapes`.
+    shapes when all are static, else :func:`spa.analysis.metrics.representative` (sizes the graph can run at).
 
     Raises:
         UsageError: ``shapes`` names an input the model does not have, or has the wrong rank.
@@ -133,7 +133,7 @@ def mac_shapes(model: ModelInput, shapes: Mapping[str, Sequence[int]] | None = N
         except Exception as exc:  # noqa: BLE001 - the criterion reports bad data itself: count at the default
             log.debug("no shapes from the calibration data (%s)", exc)
     dynamic = any(not isinstance(d, int) for t in mg.graph.inputs for d in (t.shape or ()))
-    return default, REPRESENTATIVE if dynamic else "declared"
+    return representative(mg) if dynamic else (default, "declared")
 
 
 def macs(model: ModelInput, shapes: Mapping[str, Sequence[int]] | None = None,
@@ -252,7 +252,9 @@ def prune(
     alloc = _allocation(analysis, scores, opts, cctx, data, registry, stage)
     stage("planning" + (" (measuring latencies)" if opts.target_latency is not None else ""))
     plan_opts = opts if not grouped or grouped["mode"] != "whole_groups" else replace(opts, ratio=grouped["ratio"])
-    plan, latency_record, counts_record = _solve_plan(analysis, scores, plan_opts, registry, stage, alloc)
+    source = cctx.calibration
+    at = mac_shapes(mg, opts.shapes, source if isinstance(source, CalibrationSource) else None)
+    plan, latency_record, counts_record = _solve_plan(analysis, scores, plan_opts, registry, stage, alloc, at[0])
     stage(f"pruning {len(plan.groups)} groups")
     updates = crit.compensate(analysis, plan, cctx)
     quality: dict[str, object] = {"realign": None, "allocation": None, "quality_note": None}
@@ -264,7 +266,8 @@ def prune(
     if opts.emit_masked:
         stage("building the masked twin")
     masked = masked_twin(analysis, plan, updates, registry) if opts.emit_masked else None
-    report = _report(opts, analysis, plan, mg, pruned_mg, cctx, updates) | checks | {"target_latency": latency_record}
+    report = _report(opts, analysis, plan, mg, pruned_mg, cctx, updates, at) | checks
+    report |= {"target_latency": latency_record}
     report |= _predicted_latency(report, counts_record) | {"grouped_convs": grouped}
     report |= _quality_report(quality, opts, analysis, plan, alloc, data,
                               lambda: protos.get("model") or pruned_mg.to_onnx(), cctx)
@@ -379,11 +382,12 @@ def _criterion_context(opts: PruneOptions) -> CriterionContext:
 
 def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions, registry: RuleRegistry | None = None,
                 stage: Callable[[str], None] | None = None, alloc: Allocation | None = None,
+                at: Mapping[str, Sequence[int]] | None = None,
                 ) -> tuple[Plan, dict[str, object] | None, dict[str, object]]:
     """The plan the budget asks for (a ratio, a MACs/params target or a latency target), with channel
     counts chosen by latency (``round_to="latency"``), made unconstrained when asked; also the latency
     search's record (None without ``target_latency``) and the count choice's (empty unless
-    ``round_to="latency"``)."""
+    ``round_to="latency"``). A MACs target counts at ``at`` (the report's ``mac_shapes``)."""
     kinds = opts.kind_ratios()
     providers = list(opts.providers) if opts.providers is not None else None
     round_to = opts.round_to if opts.round_to != "auto" else (8 if cuda_device_present() else 16)
@@ -412,9 +416,12 @@ def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions, registry
             plan, record = solve_latency(analysis, plan_for, lambda p: prune_model(analysis, p, registry).to_onnx(),
                                          opts.target_latency, providers=providers, cache_dir=opts.latency_cache)
         elif opts.target_macs is not None or opts.target_params is not None:
-            plan = solve_ratio(analysis, plan_for, target_macs=opts.target_macs, target_params=opts.target_params)
+            plan = solve_ratio(analysis, plan_for, target_macs=opts.target_macs, target_params=opts.target_params,
+                               shapes=at)
         elif alloc is not None:  # the MACs the uniform ratio would leave, spread by sensitivity
-            plan = solve_ratio(analysis, plan_for, target_macs=max(2, estimate(analysis, uniform_for(opts.ratio)).macs))
+            costs = costs_at(analysis.model, at, analysis.registry)
+            plan = solve_ratio(analysis, plan_for, target_macs=max(2, estimate(analysis, uniform_for(opts.ratio),
+                                                                               costs).macs), shapes=at)
         else:
             plan = plan_for(opts.ratio)
     finally:
@@ -506,10 +513,12 @@ def _check(pruned: ModelGraph, original: ModelInput, check: bool,
 
 
 def _report(opts: PruneOptions, analysis: Analysis, plan: Plan, original: ModelGraph, pruned: ModelGraph,
-            cctx: CriterionContext, updates: Updates) -> dict[str, object]:
-    """The JSON report of one prune (its keys are documented in ``docs/cli.md``)."""
+            cctx: CriterionContext, updates: Updates, counted_at: tuple[dict[str, tuple[int, ...]], str],
+            ) -> dict[str, object]:
+    """The JSON report of one prune (its keys are documented in ``docs/cli.md``); MACs counted at
+    ``counted_at`` (:func:`mac_shapes`: the shapes and where they come from)."""
     source = cctx.calibration
-    at, shapes_from = mac_shapes(original, opts.shapes, source if isinstance(source, CalibrationSource) else None)
+    at, shapes_from = counted_at
     return {
         "spa_version": __version__,
         "criterion": opts.criterion,

@@ -17,19 +17,19 @@ pruned layer shapes they predict from come from :func:`kept_sizes`, the plan-to-
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from spa.analysis.cost import count_macs, node_cost, node_costs
+from spa.analysis.cost import node_cost, node_costs
 from spa.analysis.groups import Analysis
-from spa.analysis.metrics import count_params
+from spa.analysis.metrics import costs_at, count_params
 from spa.errors import PlanError
 from spa.graph.weights import is_float
 from spa.plan import Plan
-from spa.rules.base import Slot
+from spa.rules.base import Cost, Slot
 from spa.rules.registry import RuleRegistry
 from spa.surgery.apply import kept_indices
 
@@ -76,12 +76,14 @@ def node_fraction(node: gs.Node, fractions: dict[Slot, float], opset: int = 17,
     return cost.kept(fractions) / cost.macs if cost is not None and cost.macs else 1.0
 
 
-def estimate(analysis: Analysis, plan: Plan) -> Estimate:
+def estimate(analysis: Analysis, plan: Plan, costs: Mapping[int, Cost] | None = None) -> Estimate:
     """MACs and parameters after applying ``plan`` (parameters exact; MACs exact for every op whose rule
-    counts them: each node's :meth:`~spa.rules.base.Cost.kept`)."""
+    counts them: each node's :meth:`~spa.rules.base.Cost.kept`), MACs from ``costs`` (by ``id(node)``,
+    :func:`spa.analysis.metrics.costs_at` at the report's shapes) or at the graph's own shapes."""
     fractions = kept_fractions(analysis, plan)
     graph = analysis.model.graph
-    costs = node_costs(analysis.model, analysis.registry)
+    if costs is None:
+        costs = node_costs(analysis.model, analysis.registry)
     macs = 0.0
     for node in graph.nodes:
         cost = costs.get(id(node))
@@ -109,6 +111,7 @@ def solve_ratio(
     target_macs: float | None = None,
     target_params: float | None = None,
     tol: float = 1e-3,
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> Plan:
     """The plan with the smallest ratio whose estimate meets every given target.
 
@@ -118,22 +121,25 @@ def solve_ratio(
         target_macs: fraction of the original MACs (<= 1) or an absolute count.
         target_params: fraction of the original parameters (<= 1) or an absolute count.
         tol: ratio resolution of the bisection.
+        shapes: input shapes to count MACs at (the report's ``mac_shapes``); None: the graph's own
+            (dynamic dims 1).
 
     Raises:
         PlanError: the target cannot be met even at the largest ratio.
     """
-    macs0, params0 = count_macs(analysis.model, analysis.registry), count_params(analysis.model)
+    costs = costs_at(analysis.model, shapes, analysis.registry)
+    macs0, params0 = sum(c.macs for c in costs.values()), count_params(analysis.model)
     tm = resolve_target(target_macs, macs0, "macs") if target_macs is not None else None
     tp = resolve_target(target_params, params0, "params") if target_params is not None else None
 
     def ok(plan: Plan) -> bool:
-        e = estimate(analysis, plan)
+        e = estimate(analysis, plan, costs)
         return (tm is None or e.macs <= tm) and (tp is None or e.params <= tp)
 
     lo, hi = 0.0, 0.99
     best = make(hi)
     if not ok(best):
-        e = estimate(analysis, best)
+        e = estimate(analysis, best, costs)
         raise PlanError(
             f"target cannot be met: even removing 99% of prunable channels leaves {e.macs} MACs and "
             f"{e.params} parameters (targets: MACs {tm}, params {tp}); relax the target or check `spa analyze`"

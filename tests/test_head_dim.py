@@ -280,3 +280,19 @@ def test_cli_prune_head_dim(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["prune", str(src), "--prune-head-dim", "--dry-run"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["prune_head_dim"] is True
+
+
+# -- rotary embeddings: the reason names the rotate-half node ----------------------------------------------
+
+@pytest.mark.parametrize("case", ["phi3_optimum", "gpt_neox_optimum"])
+def test_fused_qkv_with_rotary_says_rotary_pairs_block_head_dim(case: str) -> None:
+    """A fused QKV projection ties V's head_dim to Q/K's, which RoPE rotates: each block's note names
+    its own layer's rotate-half Concat and what would make head_dim prunable; the heads stay prunable."""
+    path = Path(__file__).parent / "fixtures" / "hf" / f"{case}.onnx"
+    plain = spa.analyze(str(path))
+    a = spa.analyze(str(path), prune_head_dim=True)
+    assert len(a.notes) == 2 and not any(g.kind == "head_dim" for g in a.groups)
+    assert [g.prunable for g in a.groups] == [g.prunable for g in plain.groups]  # the reason changes nothing else
+    for layer, note in enumerate(a.notes):
+        assert f"layers.{layer}/" in note.split("cannot be pruned")[1].split("rotates half")[0]  # its own Concat
+        assert "rotary embeddings" in note and "whole pairs, from Q, K and the cos/sin table" in note

@@ -169,3 +169,39 @@ def test_exact_formulas() -> None:
     assert macs("einsum") == 2 * 3 * 5 * 7 * 4                      # Π distinct indices
     assert macs("batched_matmul") == 3 * 2 * 4 * 5 * 6              # broadcast batch · M·N·K
     assert macs("attention") == 4 * 6 * 16 * 16 + 2 * (2 * 6 * 6 * 8)  # 4 projections + q·kᵀ + p·v
+
+
+# -- a Conv over an input-independent value (timm EdgeNeXt's positional encoding) -------------------------
+
+def _shape_derived_conv(static: bool) -> onnx.ModelProto:
+    """``y = Conv(x) + Conv(ConstantOfShape(Shape(x)))``: the second Conv reads a value computed from the
+    input's *shape* only — with static shapes a constant, folded at load (by spa and by ONNX Runtime), as
+    EdgeNeXt's ``pos_embd.token_projection`` Conv over its sine encoding of the static feature-map size."""
+    rng = np.random.default_rng(0)
+    w1, w2 = (numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), n) for n in ("w1", "w2"))
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("ConstantOfShape", ["s"], ["ones"],
+                              value=numpy_helper.from_array(np.ones(1, np.float32))),
+             helper.make_node("Conv", ["ones", "w2"], ["pos"], name="pos_conv"),
+             helper.make_node("Conv", ["x", "w1"], ["h"], name="conv"),
+             helper.make_node("Add", ["h", "pos"], ["y"])]
+    shape: list[int | str] = [1, 4, 8, 8] if static else [1, 4, "H", "W"]
+    g = helper.make_graph(nodes, "pos", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w1, w2])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def test_input_independent_conv_costs_nothing_when_folded() -> None:
+    """Static shapes: the positional Conv is a constant, run once at load — spa counts what runs per
+    inference, as ONNX Runtime runs it (the folded reference); the unfolded count is twice that. Dynamic
+    shapes: nothing folds and both Convs count."""
+    m = _shape_derived_conv(static=True)
+    per_conv = 8 * 8 * 4 * 4
+    assert independent_macs(m) == 2 * per_conv
+    assert independent_macs(m, folded=True) == per_conv
+    assert spa.api.macs(m)["macs"] == per_conv
+    d = _shape_derived_conv(static=False)
+    at = {"x": [1, 4, 8, 8]}
+    assert spa.api.macs(d, shapes={"x": (1, 4, 8, 8)})["macs"] == independent_macs(d, at, folded=True) == 2 * per_conv

@@ -188,6 +188,18 @@ def concrete_shapes(mg: ModelGraph, registry: RuleRegistry | None = None, fill: 
     return ev.shapes
 
 
+def shape_refusals(mg: ModelGraph, registry: RuleRegistry | None = None) -> list[str]:
+    """Why ``mg`` cannot run at its inputs' (concrete) shapes, one line per node: ONNX's shape inference
+    finds a contradiction (``Add`` of ``[1, 197, D]`` and a ``[1, 17, D]`` position table), or the node's
+    rule :meth:`~spa.rules.base.ChannelRule.refuses` (a Reshape target the input cannot take, positions
+    past a table). Empty: nothing shows the shapes are wrong (which is no proof they run)."""
+    ev = _ShapeEval.seeded(mg, registry or default_registry(), 1)
+    ev.refused = []
+    for node in mg.graph.nodes:
+        ev.visit(node)
+    return ev.refused
+
+
 @dataclass
 class _ShapeEval:
     """What :func:`concrete_shapes` knows so far: shapes, element types and small values by tensor."""
@@ -198,6 +210,8 @@ class _ShapeEval:
     shapes: Shapes = field(default_factory=dict)
     types: dict[str, int] = field(default_factory=dict)
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    #: when a list, :meth:`visit` appends why nodes cannot run at these shapes (:func:`shape_refusals`)
+    refused: list[str] | None = None
 
     @classmethod
     def seeded(cls, mg: ModelGraph, registry: RuleRegistry, fill: int) -> _ShapeEval:
@@ -223,6 +237,10 @@ class _ShapeEval:
         if any(n not in self.shapes for n in names):
             return
         rule = _rule(node, self.opset, self.registry)
+        if self.refused is not None and rule is not None:
+            why = rule.refuses(NodeContext(node, self.opset, self.shapes), self.values)
+            if why is not None:
+                self.refused.append(why)
         value = rule.shape_value(NodeContext(node, self.opset, self.shapes)) \
             if rule is not None and len(node.outputs) == 1 else None
         if value is not None:
@@ -252,12 +270,18 @@ class _ShapeEval:
         """ONNX's shape inference for one node at the concrete input shapes (and known small values)."""
         try:
             schema = onnx.defs.get_schema(node.op, self.opset if not node.domain else 1, node.domain or "")
+        except Exception as exc:  # noqa: BLE001 - no schema (a custom op): outputs stay unknown
+            log.debug("no schema for %s '%s': %s", node.op, node.name, exc)
+            return
+        try:
             inferred = onnx.shape_inference.infer_node_outputs(
                 schema, proto, {n: _type(self.types.get(n, onnx.TensorProto.FLOAT), self.shapes[n]) for n in names},
                 {n: numpy_helper.from_array(self.values[n], n) for n in names if n in self.values}, None,
                 self.imports)
-        except Exception as exc:  # noqa: BLE001 - no schema or inference refused: outputs stay unknown
+        except Exception as exc:  # noqa: BLE001 - inference refused: outputs stay unknown
             log.debug("no shapes for %s '%s': %s", node.op, node.name, exc)
+            if self.refused is not None and isinstance(exc, onnx.shape_inference.InferenceError):
+                self.refused.append(f"{node.op} '{node.name}': {str(exc).splitlines()[0][:120]}")
             return
         for t in node.outputs:
             tp = inferred.get(t.name)

@@ -39,7 +39,20 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from spa.graph.model import ModelGraph, shape_of
-from spa.rules.base import Barrier, Choice, Link, Member, NodeContext, Relation, Role, Slot, Statistic, Tag, static
+from spa.rules.base import (
+    Barrier,
+    Choice,
+    Explanation,
+    Link,
+    Member,
+    NodeContext,
+    Relation,
+    Role,
+    Slot,
+    Statistic,
+    Tag,
+    static,
+)
 from spa.rules.registry import RuleRegistry
 
 log = logging.getLogger(__name__)
@@ -384,13 +397,25 @@ def _head_dim_blocks(
     return res, notes
 
 
+def _shared_prefix(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` share (node names of one layer share a long prefix)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _refusal(slots: dict[Slot, SlotInfo], choices: list[tuple[Choice, str]], trial: _Resolution,
              block: dict[int, int]) -> str:
     """Why an attention block's ``head_dim`` cannot carry channels (its heads stay prunable).
 
     The reason comes from the component holding most of the block's switched options (V's split and the
     merge before the output projection share one; Q's and K's are alone), preferring a barrier's reason
-    to a choice's.
+    to a choice's; where a rule explained its barrier (:class:`~spa.rules.base.Explanation`, e.g. rotary
+    embeddings), the explanation whose node name shares the longest prefix with the block's nodes comes
+    first, then the first plain reason.
     """
     counts: dict[Slot, int] = defaultdict(int)
     for i, k in block.items():
@@ -399,10 +424,15 @@ def _refusal(slots: dict[Slot, SlotInfo], choices: list[tuple[Choice, str]], tri
     own = {reason for choice, _ in choices for reason in (choice.reason, choice.reason + HEAD_DIM_HINT)}
     reasons = [r for s, si in slots.items() if trial.uf[s] == root for r in si.reasons]
     reasons += [r for s, r in trial.blocks if trial.uf[s] == root]
-    why = next((r for r in reasons if r not in own), reasons[0] if reasons else "no weight carries it")
-    nodes = ", ".join(sorted({f"'{choices[i][1]}'" for i in block}))
+    names = sorted({choices[i][1] for i in block})
+    told = sorted((r for r in reasons if isinstance(r, Explanation)),
+                  key=lambda r: -max(_shared_prefix(r.node, n) for n in names))
+    plain = [r for r in reasons if not isinstance(r, Explanation)]
+    plain = [r for r in plain if r not in own] or plain
+    why = "; ".join(told[:1] + plain[:1])
+    nodes = ", ".join(f"'{n}'" for n in names)
     return (f"head_dim of the attention block at {nodes} cannot be pruned (it is coupled to an axis that must "
-            f"stay: {why}); its heads stay prunable")
+            f"stay: {why or 'no weight carries it'}); its heads stay prunable")
 
 
 def element_classes(

@@ -19,7 +19,7 @@ from spa.analysis.graph import ChannelGraph, SlotInfo, build_channel_graph, elem
 from spa.analysis.probe import probe_shapes
 from spa.graph.model import ModelGraph
 from spa.graph.weights import is_float
-from spa.rules.base import ChannelRule, Link, NodeContext, Role, Slot
+from spa.rules.base import ChannelRule, Link, NodeContext, Role, Slot, lead
 from spa.rules.defaults import default_registry
 from spa.rules.registry import RuleRegistry
 
@@ -228,7 +228,7 @@ def _components(cg: ChannelGraph) -> list[list[Slot]]:
 def _channels(infos: list[SlotInfo], links: list[Link]) -> tuple[int, dict[Slot, np.ndarray], list[str]]:
     """A component's channel count, its element → channel labels per slot and every reason it cannot be
     pruned (its slots' reasons, a dynamic axis, too many elements, inconsistent maps, < 2 channels)."""
-    reasons = [r for si in infos for r in si.reasons]
+    reasons = lead(r for si in infos for r in si.reasons)
     widest = max((si.size or 0) for si in infos)
     n_channels, cls = widest, dict[Slot, np.ndarray]()
     if any(si.size is None for si in infos):

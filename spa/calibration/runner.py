@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from spa.calibration.data import CalibrationError, CalibrationSource, RandomSource
-from spa.runtime.feeds import InputSpec, input_specs, runnable_shapes
+from spa.runtime.feeds import InputSpec, graph_of, input_specs, runnable_shapes
 from spa.runtime.session import session
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ def _plan(model: onnx.ModelProto, source: CalibrationSource, taps: Sequence[str]
     static = _static_batch(specs)
     sessions = _sessions(tapped_model(model, fetch), source, fetch, static, threads)
     if isinstance(source, RandomSource) and source.shapes is None:  # sizes the model accepts, not always 8
-        fitted = runnable_shapes(sessions.fixed, batch=1, seed=source.seed)
+        fitted = runnable_shapes(sessions.fixed, batch=1, seed=source.seed, graph=lambda: graph_of(model))
         source = dataclasses.replace(source, shapes={k: v[1:] for k, v in fitted.items() if v})
     return _Plan(list(specs), wanted, fetch, static, sessions, source)
 

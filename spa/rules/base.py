@@ -80,6 +80,30 @@ class Member:
     role: Role
 
 
+class Explanation(str):
+    """A barrier reason that explains *why* its axis must stay better than the generic reasons of the same
+    group (an axis a rule does not map, two activations contracted): reports show it first
+    (:func:`lead`). A plain ``str`` everywhere else.
+
+    >>> lead(["Expand 'e' does not map axis 1", Explanation("rotary embeddings pair dims", "rope")])[0]
+    'rotary embeddings pair dims'
+    """
+
+    #: the node whose rule gave it (to pick, of several, the one nearest a block)
+    node: str
+
+    def __new__(cls, text: str, node: str = "") -> Explanation:
+        obj = super().__new__(cls, text)
+        obj.node = node
+        return obj
+
+
+def lead(reasons: Iterable[str]) -> list[str]:
+    """``reasons`` with every :class:`Explanation` first (each side in its own order)."""
+    items = list(reasons)
+    return [r for r in items if isinstance(r, Explanation)] + [r for r in items if not isinstance(r, Explanation)]
+
+
 @dataclass(frozen=True)
 class Barrier:
     """A slot (``axis`` None: every axis of ``tensor``) that must keep all its channels."""
@@ -589,6 +613,13 @@ class ChannelRule(ABC):
         """The node's output value when it follows from its inputs' *shapes* alone (Shape, Size), for
         evaluating shape arithmetic at concrete shapes (:func:`spa.analysis.cost.concrete_shapes`).
         Default: None (the output depends on input values)."""
+        return None
+
+    def refuses(self, ctx: NodeContext, values: Mapping[str, np.ndarray]) -> str | None:
+        """Why the node cannot run at the concrete shapes of ``ctx.shapes`` (with the small tensor
+        ``values`` known there), for choosing the sizes MACs are counted at
+        (:func:`spa.analysis.metrics.representative`): one line naming the node, or None when nothing
+        shows it cannot. Default: None (ONNX's shape inference still reports contradictions)."""
         return None
 
     def running_stats(self, ctx: NodeContext) -> bool:

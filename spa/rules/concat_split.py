@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -23,6 +25,7 @@ from spa.graph.symbolic import shape_vector
 from spa.rules.base import (
     Barrier,
     ChannelRule,
+    Explanation,
     Link,
     Member,
     NodeContext,
@@ -47,6 +50,24 @@ def _clamp_range(start: int, end: int, n: int) -> tuple[int, int]:
 
 def _others(x: str, y: str, r: int, skip: int) -> list[Relation]:
     return [Link(Slot(x, a), Slot(y, a)) for a in range(r) if a != skip]
+
+
+def _producer(t: gs.Tensor | None) -> gs.Node | None:
+    return t.inputs[0] if isinstance(t, gs.Variable) and len(t.inputs) == 1 else None
+
+
+def _rotated_half(node: gs.Node) -> str | None:
+    """The tensor ``x`` of RoPE's rotate-half ``Concat(Neg(Slice(x, h:)), Slice(x, :h))`` (HF's
+    ``rotate_half``, every exporter), else None."""
+    if len(node.inputs) != 2:
+        return None
+    neg, right = _producer(node.inputs[0]), _producer(node.inputs[1])
+    if neg is None or right is None or neg.op != "Neg" or right.op != "Slice" or not right.inputs:
+        return None
+    left = _producer(neg.inputs[0]) if neg.inputs else None
+    if left is None or left.op != "Slice" or not left.inputs or left.inputs[0] is not right.inputs[0]:
+        return None
+    return str(right.inputs[0].name)
 
 
 class ConcatRule(ChannelRule):
@@ -88,6 +109,14 @@ class ConcatRule(ChannelRule):
             if ctx.is_const(t):
                 rels += [Member(Slot(t.name, a), Role.PARAM) for a in range(r)]  # type: ignore[union-attr]
             off += n
+        rotated = _rotated_half(ctx.node)
+        if rotated is not None:
+            rels.append(Barrier(y.name, ax, Explanation(
+                f"Concat '{ctx.node.name}' rotates half of '{rotated}' (rotary embeddings: dims i and i+{off // 2} "
+                "are a pair, mixed by a cos/sin table): spa prunes no rotary pairs, so this head_dim stays — it "
+                "could only lose whole pairs, from Q, K and the cos/sin table together; prune the heads instead, or "
+                "V's head_dim alone where V has its own projection (not one fused with Q and K) and no KV-cache "
+                "input", ctx.node.name)))
         return rels
 
 
@@ -283,6 +312,27 @@ class GatherRule(ChannelRule):
         v = np.where(values < 0, values + n, values).astype(np.int64)
         rels.append(Link(Slot(y.name, ax), Slot(x.name, ax), np.arange(len(v)), v))
         return rels
+
+    def refuses(self, ctx: NodeContext, values: Mapping[str, np.ndarray]) -> str | None:
+        """Indices past the ``P`` rows (along ``axis``) of the constant table they read: known index values
+        outside ``[-P, P)``, or run-time indices with an axis longer than ``P`` — position ids ``0..S-1``
+        of a sequence longer than its position table. (A vocabulary is far larger than any representative
+        sequence, so a word-embedding lookup is not refused at real sizes; a toy vocabulary smaller than the
+        sequence only makes the chosen size smaller.)"""
+        x, idx = ctx.input(0), ctx.input(1)
+        sx, si = ctx.shape(x), ctx.shape(idx)
+        if not ctx.is_const(x) or idx is None or ctx.is_const(idx) or not sx or not si:
+            return None
+        rows = static(sx[norm_axis(ctx.int_attr("axis", 0), len(sx))])
+        known = values.get(idx.name)
+        if known is not None and known.size:
+            reach = int(max(known.max() + 1, -known.min()))
+        else:
+            reach = max((int(d) for d in si if isinstance(d, (int, np.integer))), default=0)
+        if rows is None or reach <= rows:
+            return None
+        return (f"Gather '{ctx.node.name}' reads {reach} positions from a table of {rows} rows "
+                f"(use a sequence of at most {rows})")
 
     def rewrite(self, ctx: NodeContext, rw: RewriteContext) -> None:
         x, idx = ctx.input(0), ctx.input(1)

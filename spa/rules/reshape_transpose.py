@@ -23,6 +23,8 @@ map channels to runs of ``L`` per in-group position instead (:func:`spa.rules.no
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -36,6 +38,7 @@ from spa.rules.base import (
     Relation,
     RewriteContext,
     Slot,
+    dims_product,
     graph_changed,
     norm_axis,
     size_spec,
@@ -247,6 +250,22 @@ class ReshapeRule(ChannelRule):
     def moments(self, ctx: NodeContext, out: gs.Tensor, axis: int, walk: Walk) -> Result:
         """A merge of ``[N, C, *S]`` into ``[N, C·ΠS]`` repeats the moments of each channel over its ``ΠS`` features."""
         return merge_transfer(ctx.node, out, axis, walk)
+
+    def refuses(self, ctx: NodeContext, values: Mapping[str, np.ndarray]) -> str | None:
+        """The input's ``N = Πx`` elements cannot take the known target shape ``t``: with ``0`` copying
+        the input's dim (``allowzero`` 0), ``Πt ≠ N`` without a ``-1``, or ``N`` not a multiple of the
+        other dims' product with one (a window or patch layout exported for another image size)."""
+        x, t = ctx.input(0), ctx.input(1)
+        sx = ctx.shape(x)
+        target = ctx.const(t) if t is not None and t.name not in values else values.get(t.name) if t else None
+        if sx is None or target is None or not all(isinstance(d, (int, np.integer)) for d in sx):
+            return None
+        have = [int(d) for d in sx]  # type: ignore[arg-type]
+        dims = [have[k] if v == 0 and not ctx.int_attr("allowzero", 0) and k < len(have) else int(v)
+                for k, v in enumerate(np.asarray(target).reshape(-1))]
+        n, rest = dims_product(have), dims_product(d for d in dims if d != -1)
+        ok = (n % rest == 0) if -1 in dims and rest > 0 else rest == n
+        return None if ok else f"Reshape '{ctx.node.name}' cannot view {tuple(have)} as {tuple(dims)}"
 
     def relate(self, ctx: NodeContext) -> list[Relation]:
         x, y = ctx.input(0), ctx.output(0)

@@ -19,16 +19,22 @@ be timed at that batch: :func:`input_shapes` says so instead of feeding it a wro
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from spa.analysis.metrics import refusals_at
 from spa.errors import UsageError, ValidationError
+from spa.graph.model import ModelGraph
 
 Shapes = dict[str, tuple[int, ...]]
+log = logging.getLogger(__name__)
+
 DYNAMIC_DIM = 8
 #: sizes tried, in order, for the dynamic non-batch dimensions of a model's inputs by :func:`runnable_shapes`
 #: (text detectors need multiples of 32, face-proposal nets at least 12, FPNs a multiple of their stride)
@@ -117,13 +123,17 @@ def random_inputs(
 
 
 def runnable_shapes(sess: ort.InferenceSession, shapes: Mapping[str, tuple[int, ...]] | None = None, *,
-                    batch: int = 2, seed: int = 0) -> Shapes:
+                    batch: int = 2, seed: int = 0, graph: Callable[[], ModelGraph | None] | None = None) -> Shapes:
     """Concrete input shapes ``sess`` really runs at.
 
     Shapes in ``shapes`` are kept; a dynamic first dimension is ``batch``; every other dynamic dimension
     takes the first size of :data:`PROBE_DIMS` at which ONNX Runtime runs the model on random inputs
-    (one run per size tried; none when nothing is dynamic). When no size runs, the first is returned
-    and the caller's own run reports the error.
+    (one run per size tried; none when nothing is dynamic). With ``graph`` (the model's graph, built only
+    when something is dynamic), a size at which shape evaluation shows the graph cannot run
+    (:func:`spa.analysis.metrics.refusals_at`: a Concat of a ×32 downsampled and upsampled map with the
+    original, a position table, a window layout) is not run but kept for last, so the first size tried
+    is usually the one that runs. When no size runs, the first is returned and the caller's own run
+    reports the error.
     """
     specs = input_specs(sess)
 
@@ -137,16 +147,47 @@ def runnable_shapes(sess: ort.InferenceSession, shapes: Mapping[str, tuple[int, 
 
     if not any(dynamic(d) for s in specs if not (shapes and s.name in shapes) for d in s.shape[1:]):
         return at(DYNAMIC_DIM)
+    found = _first_running(sess, [at(dim) for dim in PROBE_DIMS], seed, graph() if graph is not None else None)
+    return found if found is not None else at(DYNAMIC_DIM)
+
+
+def graph_of(model: object) -> ModelGraph | None:
+    """``model``'s graph for :func:`runnable_shapes` (no folding, no copy of a ModelGraph): a ModelGraph
+    as it is, a ModelProto imported; None for anything else or a graph onnx-graphsurgeon cannot import
+    (the sizes are then found by running alone)."""
+    if isinstance(model, ModelGraph):
+        return model
+    if not isinstance(model, onnx.ModelProto):
+        return None
+    try:
+        return ModelGraph.from_graph(gs.import_onnx(model), model)
+    except Exception as exc:  # noqa: BLE001 - only a hint: without it the sizes are tried by running
+        log.debug("no graph for runnable_shapes: %s", exc)
+        return None
+
+
+def _first_running(sess: ort.InferenceSession, candidates: list[Shapes], seed: int,
+                   graph: ModelGraph | None) -> Shapes | None:
+    """The first of ``candidates`` ONNX Runtime runs; those ``graph``'s shape evaluation refuses are tried last."""
     quiet = ort.RunOptions()
     quiet.log_severity_level = 4  # a refused size is expected here: no ONNX Runtime error log
-    for dim in PROBE_DIMS:
-        candidate = at(dim)
+    deferred: list[Shapes] = []
+
+    def runs(candidate: Shapes) -> bool:
         try:
             sess.run(None, random_inputs(sess, seed=seed, shapes=candidate), quiet)
         except Exception:  # noqa: BLE001 - ONNX Runtime refuses a size with untyped errors: try the next one
-            continue
-        return candidate
-    return at(DYNAMIC_DIM)
+            return False
+        return True
+
+    for candidate in candidates:
+        refused = refusals_at(graph, candidate) if graph is not None else []
+        if refused:
+            log.debug("not running at %s: %s", candidate, refused[0])
+            deferred.append(candidate)
+        elif runs(candidate):
+            return candidate
+    return next((c for c in deferred if runs(c)), None)
 
 
 def _concrete(model: str, name: str, declared: Sequence[object], given: tuple[int, ...] | None,
