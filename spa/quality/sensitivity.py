@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,15 +38,22 @@ from spa.analysis.groups import Analysis
 from spa.budget import estimate
 from spa.criteria.base import Updates
 from spa.executors import Executor
+from spa.graph.save import graph_bytes
 from spa.plan import GroupPlan, Plan, removed_for_count
+from spa.quality.fed import FedModel
 from spa.quality.probe import Delta, ProbeData, distortion, outputs
 from spa.rules.registry import RuleRegistry
 from spa.surgery import masked_twin
+
+log = logging.getLogger(__name__)
 
 LEVELS = (0.25, 0.5, 0.75)
 #: the ratio grid of the allocation
 GRID = tuple(k / 8 for k in range(1, 8))
 CACHE_VERSION = 1
+#: models with at most this many weight bytes are also run exported whole once, to check the weight-fed
+#: session against (larger ones are probed weight-fed only: no copy of the model is made)
+CHECK_BYTES = 256 << 20
 
 
 def cache_dir() -> Path:
@@ -143,40 +151,74 @@ def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], dat
         ``{group: [distortion at each level]}`` and a record (``probes``, ``seconds``, ``cached``).
     """
     t0 = time.perf_counter()
-    proto = analysis.model.to_onnx()
+    spread = executor is not None and executor.workers > 1
+    fed = None if spread else FedModel.build(analysis.model, data, threads)
+    small = fed is None or graph_bytes(analysis.model) <= CHECK_BYTES
+    proto = analysis.model.to_onnx() if small else None
     path: Path | None = None
     if cache:
-        digest = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
-        path = cache_dir() / f"{_cache_key(digest, data, criterion, levels, min_channels, cache_extra)}.json"
+        key = _cache_key(_digest(proto, fed), data, criterion, levels, min_channels, cache_extra)
+        path = cache_dir() / f"{key}.json"
         found = _cached(path, groups)
         if found is not None:
             return found, {"probes": 0, "seconds": round(time.perf_counter() - t0, 3), "cached": str(path)}
-    job = _ProbeJob(b"", data, outputs(proto, data, threads), threads)
-    spread = executor is not None and executor.workers > 1
-    base = {i.name: i.SerializeToString() for i in proto.graph.initializer} if spread else {}
+    reference = outputs(proto, data, threads) if proto is not None else None
+    if fed is not None:
+        fed_reference = fed.outputs({})
+        if reference is not None and not _agree(reference, fed_reference):
+            log.info("sensitivity probes rebuild each twin: the weight-fed model's outputs differ")
+            fed = None
+        reference = reference if reference is not None else fed_reference
+    job = _ProbeJob(b"", data, reference or [], threads)
+    base = {i.name: i.SerializeToString() for i in proto.graph.initializer} if spread and proto else {}
     items: list[onnx.ModelProto | Delta | None] = []
+    found_all: list[float] = []
     total = len(groups) * len(levels)
+    fed_runs = 0
     for gid in groups:
         for level in levels:
             if progress is not None:
-                progress(f"sensitivity probe {len(items) + 1}/{total}: group {gid} at {int(round(level * 100))}%")
+                progress(f"sensitivity probe {len(items) + len(found_all) + 1}/{total}: group {gid} at "
+                         f"{int(round(level * 100))}%")
             plan = single_plan(analysis, scores, {gid: level}, criterion, min_channels)
-            if not plan.groups:
-                items.append(None)
+            twin = masked_twin(analysis, plan, compensate(plan) if compensate is not None else None, registry) \
+                if plan.groups else None
+            if spread:
+                items.append(Delta.of(twin.to_onnx(), base) if twin is not None else None)
                 continue
-            updates = compensate(plan) if compensate is not None else None
-            twin = masked_twin(analysis, plan, updates, registry).to_onnx()
-            items.append(Delta.of(twin, base) if spread else twin)
-    if spread and executor is not None:
+            changed = fed.changed(twin) if fed is not None and twin is not None else None
+            fed_runs += changed is not None
+            found_all.append(distortion(job.reference, fed.outputs(changed)) if fed is not None and changed is not None
+                             else _probe_task(job, twin.to_onnx() if twin is not None else None))
+    if spread and executor is not None and proto is not None:
         job = replace(job, model=proto.SerializeToString())
         found_all = executor.map(_probe_task, items, shared=job)
-    else:
-        found_all = [_probe_task(job, item) for item in items]
     out = {gid: found_all[k * len(levels):(k + 1) * len(levels)] for k, gid in enumerate(groups)}
     if path is not None:
         _store(path, levels, out)
     return out, {"probes": total, "seconds": round(time.perf_counter() - t0, 3), "cached": None,
-                 "executor": executor.name if spread and executor is not None else "serial"}
+                 "executor": executor.name if spread and executor is not None else "serial",
+                 "weight_fed": fed_runs}
+
+
+def _digest(proto: onnx.ModelProto | None, fed: FedModel | None) -> str:
+    """The probed model's cache digest: its serialisation, or (too large to serialise) the weight-fed
+    graph's and every weight's bytes."""
+    if proto is not None:
+        return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+    h = hashlib.blake2b(digest_size=32)
+    h.update(repr(fed.ops if fed is not None else ()).encode())
+    for name, w in sorted((fed.weights if fed is not None else {}).items()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(w).data.cast("B"))
+    return h.hexdigest()
+
+
+def _agree(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> bool:
+    """The same outputs (shapes equal, values within float32 rounding of the largest)."""
+    return len(a) == len(b) and all(
+        np.shape(x) == np.shape(y) and np.allclose(x, y, rtol=1e-4, atol=1e-5 * max(1.0, float(np.max(np.abs(x)))))
+        for x, y in zip(a, b))
 
 
 def damage(curve: Sequence[float], levels: Sequence[float], ratio: float) -> float:
