@@ -33,11 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
 from spa.analysis.groups import Analysis
 from spa.budget import estimate
 from spa.criteria.base import Updates
 from spa.executors import Executor
+from spa.graph.model import ModelGraph
 from spa.graph.save import graph_bytes
 from spa.plan import GroupPlan, Plan, removed_for_count
 from spa.quality.fed import FedModel
@@ -123,12 +125,31 @@ class _ProbeJob:
     data: ProbeData
     reference: list[np.ndarray]
     threads: int
+    #: names this job's weight-fed session in a worker's cache
+    key: str = ""
 
 
-def _probe_task(job: _ProbeJob, twin: onnx.ModelProto | Delta | None) -> float:
-    """One probe: the output distortion of the masked twin (0 for an empty plan)."""
+#: a worker's weight-fed sessions, by job key (a pool or Ray worker builds one per job, not per probe)
+_FED: dict[str, FedModel | None] = {}
+
+Probe = onnx.ModelProto | Delta | dict[str, np.ndarray] | None
+
+
+def _probe_task(job: _ProbeJob, twin: Probe) -> float:
+    """One probe: the output distortion of the masked twin (0 for an empty plan); a dict is the twin's
+    changed weights, run in the job's weight-fed session (built once per worker)."""
     if twin is None:
         return 0.0
+    if isinstance(twin, dict):
+        if job.key not in _FED:
+            proto = onnx.load_from_string(job.model)
+            _FED.clear()
+            _FED[job.key] = FedModel.build(ModelGraph.from_graph(gs.import_onnx(proto), proto), job.data,
+                                           job.threads)
+        fed = _FED[job.key]
+        if fed is None:
+            raise RuntimeError("the weight-fed probe session does not load in this worker")
+        return distortion(job.reference, fed.outputs(twin))
     if isinstance(twin, Delta):
         twin = twin.restore(job.model)
     return distortion(job.reference, outputs(twin, job.data, job.threads))
@@ -152,8 +173,8 @@ def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], dat
     """
     t0 = time.perf_counter()
     spread = executor is not None and executor.workers > 1
-    fed = None if spread else FedModel.build(analysis.model, data, threads)
-    small = fed is None or graph_bytes(analysis.model) <= CHECK_BYTES
+    fed = FedModel.build(analysis.model, data, threads)
+    small = fed is None or spread or graph_bytes(analysis.model) <= CHECK_BYTES
     proto = analysis.model.to_onnx() if small else None
     path: Path | None = None
     if cache:
@@ -171,7 +192,7 @@ def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], dat
         reference = reference if reference is not None else fed_reference
     job = _ProbeJob(b"", data, reference or [], threads)
     base = {i.name: i.SerializeToString() for i in proto.graph.initializer} if spread and proto else {}
-    items: list[onnx.ModelProto | Delta | None] = []
+    items: list[Probe] = []
     found_all: list[float] = []
     total = len(groups) * len(levels)
     fed_runs = 0
@@ -183,15 +204,17 @@ def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], dat
             plan = single_plan(analysis, scores, {gid: level}, criterion, min_channels)
             twin = masked_twin(analysis, plan, compensate(plan) if compensate is not None else None, registry) \
                 if plan.groups else None
-            if spread:
-                items.append(Delta.of(twin.to_onnx(), base) if twin is not None else None)
-                continue
             changed = fed.changed(twin) if fed is not None and twin is not None else None
+            if spread:
+                items.append(changed if changed is not None else
+                             Delta.of(twin.to_onnx(), base) if twin is not None else None)
+                fed_runs += changed is not None
+                continue
             fed_runs += changed is not None
             found_all.append(distortion(job.reference, fed.outputs(changed)) if fed is not None and changed is not None
                              else _probe_task(job, twin.to_onnx() if twin is not None else None))
     if spread and executor is not None and proto is not None:
-        job = replace(job, model=proto.SerializeToString())
+        job = replace(job, model=proto.SerializeToString(), key=f"{os.getpid()}-{time.time_ns()}")
         found_all = executor.map(_probe_task, items, shared=job)
     out = {gid: found_all[k * len(levels):(k + 1) * len(levels)] for k, gid in enumerate(groups)}
     if path is not None:
