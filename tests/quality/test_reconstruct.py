@@ -193,3 +193,11 @@ def test_array_source_is_read_the_same_twice() -> None:
     spec = [InputSpec("x", (1, 4), np.dtype(np.float32))]
     a = [b["x"] for b in src.batches(spec)]
     assert all(np.array_equal(p, q) for p, q in zip(a, (b["x"] for b in src.batches(spec))))
+
+
+@pytest.mark.parametrize("mode", ["layout", "zero"])
+def test_oracle_unconstrained(mode: str) -> None:
+    """UPSCALE consumers that keep their own channels (sliced, or zeroed in the full input)."""
+    r = assert_oracle(small_cnn(), 0.5, "obs", calibration=data((3, 8, 8)), unconstrained=True, consumer_mode=mode,
+                      **SEQ)
+    assert isinstance(r.report["reconstruction"], dict) and r.report["reconstruction"]["layers"] >= 3
