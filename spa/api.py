@@ -264,8 +264,10 @@ def prune(
     stage(f"pruning {len(plan.groups)} groups")
     updates, quality = _compensate(analysis, plan, crit, cctx, opts, registry, stage)
     if opts.realign and data is not None:  # statistics re-alignment: more weight updates, on calibration data
+        rec = quality["reconstruction"]
+        done = [str(p["node"]) for p in rec["per_layer"]] if isinstance(rec, dict) else []
         updates, quality["realign"] = realign(analysis, plan, updates, data, registry,
-                                              variance=opts.realign_variance, progress=stage)
+                                              variance=opts.realign_variance, exclude=done, progress=stage)
     pruned_mg = prune_model(analysis, plan, registry, updates=updates)
     checks, protos = _check(pruned_mg, model, opts.check, stage)
     if opts.emit_masked:
