@@ -201,3 +201,12 @@ def test_oracle_unconstrained(mode: str) -> None:
     r = assert_oracle(small_cnn(), 0.5, "obs", calibration=data((3, 8, 8)), unconstrained=True, consumer_mode=mode,
                       **SEQ)
     assert isinstance(r.report["reconstruction"], dict) and r.report["reconstruction"]["layers"] >= 3
+
+
+def test_realign_leaves_reconstructed_layers_alone() -> None:
+    """With both on (the default with data), re-alignment only touches layers reconstruction skipped."""
+    r = assert_oracle(small_cnn(), 0.5, "obs", calibration=data((3, 8, 8)), round_to=1,
+                      criterion_options={"max_features": 80})  # the 256-input MatMul is not reconstructed
+    rec, ra = r.report["reconstruction"], r.report["realign"]
+    assert isinstance(rec, dict) and isinstance(ra, dict), (rec, ra)
+    assert {p["op"] for p in rec["per_layer"]} == {"Conv"} and ra["layers"] == 1, (rec, ra)  # type: ignore[index]
