@@ -26,7 +26,8 @@ from spa.budget import estimate, solve_ratio
 from spa.calibration import load_calibration
 from spa.calibration.data import CalibrationSource, RandomSource
 from spa.criteria import Criterion, CriterionContext, Scores, Updates, get_criterion
-from spa.criteria.calibrated import model_proto
+from spa.criteria.calibrated import MAX_FEATURES, model_proto
+from spa.criteria.obs_math import DEFAULT_DAMP
 from spa.criteria.reduce import options as reduce_options
 from spa.errors import SpaError, UnsupportedModelError, UsageError, ValidationError
 from spa.executors import Executor, make_executor
@@ -39,7 +40,16 @@ from spa.latency.counts import LatencyCounts
 from spa.latency.solve import solve_latency
 from spa.options import PruneOptions, coerce
 from spa.plan import Plan, make_plan
-from spa.quality import Allocation, ProbeData, allocate, distortion, probe_data, realign, sensitivity_curves
+from spa.quality import (
+    Allocation,
+    ProbeData,
+    allocate,
+    distortion,
+    probe_data,
+    realign,
+    reconstruct,
+    sensitivity_curves,
+)
 from spa.quality.probe import outputs as probe_outputs
 from spa.quality.sensitivity import damage, single_plan
 from spa.recover.train import RecoverOptions, RecoverResult
@@ -256,11 +266,12 @@ def prune(
     at = mac_shapes(mg, opts.shapes, source if isinstance(source, CalibrationSource) else None)
     plan, latency_record, counts_record = _solve_plan(analysis, scores, plan_opts, registry, stage, alloc, at[0])
     stage(f"pruning {len(plan.groups)} groups")
-    updates = crit.compensate(analysis, plan, cctx)
-    quality: dict[str, object] = {"realign": None, "allocation": None, "quality_note": None}
+    updates, quality = _compensate(analysis, plan, crit, cctx, opts, registry, stage)
     if opts.realign and data is not None:  # statistics re-alignment: more weight updates, on calibration data
+        rec = quality["reconstruction"]
+        done = [str(p["node"]) for p in rec["per_layer"]] if isinstance(rec, dict) else []
         updates, quality["realign"] = realign(analysis, plan, updates, data, registry,
-                                              variance=opts.realign_variance, progress=stage)
+                                              variance=opts.realign_variance, exclude=done, progress=stage)
     pruned_mg = prune_model(analysis, plan, registry, updates=updates)
     checks, protos = _check(pruned_mg, model, opts.check, stage)
     if opts.emit_masked:
@@ -272,6 +283,25 @@ def prune(
     report |= _quality_report(quality, opts, analysis, plan, alloc, data,
                               lambda: protos.get("model") or pruned_mg.to_onnx(), cctx)
     return PruneResult(pruned_mg, plan, analysis, report, masked, _protos=protos)
+
+
+def _compensate(analysis: Analysis, plan: Plan, crit: Criterion, cctx: CriterionContext, opts: PruneOptions,
+                registry: RuleRegistry | None, stage: Callable[[str], None]) -> tuple[Updates, dict[str, object]]:
+    """The weight updates ``opts.reconstruct`` asks for (``none``: nothing; ``oneshot``: the criterion's;
+    ``sequential``: :func:`spa.quality.reconstruct` on top of the criterion's) and the report's
+    ``reconstruction`` record (None unless sequential) with the other quality records to fill."""
+    quality: dict[str, object] = {"reconstruct": opts.reconstruct, "reconstruction": None, "realign": None,
+                                  "allocation": None, "quality_note": None}
+    if opts.reconstruct == "none":
+        return {}, quality
+    updates = crit.compensate(analysis, plan, cctx)
+    if opts.reconstruct == "sequential" and isinstance(cctx.calibration, CalibrationSource):
+        o = cctx.options
+        updates, quality["reconstruction"] = reconstruct(
+            analysis, plan, updates, cctx.calibration, registry, damp=float(o.get("damp") or DEFAULT_DAMP),  # type: ignore[arg-type]
+            max_features=int(o.get("max_features") or MAX_FEATURES), threads=int(o.get("threads") or 1),  # type: ignore[call-overload]
+            progress=stage)
+    return updates, quality
 
 
 def _analyse_and_score(mg: ModelGraph, opts: PruneOptions, registry: RuleRegistry | None, crit: Criterion,

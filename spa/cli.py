@@ -251,6 +251,11 @@ def _executor_options(what: str, default: str) -> Callable[[F], F]:
 @click.option("--realign/--no-realign", default=None,
               help="Re-align each pruned layer's output mean and variance to the original's on the calibration "
                    "data, folded into its weights [default: on with --calib data].")
+@click.option("--reconstruct", type=click.Choice(["none", "oneshot", "sequential"]), default=None,
+              help="Compensate the layers that read pruned channels: not at all, with the criterion's one-shot "
+                   "update, or by sequential reconstruction (each layer re-solved in topological order against "
+                   "the original's outputs given the pruned model's own inputs, on --calib data) "
+                   "[default: sequential for obs with --calib data, else oneshot].")
 @click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default=None,
               help="Spread the budget uniformly, or by each group's measured sensitivity (probed on --calib "
                    "data) [default: sensitivity with --calib data and a --target-*].")

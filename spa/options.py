@@ -45,6 +45,8 @@ ALLOCATE_MODES = ("uniform", "sensitivity")
 
 #: where calibration statistics and sensitivity probes run (:mod:`spa.executors`)
 EXECUTOR_MODES = ("serial", "local", "ray")
+#: how the layers reading pruned channels are compensated (``reconstruct``)
+RECONSTRUCT_MODES = ("none", "oneshot", "sequential")
 
 #: how a consumer of an unconstrained group reads its channels
 CONSUMER_MODES = ("layout", "gather", "zero", "auto")
@@ -106,6 +108,12 @@ class PruneOptions:
         realign: re-align each layer's output mean and variance to the original's on calibration data
             after pruning (:mod:`spa.quality.realign`); None: on when real calibration data is given.
         realign_variance: with ``realign``, match the variance too (else the mean only).
+        reconstruct: how the layers that read pruned channels are compensated: ``none`` (not at all),
+            ``oneshot`` (the criterion's own update, each layer against the original model's inputs: OBS's
+            least squares, FLAP's bias shift; nothing for magnitude criteria) or ``sequential`` (each layer
+            re-solved in topological order against the original's outputs given the pruned model's own
+            inputs, :mod:`spa.quality.reconstruct`; needs calibration data). None: ``sequential`` for
+            ``obs`` with real calibration data, else ``oneshot``.
         allocate: ``uniform`` or ``sensitivity`` (per-group ratios from measured sensitivity,
             :mod:`spa.quality.sensitivity`); None: ``sensitivity`` when real calibration data and a
             ``target_*`` are given.
@@ -156,6 +164,7 @@ class PruneOptions:
     shapes: Mapping[str, tuple[int, ...]] | None = None
     realign: bool | None = None
     realign_variance: bool = True
+    reconstruct: str | None = None
     allocate: str | None = None
     sensitivity_levels: tuple[float, ...] = (0.25, 0.5, 0.75)
     probe_samples: int = 64
@@ -213,9 +222,13 @@ class PruneOptions:
         if self.probe_samples < 1:
             raise UsageError(f"probe_samples must be >= 1, got {self.probe_samples}")
         check_executor(self.executor, self.workers)
+        if self.reconstruct is not None and self.reconstruct not in RECONSTRUCT_MODES:
+            raise UsageError(f"reconstruct (--reconstruct) must be one of {', '.join(RECONSTRUCT_MODES)}, "
+                             f"got {self.reconstruct!r}")
         if self.calibration is None:
             for name, value in (("--realign", self.realign is True), ("--allocate sensitivity",
-                                                                     self.allocate == "sensitivity")):
+                                                                     self.allocate == "sensitivity"),
+                                ("--reconstruct sequential", self.reconstruct == "sequential")):
                 if value:
                     raise UsageError(f"{name} needs calibration data: give --calib PATH (an image folder, an .npz "
                                      "or .npy of model inputs)")
@@ -231,19 +244,21 @@ class PruneOptions:
     def resolved(self) -> PruneOptions:
         """A copy with the data-dependent defaults decided: ``criterion="auto"`` → ``obs`` with real
         calibration data, else ``l2``; ``realign=None`` → on with real data; ``allocate=None`` →
-        ``sensitivity`` with real data and a ``target_*``, else ``uniform``.
+        ``sensitivity`` with real data and a ``target_*``, else ``uniform``; ``reconstruct=None`` →
+        ``sequential`` for ``obs`` with real data, else ``oneshot``.
 
         >>> o = PruneOptions(calibration="data.npz", target_macs=0.5).resolved()
-        >>> o.criterion, o.realign, o.allocate
-        ('obs', True, 'sensitivity')
-        >>> o = PruneOptions().resolved(); o.criterion, o.realign, o.allocate
-        ('l2', False, 'uniform')
+        >>> o.criterion, o.realign, o.allocate, o.reconstruct
+        ('obs', True, 'sensitivity', 'sequential')
+        >>> o = PruneOptions().resolved(); o.criterion, o.realign, o.allocate, o.reconstruct
+        ('l2', False, 'uniform', 'oneshot')
         """
         data = self.has_data
+        criterion = self.criterion if self.criterion != "auto" else ("obs" if data else "l2")
         return dataclasses.replace(
-            self, criterion=self.criterion if self.criterion != "auto" else ("obs" if data else "l2"),
-            realign=data if self.realign is None else self.realign,
-            allocate=self.allocate or ("sensitivity" if data and self.budget != "ratio" else "uniform"))
+            self, criterion=criterion, realign=data if self.realign is None else self.realign,
+            allocate=self.allocate or ("sensitivity" if data and self.budget != "ratio" else "uniform"),
+            reconstruct=self.reconstruct or ("sequential" if data and criterion == "obs" else "oneshot"))
 
     @property
     def budget(self) -> str:

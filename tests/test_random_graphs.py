@@ -140,3 +140,15 @@ def test_prune_hidden_passes_mask_oracle(gm: GeneratedModel, ratio: float) -> No
     """``--prune-hidden`` on random graphs: reductions and global pools over channels become masked
     statistics (their groups prunable, kind ``hidden``); the twin's masked statistics must still match."""
     check_prune(gm, ratio, "l2", prune_hidden=True)
+
+
+@settings(max_examples=int(os.environ.get("SPA_RANDOM_GRAPH_EXAMPLES", "200")) // 5, deadline=None,
+          derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(gm=cnn_models(), ratio=st.sampled_from(RATIOS))
+def test_sequential_reconstruction_passes_mask_oracle(gm: GeneratedModel, ratio: float) -> None:
+    """``--reconstruct sequential`` on random graphs: the re-solved weights (and bias / BatchNorm shifts)
+    reach the masked twin too."""
+    from spa.calibration import RandomSource
+
+    check_prune(gm, ratio, "l2", calibration=RandomSource(samples=8, batch_size=4, seed=0), reconstruct="sequential",
+                realign=False)

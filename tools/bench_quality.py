@@ -7,8 +7,13 @@ inside PyPI packages, exported to ONNX, then pruned to ``--target-macs 0.7`` and
 * ``l2 uniform`` — the data-free default (no calibration, uniform ratios);
 * ``obs uniform`` — OBS scores and compensation on calibration data, uniform ratios;
 * ``obs + alloc`` — the same with budgets allocated by measured sensitivity (``--allocate sensitivity``);
-* ``obs + alloc + realign`` — and statistics re-alignment (``--realign``): what ``spa prune --calib`` does
-  by default;
+* ``obs + alloc + realign`` — and statistics re-alignment (``--realign``), with the criterion's one-shot
+  OBS compensation (``--reconstruct oneshot``);
+* ``obs + alloc + seq`` — allocation with sequential reconstruction (``--reconstruct sequential``: every
+  layer re-solved in topological order against the original's outputs given the pruned model's inputs),
+  no re-alignment;
+* ``+ sequential reconstruction`` — allocation, sequential reconstruction and re-alignment: what
+  ``spa prune --calib`` does by default;
 * ``+ spa recover`` — at ``--recover-targets`` (default 0.5), the ``l2 uniform`` result and the best
   data-driven one trained by ``spa recover`` (distillation from the original on the training split's inputs,
   no labels; ``--recover-steps`` steps of batch 32), with its wall time and peak RSS (needs torch).
@@ -68,9 +73,12 @@ DEFAULT_JSON = ROOT / "tools" / "results" / "bench_quality.json"
 #: label → prune options
 VARIANTS: dict[str, dict[str, Any]] = {
     "l2 uniform": {"criterion": "l2", "calibration": None, "allocate": "uniform", "realign": False},
-    "obs uniform": {"criterion": "obs", "allocate": "uniform", "realign": False},
-    "obs + alloc": {"criterion": "obs", "allocate": "sensitivity", "realign": False},
-    "obs + alloc + realign": {"criterion": "obs", "allocate": "sensitivity", "realign": True},
+    "obs uniform": {"criterion": "obs", "allocate": "uniform", "realign": False, "reconstruct": "oneshot"},
+    "obs + alloc": {"criterion": "obs", "allocate": "sensitivity", "realign": False, "reconstruct": "oneshot"},
+    "obs + alloc + realign": {"criterion": "obs", "allocate": "sensitivity", "realign": True, "reconstruct": "oneshot"},
+    "obs + alloc + seq": {"criterion": "obs", "allocate": "sensitivity", "realign": False, "reconstruct": "sequential"},
+    "+ sequential reconstruction": {"criterion": "obs", "allocate": "sensitivity", "realign": True,
+                                    "reconstruct": "sequential"},
 }
 
 

@@ -12,7 +12,8 @@ Data-aware criteria look at a group through its consumers: every weight slot of 
   activation's contraction axis holds the features, every other axis is a sample.
 
 Each op's view is built by its rule (:meth:`~spa.rules.base.ChannelRule.matrix_view`; the value types
-live in :mod:`spa.rules.views`); an op without one (ConvTranspose, a batched MatMul weight, ...) yields
+live in :mod:`spa.rules.views`; ConvTranspose with one group: its input positions as samples, rows =
+output channel × tap); an op without one (grouped ConvTranspose, a batched MatMul weight, ...) yields
 a *reason* instead, and the criterion falls back to magnitude for that consumer and says so.
 """
 

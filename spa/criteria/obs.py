@@ -14,7 +14,7 @@ absorb a shift of their output (a bias of their own, or the running mean of the 
 reads their output), scores and update use the *centred* ``H − μμᵀ`` and the bias takes the mean of
 what the update changed, ``(W − W')·μ`` — least squares with an intercept.
 
-Consumers without a matrix view (ConvTranspose, batched MatMul weights, inputs too large to unfold)
+Consumers without a matrix view (grouped ConvTranspose, batched MatMul weights, inputs too large to unfold)
 are scored by magnitude (``H = I``) and not updated; groups without any consumer fall back to ``l2``.
 Both are reported in ``ctx.notes``. The helpers here are shared with the data-free ``obspa``, which
 collects the same statistics on synthetic inputs.

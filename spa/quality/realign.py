@@ -18,13 +18,15 @@ Layers are corrected in topological *levels*: a level holds the consumers none o
 on another consumer of the same or a later level, and each level is measured on the masked twin carrying
 every earlier level's correction — one ONNX Runtime pass over the probe samples per level, plus one pass
 of the original model. The updates are full-size weights, so the pruned model and its masked twin carry
-the same values (the mask oracle holds).
+the same values (the mask oracle holds). After sequential reconstruction (:mod:`spa.quality.reconstruct`)
+only the layers it could not solve are re-aligned: a least-squares fit already matches the output mean,
+and restoring the variance it gives up would amplify what the pruned inputs can no longer explain.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,14 +57,15 @@ class _Target:
     level: int = 0
 
 
-def targets(analysis: Analysis, plan: Plan) -> tuple[list[_Target], list[str]]:
-    """The layers re-alignment corrects (in graph order, with levels) and why others are skipped."""
+def targets(analysis: Analysis, plan: Plan, exclude: Collection[str] = ()) -> tuple[list[_Target], list[str]]:
+    """The layers re-alignment corrects (in graph order, with levels) and why others are skipped; the
+    nodes in ``exclude`` (already reconstructed) are left out silently."""
     nodes = {n.name: n for n in analysis.model.graph.nodes}
     found: dict[str, _Target] = {}
     skipped: list[str] = []
     for gp in plan.groups:
         for c in group_consumers(analysis, gp.group):
-            if not isinstance(c, Consumer) or c.node in found or c.node not in nodes:
+            if not isinstance(c, Consumer) or c.node in found or c.node not in nodes or c.node in exclude:
                 continue
             node = nodes[c.node]
             axis = c.output_axis
@@ -118,6 +121,7 @@ def _align(analysis: Analysis, t: _Target, orig: FeatureMoments, now: FeatureMom
 
 def realign(analysis: Analysis, plan: Plan, updates: Updates | None, data: ProbeData,
             registry: RuleRegistry | None = None, *, variance: bool = True, threads: int = 1,
+            exclude: Collection[str] = (),
             progress: Callable[[str], None] | None = None) -> tuple[Updates, dict[str, object]]:
     """Re-align the output statistics of every layer that lost inputs (see the module docstring).
 
@@ -128,6 +132,8 @@ def realign(analysis: Analysis, plan: Plan, updates: Updates | None, data: Probe
         registry: rules for the masked twin.
         variance: also match the variance (else the mean only).
         threads: ONNX Runtime threads.
+        exclude: nodes to leave alone (those sequential reconstruction already fitted: matching their
+            variance afterwards would undo the least-squares fit's shrinkage and amplify noise).
         progress: called once per level.
 
     Returns:
@@ -136,7 +142,7 @@ def realign(analysis: Analysis, plan: Plan, updates: Updates | None, data: Probe
     """
     t0 = time.perf_counter()
     out: Updates = dict(updates or {})
-    todo, skipped = targets(analysis, plan)
+    todo, skipped = targets(analysis, plan, exclude)
     levels = sorted({t.level for t in todo})
     if todo:
         orig = _moments(analysis.model.to_onnx(), data, todo, threads)

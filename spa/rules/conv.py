@@ -43,7 +43,7 @@ from spa.rules.base import (
     dims_product,
     static,
 )
-from spa.rules.views import Consumer, conv_view
+from spa.rules.views import Consumer, conv_transpose_view, conv_view
 
 #: Conv/ConvTranspose attributes that change the computation (the latency-table key)
 _CONV_ATTRS = ("auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape", "pads",
@@ -207,6 +207,10 @@ class ConvTransposeRule(ChannelRule):
                 ctx.node.attrs["group"] = len(kept)
         if "output_shape" in ctx.node.attrs:
             pass  # spatial only: unaffected by channel pruning
+
+    def matrix_view(self, ctx: NodeContext, slot: Slot, labels: np.ndarray) -> Consumer | str:
+        """See :func:`spa.rules.views.conv_transpose_view`."""
+        return conv_transpose_view(ctx.node, slot, labels)
 
     def cost(self, ctx: NodeContext) -> Cost | None:
         """``numel(x) · (M/g) · Πk`` (see :func:`conv_cost`)."""

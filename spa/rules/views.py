@@ -232,6 +232,24 @@ def conv_view(node: gs.Node, slot: Slot, labels: np.ndarray) -> ViewResult:
                     not _sole_user(w), output_axis=1)
 
 
+def conv_transpose_view(node: gs.Node, slot: Slot, labels: np.ndarray) -> ViewResult:
+    """ConvTranspose ``[C, M, k...]`` (one group) read through its input channels: every input position
+    ``p`` adds ``W x_p`` to the outputs, ``W = w`` moved to ``[M·Πk, C]`` (rows: output channel × tap),
+    so the layer is ``y_p = W x_p`` with the input's positions as samples (the contributions before they
+    are summed into overlapping output positions). No bias: a shift per (channel, tap) is no bias shift."""
+    x, w = node.inputs[0], node.inputs[1]
+    wv = _const(w)
+    g = int(node.attrs.get("group", 1))
+    if wv is None or slot.axis != 0 or wv.ndim < 3:
+        return f"no matrix view of ConvTranspose '{node.name}': weight not constant"
+    if g != 1:
+        return f"no matrix view of ConvTranspose '{node.name}' with group {g}"
+    c = wv.shape[0]
+    block = Block(slice(0, int(np.prod(wv.shape[1:]))), np.arange(c), np.arange(c))
+    return Consumer(node.name, node.op, w.name, 0, labels, x.name, 1, c, 1, (block,), None, None,
+                    not _sole_user(w))
+
+
 def dense_view(node: gs.Node, w: gs.Tensor, slot: Slot, labels: np.ndarray, x: gs.Tensor, x_axis: int,
                bias: Bias | None, output_axis: int | None = None, alpha: float = 1.0) -> ViewResult:
     wv = _const(w)

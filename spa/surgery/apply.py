@@ -228,6 +228,19 @@ def _twin_hooks(mg: ModelGraph, kept: dict[Slot, np.ndarray], registry: RuleRegi
         mg.graph.cleanup().toposort()
 
 
+def twin_kept(analysis: Analysis, plan: Plan) -> dict[Slot, np.ndarray]:
+    """:func:`kept_indices`, with every zero-mode consumer's weight slot keeping only the channels it
+    reads (it reads everything kept but uses its own channels): what the masked twin keeps unzeroed."""
+    kept = kept_indices(analysis, plan)
+    for gp in plan.groups:
+        for c in gp.consumers:
+            if c.mode == "zero":
+                slot = Slot(c.tensor, c.axis)
+                labels = analysis.labels(gp.group)[slot]
+                kept[slot] = np.flatnonzero(np.isin(labels, list(c.kept)))
+    return kept
+
+
 def masked_twin(analysis: Analysis, plan: Plan, updates: dict[str, np.ndarray] | None = None,
                 registry: RuleRegistry | None = None) -> ModelGraph:
     """Same architecture, removed channels zeroed at their consumers (and statistics over hidden channels
@@ -242,13 +255,7 @@ def masked_twin(analysis: Analysis, plan: Plan, updates: dict[str, np.ndarray] |
     mg = analysis.model.copy()
     _apply_updates(mg, updates)
     tensors = mg.graph.tensors()
-    kept = kept_indices(analysis, plan)
-    for gp in plan.groups:  # zero-mode consumers read everything kept but use only their own channels
-        for c in gp.consumers:
-            if c.mode == "zero":
-                slot = Slot(c.tensor, c.axis)
-                labels = analysis.labels(gp.group)[slot]
-                kept[slot] = np.flatnonzero(np.isin(labels, list(c.kept)))
+    kept = twin_kept(analysis, plan)
     for slot, k in kept.items():
         t = tensors.get(slot.tensor)
         if not isinstance(t, gs.Constant) or Role.CONSUMER not in analysis.roles_of(slot):

@@ -181,10 +181,11 @@ def test_consumer_without_matrix_view_falls_back_with_a_note() -> None:
     b = GraphBuilder(opset=13, seed=6)
     x = b.input("x", [1, 3, 6, 6])
     y = b.op("Relu", [b.conv(x, 3, 6)])
-    y = b.op("ConvTranspose", [y, b.weight(6, 4, 2, 2)], strides=[2, 2])
+    y = b.op("ConvTranspose", [y, b.weight(6, 2, 2, 2)], strides=[2, 2], group=2)
     b.output(b.conv(b.op("Relu", [y]), 4, 2))
     r = assert_oracle(b.build(), 0.5, "obs", calibration=CALIB)
-    assert any("no matrix view of ConvTranspose" in n for n in r.report["criterion_notes"])  # type: ignore[union-attr]
+    assert any("no matrix view of ConvTranspose" in n and "with group 2" in n
+               for n in r.report["criterion_notes"])  # type: ignore[union-attr]
 
 
 def test_oversize_inputs_fall_back_to_magnitude() -> None:

@@ -31,7 +31,7 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("variance", [True, False])
 def test_realign_oracle(criterion: str, variance: bool) -> None:
     r = assert_oracle(small_cnn(), 0.5, criterion, calibration=data((3, 8, 8)), realign=True,
-                      realign_variance=variance, round_to=1)
+                      realign_variance=variance, round_to=1, reconstruct="oneshot")
     rec = r.report["realign"]
     assert isinstance(rec, dict) and rec["layers"] >= 3 and rec["levels"] >= 2, rec
 
