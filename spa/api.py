@@ -380,7 +380,8 @@ def _quality_report(quality: dict[str, object], opts: PruneOptions, analysis: An
     if alloc is not None and data is not None:
         chosen = {gp.group: len(gp.removed) / gp.channels for gp in plan.groups}
         predicted = sum(damage(curve, alloc.levels, chosen.get(gid, 0.0)) for gid, curve in alloc.curves.items())
-        measured = distortion(probe_outputs(model_proto(analysis, cctx), data), probe_outputs(pruned(), data))
+        reference = data.reference if data.reference is not None else probe_outputs(model_proto(analysis, cctx), data)
+        measured = distortion(reference, probe_outputs(pruned(), data))
         quality["allocation"] = alloc.record | {
             "levels": list(alloc.levels), "predicted_distortion": round(predicted, 6),
             "measured_distortion": round(measured, 6),

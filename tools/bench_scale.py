@@ -28,8 +28,10 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,10 +64,16 @@ def _vocab_seq(src: Path) -> tuple[int, int]:
 
 
 def _child(code: str) -> tuple[float, float, str]:
-    """Run ``code`` in a fresh interpreter; wall seconds, peak RSS in bytes, stdout."""
+    """Run ``code`` in a fresh interpreter (no sensitivity cache: probes are measured, not read back);
+    wall seconds, peak RSS in bytes, stdout."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
-    proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    with tempfile.TemporaryDirectory(prefix="spa_scale_cache_") as cache:
+        home = Path(os.environ.get("SPA_CACHE_DIR", Path.home() / ".cache" / "spa")) / "latency"
+        if home.is_dir():  # the latency table is kept: it is measured once per machine, not per prune
+            shutil.copytree(home, Path(cache) / "latency")
+        env = dict(os.environ, SPA_CACHE_DIR=cache)
+        proc = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])

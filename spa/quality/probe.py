@@ -31,6 +31,9 @@ class ProbeData:
     source: ArraySource
     samples: int
     digest: str
+    #: the original model's outputs on these samples, once a probe run has computed them (reused for the
+    #: report's measured distortion: a large model is not exported and run again for it)
+    reference: list[np.ndarray] | None = None
 
 
 def probe_data(model: onnx.ModelProto, source: CalibrationSource, samples: int = PROBE_SAMPLES,

@@ -190,6 +190,7 @@ def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], dat
             log.info("sensitivity probes rebuild each twin: the weight-fed model's outputs differ")
             fed = None
         reference = reference if reference is not None else fed_reference
+    data.reference = reference
     job = _ProbeJob(b"", data, reference or [], threads)
     base = {i.name: i.SerializeToString() for i in proto.graph.initializer} if spread and proto else {}
     items: list[Probe] = []
