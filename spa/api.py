@@ -361,7 +361,9 @@ def _criterion_context(opts: PruneOptions) -> CriterionContext:
                                                                  ("normalize", opts.normalize)) if v is not None}
     source = load_calibration(opts.calibration, samples=opts.calib_samples, batch_size=opts.calib_batch,
                               preprocess=opts.calib_preprocess, seed=opts.seed)
-    cctx = CriterionContext(seed=opts.seed, calibration=source, options=options)
+    if isinstance(source, RandomSource) and source.shapes is None and opts.shapes:  # --calib random --shape
+        source = replace(source, shapes={k: tuple(v[1:]) for k, v in opts.shapes.items()})
+    cctx = CriterionContext(seed=opts.seed, calibration=source, options=options, shapes=opts.shapes)
     reduce_options(cctx)
     return cctx
 

@@ -71,6 +71,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "obs uniform": {"criterion": "obs", "allocate": "uniform", "realign": False},
     "obs + alloc": {"criterion": "obs", "allocate": "sensitivity", "realign": False},
     "obs + alloc + realign": {"criterion": "obs", "allocate": "sensitivity", "realign": True},
+    # data-free: no calibration data reaches these (``calibration: None`` overrides the bench's source)
+    "obspa uniform": {"criterion": "obspa", "calibration": None, "allocate": "uniform", "realign": False},
+    "obspa diag": {"criterion": "obspa", "calibration": None, "allocate": "uniform", "realign": False,
+                   "criterion_options": {"obspa_h": "diag"}},
 }
 
 
@@ -491,7 +495,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="spa recover steps (batch 32) on the l2 and best data-driven results; 0: no recover")
     p.add_argument("--recover-lr", type=float, default=1e-3, help="spa recover learning rate")
     p.add_argument("--recover-targets", default="0.5", help="MACs targets at which to run spa recover")
+    p.add_argument("--variants", default="", help="comma-separated variant labels to run (default: all)")
     args = p.parse_args(argv)
+    if args.variants:
+        unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+        if unknown:
+            p.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+        for label in [v for v in VARIANTS if v not in args.variants.split(",")]:
+            del VARIANTS[label]
     targets = [float(x) for x in args.targets.split(",")]
     wanted = args.models.split(",")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

@@ -59,7 +59,13 @@ def required_source(ctx: CriterionContext, who: str) -> CalibrationSource:
 
 def fallback_source(ctx: CriterionContext) -> CalibrationSource:
     """The user's calibration data if any, else seeded random inputs."""
-    return source(ctx, "", required=False) or RandomSource(samples=32, batch_size=8, seed=ctx.seed)
+    return source(ctx, "", required=False) or RandomSource(samples=32, batch_size=8, seed=ctx.seed,
+                                                           shapes=sample_shapes(ctx))
+
+
+def sample_shapes(ctx: CriterionContext) -> dict[str, tuple[int, ...]] | None:
+    """The user's input shapes (``--shape``) without their batch axis, for random inputs (None: not given)."""
+    return {k: tuple(v[1:]) for k, v in ctx.shapes.items() if len(v)} if ctx.shapes else None
 
 
 def model_proto(analysis: Analysis, ctx: CriterionContext) -> onnx.ModelProto:
@@ -110,7 +116,8 @@ def collect_stats(analysis: Analysis, ctx: CriterionContext, src: CalibrationSou
 def synthetic_source(ctx: CriterionContext) -> RandomSource:
     """Seeded random inputs for synthetic statistics (``synthetic_samples``, default 128, batches of 32)."""
     samples = int(ctx.options.get("synthetic_samples") or SYNTHETIC_SAMPLES)  # type: ignore[call-overload]
-    return RandomSource(samples=samples, batch_size=min(SYNTHETIC_BATCH, samples), seed=ctx.seed)
+    return RandomSource(samples=samples, batch_size=min(SYNTHETIC_BATCH, samples), seed=ctx.seed,
+                        shapes=sample_shapes(ctx))
 
 
 def second_moments(analysis: Analysis, ctx: CriterionContext, who: str, views: Iterable[Consumer], *,
@@ -141,7 +148,8 @@ def second_moments(analysis: Analysis, ctx: CriterionContext, who: str, views: I
                     fresh = SecondMoment(c.rows_of, c.features, len(c.blocks))
                     accs[c.input] = [fresh if a is cache[c.stats_key] else a for a in accs[c.input]]
                     cache[c.stats_key] = fresh
-            single = RandomSource(samples=src.samples, batch_size=1, seed=ctx.seed)  # type: ignore[attr-defined]
+            single = RandomSource(samples=src.samples, batch_size=1, seed=ctx.seed,  # type: ignore[attr-defined]
+                                  shapes=sample_shapes(ctx))
             collect_stats(analysis, ctx, single, accs, f"{who}: input statistics", synthetic=synthetic)
     return cache
 

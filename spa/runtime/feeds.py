@@ -123,8 +123,20 @@ def runnable_shapes(sess: ort.InferenceSession, shapes: Mapping[str, tuple[int, 
     Shapes in ``shapes`` are kept; a dynamic first dimension is ``batch``; every other dynamic dimension
     takes the first size of :data:`PROBE_DIMS` at which ONNX Runtime runs the model on random inputs
     (one run per size tried; none when nothing is dynamic). When no size runs, the first is returned
-    and the caller's own run reports the error.
+    and the caller's own run reports the error (:func:`find_runnable_shapes` returns None instead).
     """
+    found = find_runnable_shapes(sess, shapes, batch=batch, seed=seed)
+    if found is None:
+        specs = input_specs(sess)
+        return {s.name: tuple(shapes[s.name]) if shapes and s.name in shapes else
+                tuple(d if isinstance(d, int) and d >= 0 else (batch if k == 0 else DYNAMIC_DIM)
+                      for k, d in enumerate(s.shape)) for s in specs}
+    return found
+
+
+def find_runnable_shapes(sess: ort.InferenceSession, shapes: Mapping[str, tuple[int, ...]] | None = None, *,
+                         batch: int = 2, seed: int = 0) -> Shapes | None:
+    """:func:`runnable_shapes`, or None when the model has dynamic sizes and none of :data:`PROBE_DIMS` runs."""
     specs = input_specs(sess)
 
     def dynamic(d: object) -> bool:
@@ -146,7 +158,7 @@ def runnable_shapes(sess: ort.InferenceSession, shapes: Mapping[str, tuple[int, 
         except Exception:  # noqa: BLE001 - ONNX Runtime refuses a size with untyped errors: try the next one
             continue
         return candidate
-    return at(DYNAMIC_DIM)
+    return None
 
 
 def _concrete(model: str, name: str, declared: Sequence[object], given: tuple[int, ...] | None,
