@@ -95,3 +95,25 @@ def test_stated_shapes_reach_the_synthetic_inputs(criterion: str, calibration: s
     assert r.report["num_pruned"] == 1
     assert r.masked is not None
     assert spa.verify(r.model, r.masked, shapes={"x": (2, 1, 20, 20)}).ok
+
+
+def test_synthetic_inputs_are_1_over_f_noise_on_images_and_white_elsewhere() -> None:
+    from spa.criteria.base import CriterionContext
+    from spa.criteria.calibrated import synthetic_source
+    from spa.runtime.feeds import input_specs
+
+    b = GraphBuilder(opset=13, seed=3)
+    img, seq = b.input("img", ["N", 3, 32, 32]), b.input("tokens", ["N", 8, 16])
+    b.output(b.conv(img, 3, 4))
+    b.output(b.op("MatMul", [seq, b.weight(16, 4)]))  # type: ignore[arg-type]
+    m = b.build()
+    analysis = analyze_graph(spa.load(m))
+    specs = input_specs(m)
+
+    def neighbour_corr(options: dict[str, object]) -> dict[str, float]:
+        feed = next(synthetic_source(analysis, CriterionContext(options=options)).batches(specs))
+        return {k: float(np.corrcoef(v[..., :-1].ravel(), v[..., 1:].ravel())[0, 1]) for k, v in feed.items()}
+
+    default = neighbour_corr({})
+    assert default["img"] > 0.5 and abs(default["tokens"]) < 0.1  # a MatMul's tokens stay white
+    assert abs(neighbour_corr({"synthetic_spectrum": 0.0})["img"]) < 0.1
