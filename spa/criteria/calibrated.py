@@ -6,7 +6,8 @@ statistics of their inputs — computed once per prune and kept in ``ctx.cache``
 it first). Options read from ``ctx.options``: ``damp`` (OBS damping, default 0.01), ``max_features``
 (largest unfolded input an ``H`` is built for, default 8192), ``threads`` (ONNX Runtime threads,
 default 1), ``synthetic_samples`` (random inputs for synthetic statistics, default 128),
-``synthetic_spectrum`` (their ``1/f^s`` exponent on image and signal inputs, default 1; 0: white noise).
+``synthetic_spectrum`` (their ``1/f^s`` exponent on image and signal inputs, default 1; 0: white noise),
+``synthetic_rows`` (unfolded rows per synthetic batch each ``H`` is accumulated from, default 4096).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ SYNTHETIC_SAMPLES = 128
 SYNTHETIC_BATCH = 32
 #: amplitude-spectrum exponent of synthetic image/signal inputs (``1/f``: natural images)
 SYNTHETIC_SPECTRUM = 1.0
+#: unfolded input rows per synthetic batch an ``H`` is accumulated from (a seeded sample of the positions)
+SYNTHETIC_ROWS = 4096
 
 
 def source(ctx: CriterionContext, who: str, *, required: bool = True) -> CalibrationSource | None:
@@ -144,11 +147,12 @@ def second_moments(analysis: Analysis, ctx: CriterionContext, who: str, views: I
     BatchNorms normalising by batch statistics (:mod:`spa.calibration.synthetic`).
     """
     name = "synthetic_moments" if synthetic else "second_moments"
+    rows = int(ctx.options.get("synthetic_rows") or SYNTHETIC_ROWS) if synthetic else None  # type: ignore[call-overload]
     cache: dict[tuple[object, ...], SecondMoment] = ctx.cache.setdefault(name, {})  # type: ignore[assignment]
     accs: dict[str, list[Accumulator]] = {}
     for c in views:
         if c.stats_key not in cache:
-            cache[c.stats_key] = SecondMoment(c.rows_of, c.features, len(c.blocks))
+            cache[c.stats_key] = SecondMoment(c.rows_of, c.features, len(c.blocks), rows)
             accs.setdefault(c.input, []).append(cache[c.stats_key])
     if accs:
         src = synthetic_source(analysis, ctx) if synthetic else required_source(ctx, who)
@@ -161,7 +165,7 @@ def second_moments(analysis: Analysis, ctx: CriterionContext, who: str, views: I
             ctx.note(f"{who}: the model does not run batched; synthetic statistics use one sample per run")
             for c in views:
                 if c.stats_key in cache and any(a is cache[c.stats_key] for a in accs.get(c.input, [])):
-                    fresh = SecondMoment(c.rows_of, c.features, len(c.blocks))
+                    fresh = SecondMoment(c.rows_of, c.features, len(c.blocks), rows)
                     accs[c.input] = [fresh if a is cache[c.stats_key] else a for a in accs[c.input]]
                     cache[c.stats_key] = fresh
             single = replace(src, batch_size=1)  # type: ignore[type-var]

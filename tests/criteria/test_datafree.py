@@ -117,3 +117,17 @@ def test_synthetic_inputs_are_1_over_f_noise_on_images_and_white_elsewhere() -> 
     default = neighbour_corr({})
     assert default["img"] > 0.5 and abs(default["tokens"]) < 0.1  # a MatMul's tokens stay white
     assert abs(neighbour_corr({"synthetic_spectrum": 0.0})["img"]) < 0.1
+
+
+def test_row_sampled_second_moment_estimates_the_full_one() -> None:
+    from spa.calibration.stats import SecondMoment
+
+    rng = np.random.default_rng(0)
+    mix = rng.standard_normal((6, 6))
+    x = rng.standard_normal((4, 50_000, 6)) @ mix  # 4 samples of 50k rows each
+    full, sampled = SecondMoment(lambda a: a.reshape(-1, 6), 6), SecondMoment(lambda a: a.reshape(-1, 6), 6, 1, 8192)
+    full.update(x)
+    sampled.update(x)
+    assert sampled.count == 8192 and full.count == 200_000
+    rel = np.abs(sampled.matrix - full.matrix).max() / np.abs(full.matrix).max()
+    assert 0 < rel < 0.05
