@@ -131,3 +131,11 @@ def test_row_sampled_second_moment_estimates_the_full_one() -> None:
     assert sampled.count == 8192 and full.count == 200_000
     rel = np.abs(sampled.matrix - full.matrix).max() / np.abs(full.matrix).max()
     assert 0 < rel < 0.05
+
+
+def test_no_data_note_points_to_obspa_unless_it_is_in_use() -> None:
+    l2 = spa.prune(pnet(), ratio=0.3, round_to=1).report
+    assert l2["criterion"] == "l2" and "--criterion obspa" in str(l2["quality_note"])
+    obspa = spa.prune(pnet(), ratio=0.3, round_to=1, criterion="obspa").report
+    note = str(obspa["quality_note"])
+    assert "cannot be protected without data" in note and "--criterion obspa" not in note and "\n" not in note
