@@ -329,6 +329,13 @@ def _analyse_and_score(mg: ModelGraph, opts: PruneOptions, registry: RuleRegistr
 NO_DATA_NOTE = ("task quality cannot be protected without data: give --calib with a few dozen of the model's inputs "
                 "(an image folder, or an .npz/.npy of input arrays) for obs scores, sensitivity-allocated budgets "
                 "and statistics re-alignment")
+#: what :data:`NO_DATA_NOTE` adds when the criterion is not the data-free OBS already
+OBSPA_HINT = "; without data, --criterion obspa (OBS on synthetic inputs, slower than l2) keeps more of the task"
+
+
+def no_data_note(criterion: str) -> str:
+    """The one line said when no data protects the task (with the ``obspa`` hint unless it is in use)."""
+    return NO_DATA_NOTE + ("" if criterion == "obspa" else OBSPA_HINT)
 
 
 def _probe_data(analysis: Analysis, opts: PruneOptions, cctx: CriterionContext) -> ProbeData | None:
@@ -375,8 +382,8 @@ def _quality_report(quality: dict[str, object], opts: PruneOptions, analysis: An
     ``pruned`` exports the pruned model only when the distortion is measured (a large model is never
     copied into a proto for nothing)."""
     if not opts.has_data:
-        log.info("%s", NO_DATA_NOTE)
-        quality["quality_note"] = NO_DATA_NOTE
+        quality["quality_note"] = no_data_note(opts.criterion)
+        log.info("%s", quality["quality_note"])
     if alloc is not None and data is not None:
         chosen = {gp.group: len(gp.removed) / gp.channels for gp in plan.groups}
         predicted = sum(damage(curve, alloc.levels, chosen.get(gid, 0.0)) for gid, curve in alloc.curves.items())
@@ -405,8 +412,11 @@ def _criterion_context(opts: PruneOptions) -> CriterionContext:
                                                                  ("normalize", opts.normalize)) if v is not None}
     source = load_calibration(opts.calibration, samples=opts.calib_samples, batch_size=opts.calib_batch,
                               preprocess=opts.calib_preprocess, seed=opts.seed)
+    if isinstance(source, RandomSource) and source.shapes is None and opts.shapes:  # --calib random --shape
+        source = replace(source, shapes={k: tuple(v[1:]) for k, v in opts.shapes.items()})
     executor = None if opts.executor == "serial" else _executor(opts.executor, opts.ray_address, opts.workers)
-    cctx = CriterionContext(seed=opts.seed, calibration=source, options=options, executor=executor)
+    cctx = CriterionContext(seed=opts.seed, calibration=source, options=options, shapes=opts.shapes,
+                            executor=executor)
     reduce_options(cctx)
     return cctx
 

@@ -358,7 +358,7 @@ def prune(ctx: click.Context, model: str, **params: Any) -> int:
     if not ctx.obj["quiet"] and report != "-":
         _print_prune_summary(model, output, options, rep)
     if not options.has_data and not ctx.obj["quiet"]:  # last: an error before it stays one line
-        click.echo(f"spa: warning: {api.NO_DATA_NOTE}", err=True)
+        click.echo(f"spa: warning: {rep.get('quality_note') or api.NO_DATA_NOTE}", err=True)
     return 0
 
 

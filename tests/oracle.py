@@ -121,10 +121,10 @@ def assert_oracle(
 
 def _scaled_atol(result: PruneResult, atol: float) -> float:
     """atol relative to the masked twin's output magnitude (deep nets have large activations)."""
-    from spa.runtime.feeds import random_inputs
+    from spa.runtime.feeds import random_inputs, runnable_shapes
     from spa.runtime.session import session
 
     sess = session(result.masked)  # type: ignore[arg-type]
-    outs = sess.run(None, random_inputs(sess, seed=0))
+    outs = sess.run(None, random_inputs(sess, seed=0, shapes=runnable_shapes(sess)))  # sizes it accepts
     scale = max((float(np.max(np.abs(o))) for o in outs if np.asarray(o).size), default=1.0)
     return atol * max(1.0, scale)

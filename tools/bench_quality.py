@@ -79,6 +79,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "obs + alloc + seq": {"criterion": "obs", "allocate": "sensitivity", "realign": False, "reconstruct": "sequential"},
     "+ sequential reconstruction": {"criterion": "obs", "allocate": "sensitivity", "realign": True,
                                     "reconstruct": "sequential"},
+    # data-free: no calibration data reaches these (``calibration: None`` overrides the bench's source)
+    "obspa uniform": {"criterion": "obspa", "calibration": None, "allocate": "uniform", "realign": False},
+    "obspa white noise": {"criterion": "obspa", "calibration": None, "allocate": "uniform", "realign": False,
+                          "criterion_options": {"synthetic_spectrum": 0.0}},
 }
 
 
@@ -393,8 +397,8 @@ def recover_rows(path: Path, pruned: dict[str, Any], t: Task, base: float, steps
 
 
 def bench_model(spec: Spec, targets: list[float], calib: int, seed: int, console: Console,
-                recover_targets: list[float] = (), recover_steps: int = 0, recover_lr: float = 1e-3
-                ) -> dict[str, Any] | None:
+                recover_targets: list[float] = (), recover_steps: int = 0, recover_lr: float = 1e-3,
+                fold_bn: bool = False) -> dict[str, Any] | None:
     from models.export import export_onnx
 
     t = spec.task(seed)
@@ -407,7 +411,7 @@ def bench_model(spec: Spec, targets: list[float], calib: int, seed: int, console
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{spec.name}.onnx"
-        export_onnx(model, (1, *t.x_train.shape[1:]), path, exporter="legacy", keep_bn=spec.keep_bn,
+        export_onnx(model, (1, *t.x_train.shape[1:]), path, exporter="legacy", keep_bn=spec.keep_bn and not fold_bn,
                     dynamic_batch=True)
         base = score(str(path), t)
         console.print(f"[bold]{spec.name}[/] ({spec.kind}, {t.name}): {len(t.x_train)} train / {len(t.x_test)} "
@@ -499,7 +503,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="spa recover steps (batch 32) on the l2 and best data-driven results; 0: no recover")
     p.add_argument("--recover-lr", type=float, default=1e-3, help="spa recover learning rate")
     p.add_argument("--recover-targets", default="0.5", help="MACs targets at which to run spa recover")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="export every model with BatchNorm folded into the convs (no running statistics)")
+    p.add_argument("--variants", default="", help="comma-separated variant labels to run (default: all)")
     args = p.parse_args(argv)
+    if args.variants:
+        unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+        if unknown:
+            p.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+        for label in [v for v in VARIANTS if v not in args.variants.split(",")]:
+            del VARIANTS[label]
     targets = [float(x) for x in args.targets.split(",")]
     wanted = args.models.split(",")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
@@ -507,14 +520,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rec_targets = [float(x) for x in args.recover_targets.split(",") if x]
     results = [r for r in (bench_model(s, targets, args.calib, args.seed, console, rec_targets, args.recover_steps,
-                                       args.recover_lr)
+                                       args.recover_lr, args.fold_bn)
                            for s in SPECS if s.name in wanted) if r is not None]
     summary = print_table(results, targets, console) if results else {}
     total = time.perf_counter() - t0
     console.print(f"total {total:.1f}s")
     meta = {"command": " ".join(["python", "tools/bench_quality.py", *(argv if argv is not None else sys.argv[1:])]),
             "seed": args.seed, "targets": targets, "calibration": args.calib, "round_to": 1,
-            "recover_steps": args.recover_steps, "recover_lr": args.recover_lr, "recover_targets": rec_targets,
+            "fold_bn": args.fold_bn, "recover_steps": args.recover_steps, "recover_lr": args.recover_lr,
+            "recover_targets": rec_targets,
             "total_seconds": round(total, 1), "python": platform.python_version(), "torch": torch.__version__,
             "spa": spa.__version__, "machine": platform.machine(), "cpus": os.cpu_count()}
     out = Path(args.json)

@@ -282,18 +282,27 @@ class RandomSource:
 
     Dynamic non-batch dimensions take their size from ``shapes`` (``{input: sample shape}``), else
     :data:`RANDOM_DIM`. Meant for tests and for data-free criteria that need a fallback.
+
+    ``spectrum`` (``{input: exponent}``) makes the floats of those inputs whose samples have a channel
+    axis and positions (``[C, L]``, ``[C, H, W]``, or ``[H, W, C]`` when the last axis is 1, 3 or 4 and
+    the first is not) spatially correlated, like natural signals: white noise whose amplitude spectrum
+    over the position axes falls as ``1 / f^exponent`` (1: the ``1/f`` amplitude of natural images),
+    standardised to mean 0 and variance 1 per sample (:func:`coloured_noise`).
     """
 
     samples: int | None = 32
     batch_size: int = 8
     seed: int = 0
     shapes: Mapping[str, tuple[int, ...]] | None = None
+    spectrum: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         _check_counts(self.samples, self.batch_size)
 
     def describe(self) -> str:
-        return f"random normal inputs (seed {self.seed})"
+        coloured = {k: v for k, v in (self.spectrum or {}).items() if v}
+        kind = ", ".join(f"1/f^{v:g} noise for '{k}'" for k, v in coloured.items())
+        return f"random normal inputs{' (' + kind + ')' if kind else ''} (seed {self.seed})"
 
     def count(self, inputs: Sequence[InputSpec]) -> int | None:
         return self.samples or 32
@@ -308,10 +317,38 @@ class RandomSource:
                 sample = (tuple(self.shapes[spec.name]) if self.shapes and spec.name in self.shapes else
                           tuple(d if isinstance(d, int) and d > 0 else RANDOM_DIM for d in spec.sample_shape))
                 shape = (n, *sample)
-                if spec.dtype.kind == "f":
+                exponent = (self.spectrum or {}).get(spec.name, 0.0)
+                if spec.dtype.kind == "f" and exponent and len(sample) >= 2:
+                    last = len(sample) == 3 and sample[-1] in (1, 3, 4) and sample[0] not in (1, 3, 4)
+                    feed[spec.name] = coloured_noise(rng, shape, exponent, channels_last=last).astype(spec.dtype)
+                elif spec.dtype.kind == "f":
                     feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
                 elif spec.dtype.kind == "b":
                     feed[spec.name] = rng.random(shape) < 0.5
                 else:
                     feed[spec.name] = rng.integers(0, 4, size=shape).astype(spec.dtype)
             yield feed
+
+
+def coloured_noise(rng: np.random.Generator, shape: tuple[int, ...], exponent: float, *,
+                   channels_last: bool = False) -> np.ndarray:
+    """Noise of ``shape`` ``[N, C, *positions]`` (``channels_last``: ``[N, *positions, C]``) whose
+    amplitude spectrum over the position axes falls as ``1 / f^exponent`` (``f`` the radial frequency in
+    cycles per sample, floored at one cycle per largest extent), standardised to mean 0 and variance 1
+    per sample.
+
+    >>> x = coloured_noise(np.random.default_rng(0), (2, 3, 16, 16), 1.0)
+    >>> x.shape, bool(np.allclose(x.reshape(2, -1).std(axis=1), 1.0))
+    ((2, 3, 16, 16), True)
+    """
+    axes = tuple(range(1, len(shape) - 1)) if channels_last else tuple(range(2, len(shape)))
+    sizes = [shape[a] for a in axes]
+    spec = np.fft.rfftn(rng.standard_normal(shape), axes=axes)
+    grids = np.meshgrid(*[np.fft.fftfreq(n) for n in sizes[:-1]], np.fft.rfftfreq(sizes[-1]), indexing="ij")
+    f = np.sqrt(sum(g * g for g in grids))
+    f = np.expand_dims(f, -1) if channels_last else f  # broadcast over the trailing channel axis
+    spec *= np.maximum(f, 1.0 / max(sizes)) ** -exponent
+    x = np.fft.irfftn(spec, s=sizes, axes=axes)
+    flat = x.reshape(shape[0], -1)
+    flat = (flat - flat.mean(axis=1, keepdims=True)) / (flat.std(axis=1, keepdims=True) + 1e-12)
+    return flat.reshape(shape)

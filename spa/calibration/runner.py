@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from spa.calibration.data import CalibrationError, CalibrationSource, RandomSource
-from spa.runtime.feeds import InputSpec, graph_of, input_specs, runnable_shapes
+from spa.runtime.feeds import PROBE_DIMS, InputSpec, find_runnable_shapes, graph_of, input_specs
 from spa.runtime.session import session
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,24 @@ def _sessions(tapped: onnx.ModelProto, source: CalibrationSource, fetch: list[st
     return sessions
 
 
+def _fitted(source: RandomSource, sess: ort.InferenceSession, model: onnx.ModelProto) -> RandomSource:
+    """``source`` with sample shapes the model runs at (:func:`~spa.runtime.feeds.find_runnable_shapes`).
+
+    Raises:
+        CalibrationError: the model has dynamic sizes and none of those tried runs.
+    """
+    fitted = find_runnable_shapes(sess, batch=1, seed=source.seed, graph=lambda: graph_of(model))
+    if fitted is None:
+        spec = next(s for s in input_specs(sess) if any(not (isinstance(d, int) and d >= 0) for d in s.shape[1:]))
+        dims = ",".join(str(d) if isinstance(d, int) and d >= 0 else "1" if k == 0 else "?"
+                        for k, d in enumerate(spec.shape))
+        raise CalibrationError(
+            f"no size spa tried ({', '.join(map(str, PROBE_DIMS))}) for the dynamic dimensions of input "
+            f"'{spec.name}' runs the model on random inputs: give the sizes it runs at with --shape "
+            f"{spec.name}={dims} (shapes= in Python) or real data with --calib")
+    return dataclasses.replace(source, shapes={k: v[1:] for k, v in fitted.items() if v})
+
+
 @dataclass
 class _Plan:
     """What one calibration run fetches, and its sessions."""
@@ -203,8 +221,7 @@ def _plan(model: onnx.ModelProto, source: CalibrationSource, taps: Sequence[str]
     static = _static_batch(specs)
     sessions = _sessions(tapped_model(model, fetch), source, fetch, static, threads)
     if isinstance(source, RandomSource) and source.shapes is None:  # sizes the model accepts, not always 8
-        fitted = runnable_shapes(sessions.fixed, batch=1, seed=source.seed, graph=lambda: graph_of(model))
-        source = dataclasses.replace(source, shapes={k: v[1:] for k, v in fitted.items() if v})
+        source = _fitted(source, sessions.fixed, model)
     return _Plan(list(specs), wanted, fetch, static, sessions, source)
 
 

@@ -9,6 +9,7 @@ still holds for compensating criteria.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -35,11 +36,14 @@ class CriterionContext:
         cache: private memo a criterion shares between :meth:`Criterion.score` and
             :meth:`Criterion.compensate` (e.g. calibration statistics), so data is read once.
         executor: where calibration statistics are computed (None: in this process, one pass).
+        shapes: the input shapes the user stated (``--shape``, batch first), which synthetic inputs take;
+            None: sizes the model is found to run at.
     """
 
     seed: int = 0
     calibration: object | None = None
     options: dict[str, object] = field(default_factory=dict)
+    shapes: Mapping[str, tuple[int, ...]] | None = None
     notes: list[str] = field(default_factory=list)
     cache: dict[str, object] = field(default_factory=dict, repr=False)
     executor: Executor | None = field(default=None, repr=False)

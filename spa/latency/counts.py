@@ -616,9 +616,27 @@ class _Moves:
 
 
 def input_shapes_of(analysis: Analysis) -> dict[str, tuple[int, ...]]:
-    """The graph inputs' shapes with every dynamic dimension 1 (what the table is looked up at)."""
-    return {t.name: tuple(int(d) if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in (t.shape or ()))
-            for t in analysis.model.graph.inputs}
+    """The graph inputs' shapes with every dynamic non-batch dimension the smallest of ``1`` and
+    :data:`~spa.runtime.feeds.PROBE_DIMS` at which shape inference gives every tensor a positive size
+    (what the table is looked up at; the batch is 1). A face-proposal net of valid convolutions needs
+    ``12 × 12`` at least: at ``1 × 1`` its tensors would have negative sizes."""
+    from spa.runtime.feeds import PROBE_DIMS
+
+    def at(dim: int) -> dict[str, tuple[int, ...]]:
+        return {t.name: tuple(int(d) if isinstance(d, (int, np.integer)) and d > 0 else (1 if k == 0 else dim)
+                              for k, d in enumerate(t.shape or ())) for t in analysis.model.graph.inputs}
+
+    dynamic = any(not (isinstance(d, (int, np.integer)) and d > 0)
+                  for t in analysis.model.graph.inputs for d in (t.shape or ())[1:])
+    for dim in (1, *PROBE_DIMS) if dynamic else (1,):
+        try:
+            shapes = concrete_shapes(analysis.model, at(dim))
+        except Exception as exc:  # noqa: BLE001 - ONNX shape inference refuses a size: try the next one
+            log.debug("no concrete shapes at %d (%s)", dim, exc)
+            continue
+        if all(d > 0 for s in shapes.values() for d in s):
+            return at(dim)
+    return at(1)
 
 
 @dataclass

@@ -133,8 +133,21 @@ def runnable_shapes(sess: ort.InferenceSession, shapes: Mapping[str, tuple[int, 
     (:func:`spa.analysis.metrics.refusals_at`: a Concat of a ×32 downsampled and upsampled map with the
     original, a position table, a window layout) is not run but kept for last, so the first size tried
     is usually the one that runs. When no size runs, the first is returned and the caller's own run
-    reports the error.
+    reports the error (:func:`find_runnable_shapes` returns None instead).
     """
+    found = find_runnable_shapes(sess, shapes, batch=batch, seed=seed, graph=graph)
+    if found is None:
+        specs = input_specs(sess)
+        return {s.name: tuple(shapes[s.name]) if shapes and s.name in shapes else
+                tuple(d if isinstance(d, int) and d >= 0 else (batch if k == 0 else DYNAMIC_DIM)
+                      for k, d in enumerate(s.shape)) for s in specs}
+    return found
+
+
+def find_runnable_shapes(sess: ort.InferenceSession, shapes: Mapping[str, tuple[int, ...]] | None = None, *,
+                         batch: int = 2, seed: int = 0, graph: Callable[[], ModelGraph | None] | None = None
+                         ) -> Shapes | None:
+    """:func:`runnable_shapes`, or None when the model has dynamic sizes and none of :data:`PROBE_DIMS` runs."""
     specs = input_specs(sess)
 
     def dynamic(d: object) -> bool:
@@ -147,8 +160,7 @@ def runnable_shapes(sess: ort.InferenceSession, shapes: Mapping[str, tuple[int, 
 
     if not any(dynamic(d) for s in specs if not (shapes and s.name in shapes) for d in s.shape[1:]):
         return at(DYNAMIC_DIM)
-    found = _first_running(sess, [at(dim) for dim in PROBE_DIMS], seed, graph() if graph is not None else None)
-    return found if found is not None else at(DYNAMIC_DIM)
+    return _first_running(sess, [at(dim) for dim in PROBE_DIMS], seed, graph() if graph is not None else None)
 
 
 def graph_of(model: object) -> ModelGraph | None:
