@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -177,6 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         effs = [float(r["efficiency"]) for r in rows if r["variant"] == variant]  # type: ignore[arg-type]
         if effs:
             summary[variant] = {"mean_efficiency": sum(effs) / len(effs), "min_efficiency": min(effs)}
+    targets = [r for r in rows if r["variant"] == "target"]
+    if targets:  # --target-latency: the measured latency fraction each model reached
+        summary["target"] = {"goal": args.target, "latency_fraction": {str(r["model"]): r["latency_fraction"]
+                                                                       for r in targets},
+                             "prune_s": {str(r["model"]): r.get("prune_s") for r in targets}}
+    default = {str(r["model"]): r for r in rows if r["variant"] == "default"}
+    exact = {str(r["model"]): r for r in rows if r["variant"] == "exact"}
+    summary["macs_vs_exact"] = {m: float(default[m]["macs_fraction"]) - float(exact[m]["macs_fraction"])  # type: ignore[arg-type]
+                                for m in default if m in exact}
     console.print(summary)
     if sweep:
         st = Table(title="spa sweep models/demo_cnn.onnx (defaults)")
@@ -187,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                          for k in ("ratio", "speedup", "ideal_speedup", "latency_efficiency")))
         console.print(st)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"threads": args.threads, "iters": args.iters, "ratio": args.ratio,
+    command = " ".join(["python", "tools/bench_latency_zoo.py", *(argv or sys.argv[1:])])
+    args.json.write_text(json.dumps({"command": command, "cpu_load": os.getloadavg(),
+                                     "threads": args.threads, "iters": args.iters, "ratio": args.ratio,
                                      "rows": rows, "summary": summary, "demo_sweep": sweep}, indent=2))
     console.print(f"wrote {args.json}")
     return 0

@@ -68,6 +68,7 @@ from spa.reorder.blocks import channel_blocks
 from spa.rules.base import NodeContext, Slot
 from spa.rules.defaults import default_registry
 from spa.rules.registry import RuleRegistry
+from spa.runtime.feeds import PROBE_DIMS
 
 log = logging.getLogger(__name__)
 
@@ -620,8 +621,6 @@ def input_shapes_of(analysis: Analysis) -> dict[str, tuple[int, ...]]:
     :data:`~spa.runtime.feeds.PROBE_DIMS` at which shape inference gives every tensor a positive size
     (what the table is looked up at; the batch is 1). A face-proposal net of valid convolutions needs
     ``12 × 12`` at least: at ``1 × 1`` its tensors would have negative sizes."""
-    from spa.runtime.feeds import PROBE_DIMS
-
     def at(dim: int) -> dict[str, tuple[int, ...]]:
         return {t.name: tuple(int(d) if isinstance(d, (int, np.integer)) and d > 0 else (1 if k == 0 else dim)
                               for k, d in enumerate(t.shape or ())) for t in analysis.model.graph.inputs}
