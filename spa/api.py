@@ -40,6 +40,7 @@ from spa.plan import Plan, make_plan
 from spa.quality import Allocation, ProbeData, allocate, distortion, probe_data, realign, sensitivity_curves
 from spa.quality.probe import outputs as probe_outputs
 from spa.quality.sensitivity import damage, single_plan
+from spa.recover.saliency import channel_saliency
 from spa.recover.train import RecoverOptions, RecoverResult
 from spa.recover.train import recover as _recover
 from spa.reorder.unconstrained import copies, unconstrain
@@ -361,7 +362,8 @@ def _criterion_context(opts: PruneOptions) -> CriterionContext:
                                                                  ("normalize", opts.normalize)) if v is not None}
     source = load_calibration(opts.calibration, samples=opts.calib_samples, batch_size=opts.calib_batch,
                               preprocess=opts.calib_preprocess, seed=opts.seed)
-    cctx = CriterionContext(seed=opts.seed, calibration=source, options=options)
+    cctx = CriterionContext(seed=opts.seed, calibration=source, options=options,
+                            gradients=channel_saliency)
     reduce_options(cctx)
     return cctx
 

@@ -9,17 +9,24 @@ still holds for compensating criteria.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
+    import onnx
+
     from spa.analysis.groups import Analysis
+    from spa.calibration.data import CalibrationSource
     from spa.plan import Plan
 
 Scores = dict[int, np.ndarray]
 Updates = dict[str, np.ndarray]
+#: ``(analysis, model proto, calibration source, "taylor" | "snip") -> raw per-channel scores``: the
+#: gradient saliency the layer above (``spa.api``) injects from the torch executor (``spa.recover.saliency``)
+GradientScorer = Callable[["Analysis", "onnx.ModelProto", "CalibrationSource", str], Scores]
 
 
 @dataclass
@@ -33,6 +40,8 @@ class CriterionContext:
         notes: messages the criterion wants in the report (e.g. fallbacks it took).
         cache: private memo a criterion shares between :meth:`Criterion.score` and
             :meth:`Criterion.compensate` (e.g. calibration statistics), so data is read once.
+        gradients: the gradient saliency the gradient criteria (``taylor``, ``snip``) call; criteria sit
+            below the torch executor, so :mod:`spa.api` injects it (None: not available here).
     """
 
     seed: int = 0
@@ -40,6 +49,7 @@ class CriterionContext:
     options: dict[str, object] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     cache: dict[str, object] = field(default_factory=dict, repr=False)
+    gradients: GradientScorer | None = field(default=None, repr=False)
 
     def note(self, message: str) -> None:
         """Add ``message`` to :attr:`notes` once."""

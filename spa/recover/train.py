@@ -209,7 +209,7 @@ def _batches(teacher: onnx.ModelProto, source: Any, fetch_features: Sequence[str
             raise UsageError(f"{source.describe()}: the data holds no samples")
 
 
-def _student_batched(module: GraphModule, feeds: dict[str, Any], extra: Sequence[str]) -> bool:
+def student_batched(module: GraphModule, feeds: dict[str, Any], extra: Sequence[str]) -> bool:
     """Whether the torch graph runs a batch at once as it runs its samples one by one (a fixed-batch export may
     bake its batch size into a Reshape)."""
     n = len(next(iter(feeds.values())))
@@ -378,7 +378,7 @@ class _Run:
             self.kinds = {name: _loss_kind(t, opts.dense_kl) for name, t in zip(fetch[:n_out], targets[:n_out])}
         tfeeds = {k: torch.from_numpy(np.array(v, copy=True)).to(self.device) for k, v in feeds.items()}
         if self.batched is None:
-            self.batched = _student_batched(self.module, tfeeds, self.features)
+            self.batched = student_batched(self.module, tfeeds, self.features)
         outs = _forward(self.module, tfeeds, self.features, self.batched)
         loss = torch.zeros((), device=self.device)
         for k, (s, t) in enumerate(zip(outs, targets)):
