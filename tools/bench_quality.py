@@ -9,6 +9,8 @@ inside PyPI packages, exported to ONNX, then pruned to ``--target-macs 0.7`` and
 * ``obs + alloc`` — the same with budgets allocated by measured sensitivity (``--allocate sensitivity``);
 * ``obs + alloc + realign`` — and statistics re-alignment (``--realign``): what ``spa prune --calib`` does
   by default;
+* ``taylor uniform``, ``taylor + alloc`` — the first-order Taylor gradient criterion (torch) on the same
+  calibration data, uniform ratios or sensitivity-allocated budgets;
 * ``+ spa recover`` — at ``--recover-targets`` (default 0.5), the ``l2 uniform`` result and the best
   data-driven one trained by ``spa recover`` (distillation from the original on the training split's inputs,
   no labels; ``--recover-steps`` steps of batch 32), with its wall time and peak RSS (needs torch).
@@ -71,6 +73,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "obs uniform": {"criterion": "obs", "allocate": "uniform", "realign": False},
     "obs + alloc": {"criterion": "obs", "allocate": "sensitivity", "realign": False},
     "obs + alloc + realign": {"criterion": "obs", "allocate": "sensitivity", "realign": True},
+    "taylor uniform": {"criterion": "taylor", "allocate": "uniform", "realign": False},
+    "taylor + alloc": {"criterion": "taylor", "allocate": "sensitivity", "realign": False},
 }
 
 
@@ -491,7 +495,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="spa recover steps (batch 32) on the l2 and best data-driven results; 0: no recover")
     p.add_argument("--recover-lr", type=float, default=1e-3, help="spa recover learning rate")
     p.add_argument("--recover-targets", default="0.5", help="MACs targets at which to run spa recover")
+    p.add_argument("--variants", default="", help="comma-separated labels of VARIANTS to run (default: all)")
     args = p.parse_args(argv)
+    for label in [lb for lb in VARIANTS if args.variants and lb not in args.variants.split(",")]:
+        del VARIANTS[label]
     targets = [float(x) for x in args.targets.split(",")]
     wanted = args.models.split(",")
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
