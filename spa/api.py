@@ -52,6 +52,7 @@ from spa.quality import (
 )
 from spa.quality.probe import outputs as probe_outputs
 from spa.quality.sensitivity import damage, single_plan
+from spa.recover.saliency import channel_saliency
 from spa.recover.train import RecoverOptions, RecoverResult
 from spa.recover.train import recover as _recover
 from spa.reorder.unconstrained import copies, unconstrain
@@ -416,7 +417,7 @@ def _criterion_context(opts: PruneOptions) -> CriterionContext:
         source = replace(source, shapes={k: tuple(v[1:]) for k, v in opts.shapes.items()})
     executor = None if opts.executor == "serial" else _executor(opts.executor, opts.ray_address, opts.workers)
     cctx = CriterionContext(seed=opts.seed, calibration=source, options=options, shapes=opts.shapes,
-                            executor=executor)
+                            executor=executor, gradients=channel_saliency)
     reduce_options(cctx)
     return cctx
 

@@ -247,7 +247,8 @@ def _executor_options(what: str, default: str) -> Callable[[F], F]:
 @click.option("--ratio", type=float, default=0.5, show_default=True, help="Fraction of channels to remove, in [0, 1).")
 @click.option("--criterion", default="auto", show_default=True,
               help="Importance criterion: l1, l2, random, bn, lamp, obspa (data-free); "
-                   "obs, wanda, flap (need --calib); auto: obs with --calib data, else l2.")
+                   "obs, wanda, flap (need --calib); taylor, snip (gradients: --calib and "
+                   "pip install 'spa[recover]'); auto: obs with --calib data, else l2.")
 @click.option("--realign/--no-realign", default=None,
               help="Re-align each pruned layer's output mean and variance to the original's on the calibration "
                    "data, folded into its weights [default: on with --calib data].")
@@ -621,6 +622,14 @@ def sweep(ctx: click.Context, model: str, out_dir: str, ratios: str, criterion: 
               help="auto: also match intermediate tensors pruning left whole (same name and shape), by MSE.")
 @click.option("--dense-kl", is_flag=True, help="Outputs [N, C, ...] are class logits per position (segmentation): "
               "KL over C at every position instead of MSE.")
+@click.option("--warmup", type=float, default=0.1, show_default=True,
+              help="Fraction of the steps over which the learning rate rises linearly to --lr.")
+@click.option("--holdout", type=float, default=0.1, show_default=True,
+              help="Fraction of the data's batches never trained on: the model is selected on its loss "
+              "(with fewer than 5 batches: on the first batch).")
+@click.option("--eval-every", type=int, default=25, show_default=True, help="Steps between held-out evaluations.")
+@click.option("--keep-best/--keep-last", default=True, show_default=True,
+              help="Return the weights of the lowest held-out loss (never worse than the input), or the last.")
 @click.option("--labels", type=click.Path(dir_okay=False), help="Labels (.npy, one per sample, in data order).")
 @click.option("--task-loss", type=click.Choice(["ce", "mse"]),
               help="Supervised loss on the first output (with --labels).")
@@ -641,8 +650,10 @@ def recover(ctx: click.Context, pruned: str, teacher: str, data: str, output: st
     """Recover PRUNED's accuracy by distillation from --teacher (needs torch: pip install 'spa[recover]').
 
     Trains only PRUNED's float initializers to match the teacher's outputs on --data (KL with a temperature on
-    logits, MSE elsewhere); the result is PRUNED node for node. Checkpoints every --checkpoint-every steps and on
-    Ctrl-C; --resume continues. A loss that becomes NaN stops the run, keeping the last checkpoint.
+    logits, MSE elsewhere); the result is PRUNED node for node, with the weights of the lowest loss on a held-out
+    part of the data (--holdout; the input's weights if training never beats them). Checkpoints every
+    --checkpoint-every steps and on Ctrl-C; --resume continues. A loss that becomes NaN stops the run, keeping
+    the last checkpoint.
     """
     _check_exists(pruned, teacher)
     if data != "random" and not Path(data).exists():
@@ -679,8 +690,12 @@ def recover(ctx: click.Context, pruned: str, teacher: str, data: str, output: st
         _write_page(ctx, html, recover=summary)
     if not quiet and json_out != "-":
         first, last = summary["loss_first"], summary["loss_last"]
+        held = dict(result.heldout)
+        chosen = result.selected_step if result.selected_step is not None else result.steps
         console.print(f"recovered {output}: {result.trainable} initializers trained, {result.steps} steps on "
-                      f"{result.device} in {result.wall_s:.1f} s, loss {first:.4g} -> {last:.4g}", highlight=False)
+                      f"{result.device} in {result.wall_s:.1f} s, loss {first:.4g} -> {last:.4g}; held-out loss "
+                      f"{held.get(0, float('nan')):.4g} -> {held.get(chosen, float('nan')):.4g} (weights of step "
+                      f"{chosen}; {result.heldout_source})", highlight=False)
     return 0
 
 

@@ -67,7 +67,7 @@ class PruneOptions:
         ratio: fraction of channels to remove from every prunable group, in [0, 1).
         criterion: importance criterion, a name from :data:`spa.criteria.CRITERIA`: ``l1``, ``l2``,
             ``random``, ``bn``, ``lamp``, ``obspa`` (data-free); ``obs``, ``wanda``, ``flap`` need
-            ``calibration``.
+            ``calibration``; ``taylor``, ``snip`` (gradients) need ``calibration`` and torch.
         global_rank: rank channels across groups (scores normalised per group by ``normalize``).
         max_ratio: with ``global_rank``, the largest fraction one group may lose.
         round_to: ``"latency"`` (default): per group, pick the kept count near the criterion's whose layers the

@@ -14,6 +14,8 @@ inside PyPI packages, exported to ONNX, then pruned to ``--target-macs 0.7`` and
   no re-alignment;
 * ``+ sequential reconstruction`` — allocation, sequential reconstruction and re-alignment: what
   ``spa prune --calib`` does by default;
+* ``taylor uniform``, ``taylor + alloc`` — the first-order Taylor gradient criterion (torch) on the same
+  calibration data, uniform ratios or sensitivity-allocated budgets;
 * ``+ spa recover`` — at ``--recover-targets`` (default 0.5), the ``l2 uniform`` result and the best
   data-driven one trained by ``spa recover`` (distillation from the original on the training split's inputs,
   no labels; ``--recover-steps`` steps of batch 32), with its wall time and peak RSS (needs torch).
@@ -83,6 +85,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "obspa uniform": {"criterion": "obspa", "calibration": None, "allocate": "uniform", "realign": False},
     "obspa white noise": {"criterion": "obspa", "calibration": None, "allocate": "uniform", "realign": False,
                           "criterion_options": {"synthetic_spectrum": 0.0}},
+    "taylor uniform": {"criterion": "taylor", "allocate": "uniform", "realign": False},
+    "taylor + alloc": {"criterion": "taylor", "allocate": "sensitivity", "realign": False},
 }
 
 

@@ -7,15 +7,18 @@ The registry below lists every criterion explicitly; :func:`get_criterion` looks
 * ``obs`` (calibrated) — Optimal Brain Surgeon error with the OBS weight update as compensation;
 * ``obspa`` (data-free) — OBS on synthetic activations that match the BatchNorm statistics, with
   weight and bias compensation (or, ``obspa_h=diag``, a closed form from BN moments, bias only);
-* ``wanda`` (calibrated) — |W|·‖x‖; ``flap`` (calibrated) — fluctuation with bias compensation.
+* ``wanda`` (calibrated) — |W|·‖x‖; ``flap`` (calibrated) — fluctuation with bias compensation;
+* ``taylor``, ``snip`` (calibrated, torch) — first-order loss change of removing the channel, per sample
+  |∂L/∂m·m| averaged (Taylor) or of the whole set (SNIP), from the executor ``ctx.gradients``.
 """
 
 from __future__ import annotations
 
 from spa.analysis.groups import Analysis
-from spa.criteria.base import Criterion, CriterionContext, Scores, Updates
+from spa.criteria.base import Criterion, CriterionContext, GradientScorer, Scores, Updates
 from spa.criteria.bn import BNScale
 from spa.criteria.flap import FLAP
+from spa.criteria.gradient import Gradient
 from spa.criteria.lamp import LAMP
 from spa.criteria.magnitude import Magnitude, RandomScores
 from spa.criteria.obs import OBS
@@ -33,6 +36,8 @@ CRITERIA: dict[str, Criterion] = {
     "obspa": ObsPA(),
     "wanda": Wanda(),
     "flap": FLAP(),
+    "taylor": Gradient("taylor"),
+    "snip": Gradient("snip"),
 }
 
 
@@ -54,5 +59,5 @@ def score_groups(analysis: Analysis, criterion: str = "l2", seed: int = 0,
     return get_criterion(criterion).score(analysis, CriterionContext(seed=seed, calibration=calibration))
 
 
-__all__ = ["score_groups", "CRITERIA", "Criterion", "CriterionContext", "Scores", "Updates",
+__all__ = ["score_groups", "CRITERIA", "Criterion", "CriterionContext", "GradientScorer", "Scores", "Updates",
            "get_criterion"]

@@ -9,19 +9,25 @@ still holds for compensating criteria.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
+    import onnx
+
     from spa.analysis.groups import Analysis
+    from spa.calibration.data import CalibrationSource
     from spa.executors import Executor
     from spa.plan import Plan
 
 Scores = dict[int, np.ndarray]
 Updates = dict[str, np.ndarray]
+#: ``(analysis, model proto, calibration source, "taylor" | "snip") -> raw per-channel scores``: the
+#: gradient saliency the layer above (``spa.api``) injects from the torch executor (``spa.recover.saliency``)
+GradientScorer = Callable[["Analysis", "onnx.ModelProto", "CalibrationSource", str], Scores]
 
 
 @dataclass
@@ -38,6 +44,8 @@ class CriterionContext:
         executor: where calibration statistics are computed (None: in this process, one pass).
         shapes: the input shapes the user stated (``--shape``, batch first), which synthetic inputs take;
             None: sizes the model is found to run at.
+        gradients: the gradient saliency the gradient criteria (``taylor``, ``snip``) call; criteria sit
+            below the torch executor, so :mod:`spa.api` injects it (None: not available here).
     """
 
     seed: int = 0
@@ -47,6 +55,7 @@ class CriterionContext:
     notes: list[str] = field(default_factory=list)
     cache: dict[str, object] = field(default_factory=dict, repr=False)
     executor: Executor | None = field(default=None, repr=False)
+    gradients: GradientScorer | None = field(default=None, repr=False)
 
     def note(self, message: str) -> None:
         """Add ``message`` to :attr:`notes` once."""

@@ -12,15 +12,24 @@ from typing import Any
 from spa.errors import UsageError
 
 
+def _import(who: str) -> Any:
+    try:
+        import torch  # optional extra: spa[recover]
+    except ImportError:
+        raise UsageError(f"{who} needs PyTorch: pip install 'spa[recover]'") from None
+    return torch
+
+
+def require(who: str) -> None:
+    """Raise a one-line :class:`UsageError` naming ``who`` (e.g. ``criterion 'taylor'``) unless torch imports."""
+    _import(who)
+
+
 class _Torch:
     """The torch module, imported on first attribute access."""
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            import torch  # optional extra: spa[recover]
-        except ImportError:
-            raise UsageError("spa recover needs PyTorch: pip install 'spa[recover]'") from None
-        return getattr(torch, name)
+        return getattr(_import("spa recover"), name)
 
 
 torch: Any = _Torch()

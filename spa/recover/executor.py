@@ -11,7 +11,7 @@ Add/Sub/Mul): float32/float64 initializers every one of whose uses is such an in
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,6 +136,8 @@ class GraphModule:
         for node, attrs in zip(self.nodes, self._attrs):
             if node.op_type == "Split":
                 attrs["_outputs"] = len(node.output)
+        #: ``(position in nodes, input index) -> f``: ``f`` maps what that node reads there (channel gates)
+        self.input_hooks: dict[tuple[int, int], Callable[[Any], Any]] = {}
 
     def tensor(self, name: str) -> Any:
         kind, k = self._slot[name]
@@ -172,12 +174,16 @@ class GraphModule:
             if name not in feeds:
                 raise UnsupportedModelError(f"no data for model input '{name}'")
             env[name] = feeds[name]
-        for node, attrs in zip(self.nodes, self._attrs):
+        for pos, (node, attrs) in enumerate(zip(self.nodes, self._attrs)):
             if node.op_type == "Constant":
                 t = _constant(node)
                 env[node.output[0]] = t.to(dev) if dev is not None and t.is_floating_point() else t
                 continue
             args = [env[i] for i in node.input]
+            for k in range(len(args)) if self.input_hooks else ():
+                hook = self.input_hooks.get((pos, k))
+                if hook is not None:
+                    args[k] = hook(args[k])
             try:
                 outs = op_table()[node.op_type](args, attrs, self.opset)
             except UnsupportedModelError as exc:

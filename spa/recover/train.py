@@ -4,17 +4,28 @@ The teacher (the original ONNX) runs in ONNX Runtime, the student (the pruned ON
 :class:`~spa.recover.executor.GraphModule`. Loss per output: KL divergence with a temperature on
 classification-like outputs (float ``[batch, classes]``; an output that already holds probabilities is
 compared as probabilities), MSE divided by the teacher output's mean square otherwise; ``labels`` add a
-supervised term on the first output (``ce`` or ``mse``). Adam with a cosine learning rate; the data
+supervised term on the first output (``ce`` or ``mse``). Adam with a linear warm-up over the first
+``warmup`` fraction of the steps, then a cosine learning rate (Adam's first steps move every weight by about
+``lr`` whatever its gradient: on a pruned model that is already close, a large step away from it). The data
 (``--calib`` sources: ``.npz``, ``.npy``, image folders, ``random``) is streamed batch by batch and
-cycled. Deterministic for a seed. Checkpoints (atomic) every ``checkpoint_every`` steps and when
-interrupted; ``resume`` continues from one. The result is the student graph node for node, only the
-trained initializers' values changed.
+cycled. Deterministic for a seed.
+
+Model selection: the first ``holdout`` fraction of the data's batches (when the data has at least
+:data:`MIN_HOLDOUT_BATCHES` batches; else its first batch, in-sample) is never trained on; the same loss on it
+is measured before training and every ``eval_every`` steps, and the parameters with the lowest held-out
+loss are returned (``keep_best``). So recover never returns a model whose held-out loss is worse than its
+input's: distillation can overfit a few samples or, at too high a learning rate, leave a good start.
+
+Checkpoints (atomic) every ``checkpoint_every`` steps and when interrupted; ``resume`` continues from one.
+The result is the student graph node for node, only the trained initializers' values changed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +44,8 @@ from spa.recover.backend import torch
 from spa.recover.executor import GraphModule
 from spa.runtime.feeds import InputSpec, input_specs
 from spa.runtime.session import session
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,10 @@ class RecoverOptions:
     features: str = "none"
     threads: int = 0
     dense_kl: bool = False
+    warmup: float = 0.1
+    holdout: float = 0.1
+    eval_every: int = 25
+    keep_best: bool = True
 
     def check(self) -> None:
         if self.steps < 1:
@@ -65,6 +82,12 @@ class RecoverOptions:
             raise UsageError(f"--batch must be >= 1, got {self.batch}")
         if self.temperature <= 0:
             raise UsageError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.warmup < 1:
+            raise UsageError(f"--warmup must be in [0, 1) (a fraction of the steps), got {self.warmup}")
+        if not 0 <= self.holdout < 1:
+            raise UsageError(f"--holdout must be in [0, 1) (a fraction of the data), got {self.holdout}")
+        if self.eval_every < 1:
+            raise UsageError(f"--eval-every must be >= 1, got {self.eval_every}")
         if self.checkpoint_every < 1:
             raise UsageError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -92,6 +115,9 @@ class RecoverResult:
     trainable: int
     loss_kinds: dict[str, str] = field(default_factory=dict)
     features: list[str] = field(default_factory=list)
+    heldout: list[tuple[int, float]] = field(default_factory=list)
+    selected_step: int | None = None
+    heldout_source: str = ""
 
     def to_json(self) -> dict[str, Any]:
         first = self.losses[:10]
@@ -100,7 +126,9 @@ class RecoverResult:
                 "wall_s": round(self.wall_s, 2), "trainable_initializers": self.trainable,
                 "loss_kinds": self.loss_kinds, "features": self.features,
                 "loss_first": float(np.mean(first)) if first else None,
-                "loss_last": float(np.mean(last)) if last else None, "losses": self.losses}
+                "loss_last": float(np.mean(last)) if last else None, "losses": self.losses,
+                "heldout_losses": [[k, v] for k, v in self.heldout], "selected_step": self.selected_step,
+                "heldout_source": self.heldout_source}
 
 
 def _spec_text(s: InputSpec) -> str:
@@ -195,21 +223,44 @@ def _labels(path: str, kind: str) -> np.ndarray:
     return np.asarray(arr)
 
 
-def _batches(teacher: onnx.ModelProto, source: Any, fetch_features: Sequence[str], threads: int
-             ) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """(offset of the batch's first sample, feeds, teacher tensors), the data cycled forever. Runs the teacher
+Batch = tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]
+
+#: data with fewer batches has no held-out part: the model is selected on its first batch (in-sample)
+MIN_HOLDOUT_BATCHES = 5
+
+
+def _pass(teacher: onnx.ModelProto, source: Any, fetch_features: Sequence[str], threads: int) -> Iterator[Batch]:
+    """One pass over the data: (offset of the batch's first sample, feeds, teacher tensors). Runs the teacher
     through :func:`spa.calibration.runner.run_batches` (fixed-batch models batched when that is exact)."""
+    offset = 0
+    for run in run_batches(teacher, source, fetch_features, outputs=True, progress=False, threads=threads):
+        yield offset, run.feeds, run.values
+        offset += run.samples
+
+
+def _batches(teacher: onnx.ModelProto, source: Any, fetch_features: Sequence[str], threads: int,
+             skip: int = 0) -> Iterator[Batch]:
+    """The batches of :func:`_pass` after the first ``skip`` (held out), the data cycled forever."""
     while True:
-        offset, any_batch = 0, False
-        for run in run_batches(teacher, source, fetch_features, outputs=True, progress=False, threads=threads):
-            yield offset, run.feeds, run.values
-            offset += run.samples
-            any_batch = True
+        any_batch = False
+        for k, batch in enumerate(_pass(teacher, source, fetch_features, threads)):
+            if k >= skip:
+                any_batch = True
+                yield batch
         if not any_batch:
             raise UsageError(f"{source.describe()}: the data holds no samples")
 
 
-def _student_batched(module: GraphModule, feeds: dict[str, Any], extra: Sequence[str]) -> bool:
+def holdout_batches(samples: int | None, batch: int, fraction: float) -> int:
+    """How many leading batches are held out: ``floor(fraction · batches)`` when the data has at least
+    :data:`MIN_HOLDOUT_BATCHES` batches, else 0 (unknown size: 0)."""
+    if samples is None or fraction <= 0:
+        return 0
+    n = -(-samples // batch)
+    return int(fraction * n) if n >= MIN_HOLDOUT_BATCHES else 0
+
+
+def student_batched(module: GraphModule, feeds: dict[str, Any], extra: Sequence[str]) -> bool:
     """Whether the torch graph runs a batch at once as it runs its samples one by one (a fixed-batch export may
     bake its batch size into a Reshape)."""
     n = len(next(iter(feeds.values())))
@@ -260,12 +311,15 @@ def recover(student: onnx.ModelProto, teacher: onnx.ModelProto, data: object, op
     run = _Run.prepare(student, teacher, data, opts)
     start = run.resume()
     t0 = time.perf_counter()
-    run.train(_batches(teacher, run.source, run.features, opts.threads or 1), start, progress)
+    run.hold_out(teacher)
+    run.train(_batches(teacher, run.source, run.features, opts.threads or 1, run.skip), start, progress)
+    selected = run.select()
     model = run.module.export()
     session(model)  # ONNX Runtime loads it (raises ValidationError naming why, before anything is written)
     return RecoverResult(model=model, losses=run.losses, steps=opts.steps, start_step=start, device=run.device,
                          wall_s=time.perf_counter() - t0, trainable=len(run.module.trainable), loss_kinds=run.kinds,
-                         features=run.features)
+                         features=run.features, heldout=run.heldout, selected_step=selected,
+                         heldout_source=run.heldout_source)
 
 
 @dataclass
@@ -287,6 +341,12 @@ class _Run:
     losses: list[float] = field(default_factory=list)
     kinds: dict[str, str] = field(default_factory=dict)
     batched: bool | None = None
+    skip: int = 0
+    evals: list[Batch] = field(default_factory=list)
+    heldout: list[tuple[int, float]] = field(default_factory=list)
+    best: list[Any] | None = None
+    best_step: int = 0
+    heldout_source: str = ""
 
     @classmethod
     def prepare(cls, student: onnx.ModelProto, teacher: onnx.ModelProto, data: object, opts: RecoverOptions) -> _Run:
@@ -302,13 +362,43 @@ class _Run:
         source = load_calibration(data, samples=opts.samples, batch_size=opts.batch, seed=opts.seed)
         if source is None:
             raise UsageError("spa recover needs data: --data an .npz/.npy, an image folder or 'random'")
-        source.count(input_specs(student))  # checks names, shapes and dtypes before any training
+        samples = source.count(input_specs(student))  # checks names, shapes and dtypes before any training
         labels = _labels(opts.labels, opts.task_loss or "") if opts.labels else None
         features = _feature_names(student, teacher) if opts.features == "auto" else []
         params = list(module.parameters())
         fingerprint = _fingerprint(student, teacher, opts, str(data) if isinstance(data, (str, Path)) else "arrays")
+        skip = holdout_batches(samples, int(getattr(source, "batch_size", opts.batch)), opts.holdout)
         return cls(opts, module, torch.optim.Adam(params, lr=opts.lr), params, device, source, fingerprint,
-                   features, [o.name for o in teacher.graph.output] + features, len(student.graph.output), labels)
+                   features, [o.name for o in teacher.graph.output] + features, len(student.graph.output), labels,
+                   skip=skip)
+
+    def hold_out(self, teacher: onnx.ModelProto) -> None:
+        """The batches the model is selected on: the held-out ones, else the first training batch."""
+        self.evals = list(itertools.islice(_pass(teacher, self.source, self.features, self.opts.threads or 1),
+                                           max(1, self.skip)))
+        n = sum(len(next(iter(f.values()))) for _, f, _ in self.evals)
+        self.heldout_source = (f"{n} held-out samples (first {self.skip} batches)" if self.skip
+                               else f"{n} training samples (first batch; too little data to hold any out)")
+
+    def evaluate(self, step: int) -> None:
+        """The mean loss on the selection batches after ``step`` steps; keep the parameters when it is the lowest."""
+        with torch.no_grad():
+            value = float(np.mean([float(self.loss(o, f, v)) for o, f, v in self.evals]))
+        self.heldout.append((step, value))
+        if self.best is None or value < min(v for _, v in self.heldout[:-1]):
+            self.best, self.best_step = [p.detach().clone() for p in self.params], step
+        log.debug("step %d: held-out loss %.6g (best at step %d)", step, value, self.best_step)
+
+    def select(self) -> int:
+        """With ``keep_best``: restore the parameters of the lowest held-out loss; the step they are from."""
+        last = self.heldout[-1][0] if self.heldout else self.opts.steps
+        if not self.opts.keep_best or self.best is None or self.best_step == last:
+            return last
+        with torch.no_grad():
+            for p, v in zip(self.params, self.best):
+                p.copy_(v)
+        log.info("held-out loss lowest at step %d of %d: returning those weights", self.best_step, last)
+        return self.best_step
 
     def resume(self) -> int:
         """With ``--resume`` and a checkpoint of this very run: restore it; the step to start from."""
@@ -322,6 +412,8 @@ class _Run:
                 p.copy_(v.to(self.device))
         self.optim.load_state_dict(state["optim"])
         self.losses = list(state["losses"])
+        self.heldout = [(int(k), float(v)) for k, v in state.get("heldout", [])]
+        self.best, self.best_step = state.get("best"), int(state.get("best_step", 0))
         torch.set_rng_state(state["rng"])
         return int(state["step"])
 
@@ -330,20 +422,25 @@ class _Run:
         if self.opts.checkpoint:
             _save_checkpoint(self.opts.checkpoint, {
                 "fingerprint": self.fingerprint, "step": step, "losses": self.losses, "rng": torch.get_rng_state(),
-                "params": [p.detach().cpu().clone() for p in self.params], "optim": self.optim.state_dict()})
+                "params": [p.detach().cpu().clone() for p in self.params], "optim": self.optim.state_dict(),
+                "heldout": self.heldout, "best_step": self.best_step,
+                "best": [b.cpu() for b in self.best] if self.best is not None else None})
 
     def train(self, stream: Iterator[Any], start: int, progress: Callable[[int, int, float], None] | None) -> None:
-        """Steps ``start .. steps``: cosine learning rate, one optimiser step per batch, a checkpoint every
+        """Steps ``start .. steps``: :func:`learning_rate`, one optimiser step per batch, the held-out loss
+        before the first step and every ``eval_every`` steps (:meth:`evaluate`), a checkpoint every
         ``checkpoint_every`` steps and on Ctrl-C; a non-finite loss or weight stops with :class:`RecoverError`."""
         opts = self.opts
         for _ in range(start):  # the data position of the resumed step (teacher not run)
             next(stream)
         done = start
+        if not self.heldout:
+            self.evaluate(start)
         try:
             for step in range(start, opts.steps):
                 offset, feeds, values = next(stream)
                 for g in self.optim.param_groups:
-                    g["lr"] = opts.lr * 0.5 * (1 + math.cos(math.pi * step / opts.steps))
+                    g["lr"] = learning_rate(opts, step)
                 loss = self.loss(offset, feeds, values)
                 value = float(loss.detach())
                 if not math.isfinite(value):
@@ -355,15 +452,22 @@ class _Run:
                     raise RecoverError(_nan_message(step, opts))
                 self.losses.append(value)
                 done = step + 1
-                if progress:
-                    progress(step + 1, opts.steps, value)
-                if (step + 1) % opts.checkpoint_every == 0 and step + 1 < opts.steps:
-                    self.checkpoint(step + 1)
+                self.after_step(done, value, progress)
         except KeyboardInterrupt:
             self.checkpoint(done)
             where = (f"checkpoint {opts.checkpoint} (step {done}); rerun with --resume" if opts.checkpoint
                      else "no checkpoint (give --checkpoint)")
             raise RecoverInterrupted(f"interrupted at step {done} of {opts.steps}; {where}") from None
+
+    def after_step(self, done: int, value: float, progress: Callable[[int, int, float], None] | None) -> None:
+        """Progress, the held-out loss every ``eval_every`` steps and after the last, the periodic checkpoint."""
+        opts = self.opts
+        if progress:
+            progress(done, opts.steps, value)
+        if done % opts.eval_every == 0 or done == opts.steps:
+            self.evaluate(done)
+        if done % opts.checkpoint_every == 0 and done < opts.steps:
+            self.checkpoint(done)
 
     def loss(self, offset: int, feeds: dict[str, np.ndarray], values: dict[str, np.ndarray]) -> Any:
         """The batch's loss: distillation of every output (KL or MSE, :func:`_loss_kind`) and, at half
@@ -378,7 +482,7 @@ class _Run:
             self.kinds = {name: _loss_kind(t, opts.dense_kl) for name, t in zip(fetch[:n_out], targets[:n_out])}
         tfeeds = {k: torch.from_numpy(np.array(v, copy=True)).to(self.device) for k, v in feeds.items()}
         if self.batched is None:
-            self.batched = _student_batched(self.module, tfeeds, self.features)
+            self.batched = student_batched(self.module, tfeeds, self.features)
         outs = _forward(self.module, tfeeds, self.features, self.batched)
         loss = torch.zeros((), device=self.device)
         for k, (s, t) in enumerate(zip(outs, targets)):
@@ -396,6 +500,14 @@ class _Run:
                 task = ((outs[0].reshape(yt.shape) - yt.float()) ** 2).mean()
             loss = loss + opts.task_weight * task
         return loss
+
+
+def learning_rate(opts: RecoverOptions, step: int) -> float:
+    """``lr · min(1, (step + 1) / W) · ½(1 + cos(π · step / steps))`` with ``W = warmup · steps`` warm-up steps
+    (none when ``W < 1``)."""
+    warm = opts.warmup * opts.steps
+    ramp = min(1.0, (step + 1) / warm) if warm >= 1 else 1.0
+    return opts.lr * ramp * 0.5 * (1 + math.cos(math.pi * step / opts.steps))
 
 
 def _nan_message(step: int, opts: RecoverOptions) -> str:

@@ -3,7 +3,9 @@ deterministic, resume continues an interrupted run exactly, and bad input is a o
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -188,3 +190,57 @@ def test_loss_kinds() -> None:
     t = torch.from_numpy(seg)
     assert float(_distill("kl-dense", t, t, 2.0)) == pytest.approx(0.0, abs=1e-6)
     assert float(_distill("kl-dense", t * 0, t, 2.0)) > 0
+
+
+def _heldout_loss(model: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray) -> float:
+    """The distillation loss (KL, temperature 2) of ``model`` against ``teacher`` on ``x``, in ONNX Runtime."""
+    import torch
+
+    from spa.recover.train import _distill
+
+    s, t = (np.concatenate([session(m).run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+            for m in (model, teacher))
+    return float(_distill("kl", torch.from_numpy(s), torch.from_numpy(t), 2.0))
+
+
+def test_never_returns_a_model_worse_than_its_input_on_held_out_data(teacher) -> None:  # type: ignore[no-untyped-def]
+    """At a learning rate that wrecks a good start, the returned model's held-out loss is still no worse than
+    the input's (the selection keeps the input); without selection it is worse (so the test can fail)."""
+    good = spa.prune(teacher, ratio=0.1, criterion="l2").model
+    x = np.random.default_rng(0).standard_normal((20, 3, 64, 64)).astype(np.float32)
+    src = ArraySource({"input": x}, batch_size=2, name="toy")  # 10 batches: the first one is held out
+    wild: dict[str, Any] = {"steps": 6, "batch": 2, "lr": 0.05, "warmup": 0.0, "eval_every": 2}
+    kept = recover(good, teacher, src, RecoverOptions(**wild))
+    last = recover(good, teacher, src, RecoverOptions(**wild, keep_best=False))
+    held = x[:2]
+    assert kept.heldout_source.startswith("2 held-out samples")
+    assert _heldout_loss(last.model, teacher, held) > _heldout_loss(good, teacher, held)
+    assert _heldout_loss(kept.model, teacher, held) <= _heldout_loss(good, teacher, held) * (1 + 1e-4) + 1e-7
+    assert kept.selected_step == min(kept.heldout, key=lambda kv: kv[1])[0]
+    assert kept.heldout[0][0] == 0 and [k for k, _ in kept.heldout] == [0, 2, 4, 6]
+
+
+def test_held_out_batches_are_never_trained_on(student, teacher) -> None:  # type: ignore[no-untyped-def]
+    """The training loss curve is the same whatever the held-out batch holds; its held-out loss is not."""
+    x = np.random.default_rng(0).standard_normal((10, 3, 64, 64)).astype(np.float32)
+    y = x.copy()
+    y[:2] = np.random.default_rng(1).standard_normal((2, 3, 64, 64))  # only the held-out batch differs
+    opts = RecoverOptions(steps=3, batch=2, eval_every=100, holdout=0.2)
+    a = recover(student, teacher, ArraySource({"input": x}, batch_size=2), opts)
+    b = recover(student, teacher, ArraySource({"input": y}, batch_size=2), opts)
+    np.testing.assert_allclose(a.losses, b.losses, rtol=1e-6)
+    assert a.heldout[0][1] != b.heldout[0][1]
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    from spa.recover.train import holdout_batches, learning_rate
+
+    opts = RecoverOptions(steps=100, lr=1.0, warmup=0.1)
+    lrs = [learning_rate(opts, k) for k in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[4] == pytest.approx(0.5 * 0.5 * (1 + np.cos(np.pi * 0.04)))
+    assert max(lrs) == lrs[9] and all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    assert learning_rate(RecoverOptions(steps=100, lr=1.0, warmup=0.0), 0) == 1.0
+    assert holdout_batches(40, 4, 0.1) == 1 and holdout_batches(16, 8, 0.1) == 0
+    assert holdout_batches(None, 8, 0.1) == 0
+    with pytest.raises(UsageError, match="--warmup"):
+        recover(None, None, None, RecoverOptions(warmup=1.5))  # type: ignore[arg-type]
