@@ -150,8 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=40, help="alternating rounds (each runs every variant once)")
     ap.add_argument("--sweep-iters", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--search-rounds", type=int, default=None,
+                    help="local-search rounds of the latency count chooser (spa.latency.counts.ROUNDS; default: "
+                         "spa's) and its candidate span (--search-span), to measure the search against the fill")
+    ap.add_argument("--search-span", type=float, default=None)
     ap.add_argument("--json", type=Path, default=ROOT / "tools" / "results" / "bench_latency_zoo.json")
     args = ap.parse_args(argv)
+    from spa.latency import counts
+
+    if args.search_rounds is not None:
+        counts.ROUNDS = args.search_rounds
+    if args.search_span is not None:
+        counts.SPAN = args.search_span
     console = Console()
     rows: list[dict[str, object]] = []
     sweep: list[dict[str, object]] = []
@@ -199,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python", "tools/bench_latency_zoo.py", *(argv or sys.argv[1:])])
     args.json.write_text(json.dumps({"command": command, "cpu_load": os.getloadavg(),
+                                     "search": {"rounds": counts.ROUNDS, "span": counts.SPAN},
                                      "threads": args.threads, "iters": args.iters, "ratio": args.ratio,
                                      "rows": rows, "summary": summary, "demo_sweep": sweep}, indent=2))
     console.print(f"wrote {args.json}")

@@ -31,9 +31,10 @@ is cheaper, while the budget stays where the exact counts put it:
    latency per MAC ``T/M`` — the inverse of the efficiency — by single moves and by pairs of moves (one
    group's, and another's that brings the MACs back), first improvement, with the MACs within
    [exact − :data:`MACS_UNDER`, exact + :data:`MACS_BAND`] of the original's. It finds what the table
-   promises (the demo model at ``--ratio 0.4``: table latency 0.52 → 0.41 at the same MACs, measured
-   efficiency 0.76 → 0.91), but on large CNNs the table's per-layer sum misses in-network effects and
-   the search chases its errors (see :data:`ROUNDS`), so it stays off until the table models them.
+   promises (the demo model at ``--ratio 0.4``: table latency 0.52 → 0.41 at the same MACs; one loaded
+   ``spa sweep`` measured efficiency 0.90 where the default gives 0.76), but on large CNNs the table's
+   per-layer sum misses in-network effects and the search chases its errors (see :data:`ROUNDS`), so it
+   stays off until the table models them.
 4. **Never worse.** If the table predicts the exact counts faster (it never should), they are kept.
 
 Only the table is consulted (layers measured on first use, then cached per provider + device), so a
@@ -86,10 +87,10 @@ MACS_UNDER, MACS_OVER = 0.01, 0.02
 #: the local search after the fill keeps MACs within this (a fraction of the original's) above the exact plan
 MACS_BAND = 0.01
 #: local-search rounds after the greedy fill (each tries every single move and every compensated pair).
-#: Off by default: measured on the six CNNs of ``tools/bench_latency_zoo.py`` (one thread, same run),
-#: the search followed the table's errors — ResNet-50's efficiency fell from 0.98 to 0.94 and
-#: DenseNet-121's from 0.77 to 0.70 while the table predicted gains — though it lifts the demo model's
-#: sweep at ratio 0.4 from 0.76 to 0.91, where the table is accurate
+#: Off by default: with it (and SPAN 0.5) ResNet-50's efficiency was 0.94 and DenseNet-121's 0.71 against
+#: 0.98 and 0.77 without, MobileNetV2's 0.82 against 0.79 — the search follows the table's errors where the
+#: per-layer sum misses in-network effects (``python tools/bench_latency_zoo.py --search-rounds 4
+#: --search-span 0.5``: ``tools/results/bench_latency_zoo_search.json`` against ``bench_latency_zoo.json``)
 ROUNDS = 0
 
 

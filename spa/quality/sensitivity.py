@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -183,6 +183,34 @@ def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], dat
         found = _cached(path, groups)
         if found is not None:
             return found, {"probes": 0, "seconds": round(time.perf_counter() - t0, 3), "cached": str(path)}
+    fed = _with_reference(proto, fed, data, threads)
+    job = _ProbeJob(b"", data, data.reference or [], threads)
+    base = {i.name: i.SerializeToString() for i in proto.graph.initializer} if spread and proto else None
+    probes = _probes(analysis, scores, groups, levels, criterion, min_channels, compensate, registry, fed, base,
+                     progress)
+    if spread and executor is not None and proto is not None:
+        items = list(probes)
+        job = replace(job, model=proto.SerializeToString(), key=f"{os.getpid()}-{time.time_ns()}")
+        found_all = executor.map(_probe_task, items, shared=job)
+        fed_runs = sum(isinstance(p, dict) for p in items)
+    else:
+        found_all, fed_runs = [], 0
+        for probe in probes:  # one twin at a time: never a list of whole-model twins
+            fed_runs += isinstance(probe, dict)
+            found_all.append(distortion(job.reference, fed.outputs(probe)) if isinstance(probe, dict) and fed
+                             else _probe_task(job, probe))
+    out = {gid: found_all[k * len(levels):(k + 1) * len(levels)] for k, gid in enumerate(groups)}
+    if path is not None:
+        _store(path, levels, out)
+    return out, {"probes": len(found_all), "seconds": round(time.perf_counter() - t0, 3), "cached": None,
+                 "executor": executor.name if spread and executor is not None else "serial",
+                 "weight_fed": fed_runs}
+
+
+def _with_reference(proto: onnx.ModelProto | None, fed: FedModel | None, data: ProbeData, threads: int
+                    ) -> FedModel | None:
+    """Set ``data.reference`` (the original's outputs on the samples) and return ``fed`` when its outputs
+    agree with the exported model's (checked where ``proto`` is given), else None."""
     reference = outputs(proto, data, threads) if proto is not None else None
     if fed is not None:
         fed_reference = fed.outputs({})
@@ -191,38 +219,29 @@ def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], dat
             fed = None
         reference = reference if reference is not None else fed_reference
     data.reference = reference
-    job = _ProbeJob(b"", data, reference or [], threads)
-    base = {i.name: i.SerializeToString() for i in proto.graph.initializer} if spread and proto else {}
-    items: list[Probe] = []
-    found_all: list[float] = []
-    total = len(groups) * len(levels)
-    fed_runs = 0
+    return fed
+
+
+def _probes(analysis: Analysis, scores: Mapping[int, np.ndarray], groups: Sequence[int], levels: Sequence[float],
+            criterion: str, min_channels: int, compensate: Callable[[Plan], Updates] | None,
+            registry: RuleRegistry | None, fed: FedModel | None, base: Mapping[str, bytes] | None,
+            progress: Callable[[str], None] | None) -> Iterator[Probe]:
+    """Every probe in order (group by group, level by level): the twin's changed weights when ``fed`` can
+    run it, else the exported twin (a :class:`Delta` against ``base`` when given); None for an empty plan."""
+    total, done = len(groups) * len(levels), 0
     for gid in groups:
         for level in levels:
+            done += 1
             if progress is not None:
-                progress(f"sensitivity probe {len(items) + len(found_all) + 1}/{total}: group {gid} at "
-                         f"{int(round(level * 100))}%")
+                progress(f"sensitivity probe {done}/{total}: group {gid} at {int(round(level * 100))}%")
             plan = single_plan(analysis, scores, {gid: level}, criterion, min_channels)
-            twin = masked_twin(analysis, plan, compensate(plan) if compensate is not None else None, registry) \
-                if plan.groups else None
-            changed = fed.changed(twin) if fed is not None and twin is not None else None
-            if spread:
-                items.append(changed if changed is not None else
-                             Delta.of(twin.to_onnx(), base) if twin is not None else None)
-                fed_runs += changed is not None
+            if not plan.groups:
+                yield None
                 continue
-            fed_runs += changed is not None
-            found_all.append(distortion(job.reference, fed.outputs(changed)) if fed is not None and changed is not None
-                             else _probe_task(job, twin.to_onnx() if twin is not None else None))
-    if spread and executor is not None and proto is not None:
-        job = replace(job, model=proto.SerializeToString(), key=f"{os.getpid()}-{time.time_ns()}")
-        found_all = executor.map(_probe_task, items, shared=job)
-    out = {gid: found_all[k * len(levels):(k + 1) * len(levels)] for k, gid in enumerate(groups)}
-    if path is not None:
-        _store(path, levels, out)
-    return out, {"probes": total, "seconds": round(time.perf_counter() - t0, 3), "cached": None,
-                 "executor": executor.name if spread and executor is not None else "serial",
-                 "weight_fed": fed_runs}
+            twin = masked_twin(analysis, plan, compensate(plan) if compensate is not None else None, registry)
+            changed = fed.changed(twin) if fed is not None else None
+            yield changed if changed is not None else Delta.of(twin.to_onnx(), base) if base is not None \
+                else twin.to_onnx()
 
 
 def _digest(proto: onnx.ModelProto | None, fed: FedModel | None) -> str:
