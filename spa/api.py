@@ -51,7 +51,7 @@ from spa.quality import (
     sensitivity_curves,
 )
 from spa.quality.probe import outputs as probe_outputs
-from spa.quality.sensitivity import damage, single_plan
+from spa.quality.sensitivity import CHECK_BYTES, damage, plan_distortion, single_plan
 from spa.recover.saliency import channel_saliency
 from spa.recover.train import RecoverOptions, RecoverResult
 from spa.recover.train import recover as _recover
@@ -282,7 +282,8 @@ def prune(
     report |= {"target_latency": latency_record}
     report |= _predicted_latency(report, counts_record) | {"grouped_convs": grouped}
     report |= _quality_report(quality, opts, analysis, plan, alloc, data,
-                              lambda: protos.get("model") or pruned_mg.to_onnx(), cctx)
+                              lambda d: _measured(analysis, plan, updates, registry, d, cctx,
+                                                  lambda: protos.get("model") or pruned_mg.to_onnx()))
     return PruneResult(pruned_mg, plan, analysis, report, masked, _protos=protos)
 
 
@@ -343,7 +344,7 @@ def _probe_data(analysis: Analysis, opts: PruneOptions, cctx: CriterionContext) 
     """The calibration samples re-alignment and sensitivity probes run on (None when neither is asked)."""
     if not (opts.realign or opts.allocate == "sensitivity") or not isinstance(cctx.calibration, CalibrationSource):
         return None
-    return probe_data(model_proto(analysis, cctx), cctx.calibration, opts.probe_samples)
+    return probe_data(analysis.model.interface(), cctx.calibration, opts.probe_samples)
 
 
 def _allocation(analysis: Analysis, scores: Scores, opts: PruneOptions, cctx: CriterionContext,
@@ -360,7 +361,7 @@ def _allocation(analysis: Analysis, scores: Scores, opts: PruneOptions, cctx: Cr
         analysis, scores, data, groups, criterion=opts.criterion, registry=registry,
         compensate=lambda p: crit.compensate(analysis, p, cctx), levels=opts.sensitivity_levels,
         min_channels=opts.min_channels, cache_extra=repr(sorted(cctx.options.items())), progress=stage,
-        executor=cctx.executor)
+        executor=cctx.executor, scope=opts.probe_scope)
     stage("allocating the budget by sensitivity")
     alloc = allocate(analysis, scores, curves, levels=opts.sensitivity_levels,
                      measure="params" if opts.budget == "params" else "macs", max_ratio=opts.max_ratio,
@@ -375,21 +376,31 @@ def _fixed_plan(analysis: Analysis, scores: Scores, opts: PruneOptions) -> Plan:
                      ignore=opts.ignore, overrides=opts.overrides, kind_ratio=opts.kind_ratios())
 
 
+def _measured(analysis: Analysis, plan: Plan, updates: Updates, registry: RuleRegistry | None, data: ProbeData,
+              cctx: CriterionContext, pruned: Callable[[], onnx.ModelProto]) -> float:
+    """The pruned model's output distortion on the probe samples: for a model over ``CHECK_BYTES`` on its
+    masked twin in the weight-fed session (no copy of the model), else on the exported pruned model."""
+    if graph_bytes(analysis.model) > CHECK_BYTES:
+        found = plan_distortion(analysis, plan, updates, registry, data)
+        if found is not None:
+            return found
+    reference = data.reference if data.reference is not None else probe_outputs(model_proto(analysis, cctx), data)
+    return distortion(reference, probe_outputs(pruned(), data))
+
+
 def _quality_report(quality: dict[str, object], opts: PruneOptions, analysis: Analysis, plan: Plan,
-                    alloc: Allocation | None, data: ProbeData | None, pruned: Callable[[], onnx.ModelProto],
-                    cctx: CriterionContext) -> dict[str, object]:
+                    alloc: Allocation | None, data: ProbeData | None, measure: Callable[[ProbeData], float]
+                    ) -> dict[str, object]:
     """The report's ``realign``, ``allocation`` (per group: chosen ratio, sensitivity curve; predicted and
-    measured output distortion) and ``quality_note`` (the one line said when no data was given).
-    ``pruned`` exports the pruned model only when the distortion is measured (a large model is never
-    copied into a proto for nothing)."""
+    measured output distortion, ``measure``) and ``quality_note`` (the one line said when no data was
+    given)."""
     if not opts.has_data:
         quality["quality_note"] = no_data_note(opts.criterion)
         log.info("%s", quality["quality_note"])
     if alloc is not None and data is not None:
         chosen = {gp.group: len(gp.removed) / gp.channels for gp in plan.groups}
         predicted = sum(damage(curve, alloc.levels, chosen.get(gid, 0.0)) for gid, curve in alloc.curves.items())
-        reference = data.reference if data.reference is not None else probe_outputs(model_proto(analysis, cctx), data)
-        measured = distortion(reference, probe_outputs(pruned(), data))
+        measured = measure(data)
         quality["allocation"] = alloc.record | {
             "levels": list(alloc.levels), "predicted_distortion": round(predicted, 6),
             "measured_distortion": round(measured, 6),

@@ -260,6 +260,10 @@ def _executor_options(what: str, default: str) -> Callable[[F], F]:
 @click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default=None,
               help="Spread the budget uniformly, or by each group's measured sensitivity (probed on --calib "
                    "data) [default: sensitivity with --calib data and a --target-*].")
+@click.option("--probe-scope", type=click.Choice(["auto", "model", "local"]), default="auto", show_default=True,
+              help="Where a sensitivity probe is measured: at the model's outputs (a forward pass per probe), or "
+                   "locally at the end of the block the group sits in (a sub-graph from cached activations; "
+                   "auto: local for models over 256 MB of weights).")
 @click.option("--global", "global_rank", is_flag=True,
               help="Rank channels across groups (scores as --normalize makes them per group).")
 @click.option("--max-ratio", type=float, default=0.9, show_default=True, help="With --global: most a group may lose.")

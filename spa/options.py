@@ -42,6 +42,8 @@ ROUND_TO_MODES = ("latency", "auto")
 
 #: how budgets are spread over the groups (``allocate``)
 ALLOCATE_MODES = ("uniform", "sensitivity")
+#: where a sensitivity probe's distortion is measured (:mod:`spa.quality.local`)
+PROBE_SCOPES = ("auto", "model", "local")
 
 #: where calibration statistics and sensitivity probes run (:mod:`spa.executors`)
 EXECUTOR_MODES = ("serial", "local", "ray")
@@ -119,6 +121,10 @@ class PruneOptions:
             ``target_*`` are given.
         sensitivity_levels: the ratios each group is probed at.
         probe_samples: calibration samples the probes and re-alignment use.
+        probe_scope: where a sensitivity probe's distortion is measured: ``model`` (the model's outputs,
+            a forward pass per probe), ``local`` (the output of the block the group's weights sit in, a
+            sub-graph run from cached activations, :mod:`spa.quality.local`) or ``auto`` (local for models
+            with more than 256 MB of weights).
         executor: where calibration statistics and sensitivity probes run: ``serial`` (this process),
             ``local`` (a pool of processes here) or ``ray`` (a Ray cluster, ``pip install 'spa[ray]'``);
             the result is bit-identical whichever runs them.
@@ -168,6 +174,7 @@ class PruneOptions:
     allocate: str | None = None
     sensitivity_levels: tuple[float, ...] = (0.25, 0.5, 0.75)
     probe_samples: int = 64
+    probe_scope: str = "auto"
     executor: str = "serial"
     ray_address: str | None = None
     workers: int | None = None
@@ -221,6 +228,9 @@ class PruneOptions:
         set_(self, "sensitivity_levels", tuple(sorted(set(self.sensitivity_levels))))
         if self.probe_samples < 1:
             raise UsageError(f"probe_samples must be >= 1, got {self.probe_samples}")
+        if self.probe_scope not in PROBE_SCOPES:
+            raise UsageError(f"probe_scope (--probe-scope) must be one of {', '.join(PROBE_SCOPES)}, "
+                             f"got {self.probe_scope!r}")
         check_executor(self.executor, self.workers)
         if self.reconstruct is not None and self.reconstruct not in RECONSTRUCT_MODES:
             raise UsageError(f"reconstruct (--reconstruct) must be one of {', '.join(RECONSTRUCT_MODES)}, "

@@ -7,6 +7,10 @@ inside PyPI packages, exported to ONNX, then pruned to ``--target-macs 0.7`` and
 * ``l2 uniform`` — the data-free default (no calibration, uniform ratios);
 * ``obs uniform`` — OBS scores and compensation on calibration data, uniform ratios;
 * ``obs + alloc`` — the same with budgets allocated by measured sensitivity (``--allocate sensitivity``);
+* ``obs + alloc, local probes`` — the same, each group's probe measured where its branch joins the
+  network (``--probe-scope local``, what ``auto`` does for models over 256 MB) instead of at the outputs;
+  the rows keep every group's curve, so the two scopes' rankings can be compared
+  (``tools/probe_scope_table.py``);
 * ``obs + alloc + realign`` — and statistics re-alignment (``--realign``), with the criterion's one-shot
   OBS compensation (``--reconstruct oneshot``);
 * ``obs + alloc + seq`` — allocation with sequential reconstruction (``--reconstruct sequential``: every
@@ -77,6 +81,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "l2 uniform": {"criterion": "l2", "calibration": None, "allocate": "uniform", "realign": False},
     "obs uniform": {"criterion": "obs", "allocate": "uniform", "realign": False, "reconstruct": "oneshot"},
     "obs + alloc": {"criterion": "obs", "allocate": "sensitivity", "realign": False, "reconstruct": "oneshot"},
+    "obs + alloc, local probes": {"criterion": "obs", "allocate": "sensitivity", "realign": False,
+                                  "reconstruct": "oneshot", "probe_scope": "local"},
     "obs + alloc + realign": {"criterion": "obs", "allocate": "sensitivity", "realign": True, "reconstruct": "oneshot"},
     "obs + alloc + seq": {"criterion": "obs", "allocate": "sensitivity", "realign": False, "reconstruct": "sequential"},
     "+ sequential reconstruction": {"criterion": "obs", "allocate": "sensitivity", "realign": True,
@@ -439,7 +445,9 @@ def bench_model(spec: Spec, targets: list[float], calib: int, seed: int, console
                 if isinstance(alloc, dict):
                     row["distortion"][str(target)] = {
                         "predicted": alloc["predicted_distortion"], "measured": alloc["measured_distortion"],
-                        "ratios": {g["label"]: g["ratio"] for g in alloc["groups"]}}
+                        "ratios": {g["label"]: g["ratio"] for g in alloc["groups"]},
+                        "curves": {g["label"]: g["sensitivity"] for g in alloc["groups"]},
+                        "probe_seconds": alloc.get("seconds"), "scope": alloc.get("scope")}
             rows[label] = row
         if recover_steps and kept:
             best: dict[str, dict[str, Any]] = {}

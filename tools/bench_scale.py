@@ -12,11 +12,14 @@ the ratio peak RSS / model size. A second table times the analysis alone on deco
     python tools/bench_scale.py --sizes 125m --depths 2,4,8
     python tools/bench_scale.py --prune-hidden --depths ""   # also 25 % of the hidden size
     python tools/bench_scale.py --probe --depths ""          # sensitivity-probed --target-macs 0.75
+    python tools/bench_scale.py --probe --sizes 125m --probe-scope model --json /tmp/p.json   # whole-model probes
 
 With ``--probe`` the prune is ``--target-macs 0.75 --allocate sensitivity`` on calibration data (16
 random token sequences: what is measured is the probing's cost, not its quality), criterion ``l2`` (a
 calibrated ``obs`` would hold a d×d second-moment matrix per consumer), so the time and peak RSS are
-those of probing every group alone at the sensitivity levels in ONNX Runtime.
+those of probing every group alone at the sensitivity levels in ONNX Runtime. ``--probe-scope`` picks
+where probes are measured (``auto``: locally, at each group's residual Add, for models over 256 MB of
+weights — every size here; ``model``: at the logits, a forward pass per probe).
 
 Writes ``tools/results/bench_scale.json`` (``bench_scale_hidden.json`` with ``--prune-hidden``,
 ``bench_scale_probe.json`` with ``--probe``).
@@ -100,7 +103,8 @@ from spa.calibration.data import ArraySource
 ids = np.random.default_rng(0).integers(0, {vocab}, size=(16, {seq}), dtype=np.int64)
 t0 = time.perf_counter()
 r = spa.prune({src!r}, target_macs=0.75, criterion="l2", allocate="sensitivity", realign=False, check=False,
-              calibration=ArraySource({{"input_ids": ids}}, batch_size=4, name="random tokens"), probe_samples=16)
+              calibration=ArraySource({{"input_ids": ids}}, batch_size=4, name="random tokens"), probe_samples=16,
+              probe_scope={scope!r})
 t1 = time.perf_counter()
 r.save({dst!r}, external_data=True)
 t2 = time.perf_counter()
@@ -108,7 +112,10 @@ alloc = r.report.get("allocation") or {{}}
 print(json.dumps({{"prune_s": t1 - t0, "save_s": t2 - t1, "params_before": r.report["params_before"],
                   "params_after": r.report["params_after"], "groups_pruned": r.report["num_pruned"],
                   "groups_prunable": r.report["num_prunable"], "probed_groups": len(alloc.get("groups", [])),
-                  "macs_fraction": r.report["macs_after"] / r.report["macs_before"]}}))
+                  "macs_fraction": r.report["macs_after"] / r.report["macs_before"],
+                  "probe_scope": alloc.get("scope"), "probe_s": alloc.get("seconds"), "probes": alloc.get("probes"),
+                  "predicted_distortion": alloc.get("predicted_distortion"),
+                  "measured_distortion": alloc.get("measured_distortion")}}))
 """
 
 ANALYZE = """
@@ -128,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prune-hidden", action="store_true", help="also prune 25 %% of the hidden size")
     ap.add_argument("--probe", action="store_true",
                     help="--target-macs 0.75 with sensitivity probes on 16 random token sequences (probing cost)")
+    ap.add_argument("--probe-scope", default="auto", choices=["auto", "model", "local"],
+                    help="with --probe: where probes are measured (auto: locally above 256 MB of weights)")
     args = ap.parse_args(argv)
     name = ("bench_scale_probe.json" if args.probe else
             "bench_scale_hidden.json" if args.prune_hidden else "bench_scale.json")
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         dst = args.workdir / preset / "pruned.onnx"
         if args.probe:
             vocab, seq = _vocab_seq(src)
-            code = PROBE.format(src=str(src), dst=str(dst), vocab=vocab, seq=seq)
+            code = PROBE.format(src=str(src), dst=str(dst), vocab=vocab, seq=seq, scope=args.probe_scope)
         else:
             code = PRUNE.format(src=str(src), dst=str(dst), hidden=args.prune_hidden)
         wall, peak, out = _child(code)

@@ -199,6 +199,12 @@ class ModelGraph:
             onnx.checker.check_model(model, full_check=True)
         return model
 
+    def interface(self) -> onnx.ModelProto:
+        """The model without its weight data (constants over ``STUB_BYTES`` as data-less stand-ins):
+        enough to read its inputs, outputs and nodes, never to run it."""
+        with stubbed(self.graph):
+            return self._export()
+
     def _export(self) -> onnx.ModelProto:
         model: onnx.ModelProto = gs.export_onnx(self.graph, do_type_check=False)
         for t in model.graph.initializer:

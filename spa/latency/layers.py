@@ -95,7 +95,7 @@ def concrete_shapes(mg: ModelGraph, inputs: Mapping[str, Sequence[int]]) -> dict
     if static:
         return {name: tuple(int(d) for d in t.shape) for name, t in graph.tensors().items()
                 if t.shape is not None and all(isinstance(d, (int, np.integer)) and d >= 0 for d in t.shape)}
-    model = mg.to_onnx()
+    model = mg.interface()  # shapes only: large weights as data-less stand-ins
     for vi in model.graph.input:
         if vi.name in inputs:
             dims = vi.type.tensor_type.shape.dim

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from spa.graph.model import ModelGraph
@@ -59,6 +60,9 @@ class FedModel:
     base: dict[str, object]
     ops: tuple[str, ...]
     batches: list[dict[str, np.ndarray]]
+    #: the weight-fed graph and its export (weights as inputs: no weight data), for local probes
+    graph: ModelGraph | None = None
+    proto: onnx.ModelProto | None = None
 
     @classmethod
     def build(cls, mg: ModelGraph, data: ProbeData, threads: int = 1) -> FedModel | None:
@@ -86,7 +90,24 @@ class FedModel:
         specs = [s for s in input_specs(proto) if s.name not in weights]
         runs = list(_runs(data, [s.name for s in specs], _fixed_batch(specs)))
         return cls(sess, [o.name for o in proto.graph.output], weights, base,
-                   tuple(n.op for n in mg.graph.nodes), runs)
+                   tuple(n.op for n in mg.graph.nodes), runs, fed, proto)
+
+    def session_with(self, names: Sequence[str], threads: int = 1) -> object:
+        """A session of the weight-fed model that also returns the intermediate tensors ``names``."""
+        if self.proto is None:
+            raise RuntimeError("this weight-fed model keeps no graph to fetch tensors from")
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        have = {o.name for o in proto.graph.output}
+        proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
+        return session(proto, threads=threads)
+
+    def one_run(self, names: Sequence[str], threads: int = 1) -> dict[str, np.ndarray]:
+        """``names`` (intermediate tensors or graph inputs) on the first probe run."""
+        feeds = self.batches[0]
+        fetch = [n for n in names if n not in feeds]
+        values = self.session_with(fetch, threads).run(fetch, feeds | self.weights)  # type: ignore[attr-defined]
+        return {n: feeds[n] for n in names if n in feeds} | dict(zip(fetch, values))
 
     def changed(self, twin: ModelGraph) -> dict[str, np.ndarray] | None:
         """The fed weights ``twin`` changes (None: it cannot be fed: other nodes, or a changed constant

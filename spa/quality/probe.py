@@ -116,3 +116,11 @@ def distortion(reference: Sequence[np.ndarray], got: Sequence[np.ndarray]) -> fl
         err = float(np.sum(np.square(g - r)))
         values.append(err / spread if spread > 1e-12 else err / max(float(np.sum(np.square(r))), 1e-12))
     return float(np.mean(values)) if values else 0.0
+
+
+def agree(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> bool:
+    """The same outputs: shapes equal, values within float32 rounding of the largest (rtol 1e-4, atol
+    1e-5 · max(1, max|a|))."""
+    return len(a) == len(b) and all(
+        np.shape(x) == np.shape(y) and np.allclose(x, y, rtol=1e-4, atol=1e-5 * max(1.0, float(np.max(np.abs(x)))))
+        for x, y in zip(a, b))

@@ -43,7 +43,8 @@ from spa.graph.model import ModelGraph
 from spa.graph.save import graph_bytes
 from spa.plan import GroupPlan, Plan, removed_for_count
 from spa.quality.fed import FedModel
-from spa.quality.probe import Delta, ProbeData, distortion, outputs
+from spa.quality.local import LocalProbes, Region
+from spa.quality.probe import Delta, ProbeData, agree, distortion, outputs
 from spa.rules.registry import RuleRegistry
 from spa.surgery import masked_twin
 
@@ -56,6 +57,9 @@ CACHE_VERSION = 1
 #: models with at most this many weight bytes are also run exported whole once, to check the weight-fed
 #: session against (larger ones are probed weight-fed only: no copy of the model is made)
 CHECK_BYTES = 256 << 20
+#: with ``scope="auto"``, models with more weight bytes than this are probed locally (at each group's cut,
+#: :mod:`spa.quality.local`): a whole-model probe of a 1 B-parameter decoder costs a forward pass each
+LOCAL_BYTES = 256 << 20
 
 
 def cache_dir() -> Path:
@@ -160,51 +164,80 @@ def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], dat
                        registry: RuleRegistry | None = None, levels: Sequence[float] = LEVELS,
                        min_channels: int = 1, threads: int = 1, cache: bool = True, cache_extra: str = "",
                        progress: Callable[[str], None] | None = None, executor: Executor | None = None,
-                       ) -> tuple[dict[int, list[float]], dict[str, object]]:
+                       scope: str = "auto") -> tuple[dict[int, list[float]], dict[str, object]]:
     """The output distortion of every group in ``groups`` pruned alone at each of ``levels``.
 
     The masked twins are built here; with an ``executor`` of several workers their ONNX Runtime passes
     run as its tasks: the original model, the samples and the reference outputs are shipped once, each
     task gets its twin as a :class:`Delta` (the initializers that differ from the original's, and the
-    graph). Every probe computes the same distortion wherever it runs.
+    graph). Every probe computes the same distortion wherever it runs. ``scope``: ``model`` measures
+    at the model's outputs, ``local`` at each group's cut (:mod:`spa.quality.local`, in this process),
+    ``auto`` locally for models over :data:`LOCAL_BYTES`.
 
     Returns:
-        ``{group: [distortion at each level]}`` and a record (``probes``, ``seconds``, ``cached``).
+        ``{group: [distortion at each level]}`` and a record (``probes``, ``seconds``, ``cached``, ``scope``).
     """
     t0 = time.perf_counter()
     spread = executor is not None and executor.workers > 1
     fed = FedModel.build(analysis.model, data, threads)
+    local = fed is not None and (scope == "local" or (scope == "auto" and graph_bytes(analysis.model) > LOCAL_BYTES))
+    spread = spread and not local
     small = fed is None or spread or graph_bytes(analysis.model) <= CHECK_BYTES
     proto = analysis.model.to_onnx() if small else None
     path: Path | None = None
     if cache:
-        key = _cache_key(_digest(proto, fed), data, criterion, levels, min_channels, cache_extra)
+        key = _cache_key(_digest(proto, fed), data, criterion, levels, min_channels,
+                         cache_extra + ("|local" if local else ""))
         path = cache_dir() / f"{key}.json"
         found = _cached(path, groups)
         if found is not None:
-            return found, {"probes": 0, "seconds": round(time.perf_counter() - t0, 3), "cached": str(path)}
+            return found, {"probes": 0, "seconds": round(time.perf_counter() - t0, 3), "cached": str(path),
+                           "scope": "local" if local else "model"}
     fed = _with_reference(proto, fed, data, threads)
     job = _ProbeJob(b"", data, data.reference or [], threads)
     base = {i.name: i.SerializeToString() for i in proto.graph.initializer} if spread and proto else None
-    probes = _probes(analysis, scores, groups, levels, criterion, min_channels, compensate, registry, fed, base,
-                     progress)
-    if spread and executor is not None and proto is not None:
-        items = list(probes)
+    twins = _Twins(analysis, scores, criterion, min_channels, compensate, registry, fed, base)
+    extra: dict[str, object] = {}
+    if local and fed is not None:
+        found_all, extra = _local_distortions(twins, fed, job, groups, levels, progress)
+    elif spread and executor is not None and proto is not None:
+        items = list(twins.all(groups, levels, progress))
         job = replace(job, model=proto.SerializeToString(), key=f"{os.getpid()}-{time.time_ns()}")
         found_all = executor.map(_probe_task, items, shared=job)
-        fed_runs = sum(isinstance(p, dict) for p in items)
+        extra = {"weight_fed": sum(isinstance(p, dict) for p in items)}
     else:
         found_all, fed_runs = [], 0
-        for probe in probes:  # one twin at a time: never a list of whole-model twins
+        for probe in twins.all(groups, levels, progress):  # one twin at a time: never a list of model twins
             fed_runs += isinstance(probe, dict)
-            found_all.append(distortion(job.reference, fed.outputs(probe)) if isinstance(probe, dict) and fed
-                             else _probe_task(job, probe))
+            found_all.append(_whole(job, fed, probe))
+        extra = {"weight_fed": fed_runs}
     out = {gid: found_all[k * len(levels):(k + 1) * len(levels)] for k, gid in enumerate(groups)}
     if path is not None:
         _store(path, levels, out)
     return out, {"probes": len(found_all), "seconds": round(time.perf_counter() - t0, 3), "cached": None,
                  "executor": executor.name if spread and executor is not None else "serial",
-                 "weight_fed": fed_runs}
+                 "scope": "local" if local else "model"} | extra
+
+
+def plan_distortion(analysis: Analysis, plan: Plan, updates: Updates | None, registry: RuleRegistry | None,
+                    data: ProbeData, threads: int = 1) -> float | None:
+    """The output distortion of ``plan`` (with ``updates``) over ``data``, measured on its masked twin in
+    the weight-fed session: the twin's outputs equal the pruned model's (the mask oracle), and only the
+    weights it changes are copied — the pruned model is never exported. None when the twin cannot be fed.
+    """
+    fed = FedModel.build(analysis.model, data, threads)
+    changed = fed.changed(masked_twin(analysis, plan, updates, registry)) if fed is not None else None
+    if fed is None or changed is None:
+        return None
+    reference = data.reference if data.reference is not None else fed.outputs({})
+    return distortion(reference, fed.outputs(changed))
+
+
+def _whole(job: _ProbeJob, fed: FedModel | None, probe: Probe) -> float:
+    """A probe's distortion at the model's outputs (weight-fed when it is a dict of changed weights)."""
+    if isinstance(probe, dict) and fed is not None:
+        return distortion(job.reference, fed.outputs(probe))
+    return _probe_task(job, probe)
 
 
 def _with_reference(proto: onnx.ModelProto | None, fed: FedModel | None, data: ProbeData, threads: int
@@ -214,7 +247,7 @@ def _with_reference(proto: onnx.ModelProto | None, fed: FedModel | None, data: P
     reference = outputs(proto, data, threads) if proto is not None else None
     if fed is not None:
         fed_reference = fed.outputs({})
-        if reference is not None and not _agree(reference, fed_reference):
+        if reference is not None and not agree(reference, fed_reference):
             log.info("sensitivity probes rebuild each twin: the weight-fed model's outputs differ")
             fed = None
         reference = reference if reference is not None else fed_reference
@@ -222,26 +255,75 @@ def _with_reference(proto: onnx.ModelProto | None, fed: FedModel | None, data: P
     return fed
 
 
-def _probes(analysis: Analysis, scores: Mapping[int, np.ndarray], groups: Sequence[int], levels: Sequence[float],
-            criterion: str, min_channels: int, compensate: Callable[[Plan], Updates] | None,
-            registry: RuleRegistry | None, fed: FedModel | None, base: Mapping[str, bytes] | None,
-            progress: Callable[[str], None] | None) -> Iterator[Probe]:
-    """Every probe in order (group by group, level by level): the twin's changed weights when ``fed`` can
-    run it, else the exported twin (a :class:`Delta` against ``base`` when given); None for an empty plan."""
-    total, done = len(groups) * len(levels), 0
+@dataclass
+class _Twins:
+    """Builds the probes: the masked twin of one group pruned alone at one level, as the changed weights
+    when ``fed`` can run it, else the exported twin (a :class:`Delta` against ``base`` when given)."""
+
+    analysis: Analysis
+    scores: Mapping[int, np.ndarray]
+    criterion: str
+    min_channels: int
+    compensate: Callable[[Plan], Updates] | None
+    registry: RuleRegistry | None
+    fed: FedModel | None
+    base: Mapping[str, bytes] | None
+
+    def probe(self, gid: int, level: float, *, compensated: bool = True) -> Probe:
+        """The probe of ``gid`` at ``level`` (None for an empty plan)."""
+        plan = single_plan(self.analysis, self.scores, {gid: level}, self.criterion, self.min_channels)
+        if not plan.groups:
+            return None
+        updates = self.compensate(plan) if self.compensate is not None and compensated else None
+        twin = masked_twin(self.analysis, plan, updates, self.registry)
+        changed = self.fed.changed(twin) if self.fed is not None else None
+        if changed is not None:
+            return changed
+        return Delta.of(twin.to_onnx(), self.base) if self.base is not None else twin.to_onnx()
+
+    def all(self, groups: Sequence[int], levels: Sequence[float], progress: Callable[[str], None] | None
+            ) -> Iterator[Probe]:
+        """Every probe in order (group by group, level by level)."""
+        total, done = len(groups) * len(levels), 0
+        for gid in groups:
+            for level in levels:
+                done += 1
+                if progress is not None:
+                    progress(f"sensitivity probe {done}/{total}: group {gid} at {int(round(level * 100))}%")
+                yield self.probe(gid, level)
+
+
+def _local_distortions(twins: _Twins, fed: FedModel, job: _ProbeJob, groups: Sequence[int],
+                       levels: Sequence[float], progress: Callable[[str], None] | None
+                       ) -> tuple[list[float], dict[str, object]]:
+    """Every probe's distortion at its group's cut (:mod:`spa.quality.local`); a group without a region,
+    or a probe its region cannot run, is measured at the model's outputs."""
+    probes = LocalProbes.build(fed, job.threads)
+    found: dict[int, list[float]] = {}
+    regions: dict[int, Region] = {}
+    for gid in groups if probes is not None else ():  # the weights the uncompensated top-level twin changes
+        top = twins.probe(gid, max(levels), compensated=False)
+        region = probes.nodes.region(top, fed.weights) if probes is not None and isinstance(top, dict) else None
+        if region is not None:
+            regions[gid] = region
+    local = [g for g in groups if g in regions]
+    if probes is not None and local:
+        for chunk in probes.chunks([regions[g] for g in local]):
+            probes.cache = probes.reference(sorted({n for k in chunk for n in regions[local[k]].tensors}))
+            for k in chunk:
+                if progress is not None:
+                    progress(f"sensitivity probe {(len(found) + 1) * len(levels)}/{len(groups) * len(levels)}: "
+                             f"group {local[k]} (local)")
+                items = [twins.probe(local[k], level) for level in levels]
+                got = probes.damages(regions[local[k]], items)
+                found[local[k]] = [_whole(job, fed, p) if d is None else d for d, p in zip(got, items)]
+            probes.cache = {}
     for gid in groups:
-        for level in levels:
-            done += 1
-            if progress is not None:
-                progress(f"sensitivity probe {done}/{total}: group {gid} at {int(round(level * 100))}%")
-            plan = single_plan(analysis, scores, {gid: level}, criterion, min_channels)
-            if not plan.groups:
-                yield None
-                continue
-            twin = masked_twin(analysis, plan, compensate(plan) if compensate is not None else None, registry)
-            changed = fed.changed(twin) if fed is not None else None
-            yield changed if changed is not None else Delta.of(twin.to_onnx(), base) if base is not None \
-                else twin.to_onnx()
+        if gid not in found:
+            found[gid] = [_whole(job, fed, twins.probe(gid, level)) for level in levels]
+    return [d for gid in groups for d in found[gid]], {
+        "weight_fed": len(groups) * len(levels), "local_groups": len(local), "model_groups": len(groups) - len(local),
+        "local_fallbacks": probes.fallbacks if probes is not None else 0}
 
 
 def _digest(proto: onnx.ModelProto | None, fed: FedModel | None) -> str:
@@ -255,13 +337,6 @@ def _digest(proto: onnx.ModelProto | None, fed: FedModel | None) -> str:
         h.update(name.encode())
         h.update(np.ascontiguousarray(w).data.cast("B"))
     return h.hexdigest()
-
-
-def _agree(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> bool:
-    """The same outputs (shapes equal, values within float32 rounding of the largest)."""
-    return len(a) == len(b) and all(
-        np.shape(x) == np.shape(y) and np.allclose(x, y, rtol=1e-4, atol=1e-5 * max(1.0, float(np.max(np.abs(x)))))
-        for x, y in zip(a, b))
 
 
 def damage(curve: Sequence[float], levels: Sequence[float], ratio: float) -> float:
