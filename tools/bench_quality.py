@@ -7,7 +7,7 @@ inside PyPI packages, exported to ONNX, then pruned to ``--target-macs 0.7`` and
 * ``l2 uniform`` — the data-free default (no calibration, uniform ratios);
 * ``obs uniform`` — OBS scores and compensation on calibration data, uniform ratios;
 * ``obs + alloc`` — the same with budgets allocated by measured sensitivity (``--allocate sensitivity``);
-* ``obs + alloc, local probes`` — the same, each group's probe measured where its branch joins the
+* ``obs + alloc (local probes)`` — the same, each group's probe measured where its branch joins the
   network (``--probe-scope local``, what ``auto`` does for models over 256 MB) instead of at the outputs;
   the rows keep every group's curve, so the two scopes' rankings can be compared
   (``tools/probe_scope_table.py``);
@@ -81,7 +81,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "l2 uniform": {"criterion": "l2", "calibration": None, "allocate": "uniform", "realign": False},
     "obs uniform": {"criterion": "obs", "allocate": "uniform", "realign": False, "reconstruct": "oneshot"},
     "obs + alloc": {"criterion": "obs", "allocate": "sensitivity", "realign": False, "reconstruct": "oneshot"},
-    "obs + alloc, local probes": {"criterion": "obs", "allocate": "sensitivity", "realign": False,
+    "obs + alloc (local probes)": {"criterion": "obs", "allocate": "sensitivity", "realign": False,
                                   "reconstruct": "oneshot", "probe_scope": "local"},
     "obs + alloc + realign": {"criterion": "obs", "allocate": "sensitivity", "realign": True, "reconstruct": "oneshot"},
     "obs + alloc + seq": {"criterion": "obs", "allocate": "sensitivity", "realign": False, "reconstruct": "sequential"},

@@ -2,12 +2,12 @@
 """Local vs whole-model sensitivity probes, compared on the trained models of ``tools/bench_quality.py``.
 
 Reads a ``bench_quality`` JSON that has the rows ``obs + alloc`` (probes measured at the model's outputs)
-and ``obs + alloc, local probes`` (``--probe-scope local``: at each group's cut) and prints, per model and
+and ``obs + alloc (local probes)`` (``--probe-scope local``: at each group's cut) and prints, per model and
 MAC target: the Spearman rank correlation of the groups' sensitivities (at every probed level, pooled),
 the share of groups whose allocated ratio is the same, both retentions and both probing times. Writes the
 table as JSON.
 
-    python tools/bench_quality.py --variants "obs + alloc,obs + alloc, local probes" \\
+    python tools/bench_quality.py --variants "obs + alloc,obs + alloc (local probes)" \\
         --json tools/results/bench_quality_probe_scope.json
     python tools/probe_scope_table.py tools/results/bench_quality_probe_scope.json
 """
@@ -24,7 +24,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-WHOLE, LOCAL = "obs + alloc", "obs + alloc, local probes"
+WHOLE, LOCAL = "obs + alloc", "obs + alloc (local probes)"
 
 
 def spearman(a: list[float], b: list[float]) -> float:
