@@ -51,6 +51,7 @@ from spa.quality import (
     sensitivity_curves,
 )
 from spa.quality.probe import outputs as probe_outputs
+from spa.quality.reconstruct import AUTO_MAX_BYTES as RECONSTRUCT_MAX_BYTES
 from spa.quality.sensitivity import CHECK_BYTES, damage, plan_distortion, single_plan
 from spa.recover.saliency import channel_saliency
 from spa.recover.train import RecoverOptions, RecoverResult
@@ -253,11 +254,13 @@ def prune(
     Raises:
         UsageError: an unknown or invalid option (before any work).
     """
-    opts = coerce(options, changes).resolved()
+    given = coerce(options, changes)
+    opts = given.resolved()
     stage = progress or (lambda _what: None)
     crit = get_criterion(opts.criterion)
     stage("loading")
     mg = load(model)
+    opts = _sized(opts, given, mg)
     analysis, scores, registry, grouped, cctx = _analyse_and_score(mg, opts, registry, crit, stage)
     data = _probe_data(analysis, opts, cctx)
     alloc = _allocation(analysis, scores, opts, cctx, data, registry, stage)
@@ -285,6 +288,18 @@ def prune(
                               lambda d: _measured(analysis, plan, updates, registry, d, cctx,
                                                   lambda: protos.get("model") or pruned_mg.to_onnx()))
     return PruneResult(pruned_mg, plan, analysis, report, masked, _protos=protos)
+
+
+def _sized(opts: PruneOptions, given: PruneOptions, mg: ModelGraph) -> PruneOptions:
+    """``opts`` for this model's size: a default sequential reconstruction becomes ``oneshot`` above
+    :data:`spa.quality.reconstruct.AUTO_MAX_BYTES` of weights (said in one line; ``--reconstruct
+    sequential`` keeps it)."""
+    if given.reconstruct is None and opts.reconstruct == "sequential" and graph_bytes(mg) > RECONSTRUCT_MAX_BYTES:
+        log.info("sequential reconstruction is off by default for a model over %d MB (it runs the model twice "
+                 "per layer level): one-shot compensation instead; --reconstruct sequential to force it",
+                 RECONSTRUCT_MAX_BYTES >> 20)
+        return replace(opts, reconstruct="oneshot")
+    return opts
 
 
 def _compensate(analysis: Analysis, plan: Plan, crit: Criterion, cctx: CriterionContext, opts: PruneOptions,

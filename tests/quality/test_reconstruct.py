@@ -210,3 +210,17 @@ def test_realign_leaves_reconstructed_layers_alone() -> None:
     rec, ra = r.report["reconstruction"], r.report["realign"]
     assert isinstance(rec, dict) and isinstance(ra, dict), (rec, ra)
     assert {p["op"] for p in rec["per_layer"]} == {"Conv"} and ra["layers"] == 1, (rec, ra)  # type: ignore[index]
+
+
+def test_large_models_default_to_oneshot_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above AUTO_MAX_BYTES the obs default is one-shot compensation; an explicit sequential is kept."""
+    from spa import api
+
+    src = data((3, 8, 8))
+    assert spa.prune(small_cnn(), ratio=0.5, calibration=src).report["reconstruct"] == "sequential"
+    monkeypatch.setattr(api, "RECONSTRUCT_MAX_BYTES", 0)
+    r = spa.prune(small_cnn(), ratio=0.5, calibration=src)
+    assert r.report["criterion"] == "obs" and r.report["reconstruct"] == "oneshot"
+    assert r.report["reconstruction"] is None
+    forced = spa.prune(small_cnn(), ratio=0.5, calibration=src, reconstruct="sequential")
+    assert forced.report["reconstruct"] == "sequential" and forced.report["reconstruction"] is not None
