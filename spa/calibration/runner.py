@@ -16,7 +16,7 @@ import dataclasses
 import itertools
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +27,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from spa.calibration.data import CalibrationError, CalibrationSource, RandomSource
+from spa.graph.model import ModelGraph
+from spa.runtime.fed import weight_fed
 from spa.runtime.feeds import PROBE_DIMS, InputSpec, find_runnable_shapes, graph_of, input_specs
 from spa.runtime.session import session
 
@@ -58,10 +60,10 @@ def tapped_model(model: onnx.ModelProto, taps: Sequence[str]) -> onnx.ModelProto
     return out
 
 
-def _with_dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+def _with_dynamic_batch(model: onnx.ModelProto, weights: Collection[str] = ()) -> onnx.ModelProto:
     out = copy.deepcopy(model)
     del out.graph.value_info[:]
-    inits = {i.name for i in out.graph.initializer}
+    inits = {i.name for i in out.graph.initializer} | set(weights)
     for vi in list(out.graph.input) + list(out.graph.output):
         if vi.name in inits:
             continue
@@ -106,6 +108,8 @@ class _Sessions:
     fetch: list[str]
     fixed: ort.InferenceSession
     dynamic: ort.InferenceSession | None = None
+    #: a weight-fed model's weights, added to every run's feeds (:mod:`spa.runtime.fed`)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
 
     def run(self, sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The fetched tensors of one run of ``sess``.
@@ -114,7 +118,7 @@ class _Sessions:
             CalibrationError: ONNX Runtime rejects the feeds (its first message line, and the source).
         """
         try:
-            return sess.run(self.fetch, feeds)  # type: ignore[no-any-return]
+            return sess.run(self.fetch, feeds | self.weights)  # type: ignore[no-any-return]
         except Exception as exc:
             raise CalibrationError(f"ONNX Runtime failed on the calibration data ({self.source.describe()}): "
                                    f"{str(exc).splitlines()[0]}") from exc
@@ -142,7 +146,7 @@ class _Sessions:
             probe = {k: v[:2] for k, v in feeds.items()}
             quiet = ort.RunOptions()
             quiet.log_severity_level = 4  # an expected failure, not an error to print
-            got = self.dynamic.run(self.fetch, probe, quiet)
+            got = self.dynamic.run(self.fetch, probe | self.weights, quiet)
             want = self.per_sample(probe, min(n, 2), 1)
             return all(np.shape(a) == np.shape(b) and np.allclose(a, b, rtol=1e-4, atol=1e-5)
                        for a, b in zip(got, want))
@@ -168,13 +172,13 @@ class _Sessions:
 
 
 def _sessions(tapped: onnx.ModelProto, source: CalibrationSource, fetch: list[str], static: int | None,
-              threads: int) -> _Sessions:
+              threads: int, weights: dict[str, np.ndarray]) -> _Sessions:
     """The fixed session, and a dynamic-batch one when the batch is fixed to 1 and the source batches
     more (None when that copy does not load)."""
-    sessions = _Sessions(source, fetch, session(tapped, threads=threads))
+    sessions = _Sessions(source, fetch, session(tapped, threads=threads), weights=weights)
     if static == 1 and source.batch_size > 1:
         try:
-            sessions.dynamic = session(_with_dynamic_batch(tapped), threads=threads)
+            sessions.dynamic = session(_with_dynamic_batch(tapped, weights), threads=threads)
         except Exception as exc:  # noqa: BLE001 - any failure means: run sample by sample
             log.debug("dynamic-batch copy does not load (%s); running one sample at a time", exc)
     return sessions
@@ -210,16 +214,30 @@ class _Plan:
     source: CalibrationSource
 
 
-def _plan(model: onnx.ModelProto, source: CalibrationSource, taps: Sequence[str], outputs: bool,
+def _fed(model: onnx.ModelProto | ModelGraph, source: CalibrationSource
+         ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The model to run and the weights to feed it: a :class:`ModelGraph` runs weight-fed (no copy of its
+    weights, :func:`spa.runtime.fed.weight_fed`) — unless the source is random data still to be fitted to
+    the model's sizes, which needs the plain model."""
+    if not isinstance(model, ModelGraph):
+        return model, {}
+    if isinstance(source, RandomSource) and source.shapes is None:
+        return model.to_onnx(), {}
+    fed, weights = weight_fed(model)
+    return fed.to_onnx(), weights
+
+
+def _plan(model: onnx.ModelProto | ModelGraph, source: CalibrationSource, taps: Sequence[str], outputs: bool,
           threads: int) -> _Plan:
     """The tensors to fetch, the sessions, and the source (a random source given shapes the model accepts)."""
-    specs = input_specs(model)
+    model, weights = _fed(model, source)
+    specs = [s for s in input_specs(model) if s.name not in weights]
     input_names = {s.name for s in specs}
     own = [o.name for o in model.graph.output] if outputs else []
     wanted = list(dict.fromkeys(list(taps) + own))
     fetch = [t for t in wanted if t not in input_names]
     static = _static_batch(specs)
-    sessions = _sessions(tapped_model(model, fetch), source, fetch, static, threads)
+    sessions = _sessions(tapped_model(model, fetch), source, fetch, static, threads, weights)
     if isinstance(source, RandomSource) and source.shapes is None:  # sizes the model accepts, not always 8
         source = _fitted(source, sessions.fixed, model)
     return _Plan(list(specs), wanted, fetch, static, sessions, source)
@@ -235,7 +253,7 @@ def _shard(source: CalibrationSource, specs: Sequence[InputSpec], batch_range: t
     return itertools.islice(batches, max(stop - start, 0))
 
 
-def batch_mode(model: onnx.ModelProto, source: CalibrationSource, taps: Sequence[str] = (), *,
+def batch_mode(model: onnx.ModelProto | ModelGraph, source: CalibrationSource, taps: Sequence[str] = (), *,
                threads: int = 1) -> bool:
     """Whether :func:`run_batches` runs the batches at once (True) or a fixed-batch model's samples one at a
     time (False): the check it makes on the first batch, made ahead so that shards of one data set run in
@@ -248,7 +266,7 @@ def batch_mode(model: onnx.ModelProto, source: CalibrationSource, taps: Sequence
 
 
 def run_batches(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | ModelGraph,
     source: CalibrationSource,
     taps: Sequence[str] = (),
     *,
@@ -263,7 +281,8 @@ def run_batches(
     """Run ``model`` over ``source``, yielding every batch's feeds and the values of ``taps``.
 
     Args:
-        model: the model (not modified).
+        model: the model (not modified); a :class:`ModelGraph` runs weight-fed, without a copy of its
+            weights (:mod:`spa.runtime.fed`).
         source: the calibration data.
         taps: tensor names to expose; graph inputs are taken from the feeds.
         outputs: also return the model's own outputs in :attr:`BatchRun.values`.

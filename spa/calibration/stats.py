@@ -29,6 +29,7 @@ import onnx
 from spa.calibration.data import CalibrationError, CalibrationSource
 from spa.calibration.runner import batch_mode, run_batches
 from spa.executors import Executor, one_blas_thread
+from spa.graph.model import ModelGraph
 from spa.rules.views import ConvUnfold, dense_rows
 from spa.runtime.feeds import input_specs
 
@@ -221,7 +222,7 @@ def _update(accumulators: Accumulators, values: Mapping[str, np.ndarray]) -> Non
 
 
 def collect(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | ModelGraph,
     source: CalibrationSource,
     accumulators: Accumulators,
     *,
@@ -239,12 +240,13 @@ def collect(
     ``executor`` of several workers the shards run as its tasks (the model and the empty accumulators
     shipped once); the result is bit-identical to the single pass.
 
-    ``check_batching`` is passed to :func:`~spa.calibration.runner.run_batches`.
+    ``check_batching`` is passed to :func:`~spa.calibration.runner.run_batches`. A :class:`ModelGraph` runs
+    weight-fed (no copy of its weights) in this process, in one pass.
 
     Returns:
         The number of samples seen.
     """
-    if executor is not None and executor.workers > 1:
+    if executor is not None and executor.workers > 1 and isinstance(model, onnx.ModelProto):
         sharded = _collect_sharded(model, source, accumulators, threads, check_batching, executor)
         if sharded is not None:
             return sharded

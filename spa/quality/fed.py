@@ -5,7 +5,7 @@ a few weights changed (removed channels zeroed at their consumers, compensation 
 twin and loading it into a new session per probe costs a copy of every weight twice (the export, then
 ONNX Runtime's own), so a 125 M-parameter decoder took 17 minutes and 11.7× its size in peak memory for
 72 probes. Here the original runs once as a *weight-fed* model: every float initializer of at least
-:data:`MIN_FED` elements becomes a graph input, so one session serves every probe; a probe feeds the
+:data:`spa.runtime.fed.MIN_FED` elements becomes a graph input, so one session serves every probe; a probe feeds the
 twin's changed weights and the original's others (zero-copy views of the loaded, or memory-mapped,
 arrays). A twin whose structure differs from the original's (a statistic restricted to kept channels
 adds nodes) or that changes a constant that is not fed returns None from :meth:`FedModel.changed`, and
@@ -14,9 +14,6 @@ the caller falls back to exporting it.
 Which weights changed is read from the twin itself: :func:`spa.surgery.masked_twin` copies the graph
 sharing every constant's value object and replaces only those it edits, so identity (``is``) against the
 original's values finds them without comparing data.
-
->>> MIN_FED
-16
 """
 
 from __future__ import annotations
@@ -31,14 +28,12 @@ import onnx_graphsurgeon as gs
 
 from spa.graph.model import ModelGraph
 from spa.quality.probe import ProbeData
+from spa.runtime.fed import weight_fed
 from spa.runtime.feeds import input_specs
 from spa.runtime.session import session
 
 log = logging.getLogger(__name__)
 
-#: float initializers with at least this many elements are fed (smaller ones, e.g. Resize scales or a
-#: Clip bound, stay constants: some kernels need them at load time)
-MIN_FED = 16
 
 
 @dataclass
@@ -67,19 +62,7 @@ class FedModel:
     @classmethod
     def build(cls, mg: ModelGraph, data: ProbeData, threads: int = 1) -> FedModel | None:
         """The weight-fed session of ``mg`` over ``data`` (None when ONNX Runtime refuses it)."""
-        fed = mg.copy()
-        weights: dict[str, np.ndarray] = {}
-        outputs = {t.name for t in fed.graph.outputs}
-        for t in list(fed.graph.tensors().values()):
-            if not isinstance(t, gs.Constant) or t.name in outputs or not _fed_kind(t):
-                continue
-            v = gs.Variable(t.name, dtype=t.dtype, shape=list(t.shape))
-            for node in list(t.outputs):
-                for i, x in enumerate(node.inputs):
-                    if x is t:
-                        node.inputs[i] = v
-            fed.graph.inputs.append(v)
-            weights[t.name] = np.asarray(t.values)
+        fed, weights = weight_fed(mg)
         base = {t.name: t._values for t in mg.graph.tensors().values() if isinstance(t, gs.Constant)}
         try:
             proto = fed.to_onnx()
@@ -135,12 +118,6 @@ class FedModel:
 
 
 _MISSING = object()
-
-
-def _fed_kind(t: gs.Constant) -> bool:
-    """A float constant of at least :data:`MIN_FED` elements."""
-    shape = t.shape if t.shape is not None else ()
-    return np.dtype(t.dtype).kind == "f" and int(np.prod(shape, dtype=np.int64)) >= MIN_FED and len(shape) >= 1
 
 
 def _fixed_batch(specs: Sequence[object]) -> int | None:

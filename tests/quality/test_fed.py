@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import spa
@@ -59,3 +60,33 @@ def test_a_twin_that_changes_the_graph_is_not_fed() -> None:
     assert list(fed.changed(twin) or {}) == [name]
     twin.graph.nodes.append(gs.Node("Identity", inputs=[twin.graph.outputs[0]], outputs=[gs.Variable("extra")]))
     assert fed.changed(twin) is None
+
+
+@pytest.mark.parametrize("make", [small_cnn, two_branch], ids=["cnn", "two_branch"])
+def test_weight_fed_calibration_statistics_give_the_same_prune(make, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Large models collect obs statistics weight-fed (no export, no ONNX Runtime copy of the weights): the
+    same scores and compensated weights as the exported model's statistics, to float rounding."""
+    from spa.calibration import runner
+    from spa.criteria import calibrated
+
+    model = make()
+    source = data(tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]))
+    kw = {"ratio": 0.5, "criterion": "obs", "calibration": source, "reconstruct": "oneshot", "realign": False}
+    exported = spa.prune(model, **kw)
+    fed_runs: list[int] = []
+    real = runner.weight_fed
+
+    def spy(mg):  # type: ignore[no-untyped-def]
+        fed_runs.append(1)
+        return real(mg)
+
+    monkeypatch.setattr(runner, "weight_fed", spy)
+    monkeypatch.setattr(calibrated, "FED_BYTES", 0)
+    fed = spa.prune(model, **kw)
+    assert fed_runs
+    assert [gp.removed for gp in fed.plan.groups] == [gp.removed for gp in exported.plan.groups]
+    a = {i.name: onnx.numpy_helper.to_array(i) for i in exported.model.graph.initializer}
+    b = {i.name: onnx.numpy_helper.to_array(i) for i in fed.model.graph.initializer}
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5)
