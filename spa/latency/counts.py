@@ -8,7 +8,7 @@ moves each group's count to a nearby one that the per-layer latency table (:mod:
 is cheaper, while the budget stays where the exact counts put it:
 
 1. **Candidates.** Per pruned channel group (attention-head and hidden-size groups keep their exact
-   counts): ``k`` itself and the multiples of the SIMD block (and of 8) around
+   counts): ``k`` itself and the multiples of the SIMD block around
    it, at most :data:`STEPS` blocks either side and within :data:`SPAN` of ``k`` (always at least the
    nearest multiple below and above). Groups feeding a depthwise or grouped convolution (the rules'
    :meth:`~spa.rules.base.ChannelRule.aligned_slots`) keep only counts whose slots are whole blocks —
@@ -34,15 +34,22 @@ is cheaper, while the budget stays where the exact counts put it:
    promises (the demo model at ``--ratio 0.4``: table latency 0.52 → 0.41 at the same MACs; one loaded
    ``spa sweep`` measured efficiency 0.90 where the default gives 0.76), but on large CNNs the table's
    per-layer sum misses in-network effects and the search chases its errors (see :data:`ROUNDS`), so it
-   stays off until the table models them.
-4. **Never worse.** If the table predicts the exact counts faster (it never should), they are kept.
+   stays off until the table models them. With the wider :data:`SPAN` the fill itself finds most of it:
+   on the demo sweep (0.3..0.7, one run) the search added 0.00-0.01 to the fill's efficiency (0.95 /
+   0.90 / 0.80 / 0.67 / 0.56) and lost 0.01 at 0.7 — within the timing noise.
+4. **Free channels.** The fill stops at the MACs budget; then groups grow on while a move's added table
+   latency is nothing (at most :data:`FREE_NOISE` of the touched layers'), up to :data:`FREE_MACS` of the
+   original's MACs above the exact plan: a count that the kernel pads to the next block anyway, or a
+   move that removes a layout change, gives capacity (accuracy) at no cost in speed. (The demo at
+   ``--ratio 0.6`` with SPAN 0.25: MACs 0.167 → 0.180 of the original's, measured latency unchanged.)
+5. **Never worse.** If the table predicts the exact counts faster (it never should), they are kept.
 
 Only the table is consulted (layers measured on first use, then cached per provider + device), so a
 second prune on the same machine measures nothing. The result records, per group, the exact and the
 chosen count, and the predicted table latency of both.
 
 >>> candidates(37, 64, block=16)
-[32, 37, 40, 48]
+[24, 32, 37, 40, 48, 56, 64]
 >>> candidates(37, 64, block=16, aligned_only=True)
 [32, 48]
 >>> candidates(5, 12, block=16)
@@ -75,10 +82,20 @@ from spa.runtime.feeds import PROBE_DIMS
 
 log = logging.getLogger(__name__)
 
-#: how far (a fraction of the exact count) a chosen count may move
-SPAN = 0.25
+#: how far (a fraction of the exact count) a chosen count may move. 0.5 (with :data:`STEPS` 4) lets the
+#: fill move the MACs budget from the layers that are dear per MAC (early high-resolution, depthwise,
+#: thin ones) to cheap ones. One run (``/tmp`` table of its own, load 1.5-2): the six CNNs of
+#: ``tools/bench_latency_zoo.py`` at ``--ratio 0.5`` went from efficiency 0.75-0.98 (SPAN 0.25, STEPS 2,
+#: steps of 8) to 0.82-1.00 at the same MACs. Wider (0.75, 6 blocks) measured higher on five
+#: (MobileNetV2 0.94, EfficientNet-B0 0.95) and lower on DenseNet-121 (0.83 against 0.85), but leaves a
+#: group as little as a quarter of what the criterion asked for: a larger departure from the criterion's
+#: allocation than the efficiency goal needs. Candidates step by the SIMD block only: with 16-channel
+#: blocks the multiples of 8 between them were never better (same run: ResNet-50 0.997 against 0.993,
+#: RegNet-Y 0.819 against 0.816, MobileNetV2 0.868 against 0.851): an off-block count costs layout
+#: copies in the network that no table entry holds (:data:`FINE_STEP`)
+SPAN = 0.5
 #: SIMD blocks considered either side of the exact count
-STEPS = 2
+STEPS = 4
 #: MACs the chosen counts may add over the exact plan's, as a fraction of the original's
 MACS_SLACK = 0.005
 #: when the fill ends more than this (a fraction of the original's MACs) below the exact plan, it grows
@@ -92,6 +109,18 @@ MACS_BAND = 0.01
 #: per-layer sum misses in-network effects (``python tools/bench_latency_zoo.py --search-rounds 4
 #: --search-span 0.5``: ``tools/results/bench_latency_zoo_search.json`` against ``bench_latency_zoo.json``)
 ROUNDS = 0
+#: a finer candidate step than the SIMD block (channels; 0: none). It was 8 (multiples of 8 between
+#: 16-channel AVX-512 blocks); measured never better, see :data:`SPAN`
+FINE_STEP = 0
+#: free channels: after the fill, groups grow further while the table says the move costs no time —
+#: added latency at most :data:`FREE_NOISE` of the touched layers' — up to this many MACs (a fraction of
+#: the original's) above the exact plan: capacity at no cost in speed
+FREE_MACS = 0.02
+#: a move's added table latency, as a fraction of the latency of the layers it touches, that still
+#: counts as no time. 0: only moves the table predicts cost nothing (or save time); allowing 0.02 or
+#: 0.05 (the table's repeat noise) grew no model of the zoo further and the demo only at ``--ratio
+#: 0.3`` (one run: efficiency 0.85 → 0.88, within the timing noise), so nothing beyond zero is trusted
+FREE_NOISE = 0.0
 
 
 @functools.cache
@@ -125,7 +154,7 @@ def candidates(k: int, channels: int, block: int, *, aligned_only: bool = False,
     its 16-channel SIMD block is 2 elements.)
 
     >>> candidates(4, 6, 2, step=1)
-    [3, 4, 5, 6]
+    [2, 3, 4, 5, 6]
     """
     if channels <= block:
         return sorted({k, channels} if not aligned_only else {channels})
@@ -215,8 +244,9 @@ class CountChooser:
         hard = [s for s in labels if s in self._aligned]
         # channels per element in every slot (a whole-group channel of a grouped Conv: the group width)
         unit = max(1, min((len(lab) for lab in labels.values()), default=channels) // max(1, channels))
-        block, step = (self.block // unit or 1, 8 // unit or 1) if unit > 1 and self.block % unit == 0 \
-            else (self.block, 8)
+        grouped = unit > 1 and self.block % unit == 0
+        block = self.block // unit or 1 if grouped else self.block
+        step = (FINE_STEP // unit or 1 if grouped else FINE_STEP) if FINE_STEP else block
         floor = max(self.min_channels, channels - math.floor(self.max_ratio * channels))
         counts = candidates(exact, channels, block, aligned_only=bool(hard), floor=floor, step=step)
         blocks = channel_blocks(self.analysis, gid)
@@ -282,6 +312,8 @@ class CountChooser:
                                  until=exact_macs - MACS_UNDER * problem.macs0)
         band = (exact_macs - MACS_UNDER * problem.macs0, exact_macs + MACS_BAND * problem.macs0)
         state = problem.improve(state, band, progress)
+        if FREE_MACS > 0:
+            state = problem.fill(state, exact_macs + FREE_MACS * problem.macs0, progress, free=FREE_NOISE)
         chosen_ms, chosen_macs = problem.total(state)
         if chosen_ms > exact_ms:
             log.info("latency-chosen counts predicted slower than the exact ones (%.3f > %.3f ms); kept exact",
@@ -464,9 +496,10 @@ class _Problem:
         return dms, dmacs
 
     def fill(self, state: dict[int, int], budget: float, progress: Callable[[str], None] | None,
-             until: float = math.inf) -> dict[int, int]:
+             until: float = math.inf, free: float | None = None) -> dict[int, int]:
         """Greedy: take the cheapest move (least ms per added MAC) that keeps MACs within ``budget``
-        (stopping once MACs reach ``until``)."""
+        (stopping once MACs reach ``until``). With ``free``, only moves whose added table latency is at
+        most ``free`` times the current latency of the layers the group touches are taken (free channels)."""
         _, macs = self.total(state)
         moves: dict[int, list[tuple[float, float]]] = {}
 
@@ -482,7 +515,7 @@ class _Problem:
             for g, ds in moves.items():
                 for j in range(state[g] + 1, len(ds)):
                     dms, dmacs = ds[j]
-                    if macs + dmacs > budget:
+                    if macs + dmacs > budget or (free is not None and dms > free * self.group_ms(state, g)):
                         continue
                     key = dms / dmacs if dmacs > 0 else (-math.inf if dms < 0 else math.inf)
                     if key == math.inf:
@@ -500,6 +533,10 @@ class _Problem:
             if progress is not None and steps % 10 == 0:
                 progress(f"choosing channel counts ({steps} moves, {self.chooser.table.measured} layers measured)")
         return state
+
+    def group_ms(self, state: Mapping[int, int], g: int) -> float:
+        """Table latency of the layers group ``g`` touches."""
+        return sum(self._layer(n, state) for n in self.by_group_layers[g])
 
     def neighbours(self) -> dict[int, set[int]]:
         """Per group, the groups whose move costs depend on its choice (shared layers or MAC terms)."""
