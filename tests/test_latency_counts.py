@@ -234,3 +234,29 @@ def test_chosen_counts_are_whole_simd_blocks_or_exact(ratio: float, monkeypatch:
     width = {g["id"]: g["channels_before"] for g in result.report["groups"]}  # type: ignore[union-attr]
     for row in record["counts"]:
         assert row["chosen"] % 16 == 0 or row["chosen"] in (row["exact"], width[row["group"]]), row
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("width", [40, 72])
+def test_the_fill_keeps_the_better_of_the_narrow_and_the_wide_span(ratio: float, width: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The greedy fill is run over the full candidate span and over each NARROW_FILLS span; the kept
+    result's table latency per MAC is no higher than either fill's alone."""
+    from spa.latency import counts as C
+
+    monkeypatch.setattr(C, "FREE_MACS", 0.0)
+    model = _cnn(width=width, depthwise=False)
+
+    def per_mac() -> float:
+        rec = spa.prune(model, ratio=ratio).report["latency_counts"]
+        assert isinstance(rec, dict)
+        return float(rec["table_ms_chosen"]) / float(rec["macs_chosen"])  # type: ignore[arg-type]
+
+    both = per_mac()
+    (span, steps), = C.NARROW_FILLS
+    monkeypatch.setattr(C, "NARROW_FILLS", ())
+    wide = per_mac()
+    monkeypatch.setattr(C, "SPAN", span)
+    monkeypatch.setattr(C, "STEPS", steps)
+    narrow = per_mac()
+    assert both <= min(wide, narrow) * (1 + 1e-9), (both, wide, narrow)

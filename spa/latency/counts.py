@@ -112,6 +112,11 @@ ROUNDS = 0
 #: a finer candidate step than the SIMD block (channels; 0: none). It was 8 (multiples of 8 between
 #: 16-channel AVX-512 blocks); measured never better, see :data:`SPAN`
 FINE_STEP = 0
+#: (span, SIMD blocks) of the narrower fills run besides the full one (:data:`SPAN`, :data:`STEPS`); the
+#: result with the lowest table latency per MAC is kept. The fill is greedy, so a wider choice can end
+#: worse: the demo model at ``--ratio 0.3`` (table latency 0.679 ms with SPAN 0.5 against 0.613 with 0.25:
+#: a group left at an off-block count that the narrower fill moved onto a block)
+NARROW_FILLS: tuple[tuple[float, int], ...] = ((0.25, 2),)
 #: free channels: after the fill, groups grow further while the table says the move costs no time —
 #: added latency at most :data:`FREE_NOISE` of the touched layers' — up to this many MACs (a fraction of
 #: the original's) above the exact plan: capacity at no cost in speed
@@ -144,10 +149,11 @@ def simd_block(providers: Sequence[str] | None = None) -> int:
 
 
 def candidates(k: int, channels: int, block: int, *, aligned_only: bool = False, floor: int = 1,
-               step: int = 8) -> list[int]:
+               step: int = 8, span: float | None = None, steps: int | None = None) -> list[int]:
     """Kept counts considered for a group asking for ``k`` of ``channels`` (sorted).
 
-    Multiples of ``block`` and of ``step`` within :data:`SPAN` of ``k`` and :data:`STEPS` blocks of it,
+    Multiples of ``block`` and of ``step`` within ``span`` (default :data:`SPAN`) of ``k`` and ``steps``
+    (default :data:`STEPS`) blocks of it,
     the nearest multiple of ``block`` below and above, ``channels`` when within reach, and ``k`` itself
     unless ``aligned_only``. A group no larger than one block keeps exact counts. (``block`` and ``step``
     count the group's elements: a whole-group channel of a grouped convolution is 8 channels wide, so
@@ -158,10 +164,12 @@ def candidates(k: int, channels: int, block: int, *, aligned_only: bool = False,
     """
     if channels <= block:
         return sorted({k, channels} if not aligned_only else {channels})
-    lo = max(floor, math.floor(k * (1 - SPAN)), k - STEPS * block)
-    hi = min(channels, math.ceil(k * (1 + SPAN)), k + STEPS * block)
-    steps = [block] if aligned_only else sorted({block, step})
-    out = {m for step in steps for m in range(step * math.ceil(lo / step), hi + 1, step) if m >= max(floor, 1)}
+    span = SPAN if span is None else span
+    reach = (STEPS if steps is None else steps) * block
+    lo = max(floor, math.floor(k * (1 - span)), k - reach)
+    hi = min(channels, math.ceil(k * (1 + span)), k + reach)
+    grid = [block] if aligned_only else sorted({block, step})
+    out = {m for g in grid for m in range(g * math.ceil(lo / g), hi + 1, g) if m >= max(floor, 1)}
     below = block * (k // block)
     out |= {m for m in (below, below + block) if max(floor, 1) <= m <= channels}
     if not out or hi >= channels - (0 if aligned_only else block // 2):
@@ -238,7 +246,9 @@ class CountChooser:
 
     # -- options of one group ---------------------------------------------------------------------------
 
-    def _options(self, gid: int, exact: int, scores: np.ndarray) -> list[_Option]:
+    def _options(self, gid: int, exact: int, scores: np.ndarray) -> tuple[list[_Option], list[set[int]]]:
+        """The group's candidate options (by kept count), and per :data:`NARROW_FILLS` entry the indices of
+        those inside its narrower span."""
         labels = self.analysis.labels(gid)
         channels = self.analysis.groups[gid].channels
         hard = [s for s in labels if s in self._aligned]
@@ -249,6 +259,9 @@ class CountChooser:
         step = (FINE_STEP // unit or 1 if grouped else FINE_STEP) if FINE_STEP else block
         floor = max(self.min_channels, channels - math.floor(self.max_ratio * channels))
         counts = candidates(exact, channels, block, aligned_only=bool(hard), floor=floor, step=step)
+        narrow = [{exact, *candidates(exact, channels, block, aligned_only=bool(hard), floor=floor, step=step,
+                                      span=sp, steps=st)} for sp, st in NARROW_FILLS]
+        wanted: dict[tuple[int, ...], set[int]] = {}  # removed channels -> the counts that asked for them
         blocks = channel_blocks(self.analysis, gid)
         per_block = len(set(blocks.tolist()) - {-1}) > 1 and not hard
         out: list[_Option] = []
@@ -259,6 +272,8 @@ class CountChooser:
             if key not in self.option_cache:
                 self.option_cache[key] = self._option(gid, k, scores, blocks if per_block else None, hard)
             opt = self.option_cache[key]
+            if opt is not None:
+                wanted.setdefault(opt.removed, set()).add(k)
             if opt is None or opt.removed in seen:
                 continue
             seen.add(opt.removed)
@@ -268,9 +283,12 @@ class CountChooser:
             gone = np.asarray(removed, dtype=np.int64)
             sizes = {s: (int(np.count_nonzero(~np.isin(lab, gone))), len(lab)) for s, lab in labels.items()}
             out.append(_Option(channels - len(removed), removed, sizes, self.uid((gid, removed))))
+            wanted.setdefault(removed, set()).add(exact)
         if not out:
             raise ValueError(f"group {gid}: no candidate count")
-        return sorted(out, key=lambda o: o.kept)
+        out.sort(key=lambda o: o.kept)
+        tiers = [{i for i, o in enumerate(out) if wanted[o.removed] & ks} for ks in narrow]
+        return out, [t or set(range(len(out))) for t in tiers]
 
     def _option(self, gid: int, k: int, scores: np.ndarray, blocks: np.ndarray | None, hard: Sequence[Slot]
                 ) -> _Option | None:
@@ -300,16 +318,16 @@ class CountChooser:
                   and self.analysis.groups[gp.group].kind == "channel"]  # heads and the hidden size stay exact
         if not groups:
             return plan, {"block": self.block, "groups": 0, "moved": 0}
-        opts = {gp.group: self._options(gp.group, gp.kept, scores[gp.group]) for gp in groups}
+        built = {gp.group: self._options(gp.group, gp.kept, scores[gp.group]) for gp in groups}
+        opts = {g: o for g, (o, _) in built.items()}
         exact_sizes = _exact_sizes(self.analysis, plan)
         problem = _Problem.build(self, opts, exact_sizes, {gp.group: gp.kept for gp in plan.groups})
         exact_state = dict.fromkeys(opts, -1)  # -1: the plan's own (exact) channels
         exact_ms, exact_macs = problem.total(exact_state)
-        state = dict.fromkeys(opts, 0)
-        state = problem.fill(state, exact_macs + MACS_SLACK * problem.macs0, progress)
-        if problem.total(state)[1] < exact_macs - MACS_UNDER * problem.macs0:
-            state = problem.fill(state, exact_macs + MACS_OVER * problem.macs0, progress,
-                                 until=exact_macs - MACS_UNDER * problem.macs0)
+        fills = [problem.fill_to(exact_macs, None, progress)]
+        fills += [problem.fill_to(exact_macs, {g: t[i] for g, (_, t) in built.items()}, progress)
+                  for i in range(len(NARROW_FILLS))]
+        state = min(fills, key=lambda st: problem.rank(st, exact_macs))
         band = (exact_macs - MACS_UNDER * problem.macs0, exact_macs + MACS_BAND * problem.macs0)
         state = problem.improve(state, band, progress)
         if FREE_MACS > 0:
@@ -495,11 +513,32 @@ class _Problem:
         dmacs = sum(self._macs(i, new) - self._macs(i, state) for i in self.by_group_macs[g])
         return dms, dmacs
 
+    def fill_to(self, exact_macs: float, allowed: Mapping[int, set[int]] | None,
+                progress: Callable[[str], None] | None) -> dict[int, int]:
+        """The greedy fill from every group's smallest (``allowed``) option up to the exact plan's MACs
+        plus :data:`MACS_SLACK` (growing on to :data:`MACS_OVER` above it when it ends more than
+        :data:`MACS_UNDER` below)."""
+        m0 = self.macs0
+        state = {g: min(allowed[g]) if allowed else 0 for g in self.opts}
+        state = self.fill(state, exact_macs + MACS_SLACK * m0, progress, allowed=allowed)
+        if self.total(state)[1] < exact_macs - MACS_UNDER * m0:
+            state = self.fill(state, exact_macs + MACS_OVER * m0, progress, until=exact_macs - MACS_UNDER * m0,
+                              allowed=allowed)
+        return state
+
+    def rank(self, state: Mapping[int, int], exact_macs: float) -> tuple[bool, float]:
+        """Sort key of a fill's result: one that reached the budget (MACs at least the exact plan's less
+        :data:`MACS_UNDER`) first, then the lower table latency per MAC."""
+        ms, macs = self.total(state)
+        return macs < exact_macs - MACS_UNDER * self.macs0, _per_mac((ms, macs))
+
     def fill(self, state: dict[int, int], budget: float, progress: Callable[[str], None] | None,
-             until: float = math.inf, free: float | None = None) -> dict[int, int]:
+             until: float = math.inf, free: float | None = None,
+             allowed: Mapping[int, set[int]] | None = None) -> dict[int, int]:
         """Greedy: take the cheapest move (least ms per added MAC) that keeps MACs within ``budget``
         (stopping once MACs reach ``until``). With ``free``, only moves whose added table latency is at
-        most ``free`` times the current latency of the layers the group touches are taken (free channels)."""
+        most ``free`` times the current latency of the layers the group touches are taken (free channels);
+        with ``allowed``, only those options of each group."""
         _, macs = self.total(state)
         moves: dict[int, list[tuple[float, float]]] = {}
 
@@ -514,6 +553,8 @@ class _Problem:
             best: tuple[float, int, int] | None = None
             for g, ds in moves.items():
                 for j in range(state[g] + 1, len(ds)):
+                    if allowed is not None and j not in allowed[g]:
+                        continue
                     dms, dmacs = ds[j]
                     if macs + dmacs > budget or (free is not None and dms > free * self.group_ms(state, g)):
                         continue
