@@ -7,6 +7,9 @@ ResNeXt-50-32x4d, RegNet-Y-400MF. Variants per model:
 
 * ``exact``: ``spa prune --ratio 0.5 --round-to 1`` (l2);
 * ``default``: ``spa prune --ratio 0.5`` (``--round-to latency``);
+* ``before`` (with ``--before SPAN:STEPS:FREE_MACS:FINE_STEP``): the default with the count chooser's
+  constants (:mod:`spa.latency.counts`) set so — ``0.25:2:0:8`` is the chooser before the wider span,
+  free channels and block-only steps — to compare old and new in one alternating run;
 * ``target``: ``spa prune --target-latency 0.5`` (defaults otherwise);
 * ``torch-pruning``: Torch-Pruning's ``MetaPruner`` with ``MagnitudeImportance(p=2)`` at
   ``pruning_ratio=0.5`` (classifier left alone) on the same torch module, exported with the same exporter.
@@ -18,6 +21,11 @@ MAC relative to the peer's. Then ``spa sweep`` on ``models/demo_cnn.onnx`` at 0.
 
     python tools/bench_latency_zoo.py                      # all six + the demo sweep (many minutes)
     python tools/bench_latency_zoo.py --models mobilenetv2_full --iters 30 --no-sweep
+    python tools/bench_latency_zoo.py --before 0.25:2:0:8  # also time the chooser's earlier settings
+
+The latency table is spa's cache (``$SPA_CACHE_DIR``); point ``SPA_CACHE_DIR`` at a folder of its own
+for a run whose table only this code measured (a cache shared with other spa versions can hold entries
+measured differently).
 
 Writes ``tools/results/bench_latency_zoo.json``.
 """
@@ -234,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python", "tools/bench_latency_zoo.py", *(argv or sys.argv[1:])])
     args.json.write_text(json.dumps({"command": command, "cpu_load": os.getloadavg(),
-                                     "search": {"rounds": counts.ROUNDS, "span": counts.SPAN},
+                                     "latency_cache": os.environ.get("SPA_CACHE_DIR") or "default",
+                                     "search": {"rounds": counts.ROUNDS, "span": counts.SPAN, "steps": counts.STEPS,
+                                                "free_macs": counts.FREE_MACS, "fine_step": counts.FINE_STEP},
                                      "threads": args.threads, "iters": args.iters, "ratio": args.ratio,
                                      "rows": rows, "summary": summary, "demo_sweep": sweep}, indent=2))
     console.print(f"wrote {args.json}")

@@ -34,14 +34,16 @@ is cheaper, while the budget stays where the exact counts put it:
    promises (the demo model at ``--ratio 0.4``: table latency 0.52 → 0.41 at the same MACs; one loaded
    ``spa sweep`` measured efficiency 0.90 where the default gives 0.76), but on large CNNs the table's
    per-layer sum misses in-network effects and the search chases its errors (see :data:`ROUNDS`), so it
-   stays off until the table models them. With the wider :data:`SPAN` the fill itself finds most of it:
-   on the demo sweep (0.3..0.7, one run) the search added 0.00-0.01 to the fill's efficiency (0.95 /
-   0.90 / 0.80 / 0.67 / 0.56) and lost 0.01 at 0.7 — within the timing noise.
+   stays off until the table models them. With the wider :data:`SPAN` and the narrow fill beside it the
+   fill finds most of it: on the demo model at 0.3..0.7 (one alternating run, load 4) the search gave
+   efficiency 0.91 / 0.93 / 0.80 / 0.69 / 0.56 against the fill's 0.90 / 0.91 / 0.80 / 0.69 / 0.56 —
+   within the timing noise.
 4. **Free channels.** The fill stops at the MACs budget; then groups grow on while a move's added table
    latency is nothing (at most :data:`FREE_NOISE` of the touched layers'), up to :data:`FREE_MACS` of the
    original's MACs above the exact plan: a count that the kernel pads to the next block anyway, or a
    move that removes a layout change, gives capacity (accuracy) at no cost in speed. (The demo at
-   ``--ratio 0.6`` with SPAN 0.25: MACs 0.167 → 0.180 of the original's, measured latency unchanged.)
+   ``--ratio 0.3``: MACs 0.507 → 0.526 of the original's, measured latency 0.582 → 0.587 of the
+   original's in the same loaded run, within its noise; at 0.4..0.7 it added at most 0.003.)
 5. **Never worse.** If the table predicts the exact counts faster (it never should), they are kept.
 
 Only the table is consulted (layers measured on first use, then cached per provider + device), so a
@@ -84,13 +86,14 @@ log = logging.getLogger(__name__)
 
 #: how far (a fraction of the exact count) a chosen count may move. 0.5 (with :data:`STEPS` 4) lets the
 #: fill move the MACs budget from the layers that are dear per MAC (early high-resolution, depthwise,
-#: thin ones) to cheap ones. One run (``/tmp`` table of its own, load 1.5-2): the six CNNs of
-#: ``tools/bench_latency_zoo.py`` at ``--ratio 0.5`` went from efficiency 0.75-0.98 (SPAN 0.25, STEPS 2,
-#: steps of 8) to 0.82-1.00 at the same MACs. Wider (0.75, 6 blocks) measured higher on five
+#: thin ones) to cheap ones. ``python tools/bench_latency_zoo.py --before 0.25:2:0:8`` (a latency table
+#: of its own, load 1.3-2.4): on the six CNNs at ``--ratio 0.5`` mean efficiency 0.83 → 0.89, lowest
+#: 0.77 → 0.80 (SPAN 0.25, STEPS 2, steps of 8, no free channels → now), MACs the same (within +0.005 of
+#: the exact plan's). In earlier alternating runs (one model each), wider (0.75, 6 blocks) measured higher on five
 #: (MobileNetV2 0.94, EfficientNet-B0 0.95) and lower on DenseNet-121 (0.83 against 0.85), but leaves a
 #: group as little as a quarter of what the criterion asked for: a larger departure from the criterion's
 #: allocation than the efficiency goal needs. Candidates step by the SIMD block only: with 16-channel
-#: blocks the multiples of 8 between them were never better (same run: ResNet-50 0.997 against 0.993,
+#: blocks the multiples of 8 between them were never better (those runs: ResNet-50 0.997 against 0.993,
 #: RegNet-Y 0.819 against 0.816, MobileNetV2 0.868 against 0.851): an off-block count costs layout
 #: copies in the network that no table entry holds (:data:`FINE_STEP`)
 SPAN = 0.5
