@@ -87,9 +87,10 @@ log = logging.getLogger(__name__)
 #: how far (a fraction of the exact count) a chosen count may move. 0.5 (with :data:`STEPS` 4) lets the
 #: fill move the MACs budget from the layers that are dear per MAC (early high-resolution, depthwise,
 #: thin ones) to cheap ones. ``python tools/bench_latency_zoo.py --before 0.25:2:0:8`` (a latency table
-#: of its own, load 1.3-2.4): on the six CNNs at ``--ratio 0.5`` mean efficiency 0.83 → 0.89, lowest
-#: 0.77 → 0.80 (SPAN 0.25, STEPS 2, steps of 8, no free channels → now), MACs the same (within +0.005 of
-#: the exact plan's). In earlier alternating runs (one model each), wider (0.75, 6 blocks) measured higher on five
+#: of its own; three runs, two on a loaded machine, one quiet): on the six CNNs at ``--ratio 0.5`` mean
+#: efficiency 0.83 / 0.83 / 0.86 → 0.89 / 0.88 / 0.91, lowest 0.77 / 0.75 / 0.78 → 0.80 / 0.80 / 0.80
+#: (SPAN 0.25, STEPS 2, steps of 8, no free channels → now), MACs the same (within +0.005 of the exact
+#: plan's). In earlier alternating runs (one model each), wider (0.75, 6 blocks) measured higher on five
 #: (MobileNetV2 0.94, EfficientNet-B0 0.95) and lower on DenseNet-121 (0.83 against 0.85), but leaves a
 #: group as little as a quarter of what the criterion asked for: a larger departure from the criterion's
 #: allocation than the efficiency goal needs. Candidates step by the SIMD block only: with 16-channel
