@@ -50,7 +50,7 @@ def test_round_to_option_values() -> None:
 
 
 def test_candidates_stay_near_and_aligned() -> None:
-    assert candidates(37, 64, 16) == [32, 37, 40, 48]
+    assert candidates(37, 64, 16) == [24, 32, 37, 40, 48, 56, 64]
     assert candidates(37, 64, 16, aligned_only=True) == [32, 48]
     assert candidates(6, 12, 16) == [6, 12]                   # a group within one block: exact or whole
     for k in (10, 50, 100, 333, 1000):
@@ -182,3 +182,81 @@ def test_local_search_lowers_latency_per_mac_inside_the_band(ratio: float, monke
     lo = searched["macs_exact"] - C.MACS_UNDER * macs0  # type: ignore[operator]
     hi = searched["macs_exact"] + C.MACS_BAND * macs0  # type: ignore[operator]
     assert lo - 1 <= searched["macs_chosen"] <= hi + 1 or searched["macs_chosen"] == greedy["macs_chosen"]
+
+
+def _padded_layer_ms(cfg, providers, threads=1):  # type: ignore[no-untyped-def]
+    """A table whose kernels pad every channel count up to a multiple of 32 (two 16-channel SIMD blocks):
+    16 channels cost what 32 cost, so the second block is free."""
+    from tests.conftest import fake_layer_ms
+
+    ms = fake_layer_ms(cfg, providers, threads)
+    chans = [c for c in ((cfg.inputs[0][1], cfg.output[1]) if len(cfg.output) > 1 else ()) if c > 0]
+    for c in chans:
+        ms *= (32 * -(-c // 32)) / c
+    return ms
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.45, 0.5])
+def test_free_channels_add_macs_but_no_table_latency(ratio: float, monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    """Where the table says the next count costs nothing (here: kernels that pad to 32 channels, on
+    16-channel blocks), groups grow past the budget, up to FREE_MACS of the original's MACs above the
+    exact plan; the predicted latency stays what it was without them and never above the exact counts',
+    and the pruned model still matches its masked twin."""
+    from spa.latency import counts as C
+
+    monkeypatch.setattr(lut, "measure_layer", _padded_layer_ms)
+    monkeypatch.setattr("spa.latency.counts.cpu_flags", lambda: frozenset({"avx512f"}))  # 16-channel blocks
+    model = _cnn(width=44)
+    exact = spa.prune(model, ratio=ratio, round_to=1)
+    monkeypatch.setattr(C, "FREE_MACS", 0.0)
+    bounded = spa.prune(model, ratio=ratio, latency_cache=tmp_path).report["latency_counts"]
+    monkeypatch.setattr(C, "FREE_MACS", 0.1)  # this small CNN's free step (a 16-channel block) is 0.06 of its MACs
+    result = assert_oracle(model, ratio=ratio, latency_cache=tmp_path)
+    free = result.report["latency_counts"]
+    assert isinstance(bounded, dict) and isinstance(free, dict)
+    macs0 = float(exact.report["macs_before"])  # type: ignore[arg-type]
+    assert free["macs_chosen"] > bounded["macs_chosen"]                       # channels were added ...
+    assert free["table_ms_chosen"] <= bounded["table_ms_chosen"] + 1e-4       # ... at no predicted cost
+    assert free["table_ms_chosen"] <= free["table_ms_exact"]
+    assert free["macs_chosen"] <= free["macs_exact"] + C.FREE_MACS * macs0 + 1  # type: ignore[operator]
+    assert result.report["macs_after"] == free["macs_chosen"]
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+def test_chosen_counts_are_whole_simd_blocks_or_exact(ratio: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With FINE_STEP 0 (the default) a moved count is a multiple of the SIMD block, or the group's full
+    width; otherwise it stays the criterion's exact count — never an off-block multiple of 8."""
+    monkeypatch.setattr("spa.latency.counts.cpu_flags", lambda: frozenset({"avx512f"}))  # 16-channel blocks
+    result = spa.prune(_cnn(width=72, depthwise=False), ratio=ratio)
+    record = result.report["latency_counts"]
+    assert isinstance(record, dict) and record["moved"] > 0
+    width = {g["id"]: g["channels_before"] for g in result.report["groups"]}  # type: ignore[union-attr]
+    for row in record["counts"]:
+        assert row["chosen"] % 16 == 0 or row["chosen"] in (row["exact"], width[row["group"]]), row
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("width", [40, 72])
+def test_the_fill_keeps_the_better_of_the_narrow_and_the_wide_span(ratio: float, width: int,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The greedy fill is run over the full candidate span and over each NARROW_FILLS span; the kept
+    result's table latency per MAC is no higher than either fill's alone."""
+    from spa.latency import counts as C
+
+    monkeypatch.setattr(C, "FREE_MACS", 0.0)
+    model = _cnn(width=width, depthwise=False)
+
+    def per_mac() -> float:
+        rec = spa.prune(model, ratio=ratio).report["latency_counts"]
+        assert isinstance(rec, dict)
+        return float(rec["table_ms_chosen"]) / float(rec["macs_chosen"])  # type: ignore[arg-type]
+
+    both = per_mac()
+    (span, steps), = C.NARROW_FILLS
+    monkeypatch.setattr(C, "NARROW_FILLS", ())
+    wide = per_mac()
+    monkeypatch.setattr(C, "SPAN", span)
+    monkeypatch.setattr(C, "STEPS", steps)
+    narrow = per_mac()
+    assert both <= min(wide, narrow) * (1 + 1e-9), (both, wide, narrow)

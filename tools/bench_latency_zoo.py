@@ -7,6 +7,9 @@ ResNeXt-50-32x4d, RegNet-Y-400MF. Variants per model:
 
 * ``exact``: ``spa prune --ratio 0.5 --round-to 1`` (l2);
 * ``default``: ``spa prune --ratio 0.5`` (``--round-to latency``);
+* ``before`` (with ``--before SPAN:STEPS:FREE_MACS:FINE_STEP``): the default with the count chooser's
+  constants (:mod:`spa.latency.counts`) set so — ``0.25:2:0:8`` is the chooser before the wider span,
+  free channels and block-only steps — to compare old and new in one alternating run;
 * ``target``: ``spa prune --target-latency 0.5`` (defaults otherwise);
 * ``torch-pruning``: Torch-Pruning's ``MetaPruner`` with ``MagnitudeImportance(p=2)`` at
   ``pruning_ratio=0.5`` (classifier left alone) on the same torch module, exported with the same exporter.
@@ -18,6 +21,11 @@ MAC relative to the peer's. Then ``spa sweep`` on ``models/demo_cnn.onnx`` at 0.
 
     python tools/bench_latency_zoo.py                      # all six + the demo sweep (many minutes)
     python tools/bench_latency_zoo.py --models mobilenetv2_full --iters 30 --no-sweep
+    python tools/bench_latency_zoo.py --before 0.25:2:0:8  # also time the chooser's earlier settings
+
+The latency table is spa's cache (``$SPA_CACHE_DIR``); point ``SPA_CACHE_DIR`` at a folder of its own
+for a run whose table only this code measured (a cache shared with other spa versions can hold entries
+measured differently).
 
 Writes ``tools/results/bench_latency_zoo.json``.
 """
@@ -25,6 +33,7 @@ Writes ``tools/results/bench_latency_zoo.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -32,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from rich.console import Console
@@ -79,6 +89,23 @@ def _variant(name: str, src: Path, out: Path, **options: object) -> tuple[Path, 
     return out, report
 
 
+@contextlib.contextmanager
+def _chooser_settings(spec: str | None) -> Iterator[None]:
+    """Within: the count chooser's ``SPAN:STEPS:FREE_MACS:FINE_STEP`` set to ``spec`` (None: unchanged)."""
+    from spa.latency import counts
+
+    if spec is None:
+        yield
+        return
+    saved = counts.SPAN, counts.STEPS, counts.FREE_MACS, counts.FINE_STEP
+    span, steps, free, fine = spec.split(":")
+    counts.SPAN, counts.STEPS, counts.FREE_MACS, counts.FINE_STEP = float(span), int(steps), float(free), int(fine)
+    try:
+        yield
+    finally:
+        counts.SPAN, counts.STEPS, counts.FREE_MACS, counts.FINE_STEP = saved
+
+
 def bench_model(name: str, tmp: Path, args: argparse.Namespace, console: Console) -> list[dict[str, object]]:
     import spa
     from models.export import export_onnx
@@ -93,10 +120,12 @@ def bench_model(name: str, tmp: Path, args: argparse.Namespace, console: Console
     variants: list[tuple[str, Path, dict[str, object]]] = []
     for label, options in (("exact", {"ratio": args.ratio, "round_to": 1}),
                            ("default", {"ratio": args.ratio}),
+                           ("before", {"ratio": args.ratio}),
                            ("target", {"target_latency": args.target})):
-        if label == "target" and args.no_target:
+        if (label == "target" and args.no_target) or (label == "before" and not args.before):
             continue
-        path, report = _variant(label, src, tmp / f"{name}_{label}.onnx", **options)
+        with _chooser_settings(args.before if label == "before" else None):
+            path, report = _variant(label, src, tmp / f"{name}_{label}.onnx", **options)
         variants.append((label, path, report))
         console.print(f"  {name} {label}: pruned in {report['prune_s']} s")
     tp_path = tmp / f"{name}_tp.onnx"
@@ -154,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="local-search rounds of the latency count chooser (spa.latency.counts.ROUNDS; default: "
                          "spa's) and its candidate span (--search-span), to measure the search against the fill")
     ap.add_argument("--search-span", type=float, default=None)
+    ap.add_argument("--before", default=None, metavar="SPAN:STEPS:FREE_MACS:FINE_STEP",
+                    help="also time a 'before' variant: the defaults with the count chooser's SPAN, STEPS, "
+                         "FREE_MACS and FINE_STEP set so (0.25:2:0:8: the settings before the wider span, free "
+                         "channels and block-only steps)")
     ap.add_argument("--json", type=Path, default=ROOT / "tools" / "results" / "bench_latency_zoo.json")
     args = ap.parse_args(argv)
     from spa.latency import counts
@@ -184,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['predicted_fraction']:.3f}" if "predicted_fraction" in r else "")
     console.print(table)
     summary: dict[str, object] = {}
-    for variant in ("exact", "default", "torch-pruning"):
+    for variant in ("exact", "default", "before", "torch-pruning"):
         effs = [float(r["efficiency"]) for r in rows if r["variant"] == variant]  # type: ignore[arg-type]
         if effs:
             summary[variant] = {"mean_efficiency": sum(effs) / len(effs), "min_efficiency": min(effs)}
@@ -209,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python", "tools/bench_latency_zoo.py", *(argv or sys.argv[1:])])
     args.json.write_text(json.dumps({"command": command, "cpu_load": os.getloadavg(),
-                                     "search": {"rounds": counts.ROUNDS, "span": counts.SPAN},
+                                     "latency_cache": os.environ.get("SPA_CACHE_DIR") or "default",
+                                     "search": {"rounds": counts.ROUNDS, "span": counts.SPAN, "steps": counts.STEPS,
+                                                "free_macs": counts.FREE_MACS, "fine_step": counts.FINE_STEP},
                                      "threads": args.threads, "iters": args.iters, "ratio": args.ratio,
                                      "rows": rows, "summary": summary, "demo_sweep": sweep}, indent=2))
     console.print(f"wrote {args.json}")
