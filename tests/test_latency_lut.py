@@ -171,6 +171,24 @@ def test_cache_round_trips_and_is_keyed_by_provider_and_device(cache: Path, monk
     assert explicit.path.parent == cache.parent / "elsewhere"
 
 
+def test_a_table_measured_another_way_is_another_table(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries timed by other measuring code (an older spa, a changed micro-benchmark) are never mixed in."""
+    monkeypatch.setattr(lut, "measure_layer", _fake_layer)
+    analysis = analyze_graph(spa.load(_cnn()))
+    cfg = next(iter(layer_configs(analysis.model, concrete_shapes(analysis.model, {"x": SHAPE})).values()))
+    table = LatencyTable.open(threads=1)
+    table.layer_ms(cfg)
+    table.save()
+    before = lut.measurement_method.__wrapped__()
+    monkeypatch.setattr(lut, "_timed_runs", _fake_layer)  # the timing code changed
+    changed = lut.measurement_method.__wrapped__()
+    assert changed != before
+    monkeypatch.setattr(lut, "measurement_method", lambda: changed)
+    other = LatencyTable.open(threads=1)
+    assert other.path != table.path and other.entries == {}
+    assert other.device.method == changed and table.device.method != changed
+
+
 @pytest.mark.parametrize("content", ["{not json", '{"format": 2, "entries": []}', "[]"])
 def test_corrupt_cache_is_rebuilt(cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
                                   content: str) -> None:

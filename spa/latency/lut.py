@@ -14,8 +14,9 @@ same model is served from the cache alone.
 
 The cache is one JSON file per provider + device under ``$SPA_CACHE_DIR/latency/`` (default
 ``~/.cache/spa/latency/``, the cache root :mod:`spa.latency.cost` uses too). The device is the CPU
-model (or the GPU's name for CUDA/TensorRT), the ONNX Runtime version and the thread count, so a
-table measured elsewhere is never reused. Writes are atomic (temporary file + rename) and merge with
+model (or the GPU's name for CUDA/TensorRT), the ONNX Runtime version, the thread count and a digest
+of the measuring code (:func:`measurement_method`), so a table measured elsewhere, or by another
+version of the micro-benchmark, is never reused. Writes are atomic (temporary file + rename) and merge with
 what another process wrote meanwhile; a corrupt file is rebuilt with a warning.
 
 >>> Device("CPUExecutionProvider", "Some CPU", "1.0", 1).file_name.startswith("cpu-")
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -48,6 +50,7 @@ from spa.graph.io import atomic_path
 from spa.latency.layers import IR_VERSION, LayerConfig, benchmark_model
 from spa.runtime.session import session
 from spa.runtime.timing import Runner
+from spa.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -91,18 +94,21 @@ def gpu_name() -> str:
 
 @dataclass(frozen=True)
 class Device:
-    """What a table's timings hold for: provider, device name, ONNX Runtime version, threads."""
+    """What a table's timings hold for: provider, device name, ONNX Runtime version, threads, and how
+    they were measured (:func:`measurement_method`)."""
 
     provider: str
     name: str
     ort_version: str
     threads: int
+    method: str = ""
 
     @classmethod
     def here(cls, providers: Sequence[str], threads: int) -> Device:
-        """This machine running ``providers[0]`` with ``threads`` intra-op threads."""
+        """This machine running ``providers[0]`` with ``threads`` intra-op threads, measured by this spa."""
         provider = providers[0]
-        return cls(provider, cpu_name() if provider == CPU else gpu_name(), ort.__version__, threads)
+        return cls(provider, cpu_name() if provider == CPU else gpu_name(), ort.__version__, threads,
+                   measurement_method())
 
     @property
     def file_name(self) -> str:
@@ -110,6 +116,21 @@ class Device:
         digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
         short = self.provider.removesuffix("ExecutionProvider").lower() or "provider"
         return f"{short}-{digest}.json"
+
+
+@functools.cache
+def measurement_method() -> str:
+    """A digest of the code that measures a layer (the benchmark model, the timing and the profile
+    reading): a table measured another way — an older or newer spa, a changed micro-benchmark — lands in
+    another file and is never mixed with this one's entries (the spa version where the source is not
+    readable)."""
+    parts = []
+    for fn in (measure_layer, measure_overhead, _timed_runs, kernel_ms_per_run, benchmark_model):
+        try:
+            parts.append(inspect.getsource(fn))
+        except (OSError, TypeError):
+            parts.append(f"{fn.__qualname__}@{__version__}")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
 
 
 def _io_device(providers: Sequence[str]) -> str:
