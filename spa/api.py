@@ -36,7 +36,7 @@ from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
 from spa.graph.save import graph_bytes, save_graph
 from spa.latency.cost import choose_modes
-from spa.latency.counts import LatencyCounts
+from spa.latency.counts import ALLOCATED_SPAN, LatencyCounts
 from spa.latency.solve import solve_latency
 from spa.options import PruneOptions, coerce
 from spa.plan import Plan, make_plan
@@ -461,7 +461,8 @@ def _solve_plan(analysis: Analysis, scores: Scores, opts: PruneOptions, registry
     round_to = opts.round_to if opts.round_to != "auto" else (8 if cuda_device_present() else 16)
     say = (lambda what: stage(f"planning: {what}")) if stage is not None else None
     counts = LatencyCounts(analysis, providers, opts.latency_cache, registry, opts.min_channels, say,
-                           max_ratio=opts.max_ratio if opts.global_rank else 1.0)
+                           max_ratio=opts.max_ratio if opts.global_rank else 1.0,
+                           span=ALLOCATED_SPAN if alloc is not None else None)
 
     def plan_for(r: float) -> Plan:
         plan = make_plan(analysis, scores, r, criterion=opts.criterion, global_rank=opts.global_rank,

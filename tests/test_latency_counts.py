@@ -260,3 +260,25 @@ def test_the_fill_keeps_the_better_of_the_narrow_and_the_wide_span(ratio: float,
     monkeypatch.setattr(C, "STEPS", steps)
     narrow = per_mac()
     assert both <= min(wide, narrow) * (1 + 1e-9), (both, wide, narrow)
+
+
+def test_sensitivity_allocated_counts_stay_near_the_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When measured sensitivity chose the per-group ratios, the latency chooser moves a count at most
+    ALLOCATED_SPAN (a quarter, two blocks) from it; a plain --ratio prune keeps the wide span."""
+    from spa.calibration import ArraySource
+    from spa.latency.counts import ALLOCATED_SPAN
+
+    monkeypatch.setattr("spa.latency.counts.cpu_flags", lambda: frozenset({"avx512f"}))  # 16-channel blocks
+    model = _cnn(width=72, depthwise=False)
+    src = ArraySource({"x": np.random.default_rng(0).standard_normal((16, *SHAPE[1:])).astype(np.float32)},
+                      batch_size=8, name="toy")
+    allocated = spa.prune(model, target_macs=0.5, calibration=src, reconstruct="oneshot", realign=False)
+    assert isinstance(allocated.report["allocation"], dict)
+    record = allocated.report["latency_counts"]
+    assert isinstance(record, dict) and record["span"] == list(ALLOCATED_SPAN)
+    span, steps = ALLOCATED_SPAN
+    for row in record["counts"]:
+        reach = max(span * row["exact"], 16)  # candidates keep at least the nearest blocks either side
+        assert abs(row["chosen"] - row["exact"]) <= min(reach, steps * 16) or row["chosen"] == row["exact"], row
+    plain = spa.prune(model, ratio=0.5).report["latency_counts"]
+    assert isinstance(plain, dict) and plain["span"] == [SPAN, STEPS]

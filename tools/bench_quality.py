@@ -7,6 +7,9 @@ inside PyPI packages, exported to ONNX, then pruned to ``--target-macs 0.7`` and
 * ``l2 uniform`` — the data-free default (no calibration, uniform ratios);
 * ``obs uniform`` — OBS scores and compensation on calibration data, uniform ratios;
 * ``obs + alloc`` — the same with budgets allocated by measured sensitivity (``--allocate sensitivity``);
+* ``+ seq + latency counts`` — ``spa prune --calib``'s defaults in full: the row above with the channel
+  counts chosen by latency (``--round-to latency``, a count may move to a whole SIMD block up to half of
+  it away while the MACs budget is kept) instead of exact;
 * ``obs + alloc (local probes)`` — the same, each group's probe measured where its branch joins the
   network (``--probe-scope local``, what ``auto`` does for models over 256 MB) instead of at the outputs;
   the rows keep every group's curve, so the two scopes' rankings can be compared
@@ -36,7 +39,7 @@ Models and data (calibration samples come from the training split, scores from t
   in a noisy 24×24 canvas, every pixel labelled background or the digit's class; mean IoU over 11 classes.
 
 Retention = pruned score ÷ original score. Channel counts are exact (``round_to=1``: no latency timing in
-the loop). Prints a table and writes ``tools/results/bench_quality.json``.
+the loop) except in the ``latency counts`` row. Prints a table and writes ``tools/results/bench_quality.json``.
 
 Usage (needs the ``bench`` extra and, for the 1-D model, ``pip install --no-deps aeon`` for its data files)::
 
@@ -81,6 +84,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "l2 uniform": {"criterion": "l2", "calibration": None, "allocate": "uniform", "realign": False},
     "obs uniform": {"criterion": "obs", "allocate": "uniform", "realign": False, "reconstruct": "oneshot"},
     "obs + alloc": {"criterion": "obs", "allocate": "sensitivity", "realign": False, "reconstruct": "oneshot"},
+    "+ seq + latency counts": {"criterion": "obs", "allocate": "sensitivity", "realign": True,
+                              "reconstruct": "sequential", "round_to": "latency"},
     "obs + alloc (local probes)": {"criterion": "obs", "allocate": "sensitivity", "realign": False,
                                   "reconstruct": "oneshot", "probe_scope": "local"},
     "obs + alloc + realign": {"criterion": "obs", "allocate": "sensitivity", "realign": True, "reconstruct": "oneshot"},
@@ -431,9 +436,9 @@ def bench_model(spec: Spec, targets: list[float], calib: int, seed: int, console
         for label, opts in VARIANTS.items():
             row: dict[str, Any] = {"score": {}, "retention": {}, "macs": {}, "seconds": {}, "distortion": {}}
             for target in targets:
-                kw = {"calibration": source} | opts
+                kw = {"calibration": source, "round_to": 1} | opts
                 s0 = time.perf_counter()
-                res = spa.prune(str(path), target_macs=target, round_to=1, seed=seed, **kw)
+                res = spa.prune(str(path), target_macs=target, seed=seed, **kw)
                 row["seconds"][str(target)] = round(time.perf_counter() - s0, 2)
                 got = score(res.model, t)
                 row["score"][str(target)] = got

@@ -121,6 +121,11 @@ FINE_STEP = 0
 #: worse: the demo model at ``--ratio 0.3`` (table latency 0.679 ms with SPAN 0.5 against 0.613 with 0.25:
 #: a group left at an off-block count that the narrower fill moved onto a block)
 NARROW_FILLS: tuple[tuple[float, int], ...] = ((0.25, 2),)
+#: (span, SIMD blocks) when the per-group ratios come from measured sensitivity (``--allocate
+#: sensitivity``): moving a count far from what the allocation chose undoes it — on the five trained
+#: models of ``tools/bench_quality.py`` at ``--target-macs 0.5`` the wide span kept a U-Net's mean IoU at
+#: 0.941 of the original's, this one 0.993 (exact counts 0.981), DWCNN 0.987 / 0.991
+ALLOCATED_SPAN: tuple[float, int] = (0.25, 2)
 #: free channels: after the fill, groups grow further while the table says the move costs no time —
 #: added latency at most :data:`FREE_NOISE` of the touched layers' — up to this many MACs (a fraction of
 #: the original's) above the exact plan: capacity at no cost in speed
@@ -207,6 +212,7 @@ class CountChooser:
         min_channels: the smallest count a group may keep.
         max_ratio: the largest share of its channels a group may lose (``--max-ratio`` with global
             ranking; 1: no cap beyond ``min_channels``).
+        span: (span, SIMD blocks) of the candidates (None: :data:`SPAN`, :data:`STEPS`).
     """
 
     analysis: Analysis
@@ -216,6 +222,7 @@ class CountChooser:
     registry: RuleRegistry
     min_channels: int = 1
     max_ratio: float = 1.0
+    span: tuple[float, int] | None = None
     _nodes: dict[str, gs.Node] = field(default_factory=dict)
     _aligned: frozenset[Slot] = frozenset()
     #: costs cached across the plans of one search: layer ms and MAC factors by (layer or term, the
@@ -231,14 +238,15 @@ class CountChooser:
     @classmethod
     def build(cls, analysis: Analysis, table: LatencyTable, input_shapes: Mapping[str, Sequence[int]],
               *, block: int | None = None, registry: RuleRegistry | None = None,
-              min_channels: int = 1, max_ratio: float = 1.0) -> CountChooser:
+              min_channels: int = 1, max_ratio: float = 1.0, span: tuple[float, int] | None = None
+              ) -> CountChooser:
         """A chooser for ``analysis`` timed at ``input_shapes`` (block: :func:`simd_block` of the table's
         provider unless given)."""
         registry = registry or default_registry()
         mg = analysis.model
         shapes = concrete_shapes(mg, input_shapes)
         chooser = cls(analysis, table, shapes, block or simd_block(table.providers), registry, min_channels,
-                      max_ratio)
+                      max_ratio, span)
         chooser._nodes = {n.name: n for n in cost_nodes(mg, registry)}
         aligned: set[Slot] = set()
         for node in mg.graph.nodes:
@@ -262,7 +270,8 @@ class CountChooser:
         block = self.block // unit or 1 if grouped else self.block
         step = (FINE_STEP // unit or 1 if grouped else FINE_STEP) if FINE_STEP else block
         floor = max(self.min_channels, channels - math.floor(self.max_ratio * channels))
-        counts = candidates(exact, channels, block, aligned_only=bool(hard), floor=floor, step=step)
+        counts = candidates(exact, channels, block, aligned_only=bool(hard), floor=floor, step=step,
+                            span=self.span[0] if self.span else None, steps=self.span[1] if self.span else None)
         narrow = [{exact, *candidates(exact, channels, block, aligned_only=bool(hard), floor=floor, step=step,
                                       span=sp, steps=st)} for sp, st in NARROW_FILLS]
         wanted: dict[tuple[int, ...], set[int]] = {}  # removed channels -> the counts that asked for them
@@ -659,7 +668,7 @@ class _Problem:
         """The choice's record for the report."""
         rows = [{"group": g, "exact": self.exact_kept[g],
                  "chosen": self.exact_kept[g] if i < 0 else self.opts[g][i].kept} for g, i in state.items()]
-        return {"block": self.chooser.block, "groups": len(rows),
+        return {"block": self.chooser.block, "span": list(self.chooser.span or (SPAN, STEPS)), "groups": len(rows),
                 "moved": sum(r["exact"] != r["chosen"] for r in rows),
                 "table_ms_exact": round(exact_ms, 4), "table_ms_chosen": round(chosen_ms, 4),
                 "macs_exact": int(exact_macs), "macs_chosen": int(chosen_macs), "counts": rows}
@@ -740,6 +749,8 @@ class LatencyCounts:
         min_channels: the smallest count a group may keep.
         max_ratio: the largest share of its channels a group may lose (1: no cap).
         progress: told what is happening (measuring layers, choosing).
+        span: the candidates' (span, SIMD blocks) (None: :data:`SPAN`, :data:`STEPS`; the API passes
+            :data:`ALLOCATED_SPAN` when the ratios come from measured sensitivity).
         records: each choice's record (with ``table_ms_original``), by the plan it returned.
     """
 
@@ -750,6 +761,7 @@ class LatencyCounts:
     min_channels: int = 1
     progress: Callable[[str], None] | None = None
     max_ratio: float = 1.0
+    span: tuple[float, int] | None = None
     records: list[tuple[Plan, dict[str, object]]] = field(default_factory=list)
     _chooser: CountChooser | None = None
 
@@ -764,7 +776,7 @@ class LatencyCounts:
                 table.on_measure = lambda n: say(f"measuring the latency table: {n} layer(s) so far")
             self._chooser = CountChooser.build(self.analysis, table, input_shapes_of(self.analysis),
                                                registry=self.registry, min_channels=self.min_channels,
-                                               max_ratio=self.max_ratio)
+                                               max_ratio=self.max_ratio, span=self.span)
         new, record = self._chooser.choose(plan, scores, self.progress)
         self.records.append((new, record | {"table_ms_original": round(self._chooser.original_ms(), 4)}))
         return new
