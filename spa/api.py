@@ -34,7 +34,7 @@ from spa.executors import Executor, make_executor
 from spa.graph.io import PROTOBUF_LIMIT, load_model, save_model
 from spa.graph.model import ModelGraph
 from spa.graph.normalize import normalize
-from spa.graph.save import graph_bytes, save_graph
+from spa.graph.save import LARGE_BYTES, graph_bytes, is_large, save_graph
 from spa.latency.cost import choose_modes
 from spa.latency.counts import ALLOCATED_SPAN, LatencyCounts
 from spa.latency.solve import solve_latency
@@ -51,8 +51,7 @@ from spa.quality import (
     sensitivity_curves,
 )
 from spa.quality.probe import outputs as probe_outputs
-from spa.quality.reconstruct import AUTO_MAX_BYTES as RECONSTRUCT_MAX_BYTES
-from spa.quality.sensitivity import CHECK_BYTES, damage, plan_distortion, single_plan
+from spa.quality.sensitivity import damage, plan_distortion, single_plan
 from spa.recover.saliency import channel_saliency
 from spa.recover.train import RecoverOptions, RecoverResult
 from spa.recover.train import recover as _recover
@@ -291,13 +290,13 @@ def prune(
 
 
 def _sized(opts: PruneOptions, given: PruneOptions, mg: ModelGraph) -> PruneOptions:
-    """``opts`` for this model's size: a default sequential reconstruction becomes ``oneshot`` above
-    :data:`spa.quality.reconstruct.AUTO_MAX_BYTES` of weights (said in one line; ``--reconstruct
-    sequential`` keeps it)."""
-    if given.reconstruct is None and opts.reconstruct == "sequential" and graph_bytes(mg) > RECONSTRUCT_MAX_BYTES:
+    """``opts`` for this model's size: for a large model (:func:`spa.graph.save.is_large`) a default
+    sequential reconstruction becomes ``oneshot`` (said in one line; ``--reconstruct sequential`` keeps it):
+    it runs the original and the masked twin once per topological level."""
+    if given.reconstruct is None and opts.reconstruct == "sequential" and is_large(mg):
         log.info("sequential reconstruction is off by default for a model over %d MB (it runs the model twice "
                  "per layer level): one-shot compensation instead; --reconstruct sequential to force it",
-                 RECONSTRUCT_MAX_BYTES >> 20)
+                 LARGE_BYTES >> 20)
         return replace(opts, reconstruct="oneshot")
     return opts
 
@@ -393,9 +392,9 @@ def _fixed_plan(analysis: Analysis, scores: Scores, opts: PruneOptions) -> Plan:
 
 def _measured(analysis: Analysis, plan: Plan, updates: Updates, registry: RuleRegistry | None, data: ProbeData,
               cctx: CriterionContext, pruned: Callable[[], onnx.ModelProto]) -> float:
-    """The pruned model's output distortion on the probe samples: for a model over ``CHECK_BYTES`` on its
-    masked twin in the weight-fed session (no copy of the model), else on the exported pruned model."""
-    if graph_bytes(analysis.model) > CHECK_BYTES:
+    """The pruned model's output distortion on the probe samples: for a large model on its masked twin in
+    the weight-fed session (no copy of the model), else on the exported pruned model."""
+    if is_large(analysis.model):
         found = plan_distortion(analysis, plan, updates, registry, data)
         if found is not None:
             return found

@@ -15,9 +15,10 @@ the ratio peak RSS / model size. A second table times the analysis alone on deco
     python tools/bench_scale.py --probe --sizes 125m --probe-scope model --json /tmp/p.json   # whole-model probes
 
 With ``--probe`` the prune is ``--target-macs 0.75 --allocate sensitivity`` on calibration data (16
-random token sequences: what is measured is the probing's cost, not its quality), criterion ``l2`` (a
-calibrated ``obs`` would hold a d×d second-moment matrix per consumer), so the time and peak RSS are
-those of probing every group alone at the sensitivity levels in ONNX Runtime. ``--probe-scope`` picks
+random token sequences: what is measured is the probing's cost, not its quality), criterion ``l2``, so
+the time and peak RSS are those of probing every group alone at the sensitivity levels in ONNX Runtime.
+``--criterion obs`` measures the calibrated default instead (it holds a d×d second-moment matrix per
+consumer, and every probe is compensated). ``--probe-scope`` picks
 where probes are measured (``auto``: locally, at each group's residual Add, for models over 256 MB of
 weights — every size here; ``model``: at the logits, a forward pass per probe).
 
@@ -102,7 +103,7 @@ import json, time, numpy as np, spa
 from spa.calibration.data import ArraySource
 ids = np.random.default_rng(0).integers(0, {vocab}, size=(16, {seq}), dtype=np.int64)
 t0 = time.perf_counter()
-r = spa.prune({src!r}, target_macs=0.75, criterion="l2", allocate="sensitivity", realign=False, check=False,
+r = spa.prune({src!r}, target_macs=0.75, criterion={criterion!r}, allocate="sensitivity", realign=False, check=False,
               calibration=ArraySource({{"input_ids": ids}}, batch_size=4, name="random tokens"), probe_samples=16,
               probe_scope={scope!r})
 t1 = time.perf_counter()
@@ -137,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="--target-macs 0.75 with sensitivity probes on 16 random token sequences (probing cost)")
     ap.add_argument("--probe-scope", default="auto", choices=["auto", "model", "local"],
                     help="with --probe: where probes are measured (auto: locally above 256 MB of weights)")
+    ap.add_argument("--criterion", default="l2",
+                    help="with --probe: the criterion (l2; obs: calibrated OBS scores and compensation, the default "
+                         "with data — second moments of every consumer's inputs)")
     args = ap.parse_args(argv)
     name = ("bench_scale_probe.json" if args.probe else
             "bench_scale_hidden.json" if args.prune_hidden else "bench_scale.json")
@@ -150,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         dst = args.workdir / preset / "pruned.onnx"
         if args.probe:
             vocab, seq = _vocab_seq(src)
-            code = PROBE.format(src=str(src), dst=str(dst), vocab=vocab, seq=seq, scope=args.probe_scope)
+            code = PROBE.format(src=str(src), dst=str(dst), vocab=vocab, seq=seq, scope=args.probe_scope,
+                                criterion=args.criterion)
         else:
             code = PRUNE.format(src=str(src), dst=str(dst), hidden=args.prune_hidden)
         wall, peak, out = _child(code)
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(t2)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "prune_hidden": args.prune_hidden,
-                                     "probe": args.probe,
+                                     "probe": args.probe, "criterion": args.criterion if args.probe else None,
                                      "prune": rows, "scaling": depth_rows},
                                     indent=2))
     console.print(f"wrote {args.json}")

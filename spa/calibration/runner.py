@@ -74,7 +74,7 @@ def _with_dynamic_batch(model: onnx.ModelProto, weights: Collection[str] = ()) -
     return out
 
 
-def _static_batch(specs: Sequence[InputSpec]) -> int | None:
+def static_batch(specs: Sequence[InputSpec]) -> int | None:
     """The fixed batch size of the inputs (None when dynamic)."""
     sizes = {s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
     return min(sizes) if sizes else None
@@ -236,7 +236,7 @@ def _plan(model: onnx.ModelProto | ModelGraph, source: CalibrationSource, taps: 
     own = [o.name for o in model.graph.output] if outputs else []
     wanted = list(dict.fromkeys(list(taps) + own))
     fetch = [t for t in wanted if t not in input_names]
-    static = _static_batch(specs)
+    static = static_batch(specs)
     sessions = _sessions(tapped_model(model, fetch), source, fetch, static, threads, weights)
     if isinstance(source, RandomSource) and source.shapes is None:  # sizes the model accepts, not always 8
         source = _fitted(source, sessions.fixed, model)

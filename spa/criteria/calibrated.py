@@ -26,7 +26,7 @@ from spa.calibration.synthetic import batch_norm_model
 from spa.criteria.base import CriterionContext
 from spa.criteria.consumers import Consumer, Fallback, Views, group_consumers
 from spa.errors import UsageError
-from spa.graph.save import graph_bytes
+from spa.graph.save import is_large
 from spa.plan import Plan
 from spa.rules.conv import conv_channels
 
@@ -77,11 +77,6 @@ def sample_shapes(ctx: CriterionContext) -> dict[str, tuple[int, ...]] | None:
     return {k: tuple(v[1:]) for k, v in ctx.shapes.items() if len(v)} if ctx.shapes else None
 
 
-#: models with more weight bytes collect their calibration statistics weight-fed (:mod:`spa.runtime.fed`):
-#: an exported copy and ONNX Runtime's own copies of a 125 M-parameter decoder (500 MB) took 4.7 GB
-FED_BYTES = 256 << 20
-
-
 def model_proto(analysis: Analysis, ctx: CriterionContext) -> onnx.ModelProto:
     """The analysed (normalised) model as a ModelProto, exported once."""
     if "model" not in ctx.cache:
@@ -123,7 +118,7 @@ def collect_stats(analysis: Analysis, ctx: CriterionContext, src: CalibrationSou
             ctx.cache["synthetic_model"] = batch_norm_model(model_proto(analysis, ctx))
         model = ctx.cache["synthetic_model"]
     else:  # a large model runs weight-fed from its (memory-mapped) weights: no export, no copies
-        model = analysis.model if graph_bytes(analysis.model) > FED_BYTES else model_proto(analysis, ctx)
+        model = analysis.model if is_large(analysis.model) else model_proto(analysis, ctx)
     collect(model, src, accs, desc=desc, threads=threads, check_batching=not synthetic,  # type: ignore[arg-type]
             executor=ctx.executor)
 

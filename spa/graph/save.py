@@ -30,9 +30,23 @@ INLINE_BYTES = 1024
 _ALIGN = 64
 
 
+#: a model with more weight bytes than this is *large*: spa then avoids every copy of its weights — the
+#: calibration statistics and the report's measured distortion run weight-fed (:mod:`spa.runtime.fed`),
+#: sensitivity probes are local (:mod:`spa.quality.local`) and the default reconstruction is one-shot
+#: (sequential reconstruction runs the model twice per layer level). On a 125 M-parameter decoder (500 MB)
+#: the copying paths probed in 118 s at 4.0 GiB peak, the frugal ones in 15 s at 1.0 GiB, and with obs
+#: scores and compensated probes in 54 s at 2.1 GiB (``tools/bench_scale.py --probe [--criterion obs]``)
+LARGE_BYTES = 256 << 20
+
+
 def graph_bytes(mg: ModelGraph) -> int:
     """Bytes of all constants (without loading them)."""
     return sum(nbytes(t) for t in mg.graph.tensors().values() if isinstance(t, gs.Constant))
+
+
+def is_large(mg: ModelGraph) -> bool:
+    """Whether ``mg`` has more than :data:`LARGE_BYTES` of weights."""
+    return graph_bytes(mg) > LARGE_BYTES
 
 
 def _ref(t: gs.Constant, location: str, offset: int, length: int) -> onnx.TensorProto:

@@ -125,7 +125,7 @@ NARROW_FILLS: tuple[tuple[float, int], ...] = ((0.25, 2),)
 #: sensitivity``): moving a count far from what the allocation chose undoes it — on the five trained
 #: models of ``tools/bench_quality.py`` at ``--target-macs 0.5`` the wide span kept a U-Net's mean IoU at
 #: 0.941 of the original's, this one 0.993 (exact counts 0.981), DWCNN 0.987 / 0.991
-ALLOCATED_SPAN: tuple[float, int] = (0.25, 2)
+ALLOCATED_SPAN: tuple[float, int] = NARROW_FILLS[0]
 #: free channels: after the fill, groups grow further while the table says the move costs no time —
 #: added latency at most :data:`FREE_NOISE` of the touched layers' — up to this many MACs (a fraction of
 #: the original's) above the exact plan: capacity at no cost in speed
@@ -256,10 +256,17 @@ class CountChooser:
         chooser._aligned = frozenset(aligned)
         return chooser
 
+    @property
+    def narrow_fills(self) -> tuple[tuple[float, int], ...]:
+        """The :data:`NARROW_FILLS` spans narrower than this chooser's own (a fill over the same span twice
+        is the same fill)."""
+        own = self.span[0] if self.span else SPAN
+        return tuple(f for f in NARROW_FILLS if f[0] < own)
+
     # -- options of one group ---------------------------------------------------------------------------
 
     def _options(self, gid: int, exact: int, scores: np.ndarray) -> tuple[list[_Option], list[set[int]]]:
-        """The group's candidate options (by kept count), and per :data:`NARROW_FILLS` entry the indices of
+        """The group's candidate options (by kept count), and per :attr:`narrow_fills` entry the indices of
         those inside its narrower span."""
         labels = self.analysis.labels(gid)
         channels = self.analysis.groups[gid].channels
@@ -273,7 +280,7 @@ class CountChooser:
         counts = candidates(exact, channels, block, aligned_only=bool(hard), floor=floor, step=step,
                             span=self.span[0] if self.span else None, steps=self.span[1] if self.span else None)
         narrow = [{exact, *candidates(exact, channels, block, aligned_only=bool(hard), floor=floor, step=step,
-                                      span=sp, steps=st)} for sp, st in NARROW_FILLS]
+                                      span=sp, steps=st)} for sp, st in self.narrow_fills]
         wanted: dict[tuple[int, ...], set[int]] = {}  # removed channels -> the counts that asked for them
         blocks = channel_blocks(self.analysis, gid)
         per_block = len(set(blocks.tolist()) - {-1}) > 1 and not hard
@@ -339,7 +346,7 @@ class CountChooser:
         exact_ms, exact_macs = problem.total(exact_state)
         fills = [problem.fill_to(exact_macs, None, progress)]
         fills += [problem.fill_to(exact_macs, {g: t[i] for g, (_, t) in built.items()}, progress)
-                  for i in range(len(NARROW_FILLS))]
+                  for i in range(len(self.narrow_fills))]
         state = min(fills, key=lambda st: problem.rank(st, exact_macs))
         band = (exact_macs - MACS_UNDER * problem.macs0, exact_macs + MACS_BAND * problem.macs0)
         state = problem.improve(state, band, progress)

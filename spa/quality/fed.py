@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from spa.calibration.runner import static_batch, tapped_model
 from spa.graph.model import ModelGraph
 from spa.quality.probe import ProbeData
 from spa.runtime.fed import weight_fed
@@ -71,19 +72,16 @@ class FedModel:
             log.info("sensitivity probes rebuild each twin: the weight-fed model does not load (%s)", exc)
             return None
         specs = [s for s in input_specs(proto) if s.name not in weights]
-        runs = list(_runs(data, [s.name for s in specs], _fixed_batch(specs)))
+        runs = list(_runs(data, [s.name for s in specs], static_batch(specs)))
         return cls(sess, [o.name for o in proto.graph.output], weights, base,
                    tuple(n.op for n in mg.graph.nodes), runs, fed, proto)
 
     def session_with(self, names: Sequence[str], threads: int = 1) -> object:
-        """A session of the weight-fed model that also returns the intermediate tensors ``names``."""
+        """A session of the weight-fed model that also returns the intermediate tensors ``names``
+        (:func:`spa.calibration.runner.tapped_model`)."""
         if self.proto is None:
             raise RuntimeError("this weight-fed model keeps no graph to fetch tensors from")
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self.proto)
-        have = {o.name for o in proto.graph.output}
-        proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
-        return session(proto, threads=threads)
+        return session(tapped_model(self.proto, names), threads=threads)
 
     def one_run(self, names: Sequence[str], threads: int = 1) -> dict[str, np.ndarray]:
         """``names`` (intermediate tensors or graph inputs) on the first probe run."""
@@ -118,13 +116,6 @@ class FedModel:
 
 
 _MISSING = object()
-
-
-def _fixed_batch(specs: Sequence[object]) -> int | None:
-    """The inputs' fixed batch size (None: dynamic)."""
-    sizes = {s.shape[0] for s in specs  # type: ignore[attr-defined]
-             if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}  # type: ignore[attr-defined]
-    return min(sizes) if sizes else None
 
 
 def _runs(data: ProbeData, names: Sequence[str], fixed: int | None) -> Iterator[dict[str, np.ndarray]]:

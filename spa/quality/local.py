@@ -221,17 +221,17 @@ class LocalProbes:
     def chunks(self, regions: Sequence[Region]) -> Iterator[list[int]]:
         """Indices of ``regions`` in runs whose cached tensors fit :data:`CACHE_BYTES` (sizes read off
         one reference run of the first probe sample)."""
-        names = sorted({n for r in regions for n in (*r.frontier, *r.cut)})
+        names = sorted({n for r in regions for n in r.tensors})
         first = self.fed.one_run(names, self.threads)
         size = {n: first[n].nbytes * len(self.fed.batches) for n in names}
         chunk: list[int] = []
         held: set[str] = set()
         for k, r in enumerate(regions):
-            new = {n for n in (*r.frontier, *r.cut) if n not in held}
+            new = set(r.tensors) - held
             if chunk and sum(size[n] for n in held | new) > CACHE_BYTES:
                 yield chunk
                 chunk, held = [], set()
-                new = {*r.frontier, *r.cut}
+                new = set(r.tensors)
             chunk.append(k)
             held |= new
         if chunk:

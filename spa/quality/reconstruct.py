@@ -55,10 +55,6 @@ from spa.rules.base import Slot
 from spa.rules.registry import RuleRegistry
 from spa.surgery import masked_twin, twin_kept
 
-#: the default (``reconstruct=None`` with ``obs`` and data) is ``oneshot`` for models with more weight bytes
-#: than this: sequential reconstruction runs the original and the masked twin once per topological level,
-#: each exported — a 125 M-parameter decoder (500 MB, 23 levels) took about 10 s and 5 GB per level here
-AUTO_MAX_BYTES = 256 << 20
 #: multipliers of the damping tried by cross-validation (``inf``: keep the criterion's weights)
 MULTIPLIERS = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, float("inf"))
 

@@ -40,7 +40,7 @@ from spa.budget import estimate
 from spa.criteria.base import Updates
 from spa.executors import Executor
 from spa.graph.model import ModelGraph
-from spa.graph.save import graph_bytes
+from spa.graph.save import is_large
 from spa.plan import GroupPlan, Plan, removed_for_count
 from spa.quality.fed import FedModel
 from spa.quality.local import LocalProbes, Region
@@ -54,12 +54,6 @@ LEVELS = (0.25, 0.5, 0.75)
 #: the ratio grid of the allocation
 GRID = tuple(k / 8 for k in range(1, 8))
 CACHE_VERSION = 1
-#: models with at most this many weight bytes are also run exported whole once, to check the weight-fed
-#: session against (larger ones are probed weight-fed only: no copy of the model is made)
-CHECK_BYTES = 256 << 20
-#: with ``scope="auto"``, models with more weight bytes than this are probed locally (at each group's cut,
-#: :mod:`spa.quality.local`): a whole-model probe of a 1 B-parameter decoder costs a forward pass each
-LOCAL_BYTES = 256 << 20
 
 
 def cache_dir() -> Path:
@@ -170,9 +164,10 @@ def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], dat
     The masked twins are built here; with an ``executor`` of several workers their ONNX Runtime passes
     run as its tasks: the original model, the samples and the reference outputs are shipped once, each
     task gets its twin as a :class:`Delta` (the initializers that differ from the original's, and the
-    graph). Every probe computes the same distortion wherever it runs. ``scope``: ``model`` measures
-    at the model's outputs, ``local`` at each group's cut (:mod:`spa.quality.local`, in this process),
-    ``auto`` locally for models over :data:`LOCAL_BYTES`.
+    graph). Every probe computes the same distortion wherever it runs. ``scope``: ``model`` measures at
+    the outputs, ``local`` at each group's cut (:mod:`spa.quality.local`, in this process), ``auto`` locally
+    for large models (:func:`spa.graph.save.is_large`), which are never exported (not large: run exported
+    once to check the weight-fed session against).
 
     Returns:
         ``{group: [distortion at each level]}`` and a record (``probes``, ``seconds``, ``cached``, ``scope``).
@@ -180,9 +175,10 @@ def sensitivity_curves(analysis: Analysis, scores: Mapping[int, np.ndarray], dat
     t0 = time.perf_counter()
     spread = executor is not None and executor.workers > 1
     fed = FedModel.build(analysis.model, data, threads)
-    local = fed is not None and (scope == "local" or (scope == "auto" and graph_bytes(analysis.model) > LOCAL_BYTES))
+    large = is_large(analysis.model)
+    local = fed is not None and (scope == "local" or (scope == "auto" and large))
     spread = spread and not local
-    small = fed is None or spread or graph_bytes(analysis.model) <= CHECK_BYTES
+    small = fed is None or spread or not large
     proto = analysis.model.to_onnx() if small else None
     path: Path | None = None
     if cache:

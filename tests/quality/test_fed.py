@@ -67,7 +67,6 @@ def test_weight_fed_calibration_statistics_give_the_same_prune(make, monkeypatch
     """Large models collect obs statistics weight-fed (no export, no ONNX Runtime copy of the weights): the
     same scores and compensated weights as the exported model's statistics, to float rounding."""
     from spa.calibration import runner
-    from spa.criteria import calibrated
 
     model = make()
     source = data(tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]))
@@ -81,7 +80,7 @@ def test_weight_fed_calibration_statistics_give_the_same_prune(make, monkeypatch
         return real(mg)
 
     monkeypatch.setattr(runner, "weight_fed", spy)
-    monkeypatch.setattr(calibrated, "FED_BYTES", 0)
+    monkeypatch.setattr("spa.graph.save.LARGE_BYTES", 0)
     fed = spa.prune(model, **kw)
     assert fed_runs
     assert [gp.removed for gp in fed.plan.groups] == [gp.removed for gp in exported.plan.groups]

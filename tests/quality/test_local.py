@@ -139,7 +139,7 @@ def test_plan_distortion_equals_the_exported_pruned_model(tmp_path: Path, monkey
 
     path = _decoder(tmp_path)
     exported = _prune(path, "local", tmp_path / "a", monkeypatch)
-    monkeypatch.setattr(api, "CHECK_BYTES", 0)  # every model is 'large'
+    monkeypatch.setattr("spa.graph.save.LARGE_BYTES", 0)  # every model is large
     called: list[int] = []
     real = api.plan_distortion
 

@@ -213,12 +213,11 @@ def test_realign_leaves_reconstructed_layers_alone() -> None:
 
 
 def test_large_models_default_to_oneshot_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Above AUTO_MAX_BYTES the obs default is one-shot compensation; an explicit sequential is kept."""
-    from spa import api
-
+    """For a large model (spa.graph.save.is_large) the obs default is one-shot compensation; an explicit
+    sequential is kept."""
     src = data((3, 8, 8))
     assert spa.prune(small_cnn(), ratio=0.5, calibration=src).report["reconstruct"] == "sequential"
-    monkeypatch.setattr(api, "RECONSTRUCT_MAX_BYTES", 0)
+    monkeypatch.setattr("spa.graph.save.LARGE_BYTES", 0)
     r = spa.prune(small_cnn(), ratio=0.5, calibration=src)
     assert r.report["criterion"] == "obs" and r.report["reconstruct"] == "oneshot"
     assert r.report["reconstruction"] is None
